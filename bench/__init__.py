@@ -1,0 +1,27 @@
+"""neural-ode-bench: a benchmarking harness for Neural ODEs.
+
+The core is framework-neutral: it never imports torch or jax. Backends and suites are plugins.
+"""
+
+from bench.errors import BenchError, UnknownNameError
+from bench.hookspecs import hookimpl
+from bench.interfaces import (
+    AbstractBackend,
+    AbstractSuite,
+    AbstractTask,
+    Budget,
+    CellContext,
+    Evaluation,
+    MemoryTracker,
+    StepStats,
+    Support,
+)
+from bench.registry import PluginSelection, Registry
+from bench.results import ResultRow, load_run
+
+__all__ = [
+    "AbstractBackend", "AbstractSuite", "AbstractTask", "BenchError", "Budget", "CellContext",
+    "Evaluation", "MemoryTracker", "PluginSelection", "Registry", "ResultRow", "StepStats",
+    "Support", "UnknownNameError", "hookimpl", "load_run",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,195 @@
+"""One cell (suite x backend x seed x budget x device): the measured training loop.
+
+This runs inside the cell's own process (see :mod:`bench.runner`). The loop is the same for every
+framework: the first training step is the warm-up (its extra time is ``compile_time_s``), the
+device is synchronised through the backend before every clock reading, memory is measured by the
+backend's tracker in two phases (first step, steady state), and evaluation time is kept out of the
+training-step times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError
+from bench.interfaces import AbstractBackend, AbstractSuite, CellContext, Evaluation, StepStats
+from bench.measure import mean_or_none, median_or_none
+from bench.results import ResultRow, now_iso
+
+
+@dataclasses.dataclass(frozen=True)
+class CellSpec:
+    suite: str
+    backend: str
+    budget: str
+    seed: int
+    device: str  # as requested: cpu, cuda or auto
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def cell_id(self) -> str:
+        return f"{self.suite}/{self.backend}/{self.budget}/seed{self.seed}/{self.device}"
+
+
+def base_row(spec: CellSpec, backend: AbstractBackend | None, suite: AbstractSuite | None,
+             status: str, error: str = "", **fields: Any) -> ResultRow:
+    """A row with the identifying columns filled in."""
+    return ResultRow(
+        cell_id=spec.cell_id,
+        suite=spec.suite,
+        backend=spec.backend,
+        framework=getattr(backend, "framework", ""),
+        gradient_method=getattr(backend, "gradient_method", ""),
+        solver=getattr(backend, "solver", ""),
+        device=fields.pop("device", spec.device),
+        seed=spec.seed,
+        budget=spec.budget,
+        status=status,
+        error=error,
+        metric_name=getattr(suite, "metric_name", ""),
+        metric_direction=getattr(suite, "metric_direction", "lower"),
+        finished_at=now_iso(),
+        **fields,
+    )
+
+
+def check_support(backend: AbstractBackend, suite: AbstractSuite) -> str | None:
+    """The reason a pair cannot run, or None."""
+    missing = backend.check_available()
+    if missing:
+        return missing
+    for support in (backend.supports(suite), suite.supports(backend)):
+        if not support.ok:
+            return support.reason
+    return None
+
+
+class _Diverged(Exception):
+    pass
+
+
+def run_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite, work_dir: Path,
+             log: Callable[[str], None] = print,
+             progress: Callable[[int, int, float], None] | None = None) -> ResultRow:
+    """Run one cell and return its row. Exceptions become ``failed`` rows."""
+    started = time.perf_counter()
+    reason = check_support(backend, suite)
+    if reason:
+        return base_row(spec, backend, suite, "unsupported", reason)
+    try:
+        device = backend.resolve_device(spec.device)
+    except BenchError as exc:
+        return base_row(spec, backend, suite, "unsupported", str(exc))
+    fields: dict[str, Any] = {"device": device}
+    try:
+        fields["device_name"] = backend.device_name(device)
+        ctx = CellContext(backend=backend, budget=suite.budgets[spec.budget], seed=spec.seed,
+                          device=device, work_dir=work_dir, options=dict(spec.options), log=log)
+        task = suite.build_task(ctx)
+        fields["params"] = task.num_params()
+        status, error = _train_and_evaluate(task, backend, device, work_dir, fields, progress)
+    except Exception as exc:  # the row keeps what was measured before the failure
+        (work_dir / "error.log").write_text(traceback.format_exc())
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+    fields["total_time_s"] = time.perf_counter() - started
+    return base_row(spec, backend, suite, status, error, **fields)
+
+
+def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_dir: Path,
+                        fields: dict[str, Any],
+                        progress: Callable[[int, int, float], None] | None) -> tuple[str, str]:
+    n_steps = int(task.num_train_steps)
+    if n_steps < 2:
+        raise BenchError("a task needs at least 2 training steps (the first is the warm-up)")
+    tracker = backend.memory_tracker(device)
+    fields["peak_memory_method"] = tracker.method
+    stats: list[StepStats] = []
+    times: list[float] = []
+    evals: list[dict[str, Any]] = []
+    steady_peaks: list[int] = []
+    train_clock = 0.0
+    status, error = "ok", ""
+
+    def evaluate(step: int) -> tuple[Evaluation, float]:
+        backend.synchronize(device)
+        t0 = time.perf_counter()
+        result = task.evaluate()
+        backend.synchronize(device)
+        seconds = time.perf_counter() - t0
+        evals.append({"step": step, "train_time_s": train_clock, "eval_time_s": seconds,
+                      **dict(result.metrics)})
+        return result, seconds
+
+    try:
+        for step in range(n_steps):
+            if step <= 1:  # phase boundaries: before the first step, and after it
+                if step == 1:
+                    fields["peak_memory_first_step_bytes"] = tracker.peak_bytes()
+                tracker.reset()
+            backend.synchronize(device)
+            t0 = time.perf_counter()
+            s = task.train_step(step)
+            backend.synchronize(device)
+            seconds = time.perf_counter() - t0
+            train_clock += seconds
+            stats.append(s)
+            times.append(seconds)
+            if progress is not None:
+                progress(step + 1, n_steps, s.loss)
+            if not math.isfinite(s.loss):
+                raise _Diverged(f"non-finite loss {s.loss} at step {step}")
+            if task.eval_every and (step + 1) % task.eval_every == 0 and step + 1 < n_steps:
+                peak = tracker.peak_bytes()  # evaluation memory is not training memory
+                if peak is not None:
+                    steady_peaks.append(peak)
+                evaluate(step + 1)
+                tracker.reset()
+        peak = tracker.peak_bytes()
+        if peak is not None:
+            steady_peaks.append(peak)
+    except _Diverged as exc:
+        status, error = "diverged", str(exc)
+    finally:
+        _fill_training_fields(fields, stats, times, steady_peaks)
+        trace = {"steps": [{"step": i, "time_s": t, **dataclasses.asdict(s)}
+                           for i, (s, t) in enumerate(zip(stats, times))],
+                 "evaluations": evals}
+        (work_dir / "trace.json").write_text(json.dumps(trace, default=float))
+    if status == "ok":
+        result, seconds = evaluate(n_steps)
+        fields["eval_time_s"] = seconds
+        fields["metrics"] = {**fields.get("metrics", {}), **result.metrics}
+        fields["notes"] = result.notes
+        trace["evaluations"] = evals
+        (work_dir / "trace.json").write_text(json.dumps(trace, default=float))
+        task.finish(work_dir, trace)
+    return status, error
+
+
+def _fill_training_fields(fields: dict[str, Any], stats: list[StepStats], times: list[float],
+                          steady_peaks: list[int]) -> None:
+    fields["train_steps"] = len(stats)
+    steady = times[1:]
+    median = median_or_none(steady)
+    fields["train_step_time_s"] = median
+    if times and median is not None:
+        fields["compile_time_s"] = max(0.0, times[0] - median)
+    for name in ("nfe_forward", "nfe_backward", "steps_accepted", "steps_rejected"):
+        fields[name] = mean_or_none([getattr(s, name) for s in stats])
+    saved = [s.saved_for_backward_bytes for s in stats if s.saved_for_backward_bytes is not None]
+    fields["saved_for_backward_bytes"] = max(saved) if saved else None
+    fields["peak_memory_bytes"] = max(steady_peaks) if steady_peaks else None
+    extra: dict[str, float] = {}
+    for s in stats:
+        for key, value in s.extra.items():
+            extra[key] = max(extra.get(key, value), value)
+    if extra:
+        fields["metrics"] = {**extra, **fields.get("metrics", {})}
+

@@ -1,0 +1,204 @@
+"""The abstract interfaces a backend and a suite implement.
+
+The core never imports a numerical framework. A backend says which framework it belongs to
+(``"torch"``, ``"jax"``, ``"numpy"``, ...); a suite builds a :class:`AbstractTask` for that
+framework, using whatever framework-specific API the backend exposes (for torch backends see
+``plugins/torch_common.py``). The core only drives the task: it times steps, synchronises the
+device through the backend, and measures memory through a :class:`MemoryTracker`.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+MetricDirection = Literal["lower", "higher"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Support:
+    """Whether a backend/suite pair can run, and if not, why (recorded as ``unsupported``)."""
+
+    ok: bool
+    reason: str = ""
+
+    @classmethod
+    def yes(cls) -> Support:
+        return cls(True, "")
+
+    @classmethod
+    def no(cls, reason: str) -> Support:
+        if not reason:
+            raise ValueError("an unsupported pair needs a reason")
+        return cls(False, reason)
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """A named amount of work for a suite (``smoke``, ``quick``, ``paper``, ...).
+
+    ``settings`` is read by the suite only (epochs, batch size, subset sizes, tolerances).
+    """
+
+    name: str
+    description: str
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepStats:
+    """What one training iteration measured (filled by the task, from the backend's counters).
+
+    ``nfe_forward`` counts evaluations of the dynamics in the forward pass; ``nfe_backward``
+    counts evaluations of the dynamics (or of its vector-Jacobian product) in the backward pass.
+    Steps are solver steps, never confused with function evaluations.
+    """
+
+    loss: float
+    nfe_forward: float | None = None
+    nfe_backward: float | None = None
+    steps_accepted: float | None = None
+    steps_rejected: float | None = None
+    saved_for_backward_bytes: int | None = None
+    extra: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """Metrics of an evaluation pass. ``metrics`` must hold the suite's ``metric_name``."""
+
+    metrics: Mapping[str, float]
+    notes: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class CellContext:
+    """Everything a suite needs to build a task for one cell."""
+
+    backend: AbstractBackend
+    budget: Budget
+    seed: int
+    device: str
+    work_dir: Path
+    options: Mapping[str, Any]
+    log: Callable[[str], None] = print
+
+
+class AbstractTask(abc.ABC):
+    """One model on one backend, ready to train: built by a suite for one cell."""
+
+    #: Number of training iterations the core will run (at least 2: the first is the warm-up).
+    num_train_steps: int
+    #: Run an evaluation every this many steps during training (None: only at the end).
+    eval_every: int | None = None
+
+    @abc.abstractmethod
+    def train_step(self, step: int) -> StepStats:
+        """Run one training iteration (forward, backward, update) and return its statistics.
+
+        :param step: the iteration number, from 0.
+        """
+
+    @abc.abstractmethod
+    def evaluate(self) -> Evaluation:
+        """Evaluate the model on held-out data."""
+
+    @abc.abstractmethod
+    def num_params(self) -> int:
+        """Number of trainable parameters."""
+
+    def finish(self, work_dir: Path, trace: Mapping[str, Any]) -> None:  # noqa: B027
+        """Called once after the last evaluation: write plots or artefacts into ``work_dir``."""
+
+
+class MemoryTracker(abc.ABC):
+    """Measures the peak memory of a phase. ``method`` names how, and goes into the results."""
+
+    method: str
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Start a new phase: forget earlier peaks."""
+
+    @abc.abstractmethod
+    def peak_bytes(self) -> int | None:
+        """Peak bytes used since :meth:`reset`, above what was in use at the reset."""
+
+
+class AbstractBackend(abc.ABC):
+    """A way to integrate and differentiate a Neural ODE (a solver and a gradient method)."""
+
+    name: str
+    framework: str
+    gradient_method: str
+    solver: str
+    description: str = ""
+
+    def check_available(self) -> str | None:
+        """Return None when the backend's dependencies are importable, else the reason and the
+        install hint (e.g. ``"jax is not installed: pip install 'neural-ode-bench[jax]'"``)."""
+        return None
+
+    def supports(self, suite: AbstractSuite) -> Support:
+        """Whether this backend can run ``suite``. The default: the suite has a model for this
+        backend's framework."""
+        if self.framework not in suite.frameworks:
+            return Support.no(
+                f"suite {suite.name!r} has no {self.framework} model "
+                f"(it has: {', '.join(suite.frameworks) or 'none'})"
+            )
+        return Support.yes()
+
+    def resolve_device(self, requested: str) -> str:
+        """Map ``cpu``/``cuda``/``auto`` to the device this backend will use. Raise
+        :class:`bench.errors.BenchError` when the requested device is not available."""
+        if requested in ("cpu", "auto"):
+            return "cpu"
+        from bench.errors import BenchError
+
+        raise BenchError(f"backend {self.name!r} runs on the CPU only, not on {requested!r}")
+
+    def device_name(self, device: str) -> str:
+        """A human-readable name of the device, e.g. the GPU model."""
+        from bench.measure import cpu_model
+
+        return cpu_model() if device == "cpu" else device
+
+    def synchronize(self, device: str) -> None:  # noqa: B027
+        """Block until all queued work on ``device`` has finished (needed before any timing)."""
+
+    def memory_tracker(self, device: str) -> MemoryTracker:
+        """The tracker used for ``peak_memory_bytes``. Default: the process's resident memory."""
+        from bench.measure import ResidentMemoryTracker
+
+        return ResidentMemoryTracker()
+
+
+class AbstractSuite(abc.ABC):
+    """A standard task: data, per-framework models, a metric and budgets."""
+
+    name: str
+    description: str = ""
+    #: Name of the headline metric, with its unit (e.g. ``test_error_pct``, ``nll_nats``).
+    metric_name: str
+    metric_direction: MetricDirection = "lower"
+    #: Frameworks this suite has models for.
+    frameworks: tuple[str, ...] = ()
+    budgets: Mapping[str, Budget]
+    #: Options a user may set (``--set key=value``) and their defaults. Unknown keys raise.
+    options: Mapping[str, Any] = {}
+
+    def supports(self, backend: AbstractBackend) -> Support:
+        """Whether this suite can run on ``backend`` beyond the framework check (e.g. a CNF
+        cannot use an untied-weight ResNet)."""
+        return Support.yes()
+
+    @abc.abstractmethod
+    def build_task(self, ctx: CellContext) -> AbstractTask:
+        """Build the model, data and optimiser for one cell."""

@@ -1,0 +1,118 @@
+"""Framework-neutral measurement helpers: timers and the process's resident memory."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import re
+import statistics
+import time
+from collections.abc import Sequence
+
+from bench.interfaces import MemoryTracker
+
+_CLEAR_REFS = "/proc/self/clear_refs"
+_STATUS = "/proc/self/status"
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open(_STATUS) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def current_rss_bytes() -> int | None:
+    """Resident set size of this process now (Linux), in bytes."""
+    kib = _status_kib("VmRSS")
+    return None if kib is None else kib * 1024
+
+
+def peak_rss_bytes() -> int | None:
+    """High-water mark of the resident set (``VmHWM``) since start or the last reset, in bytes."""
+    kib = _status_kib("VmHWM")
+    return None if kib is None else kib * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset the resident-set high-water mark to the current RSS (Linux ``clear_refs`` 5).
+
+    Returns False where the kernel does not allow it; ``ru_maxrss`` cannot be reset, which is why
+    ``VmHWM`` is read instead.
+    """
+    try:
+        with open(_CLEAR_REFS, "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class ResidentMemoryTracker(MemoryTracker):
+    """Peak increase of the process's resident memory over the phase (CPU).
+
+    Meaningful when the cell runs in its own process (the runner does this) and glibc returns freed
+    memory (the runner sets ``MALLOC_MMAP_THRESHOLD_``).
+    """
+
+    method = "cpu_rss_peak_increase"
+
+    def __init__(self) -> None:
+        self._baseline: int | None = None
+        self._resettable = True
+
+    def reset(self) -> None:
+        self._resettable = reset_peak_rss()
+        self._baseline = current_rss_bytes()
+
+    def peak_bytes(self) -> int | None:
+        peak = peak_rss_bytes()
+        if peak is None or self._baseline is None or not self._resettable:
+            return None
+        return max(0, peak - self._baseline)
+
+
+class Stopwatch:
+    """``with Stopwatch() as w: ...``; ``w.seconds`` afterwards (``perf_counter``)."""
+
+    def __enter__(self) -> Stopwatch:
+        self._start = time.perf_counter()
+        self.seconds = float("nan")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self._start
+
+
+def median_or_none(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def mean_or_none(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else None
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            match = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.MULTILINE)
+            if match:
+                return match.group(1).strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1

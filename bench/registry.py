@@ -1,0 +1,167 @@
+"""Plugin discovery: built-in plugin modules, entry points, and the registry of names.
+
+No plugin manager exists at import time: :meth:`Registry.load` builds a fresh one each call, so
+the runner's child processes rebuild the same registry from the same :class:`PluginSelection`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.metadata
+import os
+import traceback
+from collections.abc import Iterable
+from typing import Any
+
+import pluggy
+
+from bench import hookspecs
+from bench.errors import UnknownNameError
+from bench.interfaces import AbstractBackend, AbstractSuite
+
+ENTRY_POINT_GROUP = "bench"
+#: Comma-separated plugin names to load (built-in module names or entry-point names). Unset: all.
+LOAD_PLUGINS_ENV = "BENCH_LOAD_PLUGINS"
+
+#: Built-in plugins, registered exactly like third-party ones.
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "plugins.torch_adjoint",
+    "plugins.torch_direct",
+    "plugins.rknet",
+    "plugins.resnet",
+    "plugins.jax_diffrax",
+    "suites.mnist",
+    "suites.cnf",
+    "suites.latent_ode",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginSelection:
+    """Which plugins to load; picklable, so a child process rebuilds the same registry."""
+
+    builtins: bool = True
+    entry_points: bool = True
+    extra_modules: tuple[str, ...] = ()
+    only: frozenset[str] | None = None
+
+    @classmethod
+    def from_environment(cls, **kwargs: Any) -> PluginSelection:
+        """Read :data:`LOAD_PLUGINS_ENV` (``BENCH_LOAD_PLUGINS``)."""
+        raw = os.environ.get(LOAD_PLUGINS_ENV)
+        only = None if raw is None else frozenset(p.strip() for p in raw.split(",") if p.strip())
+        return cls(only=only, **kwargs)
+
+    def wants(self, name: str) -> bool:
+        return self.only is None or name in self.only
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    source: str  # "builtin", "entry point", "module"
+    error: str = ""  # non-empty: failed to load or to register
+
+
+@dataclasses.dataclass
+class Registry:
+    backends: dict[str, AbstractBackend]
+    suites: dict[str, AbstractSuite]
+    plugins: list[PluginInfo]
+    #: Where each backend or suite came from: name -> plugin name.
+    origin: dict[str, str]
+
+    @property
+    def load_errors(self) -> list[PluginInfo]:
+        return [p for p in self.plugins if p.error]
+
+    def backend(self, name: str) -> AbstractBackend:
+        if name not in self.backends:
+            raise UnknownNameError("backend", name, self.backends)
+        return self.backends[name]
+
+    def suite(self, name: str) -> AbstractSuite:
+        if name not in self.suites:
+            raise UnknownNameError("suite", name, self.suites)
+        return self.suites[name]
+
+    @classmethod
+    def load(cls, selection: PluginSelection | None = None) -> Registry:
+        selection = selection or PluginSelection.from_environment()
+        pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        pm.add_hookspecs(hookspecs)
+        infos: list[PluginInfo] = []
+        for name, source, loader in _candidates(selection):
+            try:
+                plugin = loader()
+                pm.register(plugin, name=name)
+            except Exception as exc:  # a broken plugin is listed, never fatal
+                infos.append(PluginInfo(name, source, _describe(exc)))
+                continue
+            infos.append(PluginInfo(name, source))
+        registry = cls({}, {}, [], {})
+        for info in infos:
+            if not info.error:
+                info = registry._collect(pm, info)
+            registry.plugins.append(info)
+        return registry
+
+    def _collect(self, pm: pluggy.PluginManager, info: PluginInfo) -> PluginInfo:
+        """Call one plugin's hooks in isolation, so one failing plugin spoils nothing else."""
+        plugin = pm.get_plugin(info.name)
+        others = [p for p in pm.get_plugins() if p is not plugin]
+        problems: list[str] = []
+        for hook, kind, interface, table in (
+            ("bench_register_backends", "backend", AbstractBackend, self.backends),
+            ("bench_register_suites", "suite", AbstractSuite, self.suites),
+        ):
+
+            def register(obj: Any, kind: str = kind, interface: type = interface,
+                         table: dict = table) -> None:
+                if not isinstance(obj, interface):
+                    raise TypeError(
+                        f"register() takes an instance of {interface.__name__}, "
+                        f"got {type(obj).__name__}"
+                    )
+                if obj.name in table:
+                    problems.append(
+                        f"{kind} {obj.name!r} is already registered by plugin "
+                        f"{self.origin[obj.name]!r}; this one is ignored"
+                    )
+                    return
+                table[obj.name] = obj
+                self.origin[obj.name] = info.name
+
+            caller = pm.subset_hook_caller(hook, remove_plugins=others)
+            try:
+                caller(register=register)
+            except Exception as exc:
+                problems.append(f"{hook} failed: {_describe(exc)}")
+        return dataclasses.replace(info, error="; ".join(problems))
+
+
+def _candidates(selection: PluginSelection) -> Iterable[tuple[str, str, Any]]:
+    seen: set[str] = set()
+
+    def entries() -> Iterable[tuple[str, str, Any]]:
+        if selection.builtins:
+            for module in DEFAULT_PLUGINS:
+                yield module, "builtin", lambda m=module: importlib.import_module(m)
+        for module in selection.extra_modules:
+            yield module, "module", lambda m=module: importlib.import_module(m)
+        if selection.entry_points:
+            for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+                yield ep.name, f"entry point {ep.value}", ep.load
+
+    for name, source, loader in entries():
+        if name in seen or not selection.wants(name):
+            continue
+        seen.add(name)
+        yield name, source, loader
+
+
+def _describe(exc: BaseException) -> str:
+    last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    where = f" ({last[0].filename}:{last[0].lineno})" if last else ""
+    return f"{type(exc).__name__}: {exc}{where}"

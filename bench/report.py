@@ -1,0 +1,130 @@
+"""Turn run directories into tables: markdown, CSV (all columns, raw units) or LaTeX."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from bench.errors import UnknownNameError
+from bench.results import load_run
+
+FORMATS = ("markdown", "csv", "latex")
+#: Columns of the human-readable tables (CSV keeps every column). The metric columns of the run's
+#: suites are inserted after ``status``.
+TABLE_COLUMNS = (
+    "suite", "backend", "gradient_method", "solver", "device", "budget", "seed", "status",
+    "nfe_forward", "nfe_backward", "train_step_time_s", "compile_time_s", "eval_time_s",
+    "peak_memory_mib", "peak_memory_method", "saved_for_backward_mib", "params", "error",
+)
+COMPARE_KEYS = ("suite", "backend", "budget", "seed")
+COMPARE_VALUES = ("status", "nfe_forward", "nfe_backward", "train_step_time_s", "peak_memory_mib")
+MIB = 1024 * 1024
+
+
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    """Every suite metric present: the headline metric of each suite first."""
+    if frame.empty:
+        return []
+    names = [n for n in dict.fromkeys(frame["metric_name"].dropna()) if n and n in frame.columns]
+    return names
+
+
+def table_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The columns of a readable table, memory in MiB (names say so)."""
+    frame = frame.copy()
+    frame["peak_memory_mib"] = frame["peak_memory_bytes"].astype("float64") / MIB
+    frame["saved_for_backward_mib"] = frame["saved_for_backward_bytes"].astype("float64") / MIB
+    columns = list(TABLE_COLUMNS)
+    at = columns.index("status") + 1
+    columns[at:at] = metric_columns(frame)
+    frame["error"] = frame["error"].fillna("").map(lambda e: e.splitlines()[0][:80] if e else "")
+    columns = [c for c in columns if c in frame.columns and not _all_missing(frame[c])]
+    return frame[columns]
+
+
+def _all_missing(column: pd.Series) -> bool:
+    return bool(column.isna().all() or (column.astype(str) == "").all())
+
+
+def render(frame: pd.DataFrame, fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise UnknownNameError("report format", fmt, FORMATS)
+    if fmt == "csv":
+        return frame.to_csv(index=False)
+    cells = [[_fmt(v) for v in row] for row in frame.itertuples(index=False)]
+    header = [str(c) for c in frame.columns]
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
+        return "\n".join(lines) + "\n"
+    lines = [
+        "\\begin{tabular}{" + "l" * len(header) + "}",
+        "\\toprule",
+        " & ".join(_latex(h) for h in header) + " \\\\",
+        "\\midrule",
+        *(" & ".join(_latex(c) for c in row) + " \\\\" for row in cells),
+        "\\bottomrule",
+        "\\end{tabular}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        if value.is_integer() and abs(value) < 1e15:
+            return str(int(value))
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _latex(text: str) -> str:
+    for char in ("\\", "&", "%", "$", "#", "_", "{", "}"):
+        text = text.replace(char, "\\" + char if char != "\\" else "\\textbackslash{}")
+    return text
+
+
+def report(run_dirs: Sequence[str], fmt: str = "markdown") -> str:
+    """One run: its table (CSV: every column). Two runs: side by side, with ratios B/A."""
+    if fmt not in FORMATS:
+        raise UnknownNameError("report format", fmt, FORMATS)
+    if len(run_dirs) == 1:
+        frame = load_run(run_dirs[0])
+        return render(frame if fmt == "csv" else table_frame(frame), fmt)
+    if len(run_dirs) != 2:
+        raise UnknownNameError("number of run directories", str(len(run_dirs)), ("1", "2"))
+    return render(compare_frame(load_run(run_dirs[0]), load_run(run_dirs[1])), fmt)
+
+
+def compare_frame(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """Cells of two runs side by side (outer join on suite, backend, budget, seed)."""
+    a, b = table_frame(a), table_frame(b)
+    values = [c for c in (*metric_columns_of(a, b), *COMPARE_VALUES) if c in a or c in b]
+    for frame in (a, b):
+        for column in values:
+            if column not in frame:
+                frame[column] = float("nan")
+    merged = a[[*COMPARE_KEYS, *values]].merge(
+        b[[*COMPARE_KEYS, *values]], on=list(COMPARE_KEYS), how="outer", suffixes=("_a", "_b")
+    )
+    for column in ("train_step_time_s", "peak_memory_mib"):
+        merged[f"{column}_ratio_b_a"] = merged[f"{column}_b"] / merged[f"{column}_a"]
+    ordered = list(COMPARE_KEYS)
+    for column in values:
+        ordered += [f"{column}_a", f"{column}_b"]
+        if f"{column}_ratio_b_a" in merged:
+            ordered.append(f"{column}_ratio_b_a")
+    return merged[ordered]
+
+
+def metric_columns_of(*frames: pd.DataFrame) -> list[str]:
+    names: list[str] = []
+    for frame in frames:
+        names += [n for n in metric_columns(frame) if n not in names]
+    return names

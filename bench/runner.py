@@ -1,0 +1,243 @@
+"""Expand suites x backends x seeds into cells and run each cell in its own fresh process.
+
+A cell's process is started with ``spawn``, so its peak memory is its own and a crash, hang or
+out-of-memory stays inside it. Each finished row is appended to the run directory at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+from bench.cell import CellSpec, base_row, check_support, run_cell
+from bench.errors import BenchError, UnknownNameError
+from bench.registry import PluginSelection, Registry
+from bench.results import ResultRow, RunDirectory, now_iso
+
+#: Environment of every cell process: glibc returns freed blocks (so resident-memory peaks are
+#: per phase), and JAX does not preallocate GPU memory (so it can share a GPU with torch, and its
+#: peak is measurable).
+CELL_ENVIRONMENT = {
+    "MALLOC_MMAP_THRESHOLD_": "131072",
+    "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+}
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def expand(registry: Registry, suites: Sequence[str], backends: Sequence[str], budget: str,
+           seeds: Sequence[int], device: str, options: dict[str, Any] | None = None
+           ) -> list[CellSpec]:
+    """The cells of a run, suite-major. Names are checked; unknown ones raise with choices."""
+    if device not in DEVICES:
+        raise UnknownNameError("device", device, DEVICES)
+    if not suites:
+        raise BenchError("no suite selected")
+    if not backends:
+        raise BenchError("no backend selected")
+    suite_objs = [registry.suite(name) for name in suites]
+    for name in backends:
+        registry.backend(name)
+    for suite in suite_objs:
+        if budget not in suite.budgets:
+            raise UnknownNameError(f"budget for suite {suite.name!r}", budget, suite.budgets)
+    options = dict(options or {})
+    cells = []
+    for suite in suite_objs:
+        unknown = [k for k in options if k not in suite.options and len(suite_objs) == 1]
+        if unknown:
+            raise UnknownNameError(f"option of suite {suite.name!r}", unknown[0], suite.options)
+        suite_options = tuple(sorted((k, v) for k, v in options.items() if k in suite.options))
+        for backend in backends:
+            for seed in seeds:
+                cells.append(CellSpec(suite.name, backend, budget, int(seed), device,
+                                      suite_options))
+    return cells
+
+
+@dataclasses.dataclass
+class Runner:
+    registry: Registry
+    selection: PluginSelection
+    run_dir: RunDirectory
+    timeout_s: float | None = None
+    max_memory_bytes: int | None = None
+    echo: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)
+
+    def run(self, cells: Sequence[CellSpec], resume: bool = False) -> list[ResultRow]:
+        """Run the cells; return the rows written by this call. With ``resume``, cells that
+        already have an ``ok`` row in the run directory are skipped."""
+        done = {r.cell_id for r in self.run_dir.rows() if r.status == "ok"} if resume else set()
+        todo = [c for c in cells if c.cell_id not in done]
+        if done:
+            self.echo(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already ok")
+        rows: list[ResultRow] = []
+        started = time.monotonic()
+        measured_seconds: list[float] = []
+        try:
+            for i, spec in enumerate(todo, 1):
+                t0 = time.monotonic()
+                self.echo(f"[{i}/{len(todo)}] {spec.cell_id} ...")
+                row = self._run_one(spec, i, len(todo))
+                self.run_dir.append_row(row)
+                rows.append(row)
+                if row.status != "unsupported":
+                    measured_seconds.append(time.monotonic() - t0)
+                self.echo(self._progress_line(i, len(todo), row, started, measured_seconds))
+        except KeyboardInterrupt:
+            self.echo(
+                f"interrupted: {len(rows)} finished rows are saved in {self.run_dir.path}; "
+                "run again with --resume to finish the rest"
+            )
+            raise
+        return rows
+
+    # -- one cell -----------------------------------------------------------------------------------
+    def _run_one(self, spec: CellSpec, index: int, total: int) -> ResultRow:
+        backend = self.registry.backend(spec.backend)
+        suite = self.registry.suite(spec.suite)
+        reason = check_support(backend, suite)
+        if reason:  # no process needed to say so
+            return base_row(spec, backend, suite, "unsupported", reason)
+        work_dir = self.run_dir.cell_dir(spec.cell_id)
+        ctx = multiprocessing.get_context("spawn")
+        parent_conn, child_conn = ctx.Pipe(duplex=False)
+        with _environment(CELL_ENVIRONMENT):
+            proc = ctx.Process(
+                target=cell_process_main,
+                args=(child_conn, spec, self.selection, str(work_dir), self.max_memory_bytes),
+                name=f"bench-cell-{index}",
+                daemon=True,
+            )
+            proc.start()
+        child_conn.close()
+        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
+        last_echo = time.monotonic()
+        try:
+            while True:
+                if parent_conn.poll(0.2):
+                    try:
+                        kind, payload = parent_conn.recv()
+                    except EOFError:
+                        proc.join(5)
+                        return base_row(spec, backend, suite, "failed", _exit_reason(proc))
+                    if kind == "result":
+                        proc.join(30)
+                        return payload
+                    if kind == "progress" and time.monotonic() - last_echo > 30:
+                        step, n, loss = payload
+                        self.echo(f"    step {step}/{n} loss {loss:.4g}")
+                        last_echo = time.monotonic()
+                    continue
+                if not proc.is_alive():
+                    if parent_conn.poll(0):  # a result sent just before exiting
+                        continue
+                    return base_row(spec, backend, suite, "failed", _exit_reason(proc))
+                if deadline is not None and time.monotonic() > deadline:
+                    _stop(proc)
+                    return base_row(spec, backend, suite, "timeout",
+                                    f"cell exceeded the timeout of {self.timeout_s:g} s")
+        finally:
+            if proc.is_alive():  # Ctrl-C or any other exit path: no orphan cell
+                _stop(proc)
+            parent_conn.close()
+
+    def _progress_line(self, i: int, n: int, row: ResultRow, started: float,
+                       measured: list[float]) -> str:
+        elapsed = time.monotonic() - started
+        parts = [f"[{i}/{n}] {row.cell_id}: {row.status}"]
+        if row.status == "ok" and row.metric is not None:
+            parts.append(f"{row.metric_name}={row.metric:.4g}")
+        if row.train_step_time_s is not None:
+            parts.append(f"step={row.train_step_time_s:.3g}s")
+        if row.error:
+            parts.append(f"({row.error.splitlines()[0][:160]})")
+        eta = ""
+        if measured and i < n:
+            eta = f", ~{_fmt_duration(sum(measured) / len(measured) * (n - i))} left"
+        parts.append(f"[elapsed {_fmt_duration(elapsed)}{eta}]")
+        return " ".join(parts)
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: v for k, v in values.items() if k not in os.environ})  # user's win
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+def _stop(proc: Any) -> None:
+    proc.terminate()
+    proc.join(5)
+    if proc.is_alive():
+        proc.kill()
+        proc.join(5)
+
+
+def _exit_reason(proc: Any) -> str:
+    code = proc.exitcode
+    if code is None:
+        return "cell process stopped answering"
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else code
+        hint = " (killed: most likely out of memory)" if -code == signal.SIGKILL else ""
+        return f"cell process was killed by signal {name}{hint}"
+    return f"cell process exited with code {code} without a result"
+
+
+def cell_process_main(conn: Connection, spec: CellSpec, selection: PluginSelection,
+                      work_dir: str, max_memory_bytes: int | None) -> None:
+    """Entry point of a cell's process."""
+    from pathlib import Path
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    if max_memory_bytes:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (max_memory_bytes, max_memory_bytes))
+    path = Path(work_dir)
+    log_file = open(path / "cell.log", "a")  # noqa: SIM115
+
+    def log(message: str) -> None:
+        log_file.write(message + "\n")
+        log_file.flush()
+
+    def progress(step: int, n: int, loss: float) -> None:
+        conn.send(("progress", (step, n, loss)))
+
+    try:
+        registry = Registry.load(selection)
+        backend = registry.backend(spec.backend)
+        suite = registry.suite(spec.suite)
+        row = run_cell(spec, backend, suite, path, log=log, progress=progress)
+    except BaseException as exc:  # noqa: BLE001 - always answer the parent
+        row = base_row(spec, None, None, "failed", f"{type(exc).__name__}: {exc}")
+    row = dataclasses.replace(row, finished_at=now_iso())
+    conn.send(("result", row))
+    conn.close()
+    log_file.close()

@@ -1,0 +1,121 @@
+"""Tiny fake plugins for the core's tests: a NumPy Euler backend and a linear-ODE suite.
+
+The suite fits the rate ``a`` of dy/dt = a*y (exact solution y(t) = y0 exp(a t)) by gradient
+descent; the backend integrates with explicit Euler and differentiates by forward sensitivity.
+Misbehaving backends raise, hang, exhaust memory or diverge, to test the runner's isolation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+import bench
+from bench.interfaces import AbstractBackend, AbstractSuite, AbstractTask, Budget, CellContext
+from bench.interfaces import Evaluation, StepStats, Support
+
+A_TRUE = -0.5
+
+
+class NumpyEulerBackend(AbstractBackend):
+    framework = "numpy"
+    gradient_method = "forward-sensitivity"
+    solver = "euler"
+
+    def __init__(self, name: str = "numpy-euler", steps: int = 20, behaviour: str = "ok"):
+        self.name = name
+        self.steps = steps
+        self.behaviour = behaviour
+        self.description = f"explicit Euler, {steps} steps ({behaviour})"
+
+    def integrate(self, a: float, y0: float, t1: float) -> tuple[float, float, int]:
+        """y(t1) and dy/da by Euler on the state and its sensitivity; returns (y, s, nfe)."""
+        if self.behaviour == "raise":
+            raise RuntimeError("this backend always fails")
+        if self.behaviour == "hang":
+            time.sleep(3600)
+        if self.behaviour == "oom":
+            hog = []
+            while True:
+                hog.append(np.ones(16 * 1024 * 1024))  # 128 MiB each, touched
+        h = t1 / self.steps
+        y, s = y0, 0.0
+        for _ in range(self.steps):
+            y, s = y + h * a * y, s + h * (a * s + y)
+        return y, s, self.steps
+
+
+class LinearTask(AbstractTask):
+    def __init__(self, backend: NumpyEulerBackend, settings: dict, seed: int, lr: float):
+        rng = np.random.default_rng(seed)
+        self.a = float(rng.normal(0.0, 0.1))
+        self.backend = backend
+        self.num_train_steps = settings["steps"]
+        self.eval_every = settings.get("eval_every")
+        self.lr = lr
+
+    def train_step(self, step: int) -> StepStats:
+        y, s, nfe = self.backend.integrate(self.a, 1.0, 1.0)
+        target = math.exp(A_TRUE)
+        loss = (y - target) ** 2
+        self.a -= self.lr * 2 * (y - target) * s
+        if self.backend.behaviour == "nan" and step == 2:
+            loss = float("nan")
+        return StepStats(loss=loss, nfe_forward=nfe, nfe_backward=nfe, steps_accepted=nfe,
+                         steps_rejected=0)
+
+    def evaluate(self) -> Evaluation:
+        return Evaluation({"rate_error": abs(self.a - A_TRUE), "a": self.a})
+
+    def num_params(self) -> int:
+        return 1
+
+
+class LinearSuite(AbstractSuite):
+    name = "linear"
+    description = "fit the rate of dy/dt = a*y (exact solution known)"
+    metric_name = "rate_error"
+    metric_direction = "lower"
+    frameworks = ("numpy",)
+    budgets = {
+        "smoke": Budget("smoke", "3 steps", {"steps": 3}),
+        "quick": Budget("quick", "200 steps", {"steps": 200, "eval_every": 50}),
+    }
+    options = {"lr": 2.0}
+
+    def build_task(self, ctx: CellContext) -> AbstractTask:
+        return LinearTask(ctx.backend, dict(ctx.budget.settings), ctx.seed,
+                          float(ctx.options.get("lr", self.options["lr"])))
+
+
+class PickySuite(LinearSuite):
+    """Refuses one backend, to test `unsupported` rows."""
+
+    name = "picky"
+
+    def supports(self, backend: AbstractBackend) -> Support:
+        if backend.name != "numpy-euler":
+            return Support.no("picky only runs on numpy-euler")
+        return Support.yes()
+
+
+class TorchOnlySuite(LinearSuite):
+    name = "torch-only"
+    frameworks = ("torch",)
+
+
+@bench.hookimpl
+def bench_register_backends(register):
+    register(NumpyEulerBackend())
+    register(NumpyEulerBackend("numpy-euler-fine", steps=200))
+    for behaviour in ("raise", "hang", "oom", "nan"):
+        register(NumpyEulerBackend(f"numpy-{behaviour}", behaviour=behaviour))
+
+
+@bench.hookimpl
+def bench_register_suites(register):
+    register(LinearSuite())
+    register(PickySuite())
+    register(TorchOnlySuite())
