@@ -117,14 +117,14 @@ def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_d
     train_clock = 0.0
     status, error = "ok", ""
 
-    def evaluate(step: int) -> tuple[Evaluation, float]:
+    def evaluate(step: int, final: bool) -> tuple[Evaluation, float]:
         backend.synchronize(device)
         t0 = time.perf_counter()
-        result = task.evaluate()
+        result = task.evaluate(final=final)
         backend.synchronize(device)
         seconds = time.perf_counter() - t0
         evals.append({"step": step, "train_time_s": train_clock, "eval_time_s": seconds,
-                      **dict(result.metrics)})
+                      "final": final, **dict(result.metrics)})
         return result, seconds
 
     try:
@@ -149,7 +149,7 @@ def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_d
                 peak = tracker.peak_bytes()  # evaluation memory is not training memory
                 if peak is not None:
                     steady_peaks.append(peak)
-                evaluate(step + 1)
+                evaluate(step + 1, final=False)
                 tracker.reset()
         peak = tracker.peak_bytes()
         if peak is not None:
@@ -163,7 +163,7 @@ def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_d
                  "evaluations": evals}
         (work_dir / "trace.json").write_text(json.dumps(trace, default=float))
     if status == "ok":
-        result, seconds = evaluate(n_steps)
+        result, seconds = evaluate(n_steps, final=True)
         fields["eval_time_s"] = seconds
         fields["metrics"] = {**fields.get("metrics", {}), **result.metrics}
         fields["notes"] = result.notes

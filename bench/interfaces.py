@@ -106,8 +106,13 @@ class AbstractTask(abc.ABC):
         """
 
     @abc.abstractmethod
-    def evaluate(self) -> Evaluation:
-        """Evaluate the model on held-out data."""
+    def evaluate(self, final: bool = True) -> Evaluation:
+        """Evaluate the model on held-out data.
+
+        :param final: True for the evaluation whose metrics go into the result row (the full test
+            set); False for the periodic evaluations during training (``eval_every``), which may
+            use a subset and say so in ``Evaluation.notes``.
+        """
 
     @abc.abstractmethod
     def num_params(self) -> int:

@@ -66,7 +66,7 @@ class LinearTask(AbstractTask):
         return StepStats(loss=loss, nfe_forward=nfe, nfe_backward=nfe, steps_accepted=nfe,
                          steps_rejected=0)
 
-    def evaluate(self) -> Evaluation:
+    def evaluate(self, final: bool = True) -> Evaluation:
         return Evaluation({"rate_error": abs(self.a - A_TRUE), "a": self.a})
 
     def num_params(self) -> int:
