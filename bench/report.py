@@ -104,8 +104,9 @@ def report(run_dirs: Sequence[str], fmt: str = "markdown") -> str:
 
 def compare_frame(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     """Cells of two runs side by side (outer join on suite, backend, budget, seed)."""
+    metrics = metric_columns_of(a, b)
     a, b = table_frame(a), table_frame(b)
-    values = [c for c in (*metric_columns_of(a, b), *COMPARE_VALUES) if c in a or c in b]
+    values = [c for c in (*metrics, *COMPARE_VALUES) if c in a or c in b]
     for frame in (a, b):
         for column in values:
             if column not in frame:

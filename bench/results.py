@@ -160,6 +160,8 @@ class RunDirectory:
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            self._lock_file.close()
+            self._lock_file = None
             raise BenchError(
                 f"run directory {str(self.path)!r} is in use by another bench run"
             ) from None

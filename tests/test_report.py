@@ -1,0 +1,84 @@
+"""Reports in each format, comparisons of two runs, plots."""
+
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+import pytest
+
+from bench.errors import UnknownNameError
+from bench.plots import plot_run
+from bench.report import report
+from bench.results import RunDirectory
+from bench.runner import Runner, expand
+from conftest import FAKE_ONLY
+
+
+@pytest.fixture
+def run_path(fake_registry, tmp_path):
+    cells = expand(fake_registry, ["linear", "picky"], ["numpy-euler", "numpy-raise"], "smoke",
+                   [0], "cpu")
+    runner = Runner(fake_registry, FAKE_ONLY, RunDirectory.create(tmp_path / "a"),
+                    echo=lambda m: None)
+    runner.run(cells)
+    return runner.run_dir.path
+
+
+def test_markdown_table_has_metric_units_and_status(run_path):
+    text = report([str(run_path)], "markdown")
+    lines = text.splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[:8] == ["suite", "backend", "gradient_method", "solver", "device", "budget",
+                          "seed", "status"]
+    assert header[8] == "rate_error"
+    for column in ("nfe_forward", "train_step_time_s", "peak_memory_mib", "params", "error"):
+        assert column in header
+    assert len(lines) == 2 + 4
+    assert "| linear | numpy-raise |" in text and "RuntimeError: this backend always fails" in text
+    assert "picky only runs on numpy-euler" in text
+
+
+def test_csv_keeps_every_column_raw(run_path):
+    frame = pd.read_csv(io.StringIO(report([str(run_path)], "csv")))
+    for column in ("suite", "backend", "framework", "gradient_method", "device", "seed", "budget",
+                   "status", "error", "rate_error", "nfe_forward", "nfe_backward",
+                   "train_step_time_s", "eval_time_s", "compile_time_s", "peak_memory_bytes",
+                   "peak_memory_method", "params"):
+        assert column in frame.columns
+    ok = frame[frame.status == "ok"]
+    assert len(ok) == 2 and (ok.nfe_forward == 20).all()
+
+
+def test_latex_table_escapes(run_path):
+    text = report([str(run_path)], "latex")
+    assert text.startswith("\\begin{tabular}")
+    assert "gradient\\_method" in text and "numpy-euler" in text
+    assert text.rstrip().endswith("\\end{tabular}")
+
+
+def test_compare_two_runs_side_by_side(run_path, fake_registry, tmp_path):
+    cells = expand(fake_registry, ["linear"], ["numpy-euler"], "smoke", [0], "cpu")
+    other = Runner(fake_registry, FAKE_ONLY, RunDirectory.create(tmp_path / "b"),
+                   echo=lambda m: None)
+    other.run(cells)
+    frame = pd.read_csv(io.StringIO(report([str(run_path), str(other.run_dir.path)], "csv")))
+    assert {"rate_error_a", "rate_error_b", "train_step_time_s_ratio_b_a",
+            "peak_memory_mib_a"} <= set(frame.columns)
+    row = frame[(frame.suite == "linear") & (frame.backend == "numpy-euler")].iloc[0]
+    assert row.rate_error_a == pytest.approx(row.rate_error_b)  # same seed, same result
+    missing = frame[(frame.suite == "picky") & (frame.backend == "numpy-euler")].iloc[0]
+    assert missing.status_a == "ok" and pd.isna(missing.status_b)
+
+
+def test_unknown_format_lists_choices(run_path):
+    with pytest.raises(UnknownNameError, match="Did you mean 'markdown'.*csv, latex, markdown"):
+        report([str(run_path)], "markdwn")
+
+
+def test_plots_are_written(run_path):
+    files = plot_run(run_path)
+    names = sorted(f.name for f in files)
+    assert names == ["linear_nfe_per_iteration.png", "linear_rate_error_vs_time.png",
+                     "picky_nfe_per_iteration.png", "picky_rate_error_vs_time.png"]
+    assert all(f.stat().st_size > 1000 for f in files)

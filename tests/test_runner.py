@@ -1,0 +1,200 @@
+"""Matrix expansion, per-cell process isolation, durable rows, resume, the measured loop."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from bench.cell import CellSpec, run_cell
+from bench.errors import BenchError, UnknownNameError
+from bench.interfaces import AbstractTask, Evaluation, StepStats
+from bench.results import RunDirectory, load_run
+from bench.runner import Runner, expand
+from conftest import FAKE_ONLY
+
+
+def test_expand_is_suite_major_with_all_seeds(fake_registry):
+    cells = expand(fake_registry, ["linear", "picky"], ["numpy-euler", "numpy-nan"], "smoke",
+                   [0, 1], "cpu")
+    assert len(cells) == 8
+    assert [c.suite for c in cells[:4]] == ["linear"] * 4
+    assert [(c.backend, c.seed) for c in cells[:4]] == [
+        ("numpy-euler", 0), ("numpy-euler", 1), ("numpy-nan", 0), ("numpy-nan", 1)]
+    assert cells[0].cell_id == "linear/numpy-euler/smoke/seed0/cpu"
+    assert len({c.cell_id for c in cells}) == 8
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"budget": "qiuck"}, "unknown budget for suite 'linear' 'qiuck'. Did you mean 'quick'?"),
+    ({"device": "gpu"}, "Valid choices: auto, cpu, cuda."),
+    ({"suites": ["lineer"]}, "Did you mean 'linear'?"),
+    ({"backends": ["numpy-eular"]}, "Did you mean 'numpy-euler'?"),
+    ({"options": {"learning_rate": 1}}, "unknown option of suite 'linear' 'learning_rate'"),
+])
+def test_expand_rejects_bad_names(fake_registry, kwargs, message):
+    args = {"suites": ["linear"], "backends": ["numpy-euler"], "budget": "smoke",
+            "seeds": [0], "device": "cpu", **kwargs}
+    with pytest.raises(UnknownNameError) as info:
+        expand(fake_registry, **args)
+    assert message in str(info.value)
+
+
+def test_suite_options_reach_the_task(fake_registry, tmp_path):
+    (cell,) = expand(fake_registry, ["linear"], ["numpy-euler"], "smoke", [0], "cpu",
+                     {"lr": 0.0})
+    row = run_cell(cell, fake_registry.backend("numpy-euler"), fake_registry.suite("linear"),
+                   tmp_path)
+    assert row.status == "ok"
+    assert row.metrics["a"] == pytest.approx(row.metrics["a"])  # trained with lr 0: a unchanged
+    (cell1,) = expand(fake_registry, ["linear"], ["numpy-euler"], "smoke", [0], "cpu")
+    row1 = run_cell(cell1, fake_registry.backend("numpy-euler"), fake_registry.suite("linear"),
+                    tmp_path)
+    assert row.metrics["a"] != row1.metrics["a"]
+
+
+def _runner(registry, tmp_path, **kwargs) -> Runner:
+    return Runner(registry, FAKE_ONLY, RunDirectory.create(tmp_path / "run"),
+                  echo=lambda msg: None, **kwargs)
+
+
+def test_isolation_failing_hanging_and_oom_cells_do_not_stop_the_others(fake_registry, tmp_path):
+    backends = ["numpy-raise", "numpy-hang", "numpy-oom", "numpy-nan", "numpy-euler"]
+    cells = expand(fake_registry, ["linear"], backends, "smoke", [0], "cpu")
+    runner = _runner(fake_registry, tmp_path, timeout_s=4, max_memory_bytes=1536 * 2**20)
+    started = time.monotonic()
+    rows = runner.run(cells)
+    assert time.monotonic() - started < 60
+    status = {r.backend: r for r in rows}
+    assert status["numpy-raise"].status == "failed"
+    assert "RuntimeError: this backend always fails" in status["numpy-raise"].error
+    assert status["numpy-hang"].status == "timeout"
+    assert "timeout of 4 s" in status["numpy-hang"].error
+    assert status["numpy-oom"].status == "failed"
+    assert "MemoryError" in status["numpy-oom"].error
+    assert status["numpy-nan"].status == "diverged"
+    assert "non-finite loss nan at step 2" in status["numpy-nan"].error
+    assert status["numpy-euler"].status == "ok"
+    saved = {r.backend: r.status for r in runner.run_dir.rows()}
+    assert saved == {b: status[b].status for b in backends}
+    frame = load_run(runner.run_dir.path)
+    assert list(frame["backend"]) == backends
+    assert (runner.run_dir.path / "cells" / "linear__numpy-raise__smoke__seed0__cpu"
+            / "error.log").read_text().count("RuntimeError") >= 1
+
+
+def test_unsupported_pairs_are_rows_not_errors(fake_registry, tmp_path):
+    cells = expand(fake_registry, ["picky", "torch-only"], ["numpy-nan"], "smoke", [0], "cpu")
+    rows = _runner(fake_registry, tmp_path).run(cells)
+    assert [r.status for r in rows] == ["unsupported", "unsupported"]
+    assert rows[0].error == "picky only runs on numpy-euler"
+    assert rows[1].error == "suite 'torch-only' has no numpy model (it has: torch)"
+
+
+def test_rows_are_written_as_each_cell_finishes(fake_registry, tmp_path):
+    cells = expand(fake_registry, ["linear"], ["numpy-euler", "numpy-raise"], "smoke", [0], "cpu")
+    runner = _runner(fake_registry, tmp_path)
+    seen = []
+    original = runner.run_dir.append_row
+
+    def spy(row):
+        original(row)
+        seen.append(len((runner.run_dir.path / "rows.jsonl").read_text().splitlines()))
+
+    runner.run_dir.append_row = spy
+    runner.run(cells)
+    assert seen == [1, 2]
+
+
+def test_torn_last_line_loses_no_earlier_row(fake_registry, tmp_path):
+    cells = expand(fake_registry, ["linear"], ["numpy-euler"], "smoke", [0, 1], "cpu")
+    runner = _runner(fake_registry, tmp_path)
+    runner.run(cells)
+    with open(runner.run_dir.path / "rows.jsonl", "a") as f:
+        f.write('{"cell_id": "linear/numpy-euler/smo')  # a crash mid-write
+    assert len(runner.run_dir.rows()) == 2
+
+
+def test_resume_reruns_only_cells_without_an_ok_row(fake_registry, tmp_path):
+    cells = expand(fake_registry, ["linear"], ["numpy-euler", "numpy-raise"], "smoke", [0], "cpu")
+    runner = _runner(fake_registry, tmp_path)
+    runner.run(cells)
+    again = Runner(fake_registry, FAKE_ONLY, RunDirectory.open(runner.run_dir.path),
+                   echo=lambda msg: None).run(cells, resume=True)
+    assert [r.backend for r in again] == ["numpy-raise"]
+    lines = (runner.run_dir.path / "rows.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    assert len(runner.run_dir.rows()) == 2  # latest row per cell
+
+
+def test_run_directory_is_never_shared(tmp_path):
+    first = RunDirectory.create(tmp_path / "run")
+    with pytest.raises(BenchError, match="already exists: pass --resume"):
+        RunDirectory.create(tmp_path / "run")
+    first.lock()
+    with pytest.raises(BenchError, match="in use by another bench run"):
+        RunDirectory(first.path).lock()
+    first.unlock()
+    a = RunDirectory.create(None, base=tmp_path / "runs")
+    b = RunDirectory.create(None, base=tmp_path / "runs")
+    assert a.path != b.path
+
+
+class _TimedTask(AbstractTask):
+    """First step slow (like a JIT compile), later steps fast; deterministic NFE."""
+
+    num_train_steps = 6
+    eval_every = 2
+
+    def __init__(self):
+        self.evals = []
+
+    def train_step(self, step):
+        time.sleep(0.3 if step == 0 else 0.02)
+        return StepStats(loss=1.0 / (step + 1), nfe_forward=10 + step, nfe_backward=5,
+                         saved_for_backward_bytes=100 * (step + 1), extra={"xla_temp_bytes": step})
+
+    def evaluate(self, final=True):
+        self.evals.append(final)
+        return Evaluation({"rate_error": 0.5 if final else 1.0}, notes="final" if final else "")
+
+    def num_params(self):
+        return 7
+
+
+def test_measured_loop_separates_compile_time_and_steady_state(fake_registry, tmp_path,
+                                                               monkeypatch):
+    task = _TimedTask()
+    suite = fake_registry.suite("linear")
+    monkeypatch.setattr(suite, "build_task", lambda ctx: task)
+    spec = CellSpec("linear", "numpy-euler", "smoke", 0, "cpu")
+    row = run_cell(spec, fake_registry.backend("numpy-euler"), suite, tmp_path)
+    assert row.status == "ok", row.error
+    assert row.train_steps == 6
+    assert 0.015 < row.train_step_time_s < 0.1
+    assert 0.2 < row.compile_time_s < 0.35
+    assert row.nfe_forward == pytest.approx(12.5) and row.nfe_backward == 5
+    assert row.saved_for_backward_bytes == 600
+    assert row.metrics == {"xla_temp_bytes": 5, "rate_error": 0.5}
+    assert row.params == 7 and row.notes == "final"
+    assert task.evals == [False, False, True]  # after steps 2 and 4, then the final one
+    trace = json.loads((tmp_path / "trace.json").read_text())
+    assert [s["nfe_forward"] for s in trace["steps"]] == [10, 11, 12, 13, 14, 15]
+    assert [e["step"] for e in trace["evaluations"]] == [2, 4, 6]
+    assert row.peak_memory_method == "cpu_rss_peak_increase"
+
+
+def test_resident_memory_tracker_sees_an_allocation():
+    import numpy as np
+
+    from bench.measure import ResidentMemoryTracker
+
+    tracker = ResidentMemoryTracker()
+    tracker.reset()
+    block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+    peak = tracker.peak_bytes()
+    del block
+    assert peak is not None and peak >= 60 * 2**20
+    tracker.reset()
+    assert tracker.peak_bytes() < 16 * 2**20
