@@ -32,10 +32,17 @@ class CellSpec:
     seed: int
     device: str  # as requested: cpu, cuda or auto
     options: tuple[tuple[str, Any], ...] = ()
+    #: Options that say where to find things (e.g. ``data_dir``), left out of the cell id.
+    unidentifying: tuple[str, ...] = ()
 
     @property
     def cell_id(self) -> str:
-        return f"{self.suite}/{self.backend}/{self.budget}/seed{self.seed}/{self.device}"
+        """Unique within a run: suite/backend/budget/seed/device[/key=value,...]."""
+        base = f"{self.suite}/{self.backend}/{self.budget}/seed{self.seed}/{self.device}"
+        shown = [(k, v) for k, v in self.options if k not in self.unidentifying]
+        if shown:
+            base += "/" + ",".join(f"{k}={v}" for k, v in shown)
+        return base
 
 
 def base_row(spec: CellSpec, backend: AbstractBackend | None, suite: AbstractSuite | None,
@@ -55,6 +62,7 @@ def base_row(spec: CellSpec, backend: AbstractBackend | None, suite: AbstractSui
         error=error,
         metric_name=getattr(suite, "metric_name", ""),
         metric_direction=getattr(suite, "metric_direction", "lower"),
+        options=dict(spec.options),
         finished_at=now_iso(),
         **fields,
     )
@@ -91,7 +99,8 @@ def run_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite, wor
     try:
         fields["device_name"] = backend.device_name(device)
         ctx = CellContext(backend=backend, budget=suite.budgets[spec.budget], seed=spec.seed,
-                          device=device, work_dir=work_dir, options=dict(spec.options), log=log)
+                          device=device, work_dir=work_dir,
+                          options={**suite.options, **dict(spec.options)}, log=log)
         task = suite.build_task(ctx)
         fields["params"] = task.num_params()
         status, error = _train_and_evaluate(task, backend, device, work_dir, fields, progress)

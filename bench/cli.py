@@ -15,6 +15,7 @@ from bench.errors import BenchError, UnknownNameError
 from bench.registry import PluginSelection, Registry
 
 DEFAULT_BUDGET = "quick"
+DEFAULT_MEMORY_STEPS = (8, 16, 32, 64, 128, 256, 512)
 
 
 def _names(value: str, kind: str, choices: Sequence[str]) -> list[str]:
@@ -103,11 +104,116 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="KEY=VALUE", help="a suite option (see `bench list`)")
     p_run.set_defaults(func=cmd_run)
 
+    p_mem = sub.add_parser(
+        "memory", help="memory scaling study: training memory against solver steps L")
+    p_mem.add_argument("--plugins", "--backends", dest="plugins", default="all",
+                       help="backend name(s), comma-separated, or 'all' (default)")
+    p_mem.add_argument("--steps", default=",".join(map(str, DEFAULT_MEMORY_STEPS)),
+                       help="solver steps L to measure (default 8,16,...,512)")
+    p_mem.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p_mem.add_argument("--out", type=Path, default=None,
+                       help="run directory (default: a new one under ./runs)")
+    p_mem.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
+                       help="per-measurement time limit")
+    p_mem.add_argument("--max-memory-mb", type=_positive_float, default=None,
+                       help="per-measurement address-space limit (RLIMIT_AS) in MiB")
+    p_mem.add_argument("--resume", action="store_true",
+                       help="with --out: measure only what has no 'ok' row there")
+    p_mem.add_argument("--set", dest="options", type=_option, action="append", default=[],
+                       metavar="KEY=VALUE", help="a memory-scaling suite option (width, batch)")
+    p_mem.set_defaults(func=cmd_memory)
+
     p_report = sub.add_parser("report", help="print a run's table, or compare two runs")
     p_report.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
     p_report.add_argument("--format", default="markdown", help="markdown (default), csv, latex")
     p_report.set_defaults(func=cmd_report)
     return parser
+
+
+def _start_run(args: argparse.Namespace, registry: Registry, suites: list[str],
+               backends: list[str], budget: str, extra: dict[str, Any]) -> Any:
+    """Create (or, with --resume, reopen) and lock the run directory; record config and env."""
+    from bench.environment import capture_environment
+    from bench.results import RunDirectory, now_iso
+
+    if args.resume:
+        if args.out is None:
+            raise BenchError("--resume needs --out RUN_DIR (the run to finish)")
+        run_dir = (RunDirectory.open(args.out) if args.out.exists()
+                   else RunDirectory.create(args.out))
+    else:
+        run_dir = RunDirectory.create(args.out, label="-".join(suites))
+    run_dir.lock()
+    config = {
+        "command": args.command, "suites": suites, "backends": backends, "budget": budget,
+        "device": args.device, "timeout_s": args.timeout, "max_memory_mb": args.max_memory_mb,
+        "plugins_loaded": [p.name for p in registry.plugins if not p.error],
+        "started_at": now_iso(), "command_line": sys.argv, **extra,
+    }
+    if run_dir.read_json("config.json") is None:
+        run_dir.write_json("config.json", config)
+    run_dir.append_jsonl("invocations.jsonl", json.dumps(config, default=str))
+    run_dir.write_json("environment.json", capture_environment())
+    print(f"run directory: {run_dir.path}", file=sys.stderr)
+    return run_dir
+
+
+def _runner(args: argparse.Namespace, registry: Registry, run_dir: Any) -> Any:
+    from bench.runner import Runner
+
+    limit = int(args.max_memory_mb * 1024 * 1024) if args.max_memory_mb else None
+    return Runner(registry, _selection(), run_dir, timeout_s=args.timeout,
+                  max_memory_bytes=limit)
+
+
+def _status_exit(rows: list[Any]) -> int:
+    counts = {s: sum(r.status == s for r in rows) for s in dict.fromkeys(r.status for r in rows)}
+    print("cells: " + ", ".join(f"{n} {s}" for s, n in counts.items()), file=sys.stderr)
+    return 1 if counts.get("failed") or counts.get("timeout") else 0
+
+
+def cmd_memory(args: argparse.Namespace, registry: Registry) -> int:
+    from bench.memory import SUITE_NAME, plot_scaling, scaling_table
+    from bench.report import render
+    from bench.results import rows_to_frame
+    from bench.runner import expand
+
+    if SUITE_NAME not in registry.suites:
+        raise BenchError(f"the {SUITE_NAME!r} suite is not loaded (see `bench list`); it comes "
+                         "with the built-in plugins (suites.memory_scaling)")
+    suite = registry.suite(SUITE_NAME)
+    budget = next(iter(suite.budgets))
+    backends = _names(args.plugins, "backend", sorted(registry.backends))
+    steps = [s for s in _seeds(args.steps) if s > 0]
+    options = dict(args.options)
+    if "steps" in options:
+        raise BenchError("set L with --steps, not --set steps=...")
+    cells = [cell for L in steps for cell in expand(
+        registry, [SUITE_NAME], backends, budget, [0], args.device, {**options, "steps": L})]
+    cells.sort(key=lambda c: (dict(c.options)["steps"], c.backend))  # interleave backends
+    run_dir = _start_run(args, registry, [SUITE_NAME], backends, budget,
+                         {"steps": steps, "options": options})
+    try:
+        _runner(args, registry, run_dir).run(cells, resume=args.resume)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        run_dir.unlock()
+    ids = {c.cell_id for c in cells}
+    rows = [r for r in run_dir.rows() if r.cell_id in ids]
+    frame = rows_to_frame(rows)
+    frame.to_csv(run_dir.path / "memory_measurements.csv", index=False)
+    claims = {name: getattr(registry.backends[name], "memory_claim", None) for name in backends}
+    table = scaling_table(frame, {k: v for k, v in claims.items() if v})
+    table.to_csv(run_dir.path / "memory_scaling.csv", index=False)
+    text = render(table, "markdown") if not table.empty else "(no successful measurements)\n"
+    (run_dir.path / "memory_scaling.md").write_text(text)
+    if not table.empty:
+        plot_scaling(frame, str(run_dir.path / "memory_scaling.png"),
+                     f"training memory vs solver steps ({args.device})")
+    print(text)
+    print(f"results: {run_dir.path}", file=sys.stderr)
+    return _status_exit(rows)
 
 
 def cmd_list(args: argparse.Namespace, registry: Registry) -> int:
@@ -139,58 +245,34 @@ def cmd_list(args: argparse.Namespace, registry: Registry) -> int:
 
 
 def cmd_run(args: argparse.Namespace, registry: Registry) -> int:
-    from bench.environment import capture_environment
     from bench.report import render, table_frame
-    from bench.results import RunDirectory, now_iso, rows_to_frame
-    from bench.runner import Runner, expand
+    from bench.results import rows_to_frame
+    from bench.runner import expand
 
     suites = _names(args.suite, "suite", sorted(registry.suites))
     backends = _names(args.plugins, "backend", sorted(registry.backends))
     options = dict(args.options)
     if args.data_dir is not None:
         options["data_dir"] = str(args.data_dir)
-    cells = expand(registry, suites, backends, args.budget, _seeds(args.seeds), args.device,
-                   options)
-    if args.resume:
-        if args.out is None:
-            raise BenchError("--resume needs --out RUN_DIR (the run to finish)")
-        run_dir = RunDirectory.open(args.out) if args.out.exists() else RunDirectory.create(
-            args.out)
-    else:
-        run_dir = RunDirectory.create(args.out, label="-".join(suites))
-    run_dir.lock()
-    config = {
-        "suites": suites, "backends": backends, "budget": args.budget,
-        "seeds": _seeds(args.seeds), "device": args.device, "timeout_s": args.timeout,
-        "max_memory_mb": args.max_memory_mb, "options": options,
-        "plugins_loaded": [p.name for p in registry.plugins if not p.error],
-        "started_at": now_iso(), "command_line": sys.argv,
-    }
-    if run_dir.read_json("config.json") is None:
-        run_dir.write_json("config.json", config)
-    run_dir.append_jsonl("invocations.jsonl", json.dumps(config, default=str))
-    run_dir.write_json("environment.json", capture_environment())
-    print(f"run directory: {run_dir.path}", file=sys.stderr)
-    runner = Runner(
-        registry, _selection(), run_dir, timeout_s=args.timeout,
-        max_memory_bytes=int(args.max_memory_mb * 1024 * 1024) if args.max_memory_mb else None,
-    )
+    seeds = _seeds(args.seeds)
+    cells = expand(registry, suites, backends, args.budget, seeds, args.device, options)
+    run_dir = _start_run(args, registry, suites, backends, args.budget,
+                         {"seeds": seeds, "options": options})
     try:
-        runner.run(cells, resume=args.resume)
+        _runner(args, registry, run_dir).run(cells, resume=args.resume)
     except KeyboardInterrupt:
         return 130
     finally:
         run_dir.unlock()
-    rows = [r for r in run_dir.rows() if r.cell_id in {c.cell_id for c in cells}]
+    ids = {c.cell_id for c in cells}
+    rows = [r for r in run_dir.rows() if r.cell_id in ids]
     table = render(table_frame(rows_to_frame(rows)), "markdown")
     (run_dir.path / "report.md").write_text(table)
     print(table)
     print(f"results: {run_dir.path}  (bench report {run_dir.path} --format csv)",
           file=sys.stderr)
     _write_plots(run_dir, registry)
-    counts = {s: sum(r.status == s for r in rows) for s in dict.fromkeys(r.status for r in rows)}
-    print("cells: " + ", ".join(f"{n} {s}" for s, n in counts.items()), file=sys.stderr)
-    return 1 if counts.get("failed") or counts.get("timeout") else 0
+    return _status_exit(rows)
 
 
 def _write_plots(run_dir: Any, registry: Registry) -> None:
@@ -219,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        registry = Registry.load(_selection()) if args.command in ("list", "run") else None
+        registry = Registry.load(_selection()) if args.command != "report" else None
         return args.func(args, registry)
     except BenchError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)

@@ -198,6 +198,9 @@ class AbstractSuite(abc.ABC):
     budgets: Mapping[str, Budget]
     #: Options a user may set (``--set key=value``) and their defaults. Unknown keys raise.
     options: Mapping[str, Any] = {}
+    #: Options that say where to find data rather than what to measure (e.g. ``data_dir``):
+    #: left out of cell ids, so a resumed run may find its data elsewhere.
+    location_options: tuple[str, ...] = ()
 
     def supports(self, backend: AbstractBackend) -> Support:
         """Whether this suite can run on ``backend`` beyond the framework check (e.g. a CNF

@@ -50,6 +50,8 @@ class ResultRow:
     metric_direction: str = "lower"
     #: The suite's metrics under their own names (``test_error_pct``, ``nll_nats``, ``mse``, ...).
     metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    #: The suite options the cell ran with (``--set key=value``), also spread into columns.
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     #: Means per training iteration.
     nfe_forward: float | None = None
     nfe_backward: float | None = None
@@ -86,9 +88,9 @@ class ResultRow:
     def flat(self) -> dict[str, Any]:
         """The row as flat columns: ``metrics`` spread into their own columns."""
         data = dataclasses.asdict(self)
-        metrics = data.pop("metrics")
-        for key, value in metrics.items():
-            data.setdefault(key, value)
+        for nested in ("metrics", "options"):
+            for key, value in data.pop(nested).items():
+                data.setdefault(key, value)
         return data
 
     @property
@@ -236,7 +238,7 @@ def load_run(path: str | os.PathLike[str]):  # -> pandas.DataFrame
 def rows_to_frame(rows: Iterable[ResultRow]):  # -> pandas.DataFrame
     import pandas as pd
 
-    columns = [f.name for f in dataclasses.fields(ResultRow) if f.name != "metrics"]
+    columns = [f.name for f in dataclasses.fields(ResultRow) if f.name not in ("metrics", "options")]
     flat = [row.flat() for row in rows]
     frame = pd.DataFrame(flat)
     if frame.empty:

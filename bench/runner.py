@@ -49,16 +49,18 @@ def expand(registry: Registry, suites: Sequence[str], backends: Sequence[str], b
         if budget not in suite.budgets:
             raise UnknownNameError(f"budget for suite {suite.name!r}", budget, suite.budgets)
     options = dict(options or {})
+    known = {k for suite in suite_objs for k in suite.options}
+    for key in options:
+        if key not in known:
+            names = ", ".join(repr(s.name) for s in suite_objs)
+            raise UnknownNameError(f"option of suite {names}", key, known)
     cells = []
     for suite in suite_objs:
-        unknown = [k for k in options if k not in suite.options and len(suite_objs) == 1]
-        if unknown:
-            raise UnknownNameError(f"option of suite {suite.name!r}", unknown[0], suite.options)
         suite_options = tuple(sorted((k, v) for k, v in options.items() if k in suite.options))
         for backend in backends:
             for seed in seeds:
                 cells.append(CellSpec(suite.name, backend, budget, int(seed), device,
-                                      suite_options))
+                                      suite_options, tuple(suite.location_options)))
     return cells
 
 

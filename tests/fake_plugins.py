@@ -101,6 +101,39 @@ class PickySuite(LinearSuite):
         return Support.yes()
 
 
+class MemoryTask(AbstractTask):
+    """Allocates L state-sized buffers per step (backprop) or two (adjoint)."""
+
+    num_train_steps = 3
+
+    def __init__(self, backend: NumpyEulerBackend, steps: int, width: int):
+        self.backend, self.steps, self.width = backend, steps, width
+
+    def train_step(self, step: int) -> StepStats:
+        kept = self.steps if self.backend.gradient_method != "adjoint" else 2
+        states = [np.full(self.width, float(i)) for i in range(kept)]
+        loss = float(sum(s[0] for s in states))
+        return StepStats(loss=loss, nfe_forward=self.steps, nfe_backward=self.steps,
+                         saved_for_backward_bytes=sum(s.nbytes for s in states))
+
+    def evaluate(self, final: bool = True) -> Evaluation:
+        return Evaluation({"loss": 0.0})
+
+    def num_params(self) -> int:
+        return 0
+
+
+class FakeMemoryScalingSuite(AbstractSuite):
+    name = "memory-scaling"
+    metric_name = "loss"
+    frameworks = ("numpy",)
+    budgets = {"measure": Budget("measure", "one warm-up and two measured steps")}
+    options = {"steps": 8, "width": 131072}
+
+    def build_task(self, ctx: CellContext) -> AbstractTask:
+        return MemoryTask(ctx.backend, int(ctx.options["steps"]), int(ctx.options["width"]))
+
+
 class TorchOnlySuite(LinearSuite):
     name = "torch-only"
     frameworks = ("torch",)
@@ -112,6 +145,9 @@ def bench_register_backends(register):
     register(NumpyEulerBackend("numpy-euler-fine", steps=200))
     for behaviour in ("raise", "hang", "oom", "nan"):
         register(NumpyEulerBackend(f"numpy-{behaviour}", behaviour=behaviour))
+    adjoint = NumpyEulerBackend("numpy-adjoint")
+    adjoint.gradient_method = "adjoint"
+    register(adjoint)
 
 
 @bench.hookimpl
@@ -119,3 +155,4 @@ def bench_register_suites(register):
     register(LinearSuite())
     register(PickySuite())
     register(TorchOnlySuite())
+    register(FakeMemoryScalingSuite())

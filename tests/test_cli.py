@@ -33,7 +33,8 @@ def test_list_shows_backends_suites_budgets_and_load_errors(cli_env, tmp_path):
 
 def test_run_then_report_end_to_end(cli_env, tmp_path):
     out = tmp_path / "run1"
-    result = run_cli(["run", "--suite", "linear,picky", "--plugins", "all", "--budget", "smoke",
+    result = run_cli(["run", "--suite", "linear,picky", "--plugins",
+                      "numpy-euler,numpy-euler-fine,numpy-raise,numpy-hang,numpy-oom,numpy-nan", "--budget", "smoke",
                       "--seeds", "0,1", "--out", str(out), "--timeout", "5",
                       "--max-memory-mb", "1536"], cli_env, tmp_path)
     assert result.returncode == 1  # some cells failed (by design of the fakes)
@@ -108,3 +109,25 @@ def test_ctrl_c_stops_cleanly_and_keeps_finished_rows(cli_env, tmp_path):
     assert "interrupted: 1 finished rows are saved" in stderr
     assert [json.loads(x)["backend"] for x in rows.read_text().splitlines()] == ["numpy-euler"]
     assert "Traceback" not in stderr
+
+
+def test_memory_study_measures_and_classifies(cli_env, tmp_path):
+    out = tmp_path / "mem"
+    result = run_cli(["memory", "--plugins", "numpy-euler,numpy-adjoint", "--steps",
+                      "8,16,32,64", "--out", str(out)], cli_env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    import pandas as pd
+
+    table = pd.read_csv(out / "memory_scaling.csv")
+    verdict = {(r.backend, r.measure): r.verdict for r in table.itertuples()}
+    assert verdict[("numpy-euler", "saved_for_backward_bytes")] == "O(L)"
+    assert verdict[("numpy-adjoint", "saved_for_backward_bytes")] == "O(1)"
+    assert verdict[("numpy-euler", "peak_memory_bytes")] == "O(L)"
+    assert verdict[("numpy-adjoint", "peak_memory_bytes")] == "O(1)"
+    claims = {r.backend: r.claim for r in table.itertuples()}
+    assert claims == {"numpy-euler": "-", "numpy-adjoint": "O(1)"}
+    assert (out / "memory_scaling.png").stat().st_size > 1000
+    assert "| numpy-euler |" in result.stdout
+    measurements = pd.read_csv(out / "memory_measurements.csv")
+    assert sorted(measurements.steps.unique()) == [8, 16, 32, 64]
+    assert measurements.cell_id.is_unique
