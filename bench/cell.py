@@ -83,6 +83,16 @@ class _Diverged(Exception):
     pass
 
 
+def timed_step(task: Any, backend: AbstractBackend, device: str, step: int
+               ) -> tuple[StepStats, float]:
+    """One training step as the harness measures it: synchronised before both clock readings."""
+    backend.synchronize(device)
+    t0 = time.perf_counter()
+    stats = task.train_step(step)
+    backend.synchronize(device)
+    return stats, time.perf_counter() - t0
+
+
 def run_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite, work_dir: Path,
              log: Callable[[str], None] = print,
              progress: Callable[[int, int, float], None] | None = None) -> ResultRow:
@@ -142,11 +152,7 @@ def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_d
                 if step == 1:
                     fields["peak_memory_first_step_bytes"] = tracker.peak_bytes()
                 tracker.reset()
-            backend.synchronize(device)
-            t0 = time.perf_counter()
-            s = task.train_step(step)
-            backend.synchronize(device)
-            seconds = time.perf_counter() - t0
+            s, seconds = timed_step(task, backend, device, step)
             train_clock += seconds
             stats.append(s)
             times.append(seconds)

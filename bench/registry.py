@@ -34,6 +34,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "suites.mnist",
     "suites.cnf",
     "suites.latent_ode",
+    "suites.memory_scaling",
 )
 
 

@@ -1,0 +1,55 @@
+"""The ``memory-scaling`` suite: one training step of a fixed dynamics network integrated with
+exactly L fixed steps, for ``bench memory`` (training memory against depth L).
+
+The network is an MLP ``f(h) = W2 tanh(W1 h + b1) + b2`` on a state of ``batch x width``; every
+backend integrates it over [0, 1] with ``fixed_steps=L`` (torch-adjoint / torch-direct: torchdiffeq
+rk4; rknet: classical RK4; resnet: L untied blocks; JAX backends: their fixed-step solver). One
+warm-up step, then two measured steps; the memory figures are above the pre-step baseline.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import bench
+from bench.interfaces import AbstractSuite, AbstractTask, Budget, CellContext
+
+SHAPE_OPTIONS = {"steps": 8, "width": 64, "batch": 1024}
+
+
+def initial_weights(width: int, seed: int) -> dict[str, np.ndarray]:
+    """The dynamics' weights, framework-neutral (torch Linear's default distributions)."""
+    rng = np.random.default_rng(seed)
+    bound = 1.0 / np.sqrt(width)
+    return {
+        "net.0.weight": rng.uniform(-bound, bound, (width, width)).astype(np.float32),
+        "net.0.bias": rng.uniform(-bound, bound, (width,)).astype(np.float32),
+        "net.2.weight": rng.uniform(-bound, bound, (width, width)).astype(np.float32),
+        "net.2.bias": rng.uniform(-bound, bound, (width,)).astype(np.float32),
+    }
+
+
+def initial_state(batch: int, width: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed + 10_000).standard_normal((batch, width)).astype(np.float32)
+
+
+class MemoryScalingSuite(AbstractSuite):
+    name = "memory-scaling"
+    description = "one training step of an MLP ODE with exactly L fixed steps (bench memory)"
+    metric_name = "loss"
+    metric_direction = "lower"
+    frameworks = ("torch",)
+    budgets = {"measure": Budget("measure", "1 warm-up step + 2 measured steps", {"steps": 3})}
+    options = SHAPE_OPTIONS
+
+    def build_task(self, ctx: CellContext) -> AbstractTask:
+        if ctx.backend.framework == "torch":
+            from suites.memory_scaling_torch import TorchMemoryTask
+
+            return TorchMemoryTask(ctx)
+        raise bench.BenchError(f"no {ctx.backend.framework} model in suite {self.name!r}")
+
+
+@bench.hookimpl
+def bench_register_suites(register):
+    register(MemoryScalingSuite())

@@ -1,0 +1,63 @@
+"""Torch model and task of the ``memory-scaling`` suite."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bench.interfaces import AbstractTask, CellContext, Evaluation, StepStats
+from suites.memory_scaling import initial_state, initial_weights
+
+
+class MlpDynamics(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, width))
+
+    def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h)
+
+
+class TorchMemoryTask(AbstractTask):
+    eval_every = None
+
+    def __init__(self, ctx: CellContext):
+        from plugins.torch_common import run_train_step
+
+        self._run_train_step = run_train_step
+        options = ctx.options
+        self.num_train_steps = int(ctx.budget.settings["steps"])
+        steps, width, batch = int(options["steps"]), int(options["width"]), int(options["batch"])
+        weights = initial_weights(width, ctx.seed)
+        built = 0
+
+        def make_dynamics(time_dependent: bool) -> nn.Module:
+            nonlocal built
+            module = MlpDynamics(width)
+            # resnet builds L untied blocks: the first gets the seed's weights, the others
+            # their own draws (deterministic too)
+            source = weights if built == 0 else initial_weights(width, ctx.seed + built)
+            module.load_state_dict({k: torch.from_numpy(v) for k, v in source.items()})
+            built += 1
+            return module
+
+        self.block = ctx.backend.ode_block(make_dynamics, 0.0, 1.0, fixed_steps=steps)
+        self.block.to(ctx.device)
+        self.h0 = torch.from_numpy(initial_state(batch, width, ctx.seed)).to(ctx.device)
+        self.params = [p for p in self.block.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(self.params, lr=1e-3)
+        self.last_loss = float("nan")
+
+    def _loss(self) -> torch.Tensor:
+        return self.block(self.h0).pow(2).mean()
+
+    def train_step(self, step: int) -> StepStats:
+        stats = self._run_train_step([self.block], self._loss, self.optimizer, self.params)
+        self.last_loss = stats.loss
+        return stats
+
+    def evaluate(self, final: bool = True) -> Evaluation:
+        return Evaluation({"loss": self.last_loss}, notes="training loss of the last step")
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.params)
