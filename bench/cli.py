@@ -127,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_report.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
     p_report.add_argument("--format", default="markdown", help="markdown (default), csv, latex")
     p_report.set_defaults(func=cmd_report)
+
+    p_pub = sub.add_parser(
+        "publish", help="copy a run's table (markdown + CSV), environment, config and plots "
+        "into a results folder")
+    p_pub.add_argument("run", type=Path, metavar="RUN_DIR")
+    p_pub.add_argument("--to", type=Path, required=True, metavar="DIR",
+                       help="destination, e.g. results/mnist-quick-cpu (must not exist)")
+    p_pub.set_defaults(func=cmd_publish)
     return parser
 
 
@@ -293,6 +301,15 @@ def cmd_report(args: argparse.Namespace, registry: Registry) -> int:
     return 0
 
 
+def cmd_publish(args: argparse.Namespace, registry: Registry) -> int:
+    from bench.results import publish_run
+
+    written = publish_run(args.run, args.to)
+    for path in written:
+        print(path)
+    return 0
+
+
 def _selection() -> PluginSelection:
     return PluginSelection.from_environment()
 
@@ -301,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        registry = Registry.load(_selection()) if args.command != "report" else None
+        registry = Registry.load(_selection()) if args.command not in ("report", "publish") else None
         return args.func(args, registry)
     except BenchError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)

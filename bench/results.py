@@ -249,3 +249,29 @@ def rows_to_frame(rows: Iterable[ResultRow]):  # -> pandas.DataFrame
 
 def is_finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
+
+
+def publish_run(run: str | os.PathLike[str], dest: str | os.PathLike[str]) -> list[Path]:
+    """Copy what a published table needs out of a scratch run: the markdown table, the CSV of
+    every column, environment.json, config.json, invocations.jsonl and the run's plots."""
+    import shutil
+
+    from bench.report import render, table_frame
+
+    source = RunDirectory.open(Path(run))
+    dest = Path(dest)
+    if dest.exists():
+        raise BenchError(f"{str(dest)!r} already exists: publish into a new folder")
+    dest.mkdir(parents=True)
+    frame = rows_to_frame(source.rows())
+    written = [dest / "results.md", dest / "results.csv"]
+    written[0].write_text(render(table_frame(frame), "markdown"))
+    written[1].write_text(frame.to_csv(index=False))
+    for name in ("environment.json", "config.json", "invocations.jsonl"):
+        if (source.path / name).exists():
+            shutil.copy2(source.path / name, dest / name)
+            written.append(dest / name)
+    for extra in sorted(source.path.glob("*.png")) + sorted(source.path.glob("memory_*.*")):
+        shutil.copy2(extra, dest / extra.name)
+        written.append(dest / extra.name)
+    return written
