@@ -1,0 +1,37 @@
+"""``resnet``: L residual blocks ``h <- h + f_k(h)`` with untied weights in place of the ODE block
+(Chen et al. 2018's ResNet baseline: L = 6). No time variable and no solver: it cannot output the
+state at arbitrary times, so suites that need that (CNF, latent ODE) report it unsupported."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import bench
+from plugins.torch_common import TorchBackend
+
+
+class ResNetBackend(TorchBackend):
+    name = "resnet"
+    gradient_method = "backprop"
+    solver = "resnet"
+    continuous_time = False
+    memory_claim = "O(L)"
+    required_modules = ("torch",)
+
+    def __init__(self, blocks: int = 6):
+        self.blocks = int(blocks)
+        self.description = (f"{self.blocks} residual blocks with untied weights, "
+                            "backpropagation (no ODE solver)")
+
+    def ode_block(self, make_dynamics: Callable[[bool], Any], t0: float = 0.0, t1: float = 1.0,
+                  *, fixed_steps: int | None = None, rtol: float | None = None,
+                  atol: float | None = None) -> Any:
+        from plugins.torch_blocks import ResNetBlock
+
+        return ResNetBlock(make_dynamics, fixed_steps or self.blocks)
+
+
+@bench.hookimpl
+def bench_register_backends(register):
+    register(ResNetBackend())

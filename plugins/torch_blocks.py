@@ -1,0 +1,191 @@
+"""The torch ODE blocks behind the torch backends (imported only when a block is built).
+
+Counting costs a few plain-object attribute increments and one ``register_hook`` per evaluation:
+counters live on a plain object, never on an ``nn.Module`` (whose ``__setattr__`` costs ~2 us).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from bench.errors import BenchError
+from plugins.torch_common import StepCounts
+
+
+class Counter:
+    """Plain counters shared by a block and its counted dynamics."""
+
+    __slots__ = ("in_forward", "calls", "backward_calls", "vjps", "accepted", "rejected")
+
+    def __init__(self) -> None:
+        self.in_forward = False
+        self.zero()
+
+    def zero(self) -> None:
+        self.calls = self.backward_calls = self.vjps = self.accepted = self.rejected = 0
+
+    def vjp_hook(self, grad: torch.Tensor) -> None:
+        self.vjps += 1
+
+
+class CountedDynamics(nn.Module):
+    """Wraps the suite's dynamics: counts evaluations (forward pass or backward pass) and, through
+    a hook on each output that requires grad, the vector-Jacobian products computed from it."""
+
+    def __init__(self, dynamics: nn.Module, counter: Counter):
+        super().__init__()
+        self.dynamics = dynamics
+        self.__dict__["counter"] = counter  # a plain attribute, not a submodule or buffer
+
+    def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        counter = self.counter
+        if counter.in_forward:
+            counter.calls += 1
+        else:
+            counter.backward_calls += 1
+        out = self.dynamics(t, h)
+        if out.requires_grad:
+            out.register_hook(counter.vjp_hook)
+        return out
+
+
+class AdaptiveCountedDynamics(CountedDynamics):
+    """Also counts the accepted and rejected steps of torchdiffeq's adaptive forward solve (the
+    callbacks exist only on this class: torchdiffeq warns when a fixed-grid solver gets them)."""
+
+    def callback_accept_step(self, t0: torch.Tensor, y0: torch.Tensor, dt: torch.Tensor) -> None:
+        if self.counter.in_forward:
+            self.counter.accepted += 1
+
+    def callback_reject_step(self, t0: torch.Tensor, y0: torch.Tensor, dt: torch.Tensor) -> None:
+        if self.counter.in_forward:
+            self.counter.rejected += 1
+
+
+class OdeBlock(nn.Module):
+    """Base: ``forward(y0, times=None)``, ``pop_stats()``."""
+
+    counts_steps = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.__dict__["counter"] = Counter()
+
+    def pop_stats(self) -> StepCounts:
+        c = self.counter
+        counts = StepCounts(
+            nfe_forward=c.calls,
+            nfe_backward=c.vjps,
+            backward_calls=c.backward_calls,
+            steps_accepted=c.accepted if self.counts_steps else None,
+            steps_rejected=c.rejected if self.counts_steps else None,
+        )
+        c.zero()
+        return counts
+
+    def _times(self, y0: torch.Tensor, times: torch.Tensor | None) -> torch.Tensor:
+        if times is None:
+            return torch.tensor([self.t0, self.t1], dtype=y0.dtype, device=y0.device)
+        times = torch.as_tensor(times, dtype=y0.dtype, device=y0.device)
+        if times.ndim != 1 or times.numel() < 2:
+            raise BenchError("times must be a 1-D tensor of at least two increasing times")
+        return times
+
+    def forward(self, y0: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
+        self.counter.in_forward = True
+        try:
+            out = self._integrate(y0, self._times(y0, times))
+        finally:
+            self.counter.in_forward = False
+        return out[-1] if times is None else out
+
+    def _integrate(self, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class TorchdiffeqBlock(OdeBlock):
+    """torchdiffeq ``odeint`` (direct backpropagation) or ``odeint_adjoint``."""
+
+    def __init__(self, dynamics: nn.Module, t0: float, t1: float, *, adjoint: bool, method: str,
+                 rtol: float, atol: float, options: dict | None):
+        super().__init__()
+        adaptive = "step_size" not in (options or {})
+        wrapper = AdaptiveCountedDynamics if adaptive else CountedDynamics
+        self.func = wrapper(dynamics, self.counter)
+        self.t0, self.t1 = float(t0), float(t1)
+        self.adjoint, self.method, self.rtol, self.atol = adjoint, method, rtol, atol
+        self.options = dict(options or {})
+        self.counts_steps = adaptive
+
+    def _integrate(self, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        import torchdiffeq
+
+        kwargs = dict(rtol=self.rtol, atol=self.atol, method=self.method,
+                      options=dict(self.options) or None)
+        if self.adjoint:
+            return torchdiffeq.odeint_adjoint(self.func, y0, t,
+                                              adjoint_params=tuple(self.func.parameters()),
+                                              **kwargs)
+        return torchdiffeq.odeint(self.func, y0, t, **kwargs)
+
+
+class RK4Block(OdeBlock):
+    """Classical fourth-order Runge-Kutta (Butcher tableau 0, 1/2, 1/2, 1; weights 1/6, 1/3,
+    1/3, 1/6) with a fixed step, differentiated by backpropagation through the steps. With output
+    times, each interval between them gets ceil(length / step) equal steps."""
+
+    def __init__(self, dynamics: nn.Module, t0: float, t1: float, steps: int):
+        super().__init__()
+        if steps < 1:
+            raise BenchError(f"rknet needs at least 1 step, got {steps}")
+        self.func = CountedDynamics(dynamics, self.counter)
+        self.t0, self.t1, self.steps = float(t0), float(t1), int(steps)
+
+    def _integrate(self, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        f = self.func
+        step = abs(self.t1 - self.t0) / self.steps
+        out, y = [y0], y0
+        times = t.tolist()
+        for a, b in zip(times[:-1], times[1:]):
+            n = self.steps if step == 0 else max(1, math.ceil(abs(b - a) / step - 1e-9))
+            h = (b - a) / n
+            for i in range(n):
+                s = torch.as_tensor(a + i * h, dtype=y0.dtype, device=y0.device)
+                k1 = f(s, y)
+                k2 = f(s + h / 2, y + (h / 2) * k1)
+                k3 = f(s + h / 2, y + (h / 2) * k2)
+                k4 = f(s + h, y + h * k3)
+                y = y + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+                self.counter.accepted += 1
+            out.append(y)
+        return torch.stack(out)
+
+
+class ResNetBlock(OdeBlock):
+    """L residual blocks ``h <- h + f_k(h)`` with untied weights (no time, no solver)."""
+
+    def __init__(self, make_dynamics: Callable[[bool], nn.Module], blocks: int):
+        super().__init__()
+        if blocks < 1:
+            raise BenchError(f"resnet needs at least 1 block, got {blocks}")
+        self.layers = nn.ModuleList(
+            CountedDynamics(make_dynamics(False), self.counter) for _ in range(blocks))
+
+    def forward(self, y0: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
+        if times is not None:
+            raise BenchError("resnet has no continuous time: it cannot output the state at "
+                             "arbitrary times (use a continuous backend)")
+        self.counter.in_forward = True
+        try:
+            h = y0
+            zero = torch.zeros((), dtype=y0.dtype, device=y0.device)
+            for layer in self.layers:
+                h = h + layer(zero, h)
+                self.counter.accepted += 1
+        finally:
+            self.counter.in_forward = False
+        return h
