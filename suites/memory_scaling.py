@@ -38,7 +38,7 @@ class MemoryScalingSuite(AbstractSuite):
     description = "one training step of an MLP ODE with exactly L fixed steps (bench memory)"
     metric_name = "loss"
     metric_direction = "lower"
-    frameworks = ("torch",)
+    frameworks = ("torch", "jax")
     budgets = {"measure": Budget("measure", "1 warm-up step + 2 measured steps", {"steps": 3})}
     options = SHAPE_OPTIONS
 
@@ -47,6 +47,10 @@ class MemoryScalingSuite(AbstractSuite):
             from suites.memory_scaling_torch import TorchMemoryTask
 
             return TorchMemoryTask(ctx)
+        if ctx.backend.framework == "jax":
+            from suites.memory_scaling_jax import JaxMemoryTask
+
+            return JaxMemoryTask(ctx)
         raise bench.BenchError(f"no {ctx.backend.framework} model in suite {self.name!r}")
 
 
