@@ -1,0 +1,280 @@
+"""The MNIST suite: initial weights, batch order, models, and cells run end to end on tiny files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_mnist_data import write_mnist
+
+from bench.cell import CellSpec, run_cell
+from bench.errors import BenchError
+from bench.interfaces import Budget
+from suites import mnist
+from suites.mnist import BUDGETS, MnistPipeline, MnistSuite, model_weights, parameter_specs
+from suites.mnist_data import MnistArrays
+
+SHARED_LAYERS = ("downsampling.", "head.")
+BACKENDS = ("torch-direct", "torch-adjoint", "rknet", "resnet")
+#: A budget small enough for the fast tests: 3 steps of batch 4, evaluation every 2 steps.
+TINY = Budget("tiny", "test", {**BUDGETS["smoke"].settings, "steps": 3, "batch_size": 4,
+                               "train_subset": 16, "test_subset": 8, "eval_subset": 4,
+                               "test_batch_size": 8, "eval_every": 2})
+
+
+def _arrays(n_train: int = 40, n_test: int = 10) -> MnistArrays:
+    rng = np.random.default_rng(0)
+    return MnistArrays(
+        rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        (np.arange(n_train) % 10).astype(np.uint8),
+        rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        (np.arange(n_test) % 10).astype(np.uint8), Path("."))
+
+
+@pytest.fixture(scope="module")
+def backends():
+    """The registered torch backends (the tests using them skip without torch)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("plugins.torch_common")
+    from bench.registry import PluginSelection, Registry
+
+    registry = Registry.load(PluginSelection(entry_points=False))
+    return {name: registry.backends[name] for name in BACKENDS if name in registry.backends}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors on a shared 2-core machine: torch's second thread only waits (up to 20x slower
+    when another process holds a core)."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _backend(backends, name):
+    if name not in backends:
+        pytest.skip(f"backend {name} is not registered")
+    return backends[name]
+
+
+# -- framework-neutral parts --------------------------------------------------------------------
+
+
+def test_initial_weights_shared_layers_equal_across_models_differ_across_seeds():
+    ode, res = model_weights(True, seed=0), model_weights(False, seed=0)
+    other = model_weights(True, seed=1)
+    shared = [k for k in ode if k.startswith(SHARED_LAYERS)]
+    assert len(shared) == 14
+    for key in shared:
+        np.testing.assert_array_equal(ode[key], res[key])
+    assert not np.array_equal(ode["downsampling.0.weight"], other["downsampling.0.weight"])
+    assert not np.array_equal(ode["dynamics.0.conv1.weight"], other["dynamics.0.conv1.weight"])
+    np.testing.assert_array_equal(ode["dynamics.0.conv1.weight"],
+                                  model_weights(True, seed=0)["dynamics.0.conv1.weight"])
+
+
+def test_initial_weight_distributions_match_torch_defaults():
+    w = model_weights(True, seed=0)
+    conv = w["dynamics.0.conv1.weight"]  # ConcatConv2d: 65 input channels, fan_in 65 * 9
+    assert conv.dtype == np.float32 and conv.shape == (64, 65, 3, 3)
+    bound = 1 / np.sqrt(65 * 9)
+    assert np.abs(conv).max() <= bound and np.abs(conv).max() > 0.95 * bound
+    assert np.abs(w["head.4.bias"]).max() <= 1 / 8
+    assert (w["downsampling.1.weight"] == 1).all() and (w["downsampling.1.bias"] == 0).all()
+
+
+def test_parameter_counts_of_the_specs():
+    count = lambda specs: sum(int(np.prod(s.shape)) for s in specs)
+    assert count(parameter_specs(True, 1)) == 208_266  # ODE-Net / RK-Net (~0.22 M)
+    assert count(parameter_specs(False, 6)) == 576_778  # ResNet (~0.60 M)
+
+
+def test_batch_order_and_crops_depend_only_on_seed():
+    settings = {**BUDGETS["quick"].settings, "batch_size": 8}
+    a, b = MnistPipeline(_arrays(), settings, 0), MnistPipeline(_arrays(), settings, 0)
+    c = MnistPipeline(_arrays(), settings, 1)
+    assert a.steps_per_epoch == 5 and a.num_train_steps == 150
+    for step in (0, 4, 5, 12):
+        for x, y in zip(a.train_batch(step), b.train_batch(step), strict=True):
+            np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a.batch_indices(0)[0], c.batch_indices(0)[0])
+    # an epoch visits each image once (last incomplete batch dropped), the next one reshuffles
+    epoch0 = np.concatenate([a.batch_indices(s)[0] for s in range(5)])
+    assert sorted(epoch0) == list(range(40))
+    assert not np.array_equal(epoch0, np.concatenate([a.batch_indices(s)[0] for s in (5, 6)]))
+
+
+def test_random_crop_shifts_with_zero_padding():
+    image = np.arange(1, 28 * 28 + 1).reshape(1, 28, 28) % 251 + 1
+    out = mnist.random_crop(image, np.array([[4, 4]]), 4)
+    np.testing.assert_array_equal(out, image)  # centre: no shift
+    out = mnist.random_crop(image, np.array([[0, 8]]), 4)  # down 4, left 4
+    np.testing.assert_array_equal(out[0, 4:, :24], image[0, :24, 4:])
+    assert (out[0, :4] == 0).all() and (out[0, :, 24:] == 0).all()
+    x, _ = MnistPipeline(_arrays(), BUDGETS["smoke"].settings | {"train_subset": 40,
+                                                                 "batch_size": 8}, 0).train_batch(0)
+    assert x.shape == (8, 1, 28, 28) and x.dtype == np.float32 and 0 <= x.min() <= x.max() <= 1
+
+
+def test_learning_rate_schedules():
+    paper = MnistPipeline(_arrays(), {**BUDGETS["paper"].settings, "batch_size": 4}, 0)
+    assert paper.steps_per_epoch == 10 and paper.num_train_steps == 1600
+    assert paper.eval_every == 10
+    lrs = [paper.learning_rate(s) for s in (0, 599, 600, 999, 1000, 1400)]
+    assert lrs == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.0001])
+    quick = MnistPipeline(_arrays(200), BUDGETS["quick"].settings, 0)
+    assert quick.learning_rate(99) == 0.1 and quick.learning_rate(100) == pytest.approx(0.01)
+
+
+def test_paper_budget_follows_the_reference():
+    s = BUDGETS["paper"].settings
+    assert (s["epochs"], s["batch_size"], s["test_batch_size"], s["lr"], s["momentum"]) == (
+        160, 128, 1000, 0.1, 0.9)
+    assert tuple(s["lr_milestones_epochs"]) == (60, 100, 140) and s["crop_padding"] == 4
+    assert s["eval_every_epochs"] == 1 and s["eval_subset"] is None
+
+
+def test_test_batches_and_notes():
+    p = MnistPipeline(_arrays(n_test=10), {**BUDGETS["quick"].settings, "eval_subset": 4,
+                                           "test_batch_size": 3, "batch_size": 8}, 0)
+    assert [len(y) for _, y in p.test_batches(final=True)] == [3, 3, 3, 1]
+    assert [len(y) for _, y in p.test_batches(final=False)] == [3, 1]
+    assert "all 10 test images" in p.eval_notes(True)
+    assert "first 4 of 10 test images" in p.eval_notes(False)
+
+
+def test_unknown_option_and_bad_download_value(tmp_path):
+    from bench.interfaces import CellContext
+
+    suite = MnistSuite()
+    for options, message in (({"dat_dir": "x"}, "unknown option"),
+                             ({"data_dir": None, "download": "maybe"}, "expected true or false")):
+        ctx = CellContext(backend=None, budget=TINY, seed=0, device="cpu", work_dir=tmp_path,
+                          options=options)
+        with pytest.raises(BenchError, match=message):
+            suite.build_task(ctx)
+
+
+# -- torch models ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,expected", [("torch-direct", 208_266), ("torch-adjoint", 208_266),
+                                           ("rknet", 208_266), ("resnet", 576_778)])
+def test_torch_parameter_counts(backends, name, expected):
+    from suites.mnist_torch import build_model
+
+    model = build_model(_backend(backends, name), seed=0)
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+def test_torch_models_start_from_the_neutral_weights(backends):
+    import torch
+
+    from suites.mnist_torch import build_model
+
+    models = {n: build_model(_backend(backends, n), seed=3) for n in ("torch-direct", "resnet")}
+    neutral = model_weights(True, seed=3)
+    for name, model in models.items():
+        params = model.neutral_parameters()
+        for key in [k for k in neutral if k.startswith(SHARED_LAYERS)]:
+            np.testing.assert_array_equal(params[key].detach().numpy(), neutral[key], err_msg=name)
+    direct = models["torch-direct"].neutral_parameters()["dynamics.0.conv2.bias"]
+    np.testing.assert_array_equal(direct.detach().numpy(), neutral["dynamics.0.conv2.bias"])
+    other = build_model(_backend(backends, "torch-direct"), seed=4).neutral_parameters()
+    assert not torch.equal(other["head.4.weight"], models["torch-direct"].neutral_parameters()[
+        "head.4.weight"])
+
+
+def test_torch_model_output_shape_and_time_channel(backends):
+    import torch
+
+    from suites.mnist_torch import OdeDynamics, build_model
+
+    model = build_model(_backend(backends, "torch-direct"), seed=0)
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    f = OdeDynamics()
+    h = torch.randn(2, 64, 6, 6)
+    assert not torch.allclose(f(torch.tensor(0.0), h), f(torch.tensor(1.0), h))
+
+
+# -- cells end to end --------------------------------------------------------------------------
+
+
+def _run(backend, tmp_path, data_dir, budget=TINY):
+    suite = MnistSuite()
+    suite.budgets = {**BUDGETS, budget.name: budget}
+    spec = CellSpec("mnist", backend.name, budget.name, 0, "cpu",
+                    (("data_dir", str(data_dir)), ("download", False)))
+    work = tmp_path / "cell"
+    work.mkdir()
+    return run_cell(spec, backend, suite, work, log=lambda m: None), work
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_tiny_cell_end_to_end(backends, tmp_path, name):
+    backend = _backend(backends, name)
+    data_dir = write_mnist(tmp_path / "mnist", n_train=16, n_test=8, gz=True)
+    row, work = _run(backend, tmp_path, data_dir)
+    assert row.status == "ok", (work / "error.log").read_text() if (
+        work / "error.log").exists() else row.error
+    assert 0 <= row.metrics["test_error_pct"] <= 100
+    assert row.params == (576_778 if name == "resnet" else 208_266)
+    assert row.train_steps == 3
+    if backend.continuous_time:
+        assert row.nfe_forward and row.nfe_forward > 0
+    trace = json.loads((work / "trace.json").read_text())
+    periodic = [e for e in trace["evaluations"] if not e["final"]]
+    assert [e["step"] for e in periodic] == [2]
+    assert "first 4 of 8 test images" in row.notes or "all 8 test images" in row.notes
+
+
+def test_same_batches_across_backends(backends, tmp_path, monkeypatch):
+    """Every backend's task asks the pipeline for the same batches in the same order."""
+    from suites import mnist_torch
+
+    seen: dict[str, list] = {}
+    original = mnist.MnistPipeline.train_batch
+
+    def spy(self, step):
+        x, y = original(self, step)
+        seen.setdefault(current, []).append((x.copy(), y.copy()))
+        return x, y
+
+    monkeypatch.setattr(mnist.MnistPipeline, "train_batch", spy)
+    data_dir = write_mnist(tmp_path / "mnist", n_train=16, n_test=8)
+    for current in ("torch-direct", "resnet"):
+        (tmp_path / current).mkdir()
+        row, _ = _run(_backend(backends, current), tmp_path / current, data_dir)
+        assert row.status == "ok", row.error
+    assert mnist_torch  # imported lazily by build_task
+    for (xa, ya), (xb, yb) in zip(seen["torch-direct"], seen["resnet"], strict=True):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+
+
+def test_missing_data_is_a_failed_row_with_the_remedy(backends, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    row, _ = _run(_backend(backends, "torch-direct"), tmp_path, tmp_path / "nowhere")
+    assert row.status == "failed" and "--data-dir" in row.error
+
+
+SHARED = Path("/work/shared/data/mnist")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED.is_dir(), reason="no shared MNIST copy on this machine")
+@pytest.mark.parametrize("name", BACKENDS)
+def test_real_smoke_budget(backends, tmp_path, name):
+    row, work = _run(_backend(backends, name), tmp_path, SHARED, budget=BUDGETS["smoke"])
+    assert row.status == "ok", row.error
+    assert row.train_steps == 6 and 0 <= row.metrics["test_error_pct"] <= 100
+    assert "first 200 of 10000 test images" in row.notes
+    assert "first 256 of 60000 training images" in row.notes
