@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -63,9 +64,17 @@ def base_row(spec: CellSpec, backend: AbstractBackend | None, suite: AbstractSui
         metric_name=getattr(suite, "metric_name", ""),
         metric_direction=getattr(suite, "metric_direction", "lower"),
         options=dict(spec.options),
+        host_load_1m=fields.pop("host_load_1m", _load_average()),
         finished_at=now_iso(),
         **fields,
     )
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def check_support(backend: AbstractBackend, suite: AbstractSuite) -> str | None:

@@ -17,7 +17,8 @@ FORMATS = ("markdown", "csv", "latex")
 TABLE_COLUMNS = (
     "suite", "backend", "gradient_method", "solver", "device", "budget", "seed", "status",
     "nfe_forward", "nfe_backward", "train_step_time_s", "compile_time_s", "eval_time_s",
-    "peak_memory_mib", "peak_memory_method", "saved_for_backward_mib", "params", "error",
+    "peak_memory_mib", "peak_memory_method", "saved_for_backward_mib", "params", "host_load_1m",
+    "error",
 )
 COMPARE_KEYS = ("suite", "backend", "budget", "seed")
 COMPARE_VALUES = ("status", "nfe_forward", "nfe_backward", "train_step_time_s", "peak_memory_mib")

@@ -74,6 +74,9 @@ class ResultRow:
     saved_for_backward_bytes: int | None = None
     params: int | None = None
     device_name: str = ""
+    #: The host's 1-minute load average when the cell finished: CPU timings taken while it
+    #: exceeds the core count are contaminated by other work.
+    host_load_1m: float | None = None
     notes: str = ""
     finished_at: str = ""
 

@@ -62,15 +62,15 @@ def _runner(registry, tmp_path, **kwargs) -> Runner:
 def test_isolation_failing_hanging_and_oom_cells_do_not_stop_the_others(fake_registry, tmp_path):
     backends = ["numpy-raise", "numpy-hang", "numpy-oom", "numpy-nan", "numpy-euler"]
     cells = expand(fake_registry, ["linear"], backends, "smoke", [0], "cpu")
-    runner = _runner(fake_registry, tmp_path, timeout_s=4, max_memory_bytes=1536 * 2**20)
+    runner = _runner(fake_registry, tmp_path, timeout_s=15, max_memory_bytes=1536 * 2**20)
     started = time.monotonic()
     rows = runner.run(cells)
-    assert time.monotonic() - started < 60
+    assert time.monotonic() - started < 120
     status = {r.backend: r for r in rows}
     assert status["numpy-raise"].status == "failed"
     assert "RuntimeError: this backend always fails" in status["numpy-raise"].error
     assert status["numpy-hang"].status == "timeout"
-    assert "timeout of 4 s" in status["numpy-hang"].error
+    assert "timeout of 15 s" in status["numpy-hang"].error
     assert status["numpy-oom"].status == "failed"
     assert "MemoryError" in status["numpy-oom"].error
     assert status["numpy-nan"].status == "diverged"
