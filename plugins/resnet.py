@@ -1,6 +1,7 @@
 """``resnet``: L residual blocks ``h <- h + f_k(h)`` with untied weights in place of the ODE block
 (Chen et al. 2018's ResNet baseline: L = 6). No time variable and no solver: it cannot output the
-state at arbitrary times, so suites that need that (CNF, latent ODE) report it unsupported."""
+state at arbitrary times (``continuous_time = False``), so suites that need that (CNF, latent ODE)
+should report it unsupported. Counts: NFE forward = NFE backward = steps_accepted = L."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import bench
-from plugins.torch_common import TorchBackend
+from plugins.torch_common import TorchBackend, positive_int
 
 
 class ResNetBackend(TorchBackend):
@@ -20,16 +21,19 @@ class ResNetBackend(TorchBackend):
     required_modules = ("torch",)
 
     def __init__(self, blocks: int = 6):
-        self.blocks = int(blocks)
+        self.blocks = positive_int(blocks, "resnet blocks")
         self.description = (f"{self.blocks} residual blocks with untied weights, "
                             "backpropagation (no ODE solver)")
 
     def ode_block(self, make_dynamics: Callable[[bool], Any], t0: float = 0.0, t1: float = 1.0,
                   *, fixed_steps: int | None = None, rtol: float | None = None,
                   atol: float | None = None) -> Any:
+        """See :meth:`TorchBackend.ode_block`: ``make_dynamics(False)`` is called L times
+        (``blocks``, or ``fixed_steps``); t0, t1, rtol and atol are ignored."""
         from plugins.torch_blocks import ResNetBlock
 
-        return ResNetBlock(make_dynamics, fixed_steps or self.blocks)
+        blocks = self.blocks if fixed_steps is None else positive_int(fixed_steps, "fixed_steps")
+        return ResNetBlock(make_dynamics, blocks)
 
 
 @bench.hookimpl

@@ -1,9 +1,13 @@
 """``rknet``: the RK-Net of Chen et al. 2018 — the ODE-Net's architecture integrated with a
 fixed-step classical RK4 and differentiated by backpropagation through the steps.
 
+Classical RK4: Butcher tableau c = (0, 1/2, 1/2, 1), weights (1/6, 1/3, 1/3, 1/6), exactly 4
+evaluations of the dynamics per step (torchdiffeq's ``rk4`` is the 3/8 rule instead).
+
 Default 6 steps = 24 evaluations of the dynamics per forward pass: close to the ~26 that dopri5 at
-tolerance 1e-3 makes on the MNIST ODE-Net at initialisation (../shared/MEASUREMENT.md), so RK-Net and
-ODE-Net spend similar compute, and 6 echoes the 6 blocks of the paper's ResNet.
+tolerance 1e-3 makes on the MNIST ODE-Net at initialisation (shared/MEASUREMENT.md), so RK-Net and
+ODE-Net spend similar compute; 6 also echoes the 6 blocks of the paper's ResNet. The paper does not
+state its RK-Net's step count.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import bench
-from plugins.torch_common import TorchBackend
+from plugins.torch_common import TorchBackend, positive_int
 
 
 class RKNetBackend(TorchBackend):
@@ -23,16 +27,20 @@ class RKNetBackend(TorchBackend):
     required_modules = ("torch",)
 
     def __init__(self, steps: int = 6):
-        self.steps = int(steps)
+        self.steps = positive_int(steps, "rknet steps")
         self.description = (f"classical RK4, {self.steps} fixed steps ({4 * self.steps} "
                             "evaluations), backpropagation through the steps")
 
     def ode_block(self, make_dynamics: Callable[[bool], Any], t0: float = 0.0, t1: float = 1.0,
                   *, fixed_steps: int | None = None, rtol: float | None = None,
                   atol: float | None = None) -> Any:
+        """See :meth:`TorchBackend.ode_block`: ``steps`` (or ``fixed_steps``) classical RK4 steps
+        over [t0, t1]; rtol/atol are ignored (fixed step). With output ``times``, each interval
+        between them gets ceil(length / step) equal steps, so every output is an RK4 state."""
         from plugins.torch_blocks import RK4Block
 
-        return RK4Block(make_dynamics(True), t0, t1, fixed_steps or self.steps)
+        steps = self.steps if fixed_steps is None else positive_int(fixed_steps, "fixed_steps")
+        return RK4Block(make_dynamics(True), t0, t1, steps)
 
 
 @bench.hookimpl

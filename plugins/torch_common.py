@@ -25,23 +25,37 @@ What the counts mean (the same for every torch backend):
   the reverse solve (each is one evaluation of f plus its VJP; ``backward_calls`` counts the
   former, and the two agree).
 - ``steps_accepted`` / ``steps_rejected``: solver steps of the forward solve (torchdiffeq's
-  ``callback_accept_step`` / ``callback_reject_step``; fixed-step solvers: all accepted).
+  ``callback_accept_step`` / ``callback_reject_step``; rknet and resnet: all accepted; None where
+  the solver reports none, i.e. torchdiffeq's fixed-grid solvers under ``fixed_steps``).
+
+:class:`OdeBlock` (an ``nn.Module``) is importable from here, loaded lazily from
+:mod:`plugins.torch_blocks` on first access.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import numbers
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError
 from bench.interfaces import AbstractBackend, MemoryTracker, StepStats
 
-INSTALL_HINT = (
-    "pip install torch==2.13.0 torchdiffeq (or pip install 'neural-ode-bench[torch]'; without the "
-    "pin pip picks a CUDA build)"
-)
+if TYPE_CHECKING:
+    from plugins.torch_blocks import OdeBlock
+
+INSTALL_HINT = "pip install torch==2.13.0 torchdiffeq (or pip install 'neural-ode-bench[torch]')"
+
+
+def __getattr__(name: str) -> Any:
+    """``from plugins.torch_common import OdeBlock`` imports torch only when asked for."""
+    if name == "OdeBlock":
+        from plugins.torch_blocks import OdeBlock
+
+        return OdeBlock
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def missing_modules(names: Sequence[str] = ("torch", "torchdiffeq")) -> list[str]:
@@ -56,13 +70,38 @@ def missing_modules(names: Sequence[str] = ("torch", "torchdiffeq")) -> list[str
     return missing
 
 
+def missing_message(missing: Sequence[str]) -> str:
+    """``"torch is not installed: pip install ..."`` (or ``"torch and torchdiffeq are ..."``)."""
+    verb = "is" if len(missing) == 1 else "are"
+    return f"{' and '.join(missing)} {verb} not installed: {INSTALL_HINT}"
+
+
+def positive_int(value: Any, what: str) -> int:
+    """``value`` as an int, or a :class:`BenchError` naming ``what`` (0, 2.5, True are refused)."""
+    try:
+        ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+              and value == int(value) and value >= 1)
+    except (ValueError, OverflowError):  # nan, inf
+        ok = False
+    if not ok:
+        raise BenchError(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class StepCounts:
+    """What a block counted since its last :meth:`OdeBlock.pop_stats`.
+
+    ``backward_calls`` (an extra, not in :class:`~bench.interfaces.StepStats`): evaluations of f
+    itself during the backward pass; the adjoint makes one per augmented-dynamics evaluation (so it
+    equals ``nfe_backward``), direct backpropagation none.
+    """
+
     nfe_forward: int = 0
     nfe_backward: int = 0
-    backward_calls: int = 0
     steps_accepted: int | None = None
     steps_rejected: int | None = None
+    backward_calls: int = 0
 
 
 class CudaAllocatorTracker(MemoryTracker):
@@ -96,14 +135,12 @@ class TorchBackend(AbstractBackend):
     continuous_time: bool = True
     #: What the literature claims for this backend's training memory in the number of steps.
     memory_claim: str | None = None
-    #: Modules this backend needs.
+    #: Modules this backend needs (rknet and resnet need torch only).
     required_modules: tuple[str, ...] = ("torch", "torchdiffeq")
 
     def check_available(self) -> str | None:
         missing = missing_modules(self.required_modules)
-        if missing:
-            return f"{', '.join(missing)} not installed: {INSTALL_HINT}"
-        return None
+        return missing_message(missing) if missing else None
 
     def resolve_device(self, requested: str) -> str:
         import torch
@@ -145,13 +182,16 @@ class TorchBackend(AbstractBackend):
 
     def ode_block(self, make_dynamics: Callable[[bool], Any], t0: float = 0.0, t1: float = 1.0,
                   *, fixed_steps: int | None = None, rtol: float | None = None,
-                  atol: float | None = None) -> Any:
+                  atol: float | None = None) -> OdeBlock:
         """Build the block that integrates (or, for resnet, replaces) the ODE from t0 to t1.
 
-        :param make_dynamics: the suite's factory of the dynamics module.
-        :param fixed_steps: force exactly this many fixed steps (the memory-scaling study).
-        :param rtol: override the backend's relative tolerance (adaptive solvers only).
-        :param atol: override the backend's absolute tolerance (adaptive solvers only).
+        :param make_dynamics: the suite's factory of the dynamics module; ``forward(t, h)``.
+        :param fixed_steps: force exactly this many fixed steps (the memory-scaling study):
+            torchdiffeq rk4 for torch-adjoint / torch-direct, classical RK4 for rknet, L blocks
+            for resnet.
+        :param rtol: override the backend's relative tolerance (adaptive solvers; the fixed-step
+            backends and ``fixed_steps`` have no tolerance and ignore it).
+        :param atol: override the backend's absolute tolerance (likewise).
         """
         raise NotImplementedError
 
@@ -167,7 +207,11 @@ class saved_tensors_meter:  # noqa: N801 - used as a context manager, like torch
         self._hooks: Any = None
 
     def _pack(self, tensor: Any) -> Any:
-        storage = tensor.untyped_storage()
+        try:
+            storage = tensor.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # sparse, nested, ...: count the elements
+            self.bytes += tensor.numel() * tensor.element_size()
+            return tensor
         pointer = storage.data_ptr()
         if pointer not in self._seen and pointer not in self._exclude:
             self._seen.add(pointer)
@@ -204,22 +248,26 @@ def run_train_step(blocks: Sequence[Any], compute_loss: Callable[[], Any], optim
                    params: Iterable[Any]) -> StepStats:
     """One training iteration with NFE counting and the bytes saved for backward.
 
-    ``compute_loss`` runs the forward pass (calling the blocks) and returns the scalar loss.
+    ``compute_loss`` runs the forward pass (calling the blocks) and returns the scalar loss;
+    ``params`` are left out of the saved bytes. Forward counts are read after ``compute_loss``,
+    backward counts after ``loss.backward()``; counts made before the step (e.g. by an
+    evaluation) are dropped.
     """
     for block in blocks:
-        block.pop_stats()  # anything counted outside the step (e.g. evaluation) is dropped
+        block.pop_stats()
     optimizer.zero_grad(set_to_none=True)
     meter = saved_tensors_meter(params)
     with meter:
         loss = compute_loss()
+    forward = [block.pop_stats() for block in blocks]
     loss.backward()
-    counts = [block.pop_stats() for block in blocks]
+    backward = [block.pop_stats() for block in blocks]
     optimizer.step()
     return StepStats(
         loss=float(loss.detach()),
-        nfe_forward=sum(c.nfe_forward for c in counts),
-        nfe_backward=sum(c.nfe_backward for c in counts),
-        steps_accepted=_sum(c.steps_accepted for c in counts),
-        steps_rejected=_sum(c.steps_rejected for c in counts),
+        nfe_forward=sum(c.nfe_forward for c in forward),
+        nfe_backward=sum(c.nfe_backward for c in backward),
+        steps_accepted=_sum(c.steps_accepted for c in forward),
+        steps_rejected=_sum(c.steps_rejected for c in forward),
         saved_for_backward_bytes=meter.bytes,
     )
