@@ -205,30 +205,6 @@ def test_run_train_step_reports_counts_and_updates_parameters(backends):
     assert any(not torch.equal(b, p) for b, p in zip(before, params))
 
 
-def test_counting_costs_little(backends):
-    """A counted block is no slower than the bare dynamics in the same solve, beyond noise."""
-    import time
-
-    import torchdiffeq
-
-    f = Mlp(dim=32, hidden=64)
-    y0 = torch.randn(256, 32, dtype=torch.float64)
-    block = backends["torch-direct"].ode_block(lambda td: f, fixed_steps=50)
-
-    def timed(fn):
-        best = float("inf")
-        for _ in range(5):
-            t0 = time.perf_counter()
-            fn().sum().backward()
-            best = min(best, time.perf_counter() - t0)
-        return best
-
-    bare = timed(lambda: torchdiffeq.odeint(f, y0, torch.tensor([0.0, 1.0], dtype=y0.dtype),
-                                            method="rk4", options={"step_size": 0.02})[-1])
-    counted = timed(lambda: block(y0))
-    assert counted < bare * 1.5 + 0.005  # loose: a guard against gross overhead, not a benchmark
-
-
 def test_cuda_unavailable_is_a_clear_error(backends):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
