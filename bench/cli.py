@@ -62,6 +62,16 @@ def _option(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -96,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="per-cell time limit; a cell over it is stopped and marked timeout")
     p_run.add_argument("--max-memory-mb", type=_positive_float, default=None,
                        help="per-cell address-space limit (RLIMIT_AS) in MiB")
+    p_run.add_argument("--threads", type=_positive_int, default=None,
+                       help="CPU threads per cell (OMP/MKL/XLA); pin it for comparable CPU "
+                       "timings (default: the frameworks' own)")
     p_run.add_argument("--resume", action="store_true",
                        help="with --out: run only the cells that have no 'ok' row there")
     p_run.add_argument("--data-dir", type=Path, default=None,
@@ -117,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="per-measurement time limit")
     p_mem.add_argument("--max-memory-mb", type=_positive_float, default=None,
                        help="per-measurement address-space limit (RLIMIT_AS) in MiB")
+    p_mem.add_argument("--threads", type=_positive_int, default=None,
+                       help="CPU threads per measurement (OMP/MKL/XLA)")
     p_mem.add_argument("--resume", action="store_true",
                        help="with --out: measure only what has no 'ok' row there")
     p_mem.add_argument("--set", dest="options", type=_option, action="append", default=[],
@@ -155,6 +170,7 @@ def _start_run(args: argparse.Namespace, registry: Registry, suites: list[str],
     config = {
         "command": args.command, "suites": suites, "backends": backends, "budget": budget,
         "device": args.device, "timeout_s": args.timeout, "max_memory_mb": args.max_memory_mb,
+        "threads": args.threads,
         "plugins_loaded": [p.name for p in registry.plugins if not p.error],
         "started_at": now_iso(), "command_line": sys.argv, **extra,
     }
@@ -171,7 +187,7 @@ def _runner(args: argparse.Namespace, registry: Registry, run_dir: Any) -> Any:
 
     limit = int(args.max_memory_mb * 1024 * 1024) if args.max_memory_mb else None
     return Runner(registry, _selection(), run_dir, timeout_s=args.timeout,
-                  max_memory_bytes=limit)
+                  max_memory_bytes=limit, threads=args.threads)
 
 
 def _status_exit(rows: list[Any]) -> int:

@@ -71,6 +71,8 @@ class Runner:
     run_dir: RunDirectory
     timeout_s: float | None = None
     max_memory_bytes: int | None = None
+    #: CPU threads of each cell (OMP/MKL for torch, XLA's Eigen pool for JAX); None: defaults.
+    threads: int | None = None
     echo: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)
 
     def run(self, cells: Sequence[CellSpec], resume: bool = False) -> list[ResultRow]:
@@ -111,7 +113,7 @@ class Runner:
         work_dir = self.run_dir.cell_dir(spec.cell_id)
         ctx = multiprocessing.get_context("spawn")
         parent_conn, child_conn = ctx.Pipe(duplex=False)
-        with _environment(CELL_ENVIRONMENT):
+        with _environment({**CELL_ENVIRONMENT, **thread_environment(self.threads)}):
             proc = ctx.Process(
                 target=cell_process_main,
                 args=(child_conn, spec, self.selection, str(work_dir), self.max_memory_bytes),
@@ -166,6 +168,16 @@ class Runner:
             eta = f", ~{_fmt_duration(sum(measured) / len(measured) * (n - i))} left"
         parts.append(f"[elapsed {_fmt_duration(elapsed)}{eta}]")
         return " ".join(parts)
+
+
+def thread_environment(threads: int | None) -> dict[str, str]:
+    """Environment variables that pin a cell's CPU threads (read by the frameworks at start)."""
+    if threads is None:
+        return {}
+    flags = (f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'} "
+             f"intra_op_parallelism_threads={threads}")
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+            "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()}
 
 
 def _fmt_duration(seconds: float) -> str:

@@ -198,3 +198,13 @@ def test_resident_memory_tracker_sees_an_allocation():
     assert peak is not None and peak >= 60 * 2**20
     tracker.reset()
     assert tracker.peak_bytes() < 16 * 2**20
+
+
+def test_thread_pinning_reaches_the_cell_environment(fake_registry, tmp_path, monkeypatch):
+    from bench.runner import thread_environment
+
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    env = thread_environment(1)
+    assert env["OMP_NUM_THREADS"] == "1" and env["MKL_NUM_THREADS"] == "1"
+    assert "intra_op_parallelism_threads=1" in env["XLA_FLAGS"]
+    assert thread_environment(None) == {}
