@@ -271,7 +271,7 @@ class CnfSuite(AbstractSuite):
                    "3x64 concatsquash tanh dynamics, exact trace, test NLL in nats")
     metric_name = "nll_nats"
     metric_direction = "lower"
-    frameworks = ("torch",)
+    frameworks = ("torch", "jax")
     budgets = BUDGETS
     options = {"dataset": "8gaussians", "trace_estimator": "exact"}
 
@@ -296,6 +296,10 @@ class CnfSuite(AbstractSuite):
             from suites.cnf_torch import CnfTorchTask
 
             return CnfTorchTask(ctx, data)
+        if framework == "jax":
+            from suites.cnf_jax import CnfJaxTask
+
+            return CnfJaxTask(ctx, data)
         raise BenchError(f"suite cnf has no {framework} model (it has: "
                          f"{', '.join(self.frameworks)})")
 

@@ -257,7 +257,7 @@ def _run(backend, tmp_path, budget=TINY, options=()):
     suite.budgets = {**BUDGETS, budget.name: budget}
     spec = CellSpec("cnf", backend.name, budget.name, 0, "cpu", tuple(options))
     work = tmp_path / "cell"
-    work.mkdir()
+    work.mkdir(parents=True)
     return run_cell(spec, backend, suite, work, log=lambda m: None), work
 
 
@@ -308,3 +308,87 @@ def test_quick_budget_learns_eight_gaussians(backends, tmp_path):
     row, work = _run(_backend(backends, "torch-adjoint"), tmp_path, budget=BUDGETS["quick"])
     _ok(row, work)
     assert row.metrics["nll_gap_nats"] < 1.5
+
+
+# -- JAX -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def jax_backends():
+    pytest.importorskip("jax")
+    pytest.importorskip("diffrax")
+    pytest.importorskip("equinox")
+    from bench.registry import PluginSelection, Registry
+
+    registry = Registry.load(PluginSelection(entry_points=False))
+    return {name: b for name, b in registry.backends.items() if b.framework == "jax"}
+
+
+def test_jax_field_matches_the_torch_field(jax_backends):
+    """Same neutral weights, same state: the JAX dynamics (velocity and exact/Hutchinson trace)
+    equals the torch one. Eager, no compilation."""
+    torch = pytest.importorskip("torch")
+    import jax.numpy as jnp
+
+    from suites import cnf_jax
+    from suites.cnf_torch import CnfDynamics
+
+    settings = BUDGETS["paper"].settings
+    jax_model = cnf_jax.build_dynamics(settings, 3)
+    torch_model = CnfDynamics()
+    with torch.no_grad():
+        named = dict(torch_model.named_parameters())
+        for name, value in initial_weights(3).items():
+            named[name].copy_(torch.from_numpy(value))
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((6, 2)).astype(np.float32)
+    probes = rng.standard_normal((6, 2)).astype(np.float32)
+    for p in (None, probes):
+        dz, dl = cnf_jax.flow_field(jnp.float32(0.3), (jnp.asarray(z), jnp.zeros(6)),
+                                    (jax_model, None if p is None else jnp.asarray(p)))
+        torch_model.probes = None if p is None else torch.from_numpy(p)
+        with torch.no_grad():
+            state = torch.from_numpy(np.c_[z, np.zeros(6, np.float32)])
+            out = torch_model(torch.tensor(0.3), state)
+        np.testing.assert_allclose(np.asarray(dz), out[:, :2].numpy(), atol=1e-5)
+        np.testing.assert_allclose(np.asarray(dl), out[:, 2].numpy(), atol=1e-5)
+    assert cnf_jax.num_params(jax_model) == 9225
+    loaded = cnf_jax.neutral_parameters(jax_model)
+    for name, value in initial_weights(3).items():
+        np.testing.assert_array_equal(np.asarray(loaded[name]), value)
+
+
+def test_jax_tolerances_come_from_the_budget(jax_backends):
+    from suites.cnf_jax import with_tolerances
+
+    backend = jax_backends.get("diffrax-checkpoint")
+    if backend is None:
+        pytest.skip("diffrax-checkpoint is not registered")
+    tuned = with_tolerances(backend, 1e-5, 2e-5)
+    assert (tuned.rtol, tuned.atol) == (1e-5, 2e-5) and backend.rtol != 1e-5
+    assert tuned.name == backend.name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["diffrax-checkpoint", "diffrax-backsolve", "jax-rknet"])
+def test_jax_tiny_cell_end_to_end(jax_backends, tmp_path, name):
+    if name not in jax_backends:
+        pytest.skip(f"backend {name} is not registered")
+    row, work = _run(jax_backends[name], tmp_path)
+    _ok(row, work)
+    assert math.isfinite(row.metrics["nll_nats"]) and row.nfe_forward > 0
+    assert row.params == 9225 and (work / "cnf_8gaussians.png").exists()
+
+
+@pytest.mark.slow
+def test_jax_and_torch_cells_agree_on_the_first_steps(backends, jax_backends, tmp_path):
+    """Same seed: same weights and batches, so the RK4 (fixed-step) losses agree closely."""
+    if "jax-rknet" not in jax_backends:
+        pytest.skip("jax-rknet is not registered")
+    losses = []
+    for i, backend in enumerate((_backend(backends, "rknet"), jax_backends["jax-rknet"])):
+        row, work = _run(backend, tmp_path / str(i))
+        _ok(row, work)
+        trace = json.loads((work / "trace.json").read_text())
+        losses.append([s["loss"] for s in trace["steps"]])
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)
