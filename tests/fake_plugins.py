@@ -39,7 +39,7 @@ class NumpyEulerBackend(AbstractBackend):
         if self.behaviour == "oom":
             hog = []
             while True:
-                hog.append(np.ones(16 * 1024 * 1024))  # 128 MiB each, touched
+                hog.append(np.ones(48 * 1024 * 1024))  # 384 MiB each, touched
         h = t1 / self.steps
         y, s = y0, 0.0
         for _ in range(self.steps):
