@@ -190,6 +190,19 @@ def _runner(args: argparse.Namespace, registry: Registry, run_dir: Any) -> Any:
                   max_memory_bytes=limit, threads=args.threads)
 
 
+def _run_cells(args: argparse.Namespace, registry: Registry, run_dir: Any, cells: list[Any]
+               ) -> list[Any] | None:
+    """Run the cells into ``run_dir``; the latest row of each, or None after Ctrl-C."""
+    try:
+        _runner(args, registry, run_dir).run(cells, resume=args.resume)
+    except KeyboardInterrupt:
+        return None
+    finally:
+        run_dir.unlock()
+    ids = {c.cell_id for c in cells}
+    return [r for r in run_dir.rows() if r.cell_id in ids]
+
+
 def _status_exit(rows: list[Any]) -> int:
     counts = {s: sum(r.status == s for r in rows) for s in dict.fromkeys(r.status for r in rows)}
     print("cells: " + ", ".join(f"{n} {s}" for s, n in counts.items()), file=sys.stderr)
@@ -217,14 +230,9 @@ def cmd_memory(args: argparse.Namespace, registry: Registry) -> int:
     cells.sort(key=lambda c: (dict(c.options)["steps"], c.backend))  # interleave backends
     run_dir = _start_run(args, registry, [SUITE_NAME], backends, budget,
                          {"steps": steps, "options": options})
-    try:
-        _runner(args, registry, run_dir).run(cells, resume=args.resume)
-    except KeyboardInterrupt:
+    rows = _run_cells(args, registry, run_dir, cells)
+    if rows is None:
         return 130
-    finally:
-        run_dir.unlock()
-    ids = {c.cell_id for c in cells}
-    rows = [r for r in run_dir.rows() if r.cell_id in ids]
     frame = rows_to_frame(rows)
     frame.to_csv(run_dir.path / "memory_measurements.csv", index=False)
     claims = {name: getattr(registry.backends[name], "memory_claim", None) for name in backends}
@@ -282,14 +290,9 @@ def cmd_run(args: argparse.Namespace, registry: Registry) -> int:
     cells = expand(registry, suites, backends, args.budget, seeds, args.device, options)
     run_dir = _start_run(args, registry, suites, backends, args.budget,
                          {"seeds": seeds, "options": options})
-    try:
-        _runner(args, registry, run_dir).run(cells, resume=args.resume)
-    except KeyboardInterrupt:
+    rows = _run_cells(args, registry, run_dir, cells)
+    if rows is None:
         return 130
-    finally:
-        run_dir.unlock()
-    ids = {c.cell_id for c in cells}
-    rows = [r for r in run_dir.rows() if r.cell_id in ids]
     table = render(table_frame(rows_to_frame(rows)), "markdown")
     (run_dir.path / "report.md").write_text(table)
     print(table)
