@@ -333,7 +333,19 @@ def _selection() -> PluginSelection:
     return PluginSelection.from_environment()
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a batch scheduler, `kill`) stops a run like Ctrl-C: the running cell is ended,
+    every finished row is kept."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _stop_on_sigterm()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

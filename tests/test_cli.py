@@ -102,7 +102,8 @@ def test_bad_input_exits_nonzero_with_the_valid_choices(cli_env, tmp_path, args,
     assert "Traceback" not in result.stderr
 
 
-def test_ctrl_c_stops_cleanly_and_keeps_finished_rows(cli_env, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_cleanly_and_keeps_finished_rows(cli_env, tmp_path, sig):
     out = tmp_path / "run3"
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.cli", "run", "--suite", "linear", "--plugins",
@@ -113,7 +114,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_finished_rows(cli_env, tmp_path):
     while time.monotonic() < deadline and not (rows.exists() and rows.read_text().strip()):
         time.sleep(0.2)
     time.sleep(1.0)  # the hanging cell is running now
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert "interrupted: 1 finished rows are saved" in stderr
