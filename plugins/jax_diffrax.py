@@ -305,57 +305,71 @@ class JaxRkNetBackend(JaxBackend):
     gradient_method = "backprop"
     nfe_notes = "nfe_backward = VJPs of f through the stored RK4 stages (4 per step)"
 
-    def __init__(self, name: str = "jax-rknet", steps: int = 10, tableau: str = "classical"):
+    def __init__(self, name: str = "jax-rknet", steps: int = 6, tableau: str = "classical"):
         if tableau not in ("classical", "3/8"):
             raise ValueError(f"tableau must be 'classical' or '3/8', not {tableau!r}")
+        if int(steps) < 1:
+            raise ValueError(f"the number of steps must be at least 1, not {steps}")
         self.name = name
-        self.steps = steps
+        self.steps = int(steps)
         self.tableau = tableau
-        self.description = (f"RK4 ({tableau} tableau), {steps} fixed steps by default, "
-                            "backprop through the steps (lax.scan)")
+        self.description = (f"RK4 ({tableau} tableau), {self.steps} fixed steps by default "
+                            f"({4 * self.steps} evaluations), backprop through the steps")
 
     def solve(self, f: Callable[[Any, Any, Any], Any], params: Any, y0: Any, t0: float,
               t1: float, *, ts: Any = None, fixed_steps: int | None = None
               ) -> tuple[Any, dict[str, Any]]:
-        """``steps`` (or ``fixed_steps``) equal steps over [t0, t1]; with ``ts``, that many steps
-        over each interval between consecutive output times (from t0 to ts[0] first)."""
+        """``steps`` (or ``fixed_steps``) equal steps over [t0, t1]. With ``ts`` (concrete, not
+        traced: the step counts are static), as torch's rknet: each interval between consecutive
+        times of (t0, *ts) gets ceil(length / step) equal steps, step = (t1 - t0) / steps; an
+        empty interval (ts[0] == t0) takes none."""
+        import math
+
         import diffrax
         import jax
         import jax.numpy as jnp
+        import numpy as np
 
         parts = _diffrax_parts()
         cls = parts.ClassicalRK4 if self.tableau == "classical" else parts.ThreeEighthsRK4
+        # "bounded": the stage loop becomes a plain differentiable loop whose stages are stored
+        # (the default, a checkpointed loop, would recompute every stage in the backward pass)
         solver = cls(scan_kind="bounded")
         steps = int(fixed_steps if fixed_steps is not None else self.steps)
         if steps < 1:
             raise BenchError(f"the number of steps must be at least 1, not {steps}")
         term = diffrax.ODETerm(lambda t, y, args: f(t, y, args))
 
-        def integrate(y: Any, ta: Any, tb: Any) -> Any:
-            dt = (tb - ta) / steps
+        def integrate(y: Any, ta: float, tb: float, n: int) -> Any:
+            dt = (tb - ta) / n
 
             def rk_step(y: Any, i: Any) -> tuple[Any, None]:
                 t = ta + i * dt
                 y1, _, _, _, _ = solver.step(term, t, t + dt, y, params, None, False)
                 return y1, None
 
-            y, _ = jax.lax.scan(rk_step, y, jnp.arange(steps, dtype=jnp.float32))
+            y, _ = jax.lax.scan(rk_step, y, jnp.arange(n, dtype=jnp.float32))
             return y
 
         if ts is None:
-            ys = integrate(y0, jnp.asarray(t0, jnp.float32), jnp.asarray(t1, jnp.float32))
-            intervals = 1
+            ys = integrate(y0, float(t0), float(t1), steps)
+            total = steps
         else:
-            ts = jnp.asarray(ts, jnp.float32)
-            starts = jnp.concatenate([jnp.asarray([t0], jnp.float32), ts[:-1]])
-
-            def interval(y: Any, ab: Any) -> tuple[Any, Any]:
-                y = integrate(y, ab[0], ab[1])
-                return y, y
-
-            _, ys = jax.lax.scan(interval, y0, jnp.stack([starts, ts], axis=1))
-            intervals = int(ts.shape[0])
-        n = _int32(steps * intervals)
+            try:
+                times = [float(t0)] + [float(t) for t in np.asarray(ts).ravel()]
+            except jax.errors.TracerArrayConversionError as exc:
+                raise BenchError(f"backend {self.name!r}: ts must be concrete (not traced), "
+                                 "since the number of RK4 steps per interval is static") from exc
+            step = abs(float(t1) - float(t0)) / steps
+            outputs, y, total = [], y0, 0
+            for a, b in zip(times[:-1], times[1:]):
+                if b != a:
+                    n = steps if step == 0 else max(1, math.ceil(abs(b - a) / step - 1e-9))
+                    y = integrate(y, a, b, n)
+                    total += n
+                outputs.append(y)
+            ys = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *outputs)
+        n = _int32(total)
         stats = {"num_steps": n, "num_accepted_steps": n, "num_rejected_steps": _int32(0),
                  "nfe_forward": 4 * n, "nfe_backward_vjp": 4 * n}
         recorder = current_recorder()

@@ -33,7 +33,7 @@ import numpy as np
 
 from bench.errors import BenchError
 from bench.interfaces import AbstractTask, CellContext, Evaluation, StepStats
-from suites.cnf import DIM, HIDDEN, CnfData, initial_weights, layer_dims, plot_flow
+from suites.cnf import HIDDEN, CnfData, initial_weights, layer_dims, plot_flow
 
 _LOG_2PI = math.log(2.0 * math.pi)
 

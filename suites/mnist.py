@@ -295,9 +295,10 @@ class MnistSuite(AbstractSuite):
                    "or ResNet (6 residual blocks) between conv downsampling and a linear head")
     metric_name = "test_error_pct"
     metric_direction = "lower"
-    frameworks = ("torch",)
+    frameworks = ("torch", "jax")
     budgets = BUDGETS
     options = {"data_dir": None, "download": True}
+    location_options = ("data_dir", "download")
 
     def build_task(self, ctx: CellContext) -> AbstractTask:
         unknown = sorted(set(ctx.options) - set(self.options))
@@ -316,6 +317,10 @@ class MnistSuite(AbstractSuite):
             from suites.mnist_torch import MnistTorchTask
 
             return MnistTorchTask(ctx, pipeline)
+        if framework == "jax":
+            from suites.mnist_jax import MnistJaxTask
+
+            return MnistJaxTask(ctx, pipeline)
         raise BenchError(f"suite mnist has no {framework} model (it has: "
                          f"{', '.join(self.frameworks)})")
 

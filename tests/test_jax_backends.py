@@ -28,6 +28,7 @@ from plugins.jax_common import INSTALL_HINT, JaxBackend
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ("diffrax-checkpoint", "diffrax-backsolve", "jax-rknet")
 T1 = 1.0
+RKNET_STEPS = 6  # jax-rknet's default, as torch's rknet
 
 
 def backend(name: str) -> JaxBackend:
@@ -318,7 +319,7 @@ def test_backward_nfe_from_stats_equals_counted(counted):
             assert s.extra["nfe_backward_recomputed"] == backward_f
             assert s.nfe_backward == c["vjp"] + backward_f
         if name == "jax-rknet":
-            assert backward_f == 0 and s.nfe_forward == s.nfe_backward == 4 * 10
+            assert backward_f == 0 and s.nfe_forward == s.nfe_backward == 4 * RKNET_STEPS
 
 
 def test_checkpoint_recomputation_grows_beyond_the_checkpoints():
@@ -432,13 +433,13 @@ def test_dopri5_gradients_converge_to_torchdiffeqs(name):
 
 
 def test_rknet_matches_a_torch_classical_rk4():
-    """Ten classical RK4 steps, the same loss and gradient in torch and JAX (float32)."""
+    """Six classical RK4 steps, the same loss and gradient in torch and JAX (float32)."""
     torch = pytest.importorskip("torch")
     counted = case("rknet")
 
     def rk4(f, y0, t_span, **_):
-        y, h = y0, T1 / 10
-        for i in range(10):
+        y, h = y0, T1 / RKNET_STEPS
+        for i in range(RKNET_STEPS):
             t = torch.tensor(i * h)
             k1 = f(t, y)
             k2 = f(t + h / 2, y + h / 2 * k1)
@@ -449,7 +450,8 @@ def test_rknet_matches_a_torch_classical_rk4():
 
     loss, grads, nfe, _ = _torch_run(rk4, {})
     first = counted["steps"][0]
-    assert nfe == first["stats"].nfe_forward == 40
+    assert backend("jax-rknet").steps == RKNET_STEPS
+    assert nfe == first["stats"].nfe_forward == 4 * RKNET_STEPS
     assert first["stats"].loss == pytest.approx(loss, rel=1e-5)
     assert _norm(first["grads"]) == pytest.approx(_norm(grads), rel=1e-5)
     for key in grads:
@@ -470,6 +472,8 @@ def test_nfe_counts_with_output_times(name):
         assert s.extra["reverse_solves"] == 3  # the interval [t0, ts[0]] is empty
     else:
         assert s.nfe_backward == c["vjp"] + c["f"] - s.nfe_forward
+    if name == "jax-rknet":  # as torch: 2 steps of 1/6 per interval of 1/3, none for [0, 0]
+        assert s.steps_accepted == 6 and case["forward"]["y"].shape == (4, 3, 4)
 
 
 def test_checkpoint_schedule_replay_without_recomputation():
