@@ -55,7 +55,7 @@ def base_row(spec: CellSpec, backend: AbstractBackend | None, suite: AbstractSui
         backend=spec.backend,
         framework=getattr(backend, "framework", ""),
         gradient_method=getattr(backend, "gradient_method", ""),
-        solver=getattr(backend, "solver", ""),
+        solver=fields.pop("solver", None) or getattr(backend, "solver", ""),
         device=fields.pop("device", spec.device),
         seed=spec.seed,
         budget=spec.budget,
@@ -121,6 +121,8 @@ def run_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite, wor
                           device=device, work_dir=work_dir,
                           options={**suite.options, **dict(spec.options)}, log=log)
         task = suite.build_task(ctx)
+        if getattr(task, "solver", None):  # e.g. a fixed-step method instead of the default
+            fields["solver"] = task.solver
         fields["params"] = task.num_params()
         status, error = _train_and_evaluate(task, backend, device, work_dir, fields, progress)
     except Exception as exc:  # the row keeps what was measured before the failure

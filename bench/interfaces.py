@@ -97,6 +97,9 @@ class AbstractTask(abc.ABC):
     num_train_steps: int
     #: Run an evaluation every this many steps during training (None: only at the end).
     eval_every: int | None = None
+    #: The solver this task actually uses, when it is not the backend's default (e.g. a
+    #: fixed-step method); None: the backend's ``solver``. Goes into the row's ``solver``.
+    solver: str | None = None
 
     @abc.abstractmethod
     def train_step(self, step: int) -> StepStats:

@@ -168,6 +168,8 @@ class DiffraxBackend(JaxBackend):
     ``"checkpoint"`` (RecursiveCheckpointAdjoint) or ``"backsolve"`` (BacksolveAdjoint)."""
 
     solver = "dopri5"
+    #: What solve(fixed_steps=L) integrates with: Dopri5 on an exact grid of L steps.
+    fixed_step_solver = "dopri5 (fixed steps)"
 
     def __init__(self, name: str, adjoint: str, rtol: float = 1e-3, atol: float = 1e-3,
                  first_step: str = "torchdiffeq", max_steps: int = MAX_STEPS):
@@ -313,6 +315,7 @@ class JaxRkNetBackend(JaxBackend):
         self.name = name
         self.steps = int(steps)
         self.tableau = tableau
+        self.fixed_step_solver = "rk4" if tableau == "classical" else "rk4-3/8"
         self.description = (f"RK4 ({tableau} tableau), {self.steps} fixed steps by default "
                             f"({4 * self.steps} evaluations), backprop through the steps")
 

@@ -46,6 +46,9 @@ class TorchdiffeqBackend(TorchBackend):
 
     adjoint: bool
 
+    #: What ode_block(fixed_steps=L) integrates with (see its docstring).
+    fixed_step_solver = "rk4-3/8 (fixed steps)"
+
     def __init__(self, method: str = "dopri5", rtol: float = 1e-3, atol: float = 1e-3,
                  first_step: float | None = None):
         if not (rtol > 0 and atol > 0):

@@ -17,6 +17,7 @@ class JaxMemoryTask(AbstractTask):
     eval_every = None
 
     def __init__(self, ctx: CellContext):
+        self.solver = getattr(ctx.backend, "fixed_step_solver", None)
         import jax
         import jax.numpy as jnp
 

@@ -22,6 +22,7 @@ class TorchMemoryTask(AbstractTask):
     eval_every = None
 
     def __init__(self, ctx: CellContext):
+        self.solver = getattr(ctx.backend, "fixed_step_solver", None)
         from plugins.torch_common import run_train_step
 
         self._run_train_step = run_train_step

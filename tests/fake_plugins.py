@@ -105,6 +105,7 @@ class MemoryTask(AbstractTask):
     """Allocates L state-sized buffers per step (backprop) or two (adjoint)."""
 
     num_train_steps = 3
+    solver = "euler (fixed steps)"
 
     def __init__(self, backend: NumpyEulerBackend, steps: int, width: int):
         self.backend, self.steps, self.width = backend, steps, width

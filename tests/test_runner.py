@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pytest
 
 from bench.cell import CellSpec, run_cell
@@ -47,7 +48,8 @@ def test_suite_options_reach_the_task(fake_registry, tmp_path):
     row = run_cell(cell, fake_registry.backend("numpy-euler"), fake_registry.suite("linear"),
                    tmp_path)
     assert row.status == "ok"
-    assert row.metrics["a"] == pytest.approx(row.metrics["a"])  # trained with lr 0: a unchanged
+    initial_a = float(np.random.default_rng(0).normal(0.0, 0.1))  # LinearTask's draw, seed 0
+    assert row.metrics["a"] == initial_a  # trained with lr 0: a unchanged
     (cell1,) = expand(fake_registry, ["linear"], ["numpy-euler"], "smoke", [0], "cpu")
     row1 = run_cell(cell1, fake_registry.backend("numpy-euler"), fake_registry.suite("linear"),
                     tmp_path)
@@ -208,3 +210,15 @@ def test_thread_pinning_reaches_the_cell_environment(fake_registry, tmp_path, mo
     assert env["OMP_NUM_THREADS"] == "1" and env["MKL_NUM_THREADS"] == "1"
     assert "intra_op_parallelism_threads=1" in env["XLA_FLAGS"]
     assert thread_environment(None) == {}
+
+
+def test_a_task_that_uses_another_solver_says_so_in_its_row(fake_registry, tmp_path):
+    suite = fake_registry.suite("memory-scaling")
+    (cell,) = expand(fake_registry, ["memory-scaling"], ["numpy-euler"], "measure", [0], "cpu",
+                     {"width": 16})
+    row = run_cell(cell, fake_registry.backend("numpy-euler"), suite, tmp_path)
+    assert row.status == "ok" and row.solver == "euler (fixed steps)"
+    (cell,) = expand(fake_registry, ["linear"], ["numpy-euler"], "smoke", [0], "cpu")
+    row = run_cell(cell, fake_registry.backend("numpy-euler"), fake_registry.suite("linear"),
+                   tmp_path)
+    assert row.solver == "euler"  # the backend's own
