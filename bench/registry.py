@@ -33,6 +33,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.jax_diffrax",
     "suites.mnist",
     "suites.cnf",
+    "suites.latent_ode",
     "suites.memory_scaling",
 )
 

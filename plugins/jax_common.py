@@ -400,6 +400,18 @@ class CompiledStep:
 # -------------------------------------------------------------------------------------------------
 
 
+def with_tolerances(backend: Any, rtol: float, atol: float) -> Any:
+    """``backend`` with a suite budget's tolerances: a shallow copy with ``rtol``/``atol`` set
+    (adaptive backends); a fixed-step backend, which has none, is returned as it is."""
+    import copy
+
+    if not hasattr(backend, "rtol"):
+        return backend
+    tuned = copy.copy(backend)
+    tuned.rtol, tuned.atol = float(rtol), float(atol)
+    return tuned
+
+
 def sgd_momentum_init(params: Any) -> Any:
     """Momentum buffers of :func:`sgd_momentum_update` (zeros like the float leaves)."""
     import jax

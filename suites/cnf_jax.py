@@ -21,7 +21,6 @@ The solver tolerances of a budget (``rtol``/``atol``) are set on a shallow copy 
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ import numpy as np
 
 from bench.errors import BenchError
 from bench.interfaces import AbstractTask, CellContext, Evaluation, StepStats
+from plugins.jax_common import with_tolerances
 from suites.cnf import HIDDEN, CnfData, initial_weights, layer_dims, plot_flow
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -170,15 +170,6 @@ def sample(model: CnfDynamics, z: jax.Array, backend: Any
     (x, dl), stats = backend.solve(reversed_field, (model, None), (z, jnp.zeros(z.shape[0])),
                                    0.0, 1.0)
     return x, standard_normal_logprob(z) + dl, stats
-
-
-def with_tolerances(backend: Any, rtol: float, atol: float) -> Any:
-    """The backend with the budget's tolerances (a shallow copy; adaptive backends only)."""
-    if not hasattr(backend, "rtol"):
-        return backend
-    tuned = copy.copy(backend)
-    tuned.rtol, tuned.atol = float(rtol), float(atol)
-    return tuned
 
 
 def num_params(model: CnfDynamics) -> int:

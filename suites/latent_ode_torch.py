@@ -1,0 +1,179 @@
+"""The torch model and task of the latent-ODE suite (imported lazily by :mod:`suites.latent_ode`).
+
+The backend's block integrates the latent dynamics from t = 0 to every time of the series
+(``block(z0, times=...)``); the encoder and decoder are plain modules. Initial weights come from
+:func:`suites.latent_ode.initial_weights`, keyed by parameter name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench.errors import BenchError
+from bench.interfaces import AbstractTask, CellContext, Evaluation, StepStats
+from suites.latent_ode import Batch, LatentOdeData, Sizes, gaussian_log_constant, initial_weights
+
+
+class RecognitionRnn(nn.Module):
+    """h <- tanh(i2h([x_i, t_i, h])) at observed points, backwards in time; [mu, logvar] =
+    h2o(h)."""
+
+    def __init__(self, sizes: Sizes):
+        super().__init__()
+        self.hidden = sizes.rnn_hidden
+        self.i2h = nn.Linear(sizes.obs_dim + 1 + sizes.rnn_hidden, sizes.rnn_hidden)
+        self.h2o = nn.Linear(sizes.rnn_hidden, 2 * sizes.latent_dim)
+
+    def forward(self, values: torch.Tensor, mask: torch.Tensor, times: torch.Tensor,
+                window: int) -> tuple[torch.Tensor, torch.Tensor]:
+        h = values.new_zeros(values.shape[0], self.hidden)
+        for i in range(window - 1, -1, -1):
+            t = times[i].expand(values.shape[0], 1)
+            candidate = torch.tanh(self.i2h(torch.cat([values[:, i], t, h], 1)))
+            m = mask[:, i:i + 1]
+            h = m * candidate + (1.0 - m) * h
+        out = self.h2o(h)
+        mean, logvar = out.chunk(2, dim=1)
+        return mean, logvar
+
+
+class LatentDynamics(nn.Module):
+    """dz/dt = fc3(elu(fc2(elu(fc1(z))))), ignoring t."""
+
+    def __init__(self, sizes: Sizes):
+        super().__init__()
+        self.fc1 = nn.Linear(sizes.latent_dim, sizes.hidden)
+        self.fc2 = nn.Linear(sizes.hidden, sizes.hidden)
+        self.fc3 = nn.Linear(sizes.hidden, sizes.latent_dim)
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.fc3(torch.nn.functional.elu(self.fc2(torch.nn.functional.elu(self.fc1(z)))))
+
+
+class Decoder(nn.Module):
+    def __init__(self, sizes: Sizes):
+        super().__init__()
+        self.fc1 = nn.Linear(sizes.latent_dim, sizes.hidden)
+        self.fc2 = nn.Linear(sizes.hidden, sizes.obs_dim)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(z)))
+
+
+class LatentOdeModel(nn.Module):
+    def __init__(self, backend: Any, data: LatentOdeData):
+        super().__init__()
+        s = data.settings
+        sizes = data.sizes
+        self.encoder = RecognitionRnn(sizes)
+        self.__dict__["_dynamics"] = LatentDynamics(sizes)
+        grid, self.offset = data.solve_times()
+        self.block = backend.ode_block(self._make_dynamics, 0.0, float(grid[-1]),
+                                       rtol=float(s["rtol"]), atol=float(s["atol"]))
+        self.decoder = Decoder(sizes)
+        self.register_buffer("grid", torch.from_numpy(np.asarray(grid, np.float32)))
+        self.register_buffer("times", torch.from_numpy(np.asarray(data.times, np.float32)))
+        self.window = data.window
+        self.obs_std = data.obs_std
+        if {id(p) for p in self.block.parameters()} != {id(p) for p in self.dynamics.parameters()}:
+            raise BenchError(f"backend {backend.name!r}: its block has parameters of its own or "
+                             "never called make_dynamics; the latent ODE needs one dynamics module")
+
+    @property
+    def dynamics(self) -> LatentDynamics:
+        return self.__dict__["_dynamics"]
+
+    def _make_dynamics(self, time_dependent: bool) -> nn.Module:
+        return self.dynamics
+
+    def posterior(self, values: torch.Tensor, mask: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(values, mask, self.times, self.window)
+
+    def decode(self, z0: torch.Tensor) -> torch.Tensor:
+        """(B, T, D): the decoded latent trajectory at every time of the series."""
+        zs = self.block(z0, times=self.grid)[self.offset:]  # (T, B, latent)
+        return self.decoder(zs).transpose(0, 1)
+
+    def negative_elbo(self, values: torch.Tensor, mask: torch.Tensor, eps: torch.Tensor
+                      ) -> torch.Tensor:
+        mean, logvar = self.posterior(values, mask)
+        z0 = mean + eps * torch.exp(0.5 * logvar)
+        prediction = self.decode(z0)
+        log_lik = (gaussian_log_constant(self.obs_std)
+                   - 0.5 * ((values - prediction) / self.obs_std) ** 2).sum((1, 2))
+        kl = 0.5 * (mean ** 2 + torch.exp(logvar) - 1.0 - logvar).sum(1)
+        return (kl - log_lik).mean()
+
+    def load_neutral_weights(self, weights: dict[str, np.ndarray]) -> None:
+        named = {**{f"encoder.{k}": v for k, v in self.encoder.named_parameters()},
+                 **{f"dynamics.{k}": v for k, v in self.dynamics.named_parameters()},
+                 **{f"decoder.{k}": v for k, v in self.decoder.named_parameters()}}
+        if set(named) != set(weights):
+            raise BenchError("latent-ODE model and initial weights disagree: missing "
+                             f"{sorted(set(weights) - set(named))}, unexpected "
+                             f"{sorted(set(named) - set(weights))}")
+        with torch.no_grad():
+            for name, p in named.items():
+                value = torch.from_numpy(np.asarray(weights[name]))
+                if tuple(p.shape) != tuple(value.shape):
+                    raise BenchError(f"{name}: model shape {tuple(p.shape)}, initial weights "
+                                     f"{tuple(value.shape)}")
+                p.copy_(value)
+
+
+def build_model(backend: Any, data: LatentOdeData, seed: int) -> LatentOdeModel:
+    model = LatentOdeModel(backend, data)
+    model.load_neutral_weights(initial_weights(seed, data.sizes))
+    return model
+
+
+class LatentOdeTorchTask(AbstractTask):
+    def __init__(self, ctx: CellContext, data: LatentOdeData):
+        from plugins.torch_common import run_train_step
+
+        self._run_train_step = run_train_step
+        torch.manual_seed(ctx.seed)
+        self.data = data
+        self.backend_name = ctx.backend.name
+        self.device = torch.device(ctx.device)
+        self.model = build_model(ctx.backend, data, ctx.seed).to(self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.params, lr=float(data.settings["lr"]))
+        self.num_train_steps = data.num_train_steps
+        self.eval_every = data.eval_every
+        self.model.block.pop_stats()
+
+    def _tensors(self, batch: Batch) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(self.device)
+                     for a in (batch.values, batch.mask, batch.eps))
+
+    def train_step(self, step: int) -> StepStats:
+        values, mask, eps = self._tensors(self.data.train_batch(step))
+        return self._run_train_step([self.model.block],
+                                    lambda: self.model.negative_elbo(values, mask, eps),
+                                    self.optimizer, self.params)
+
+    def predict(self, batch: Batch) -> tuple[np.ndarray, float]:
+        """(decoded trajectory from the posterior mean, forward NFE of the solve)."""
+        values, mask, _ = self._tensors(batch)
+        self.model.block.pop_stats()
+        with torch.no_grad():
+            mean, _ = self.model.posterior(values, mask)
+            prediction = self.model.decode(mean)
+        nfe = self.model.block.pop_stats().nfe_forward
+        return prediction.cpu().numpy(), float(nfe)
+
+    def evaluate(self, final: bool = True) -> Evaluation:
+        return self.data.evaluate(self.predict, final)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+    def finish(self, work_dir: Path, trace: Any) -> None:
+        self.data.plot(work_dir, self.predict, trace, self.backend_name)

@@ -1,0 +1,400 @@
+"""The latent-ODE suite: generators, masks, splits and metrics (numpy), the torch model (same
+weights everywhere, solutions at irregular times, adjoint = backprop gradients), cells end to end,
+and the JAX model against the torch one."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from bench.cell import CellSpec, run_cell
+from bench.errors import BenchError, UnknownNameError
+from bench.interfaces import Budget
+from suites import latent_ode_data
+from suites.latent_ode import (
+    BUDGETS,
+    LatentOdeData,
+    LatentOdeSuite,
+    initial_weights,
+    observation_mask,
+    resolve_settings,
+)
+
+#: Smaller than smoke: 20 series of 20 points (window 10), 3 steps of batch 4.
+TINY = Budget("tiny", "test", {**BUDGETS["smoke"].settings, "num_series": 20, "num_points": 20,
+                               "steps": 3, "batch_size": 4, "eval_every": 2, "eval_subset": 2})
+
+
+@pytest.fixture(scope="module")
+def registry():
+    from bench.registry import PluginSelection, Registry
+
+    return Registry.load(PluginSelection(entry_points=False))
+
+
+@pytest.fixture(scope="module")
+def backends(registry):
+    pytest.importorskip("torch")
+    pytest.importorskip("torchdiffeq")
+    return {n: b for n, b in registry.backends.items() if b.framework == "torch"}
+
+
+@pytest.fixture(scope="module")
+def jax_backends(registry):
+    pytest.importorskip("jax")
+    pytest.importorskip("diffrax")
+    pytest.importorskip("equinox")
+    return {n: b for n, b in registry.backends.items() if b.framework == "jax"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors on a shared 2-core machine: a second torch thread only waits."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _backend(backends, name):
+    if name not in backends:
+        pytest.skip(f"backend {name} is not registered")
+    return backends[name]
+
+
+# -- generators, masks, splits, metrics ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(latent_ode_data.GENERATORS))
+def test_generators_seeded_shaped_finite(name):
+    make = latent_ode_data.GENERATORS[name]
+    a = make(np.random.default_rng(5), num_series=7, num_points=30)
+    b = make(np.random.default_rng(5), num_series=7, num_points=30)
+    c = make(np.random.default_rng(6), num_series=7, num_points=30)
+    dim = 2 if name == "spirals" else 1
+    assert a.clean.shape == a.noisy.shape == (7, 30, dim) and a.times.shape == (30,)
+    assert a.clean.dtype == a.noisy.dtype == a.times.dtype == np.float32
+    assert np.all(np.isfinite(a.noisy)) and np.all(np.diff(a.times) > 0)
+    np.testing.assert_array_equal(a.noisy, b.noisy)
+    assert not np.array_equal(a.noisy, c.noisy)
+    assert 0 < np.std(a.noisy - a.clean) < 1.0
+
+
+def test_periodic_times_are_irregular_in_zero_to_five_and_series_are_sinusoids():
+    s = latent_ode_data.periodic(np.random.default_rng(0), num_series=50, num_points=100)
+    assert 0.0 < s.times[0] and s.times[-1] < 5.0
+    gaps = np.diff(s.times)
+    assert gaps.std() > 0.3 * gaps.mean()  # irregular, not a grid
+    f, phase = s.info["frequency"], s.info["phase"]
+    assert np.all((0.4 <= f) & (f <= 0.8))
+    expected = np.sin(2 * np.pi * f[:, None] * s.times[None].astype(np.float64) + phase[:, None])
+    np.testing.assert_allclose(s.clean[..., 0], expected, atol=1e-5)  # float32
+    assert np.std(s.noisy - s.clean) == pytest.approx(0.01, rel=0.1)
+
+
+def test_spirals_are_chen_windows_both_directions():
+    s = latent_ode_data.spirals(np.random.default_rng(0), num_series=200, num_points=100)
+    assert 0.3 < s.info["clockwise"].mean() < 0.7
+    step = 6 * np.pi / 999
+    np.testing.assert_allclose(np.diff(s.times), step, rtol=1e-4)
+    # counter-clockwise spirals are centred at x = +5, clockwise ones at x = -5
+    centre = s.clean[:, :, 0].mean(1)
+    assert np.all(centre[~s.info["clockwise"]] > 0) and np.all(centre[s.info["clockwise"]] < 0)
+    with pytest.raises(ValueError, match="num_points"):
+        latent_ode_data.spirals(np.random.default_rng(0), num_points=1001)
+
+
+def test_observation_mask_sees_exactly_n_window_points():
+    mask = observation_mask(np.random.default_rng(0), 9, 20, 10, 4)
+    assert mask.shape == (9, 20)
+    np.testing.assert_array_equal(mask.sum(1), 4)
+    assert mask[:, 10:].sum() == 0
+    assert len({tuple(row) for row in mask}) > 1  # irregular: differs between series
+    with pytest.raises(BenchError, match="cannot observe 11 of a window of 10"):
+        observation_mask(np.random.default_rng(0), 1, 20, 10, 11)
+
+
+def test_batches_depend_only_on_seed_and_step():
+    data = LatentOdeData("periodic", TINY.settings, seed=3)
+    again = LatentOdeData("periodic", TINY.settings, seed=3)
+    assert (data.num_train, data.num_test, data.window, data.observed) == (16, 4, 10, 5)
+    a, b, c = data.train_batch(2), again.train_batch(2), data.train_batch(3)
+    for field in ("values", "mask", "eps"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    assert not np.array_equal(a.mask, c.mask)
+    assert a.values.shape == (4, 20, 1) and a.eps.shape == (4, 10)
+    test, clean = data.test_batch(final=True)
+    assert test.values.shape == clean.shape == (4, 20, 1) and not test.eps.any()
+    np.testing.assert_array_equal(test.values, data.series.noisy[16:])
+    assert data.test_batch(final=False)[0].values.shape[0] == 2  # eval_subset
+    np.testing.assert_array_equal(data.test_batch(False)[0].mask, test.mask[:2])
+
+
+def test_errors_split_unseen_window_points_and_future():
+    data = LatentOdeData("periodic", TINY.settings, seed=0)
+    batch, clean = data.test_batch(final=True)
+    prediction = clean.astype(np.float64).copy()
+    prediction[:, data.window:] += 1.0  # future: squared error 1
+    unseen_window = (batch.mask < 0.5)
+    unseen_window[:, data.window:] = False
+    prediction[unseen_window] += 2.0  # unseen window points: squared error 4
+    got = data.errors(prediction, clean, batch.mask)
+    assert got["mse_extrap"] == pytest.approx(1.0)
+    assert got["mse_interp"] == pytest.approx(4.0)
+    n_interp, n_future = unseen_window.sum(), clean.shape[0] * (data.num_points - data.window)
+    assert got["mse"] == pytest.approx((4.0 * n_interp + n_future) / (n_interp + n_future))
+
+
+def test_settings_bad_input_and_the_paper_budget():
+    with pytest.raises(UnknownNameError, match="spirals"):
+        resolve_settings("spiral", BUDGETS["quick"].settings)
+    for bad in (0, 1.5, "half"):
+        with pytest.raises(BenchError, match="observed_fraction"):
+            LatentOdeData("periodic", TINY.settings, 0, observed_fraction=bad)
+    spirals = resolve_settings("spirals", BUDGETS["paper"].settings)
+    assert (spirals["steps"], spirals["batch_size"], spirals["rtol"], spirals["atol"]) == (
+        2000, None, 1e-7, 1e-9)
+    assert (spirals["latent_dim"], spirals["rnn_hidden"], spirals["hidden"]) == (4, 25, 20)
+    periodic = resolve_settings("periodic", BUDGETS["paper"].settings)
+    assert (periodic["steps"], periodic["batch_size"], periodic["rtol"]) == (8000, 50, 1e-3)
+    data = LatentOdeData("spirals", BUDGETS["paper"].settings, 0)
+    assert data.batch_size == data.num_train == 800 and data.window == 100
+
+
+def test_initial_weights_seeded_with_torch_default_bounds():
+    data = LatentOdeData("periodic", TINY.settings, 0)
+    a, b = initial_weights(0, data.sizes), initial_weights(1, data.sizes)
+    w = a["dynamics.fc2.weight"]
+    assert w.shape == (100, 100) and w.dtype == np.float32
+    assert np.abs(w).max() <= 1 / math.sqrt(100) and np.abs(w).max() > 0.09
+    assert a["encoder.i2h.weight"].shape == (20, 1 + 1 + 20)
+    assert not np.array_equal(w, b["dynamics.fc2.weight"])
+
+
+def test_discrete_backends_are_unsupported_with_a_reason(registry):
+    for backend in registry.backends.values():
+        support = LatentOdeSuite().supports(backend)
+        assert bool(support) == bool(getattr(backend, "continuous_time", False)), backend.name
+        if not support:
+            assert "irregular" in support.reason and "torch-adjoint" in support.reason
+
+
+# -- the torch model -------------------------------------------------------------------------------
+
+
+def _model(backend, data):
+    from suites.latent_ode_torch import build_model
+
+    return build_model(backend, data, seed=0)
+
+
+def _accurate(dataset="periodic", **extra):
+    return LatentOdeData(dataset, {**TINY.settings, "rtol": 1e-7, "atol": 1e-9, **extra}, 0)
+
+
+def test_trajectories_at_irregular_times_agree_across_torch_backends(backends):
+    """Same weights, same z0: the decoded series at the irregular times agree (adaptive backends
+    to their tolerance, fixed-step RK4 to its truncation error), and equal a long Euler solve."""
+    import torch
+
+    data = _accurate()
+    z0 = torch.from_numpy(np.random.default_rng(1).standard_normal((3, 10)).astype(np.float32))
+    out = {}
+    for name in ("torch-direct", "torch-adjoint", "rknet"):
+        model = _model(_backend(backends, name), data)
+        with torch.no_grad():
+            out[name] = model.decode(z0).numpy()
+        assert out[name].shape == (3, 20, 1)
+    # a reference by hand: 20000 Euler steps of the same dynamics through every time
+    dyn = model.dynamics
+    times = np.concatenate([[0.0], data.times]).astype(np.float64)
+    z, zs = z0.double(), []
+    with torch.no_grad():
+        dyn64 = dyn.double()
+        for t0, t1 in zip(times[:-1], times[1:], strict=True):
+            n = max(1, int(math.ceil((t1 - t0) / 2.5e-4)))
+            for _ in range(n):
+                z = z + (t1 - t0) / n * dyn64(None, z)
+            zs.append(z)
+        reference = model.decoder.double()(torch.stack(zs)).transpose(0, 1).numpy()
+    np.testing.assert_allclose(out["torch-direct"], out["torch-adjoint"], atol=1e-5)
+    np.testing.assert_allclose(out["torch-direct"], reference, atol=2e-3)
+    np.testing.assert_allclose(out["rknet"], out["torch-direct"], atol=2e-3)
+    assert np.abs(out["torch-direct"] - out["torch-direct"][:, :1]).max() > 1e-2  # it moves
+
+
+def test_same_initial_weights_in_every_torch_model(backends):
+    data = _accurate()
+    reference = initial_weights(0, data.sizes)
+    for name in ("torch-direct", "torch-adjoint", "rknet"):
+        model = _model(_backend(backends, name), data)
+        named = {**{f"encoder.{k}": v for k, v in model.encoder.named_parameters()},
+                 **{f"dynamics.{k}": v for k, v in model.dynamics.named_parameters()},
+                 **{f"decoder.{k}": v for k, v in model.decoder.named_parameters()}}
+        assert set(named) == set(reference)
+        for k, v in reference.items():
+            np.testing.assert_array_equal(named[k].detach().numpy(), v)
+
+
+def test_adjoint_and_direct_elbo_gradients_agree(backends):
+    import torch
+
+    data = _accurate()
+    batch = data.train_batch(0)
+    grads, losses = [], []
+    for name in ("torch-direct", "torch-adjoint"):
+        model = _model(_backend(backends, name), data)
+        tensors = [torch.from_numpy(a) for a in (batch.values, batch.mask, batch.eps)]
+        loss = model.negative_elbo(*tensors)
+        loss.backward()
+        losses.append(float(loss.detach()))
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    np.testing.assert_allclose(grads[1].numpy(), grads[0].numpy(), rtol=1e-3,
+                               atol=1e-3 * float(grads[0].abs().max()))
+
+
+def test_the_encoder_ignores_unobserved_points(backends):
+    """Changing a value the mask hides changes nothing; changing an observed one does."""
+    import torch
+
+    data = _accurate()
+    model = _model(_backend(backends, "torch-direct"), data)
+    batch, _ = data.test_batch(final=True)
+    values, mask = torch.from_numpy(batch.values.copy()), torch.from_numpy(batch.mask)
+    with torch.no_grad():
+        mean, _ = model.posterior(values, mask)
+        hidden = (mask[0] < 0.5).nonzero()[0, 0]
+        seen = (mask[0] > 0.5).nonzero()[0, 0]
+        changed = values.clone()
+        changed[0, hidden] += 5.0
+        np.testing.assert_array_equal(model.posterior(changed, mask)[0].numpy(), mean.numpy())
+        changed[0, seen] += 5.0
+        assert not torch.equal(model.posterior(changed, mask)[0][0], mean[0])
+
+
+# -- cells end to end ------------------------------------------------------------------------------
+
+
+def _run(backend, tmp_path, budget=TINY, options=(("dataset", "periodic"),)):
+    suite = LatentOdeSuite()
+    suite.budgets = {**BUDGETS, budget.name: budget}
+    spec = CellSpec("latent-ode", backend.name, budget.name, 0, "cpu", tuple(options))
+    work = tmp_path / "cell"
+    work.mkdir(parents=True)
+    return run_cell(spec, backend, suite, work, log=lambda m: None), work
+
+
+def _ok(row, work):
+    log = work / "error.log"
+    assert row.status == "ok", log.read_text() if log.exists() else row.error
+
+
+@pytest.mark.parametrize("name", ["torch-direct", "torch-adjoint", "rknet"])
+def test_tiny_cell_end_to_end(backends, tmp_path, name):
+    row, work = _run(_backend(backends, name), tmp_path)
+    _ok(row, work)
+    for key in ("mse", "mse_interp", "mse_extrap"):
+        assert math.isfinite(row.metrics[key]) and row.metrics[key] > 0
+    assert row.metric_name == "mse" and row.metrics["nfe_eval_forward"] > 0
+    assert row.nfe_forward > 0 and row.nfe_backward > 0 and row.train_steps == 3
+    assert row.params == sum(v.size for v in initial_weights(0, _accurate().sizes).values())
+    assert "5 of 10 window points observed" in row.notes
+    trace = json.loads((work / "trace.json").read_text())
+    assert [e["step"] for e in trace["evaluations"] if not e["final"]] == [2]
+    assert (work / "latent_ode_periodic.png").stat().st_size > 1000
+
+
+def test_spirals_cell_and_bad_options(backends, tmp_path):
+    backend = _backend(backends, "torch-direct")
+    row, work = _run(backend, tmp_path / "a", options=(("observed_fraction", 1.0),))
+    _ok(row, work)
+    assert row.metrics["mse_interp"] > 0 and "reconstruction error" in row.notes
+    assert (work / "latent_ode_spirals.png").exists()
+    row, _ = _run(backend, tmp_path / "b", options=(("dataset", "sprials"),))
+    assert row.status == "failed" and "spirals" in row.error and "periodic" in row.error
+    row, _ = _run(backend, tmp_path / "c", options=(("observed", 3),))
+    assert row.status == "failed" and "observed_fraction" in row.error
+
+
+def test_smoke_budget_torch_rknet(backends, tmp_path):
+    row, work = _run(_backend(backends, "rknet"), tmp_path, budget=BUDGETS["smoke"],
+                     options=())
+    _ok(row, work)
+    assert math.isfinite(row.metrics["mse"]) and row.nfe_forward > 0
+    assert {"rmse_obs30", "rmse_obs50", "rmse_obs100"} <= set(row.metrics)
+
+
+@pytest.mark.slow
+def test_training_lowers_the_error(backends, tmp_path):
+    budget = Budget("short", "test", {**BUDGETS["quick"].settings, "steps": 150,
+                                      "batch_size": 50, "eval_every": None})
+    untrained = LatentOdeData("periodic", budget.settings, 0)
+    from suites.latent_ode_torch import LatentOdeTorchTask
+
+    row, work = _run(_backend(backends, "torch-direct"), tmp_path, budget=budget)
+    _ok(row, work)
+    trace = json.loads((work / "trace.json").read_text())
+    losses = [s["loss"] for s in trace["steps"]]
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
+    ctx = type("Ctx", (), {"backend": _backend(backends, "torch-direct"), "seed": 0,
+                           "device": "cpu"})()
+    before = LatentOdeTorchTask(ctx, untrained).evaluate(final=True).metrics["mse"]
+    assert row.metrics["mse"] < 0.7 * before
+
+
+# -- JAX -------------------------------------------------------------------------------------------
+
+
+def test_jax_model_matches_the_torch_model(backends, jax_backends):
+    """Same neutral weights and batch: the JAX encoder, latent field and decoder give the torch
+    values, and the JAX negative ELBO through a diffrax solve equals torch's."""
+    torch = pytest.importorskip("torch")
+    import jax.numpy as jnp
+
+    from suites import latent_ode_jax as lj
+
+    data = _accurate()
+    torch_model = _model(_backend(backends, "torch-direct"), data)
+    jax_model = lj.load_neutral_weights(lj.LatentOdeModel(data.sizes),
+                                        initial_weights(0, data.sizes))
+    batch, _ = data.test_batch(final=True)
+    with torch.no_grad():
+        mean_t, logvar_t = torch_model.posterior(torch.from_numpy(batch.values),
+                                                 torch.from_numpy(batch.mask))
+        field_t = torch_model.dynamics(None, mean_t).numpy()
+        decoded_t = torch_model.decoder(mean_t).numpy()
+    mean_j, logvar_j = jax_model.posterior(jnp.asarray(batch.values), jnp.asarray(batch.mask),
+                                           jnp.asarray(data.times), data.window)
+    np.testing.assert_allclose(np.asarray(mean_j), mean_t.numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(logvar_j), logvar_t.numpy(), atol=1e-5)
+    field_j = lj.latent_field(0.0, mean_j, jax_model.dynamics())
+    np.testing.assert_allclose(np.asarray(field_j), field_t, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(jax_model.decode(mean_j)), decoded_t, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["diffrax-backsolve", "diffrax-checkpoint", "jax-rknet"])
+def test_jax_tiny_cell_end_to_end_and_first_loss_equals_torch(backends, jax_backends, tmp_path,
+                                                               name):
+    if name not in jax_backends:
+        pytest.skip(f"backend {name} is not registered")
+    row, work = _run(jax_backends[name], tmp_path / "jax")
+    _ok(row, work)
+    assert math.isfinite(row.metrics["mse"]) and row.nfe_forward > 0
+    assert (work / "latent_ode_periodic.png").exists()
+    twin = "rknet" if name == "jax-rknet" else "torch-direct"
+    torch_row, torch_work = _run(_backend(backends, twin), tmp_path / "torch")
+    _ok(torch_row, torch_work)
+    assert row.params == torch_row.params
+    first = [json.loads((w / "trace.json").read_text())["steps"][0]["loss"]
+             for w in (work, torch_work)]
+    assert first[0] == pytest.approx(first[1], rel=1e-3)
