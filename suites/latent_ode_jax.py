@@ -73,10 +73,12 @@ class LatentOdeModel(eqx.Module):
 
 
 def latent_field(t: Any, z: jax.Array, layers: dict[str, Linear]) -> jax.Array:
-    """dz/dt = fc3(elu(fc2(elu(fc1(z))))), ignoring t."""
-    h = jax.nn.elu(layers["dynamics.fc1"](z))
-    h = jax.nn.elu(layers["dynamics.fc2"](h))
-    return layers["dynamics.fc3"](h)
+    """dz/dt = fc{n+1}(elu(... elu(fc1(z)))), ignoring t (``layers``: the ``dynamics.fc*``)."""
+    order = sorted(layers, key=lambda name: int(name.rsplit("fc", 1)[1]))
+    h = z
+    for name in order[:-1]:
+        h = jax.nn.elu(layers[name](h))
+    return layers[order[-1]](h)
 
 
 def load_neutral_weights(model: LatentOdeModel, weights: dict[str, np.ndarray]

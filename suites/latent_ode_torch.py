@@ -17,6 +17,7 @@ from torch import nn
 from bench.errors import BenchError
 from bench.interfaces import AbstractTask, CellContext, Evaluation, StepStats
 from suites.latent_ode import Batch, LatentOdeData, Sizes, gaussian_log_constant, initial_weights
+from suites.latent_ode import layer_shapes
 
 
 class RecognitionRnn(nn.Module):
@@ -43,16 +44,22 @@ class RecognitionRnn(nn.Module):
 
 
 class LatentDynamics(nn.Module):
-    """dz/dt = fc3(elu(fc2(elu(fc1(z))))), ignoring t."""
+    """dz/dt = fc{n+1}(elu(... elu(fc1(z)))), n = ``sizes.dynamics_layers``, ignoring t."""
 
     def __init__(self, sizes: Sizes):
         super().__init__()
-        self.fc1 = nn.Linear(sizes.latent_dim, sizes.hidden)
-        self.fc2 = nn.Linear(sizes.hidden, sizes.hidden)
-        self.fc3 = nn.Linear(sizes.hidden, sizes.latent_dim)
+        self.names = []
+        for prefix, d_in, d_out in layer_shapes(sizes):
+            if prefix.startswith("dynamics."):
+                name = prefix.split(".", 1)[1]
+                setattr(self, name, nn.Linear(d_in, d_out))
+                self.names.append(name)
 
     def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.fc3(torch.nn.functional.elu(self.fc2(torch.nn.functional.elu(self.fc1(z)))))
+        h = z
+        for name in self.names[:-1]:
+            h = torch.nn.functional.elu(getattr(self, name)(h))
+        return getattr(self, self.names[-1])(h)
 
 
 class Decoder(nn.Module):

@@ -19,6 +19,7 @@ from suites.latent_ode import (
     LatentOdeData,
     LatentOdeSuite,
     initial_weights,
+    layer_shapes,
     observation_mask,
     resolve_settings,
 )
@@ -167,6 +168,12 @@ def test_settings_bad_input_and_the_paper_budget():
     assert (periodic["steps"], periodic["batch_size"], periodic["rtol"]) == (8000, 50, 1e-3)
     data = LatentOdeData("spirals", BUDGETS["paper"].settings, 0)
     assert data.batch_size == data.num_train == 800 and data.window == 100
+    # Chen et al. Sec. 5.1: dynamics and decoder with one hidden layer of 20 units
+    shapes = layer_shapes(data.sizes)
+    assert [s for s in shapes if s[0].startswith("dynamics.")] == [
+        ("dynamics.fc1", 4, 20), ("dynamics.fc2", 20, 4)]
+    assert [s for s in shapes if s[0].startswith("decoder.")] == [
+        ("decoder.fc1", 4, 20), ("decoder.fc2", 20, 2)]
 
 
 def test_initial_weights_seeded_with_torch_default_bounds():
