@@ -342,12 +342,13 @@ def test_smoke_budget_torch_rknet(backends, tmp_path):
 
 @pytest.mark.slow
 def test_training_lowers_the_error(backends, tmp_path):
-    budget = Budget("short", "test", {**BUDGETS["quick"].settings, "steps": 150,
-                                      "batch_size": 50, "eval_every": None})
-    untrained = LatentOdeData("periodic", budget.settings, 0)
+    budget = Budget("short", "test", {**BUDGETS["quick"].settings, "num_series": 300,
+                                      "num_points": 60, "steps": 150, "batch_size": 50,
+                                      "eval_every": None})
+    untrained = LatentOdeData("spirals", budget.settings, 0)
     from suites.latent_ode_torch import LatentOdeTorchTask
 
-    row, work = _run(_backend(backends, "torch-direct"), tmp_path, budget=budget)
+    row, work = _run(_backend(backends, "torch-direct"), tmp_path, budget=budget, options=())
     _ok(row, work)
     trace = json.loads((work / "trace.json").read_text())
     losses = [s["loss"] for s in trace["steps"]]
@@ -355,7 +356,7 @@ def test_training_lowers_the_error(backends, tmp_path):
     ctx = type("Ctx", (), {"backend": _backend(backends, "torch-direct"), "seed": 0,
                            "device": "cpu"})()
     before = LatentOdeTorchTask(ctx, untrained).evaluate(final=True).metrics["mse"]
-    assert row.metrics["mse"] < 0.7 * before
+    assert row.metrics["mse"] < 0.7 * before, (row.metrics, before)
 
 
 # -- JAX -------------------------------------------------------------------------------------------
