@@ -143,7 +143,6 @@ def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_d
     stats: list[StepStats] = []
     times: list[float] = []
     evals: list[dict[str, Any]] = []
-    steady_peaks: list[int] = []
     train_clock = 0.0
     status, error = "ok", ""
 
@@ -159,10 +158,10 @@ def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_d
 
     try:
         for step in range(n_steps):
-            if step <= 1:  # phase boundaries: before the first step, and after it
-                if step == 1:
-                    fields["peak_memory_first_step_bytes"] = tracker.peak_bytes()
+            if step == 0:
                 tracker.reset()
+            elif step == 1:
+                fields["peak_memory_first_step_bytes"] = tracker.peak_bytes()
             s, seconds = timed_step(task, backend, device, step)
             train_clock += seconds
             stats.append(s)
@@ -172,18 +171,11 @@ def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_d
             if not math.isfinite(s.loss):
                 raise _Diverged(f"non-finite loss {s.loss} at step {step}")
             if task.eval_every and (step + 1) % task.eval_every == 0 and step + 1 < n_steps:
-                peak = tracker.peak_bytes()  # evaluation memory is not training memory
-                if peak is not None:
-                    steady_peaks.append(peak)
                 evaluate(step + 1, final=False)
-                tracker.reset()
-        peak = tracker.peak_bytes()
-        if peak is not None:
-            steady_peaks.append(peak)
     except _Diverged as exc:
         status, error = "diverged", str(exc)
     finally:
-        _fill_training_fields(fields, stats, times, steady_peaks)
+        _fill_training_fields(fields, stats, times)
         trace = {"steps": [{"step": i, "time_s": t, **dataclasses.asdict(s)}
                            for i, (s, t) in enumerate(zip(stats, times))],
                  "evaluations": evals}
@@ -196,11 +188,37 @@ def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_d
         trace["evaluations"] = evals
         (work_dir / "trace.json").write_text(json.dumps(trace, default=float))
         task.finish(work_dir, trace)
+        _measure_memory(task, backend, device, tracker, n_steps, fields)
     return status, error
 
 
-def _fill_training_fields(fields: dict[str, Any], stats: list[StepStats], times: list[float],
-                          steady_peaks: list[int]) -> None:
+def _measure_memory(task: Any, backend: AbstractBackend, device: str, tracker: Any,
+                    first_step: int, fields: dict[str, Any]) -> None:
+    """``peak_memory_bytes``: the largest peak of ``task.memory_steps`` extra training steps, each
+    its own phase, run after the final evaluation (so they change no metric) and after every timed
+    step (so what the tracker switches on for exact peaks slows no timed step)."""
+    count = int(getattr(task, "memory_steps", 0) or 0)
+    if count <= 0:
+        return
+    peaks: list[int] = []
+    try:
+        tracker.begin_memory_phase()
+        for k in range(count):
+            backend.synchronize(device)
+            tracker.reset()
+            task.train_step(first_step + k)
+            backend.synchronize(device)
+            peak = tracker.peak_bytes()
+            if peak is not None:
+                peaks.append(peak)
+    except Exception as exc:  # the measured metrics stand; say why memory is missing
+        fields["notes"] = (f"{fields.get('notes') or ''}; memory steps failed: "
+                           f"{type(exc).__name__}: {exc}").lstrip("; ")
+    fields["peak_memory_bytes"] = max(peaks) if peaks else None
+
+
+def _fill_training_fields(fields: dict[str, Any], stats: list[StepStats], times: list[float]
+                          ) -> None:
     fields["train_steps"] = len(stats)
     steady = times[1:]
     median = median_or_none(steady)
@@ -211,7 +229,6 @@ def _fill_training_fields(fields: dict[str, Any], stats: list[StepStats], times:
         fields[name] = mean_or_none([getattr(s, name) for s in stats])
     saved = [s.saved_for_backward_bytes for s in stats if s.saved_for_backward_bytes is not None]
     fields["saved_for_backward_bytes"] = max(saved) if saved else None
-    fields["peak_memory_bytes"] = max(steady_peaks) if steady_peaks else None
     extra: dict[str, float] = {}
     for s in stats:
         for key, value in s.extra.items():

@@ -100,6 +100,9 @@ class AbstractTask(abc.ABC):
     #: The solver this task actually uses, when it is not the backend's default (e.g. a
     #: fixed-step method); None: the backend's ``solver``. Goes into the row's ``solver``.
     solver: str | None = None
+    #: Extra training iterations run after the final evaluation to measure ``peak_memory_bytes``
+    #: (each its own phase; their metrics and times are not used). 0: no memory measurement.
+    memory_steps: int = 2
 
     @abc.abstractmethod
     def train_step(self, step: int) -> StepStats:
@@ -137,6 +140,11 @@ class MemoryTracker(abc.ABC):
     @abc.abstractmethod
     def peak_bytes(self) -> int | None:
         """Peak bytes used since :meth:`reset`, above what was in use at the reset."""
+
+    def begin_memory_phase(self) -> None:  # noqa: B027 - optional
+        """Called once before the memory steps, after every timed step: switch on whatever makes
+        per-phase peaks exact but would slow the timed steps down (the resident-memory tracker
+        makes glibc return freed memory). Default: nothing."""
 
 
 class AbstractBackend(abc.ABC):

@@ -22,11 +22,11 @@ from bench.errors import BenchError, UnknownNameError
 from bench.registry import PluginSelection, Registry
 from bench.results import ResultRow, RunDirectory, now_iso
 
-#: Environment of every cell process: glibc returns freed blocks (so resident-memory peaks are
-#: per phase), and JAX does not preallocate GPU memory (so it can share a GPU with torch, and its
-#: peak is measurable).
+#: Environment of every cell process: JAX does not preallocate GPU memory (so it can share a GPU
+#: with torch, and its peak is measurable). glibc keeps its default allocation policy for the
+#: timed steps; the memory steps change it from inside the cell (see
+#: :func:`bench.measure.return_freed_memory_to_os`).
 CELL_ENVIRONMENT = {
-    "MALLOC_MMAP_THRESHOLD_": "131072",
     "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
 }
 DEVICES = ("cpu", "cuda", "auto")

@@ -4,7 +4,8 @@ exactly L fixed steps, for ``bench memory`` (training memory against depth L).
 The network is an MLP ``f(h) = W2 tanh(W1 h + b1) + b2`` on a state of ``batch x width``; every
 backend integrates it over [0, 1] with ``fixed_steps=L`` (torch-adjoint / torch-direct: torchdiffeq
 rk4; rknet: classical RK4; resnet: L untied blocks; JAX backends: their fixed-step solver). One
-warm-up step, then two measured steps; the memory figures are above the pre-step baseline.
+warm-up step and one timed step, then two memory steps, each its own phase; the memory figures
+are above the pre-step baseline.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class MemoryScalingSuite(AbstractSuite):
     metric_name = "loss"
     metric_direction = "lower"
     frameworks = ("torch", "jax")
-    budgets = {"measure": Budget("measure", "1 warm-up step + 2 measured steps", {"steps": 3})}
+    budgets = {"measure": Budget("measure", "1 warm-up step and 1 timed step, then 2 memory steps "
+                                            "(each its own phase)", {"steps": 2})}
     options = SHAPE_OPTIONS
 
     def build_task(self, ctx: CellContext) -> AbstractTask:

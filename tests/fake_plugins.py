@@ -104,7 +104,7 @@ class PickySuite(LinearSuite):
 class MemoryTask(AbstractTask):
     """Allocates L state-sized buffers per step (backprop) or two (adjoint)."""
 
-    num_train_steps = 3
+    num_train_steps = 2
     solver = "euler (fixed steps)"
 
     def __init__(self, backend: NumpyEulerBackend, steps: int, width: int):
@@ -128,7 +128,7 @@ class FakeMemoryScalingSuite(AbstractSuite):
     name = "memory-scaling"
     metric_name = "loss"
     frameworks = ("numpy",)
-    budgets = {"measure": Budget("measure", "one warm-up and two measured steps")}
+    budgets = {"measure": Budget("measure", "one warm-up and one timed step, two memory steps")}
     options = {"steps": 8, "width": 131072}
 
     def build_task(self, ctx: CellContext) -> AbstractTask:
