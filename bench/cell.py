@@ -177,7 +177,7 @@ def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_d
     finally:
         _fill_training_fields(fields, stats, times)
         trace = {"steps": [{"step": i, "time_s": t, **dataclasses.asdict(s)}
-                           for i, (s, t) in enumerate(zip(stats, times))],
+                           for i, (s, t) in enumerate(zip(stats, times, strict=False))],
                  "evaluations": evals}
         (work_dir / "trace.json").write_text(json.dumps(trace, default=float))
     if status == "ok":

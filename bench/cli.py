@@ -45,7 +45,8 @@ def _seeds(value: str) -> list[int]:
             elif part:
                 seeds.append(int(part))
     except ValueError:
-        raise BenchError(f"--seeds {value!r}: expected integers like 0,1,2 or a range 0-4") from None
+        raise BenchError(
+            f"--seeds {value!r}: expected integers like 0,1,2 or a range 0-4") from None
     if not seeds:
         raise BenchError("--seeds: no seed given")
     return list(dict.fromkeys(seeds))
@@ -349,7 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        registry = Registry.load(_selection()) if args.command not in ("report", "publish") else None
+        needs_plugins = args.command not in ("report", "publish")
+        registry = Registry.load(_selection()) if needs_plugins else None
         return args.func(args, registry)
     except BenchError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)

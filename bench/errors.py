@@ -21,7 +21,8 @@ class UnknownNameError(BenchError, KeyError):
         close = difflib.get_close_matches(name, self.choices, n=1, cutoff=0.5)
         if close:
             message += f" Did you mean {close[0]!r}?"
-        message += f" Valid choices: {', '.join(self.choices) if self.choices else '(none loaded)'}."
+        choices = ", ".join(self.choices) if self.choices else "(none loaded)"
+        message += f" Valid choices: {choices}."
         super().__init__(message)
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message

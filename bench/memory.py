@@ -52,7 +52,7 @@ class ScalingFit:
 
 
 def classify(slope: float) -> str:
-    for (name, _), cut in zip(CLASSES, CUTS):
+    for (name, _), cut in zip(CLASSES, CUTS, strict=False):
         if slope < cut:
             return name
     return CLASSES[-1][0]
@@ -63,7 +63,7 @@ def fit_scaling(steps: Sequence[float], memory: Sequence[float]) -> ScalingFit:
 
     Needs at least 3 points with positive memory; fewer raise ValueError.
     """
-    pairs = [(float(s), float(m)) for s, m in zip(steps, memory)
+    pairs = [(float(s), float(m)) for s, m in zip(steps, memory, strict=False)
              if m is not None and not math.isnan(m) and m > 0 and s > 0]
     if len(pairs) < 3:
         raise ValueError(f"need at least 3 positive measurements to fit a slope, got {len(pairs)}")

@@ -61,7 +61,7 @@ def plot_run(path: str | Path) -> list[Path]:
             points = [(e["train_time_s"], e[metric]) for e in trace.get("evaluations", [])
                       if e.get(metric) is not None]
             if points:
-                xs, ys = zip(*points)
+                xs, ys = zip(*points, strict=False)
                 ax.plot(xs, ys, marker="o", color=f"C{i % 10}", label=label(row))
                 drawn = True
         if drawn:

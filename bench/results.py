@@ -177,7 +177,7 @@ class RunDirectory:
             self._lock_file.close()
             self._lock_file = None
 
-    # -- writing ------------------------------------------------------------------------------------
+    # -- writing ----------------------------------------------------------------------------------
     def write_json(self, name: str, data: Any) -> None:
         tmp = self.path / (name + ".tmp")
         tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
@@ -198,7 +198,7 @@ class RunDirectory:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    # -- reading ------------------------------------------------------------------------------------
+    # -- reading ----------------------------------------------------------------------------------
     def read_json(self, name: str) -> Any:
         path = self.path / name
         return json.loads(path.read_text()) if path.exists() else None
@@ -241,7 +241,8 @@ def load_run(path: str | os.PathLike[str]):  # -> pandas.DataFrame
 def rows_to_frame(rows: Iterable[ResultRow]):  # -> pandas.DataFrame
     import pandas as pd
 
-    columns = [f.name for f in dataclasses.fields(ResultRow) if f.name not in ("metrics", "options")]
+    columns = [f.name for f in dataclasses.fields(ResultRow)
+               if f.name not in ("metrics", "options")]
     flat = [row.flat() for row in rows]
     frame = pd.DataFrame(flat)
     if frame.empty:

@@ -103,7 +103,7 @@ class Runner:
             raise
         return rows
 
-    # -- one cell -----------------------------------------------------------------------------------
+    # -- one cell ---------------------------------------------------------------------------------
     def _run_one(self, spec: CellSpec, index: int, total: int) -> ResultRow:
         backend = self.registry.backend(spec.backend)
         suite = self.registry.suite(spec.suite)

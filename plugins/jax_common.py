@@ -301,9 +301,9 @@ def _checkpoint_replay(max_steps: int, checkpoints: int | None) -> Callable[[int
     This is an instrumented replay of the checkpointing schedule only (it is a function of n,
     max_steps and checkpoints, never of the data), run outside the compiled training step.
     """
+    import equinox.internal as eqxi
     import jax
     import jax.numpy as jnp
-    import equinox.internal as eqxi
 
     calls = [0]
 

@@ -280,7 +280,7 @@ class DiffraxBackend(JaxBackend):
 
         if self.adjoint == "backsolve":
             reverse = dict(zip(("solves", "steps", "accepted", "rejected"),
-                               np.asarray(probe, dtype=np.float64)))
+                               np.asarray(probe, dtype=np.float64), strict=False))
             nfe = reverse["solves"] + 6 * reverse["steps"]
             return float(nfe), {"reverse_steps_accepted": float(reverse["accepted"]),
                                 "reverse_steps_rejected": float(reverse["rejected"]),
@@ -365,7 +365,7 @@ class JaxRkNetBackend(JaxBackend):
                                  "since the number of RK4 steps per interval is static") from exc
             step = abs(float(t1) - float(t0)) / steps
             outputs, y, total = [], y0, 0
-            for a, b in zip(times[:-1], times[1:]):
+            for a, b in zip(times[:-1], times[1:], strict=False):
                 if b != a:
                     n = steps if step == 0 else max(1, math.ceil(abs(b - a) / step - 1e-9))
                     y = integrate(y, a, b, n)

@@ -150,7 +150,7 @@ class RK4Block(OdeBlock):
         step = abs(self.t1 - self.t0) / self.steps
         out, y = [y0], y0
         times = t.tolist()
-        for a, b in zip(times[:-1], times[1:]):
+        for a, b in zip(times[:-1], times[1:], strict=False):
             n = self.steps if step == 0 else max(1, math.ceil(abs(b - a) / step - 1e-9))
             h = (b - a) / n
             for i in range(n):

@@ -34,7 +34,6 @@ What the counts mean (the same for every torch backend):
 
 from __future__ import annotations
 
-
 import dataclasses
 import importlib.util
 import numbers

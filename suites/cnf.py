@@ -35,8 +35,14 @@ import numpy as np
 
 import bench
 from bench.errors import BenchError, UnknownNameError
-from bench.interfaces import AbstractBackend, AbstractSuite, AbstractTask, Budget, CellContext
-from bench.interfaces import Support
+from bench.interfaces import (
+    AbstractBackend,
+    AbstractSuite,
+    AbstractTask,
+    Budget,
+    CellContext,
+    Support,
+)
 from suites import cnf_data
 
 DIM = 2
@@ -105,7 +111,7 @@ class ParamSpec:
 
 def layer_dims(hidden: tuple[int, ...] = HIDDEN) -> list[tuple[int, int]]:
     dims = [DIM, *hidden, DIM]
-    return list(zip(dims[:-1], dims[1:]))
+    return list(zip(dims[:-1], dims[1:], strict=False))
 
 
 def parameter_specs(time_length: float, hidden: tuple[int, ...] = HIDDEN) -> list[ParamSpec]:

@@ -56,8 +56,15 @@ import numpy as np
 
 import bench
 from bench.errors import BenchError, UnknownNameError
-from bench.interfaces import AbstractBackend, AbstractSuite, AbstractTask, Budget, CellContext
-from bench.interfaces import Evaluation, Support
+from bench.interfaces import (
+    AbstractBackend,
+    AbstractSuite,
+    AbstractTask,
+    Budget,
+    CellContext,
+    Evaluation,
+    Support,
+)
 from suites import latent_ode_data
 
 DATASETS = tuple(latent_ode_data.GENERATORS)

@@ -59,7 +59,8 @@ def spirals(rng: np.random.Generator, num_series: int = 1000, num_points: int = 
     cc = np.stack([r_cc * np.cos(grid) + 5.0, r_cc * np.sin(grid)], axis=1)
     starts = rng.integers(0, SPIRAL_GRID_POINTS - num_points + 1, size=num_series)
     clockwise = rng.random(num_series) < 0.5
-    clean = np.stack([(cw if c else cc)[s:s + num_points] for s, c in zip(starts, clockwise)])
+    clean = np.stack([(cw if c else cc)[s:s + num_points]
+                      for s, c in zip(starts, clockwise, strict=True)])
     noisy = clean + noise_std * rng.standard_normal(clean.shape)
     return Series(grid[:num_points].astype(np.float32), clean.astype(np.float32),
                   noisy.astype(np.float32), {"start": starts, "clockwise": clockwise})

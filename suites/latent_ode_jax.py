@@ -2,12 +2,11 @@
 :mod:`suites.latent_ode`).
 
 Layer for layer the model of :mod:`suites.latent_ode_torch`, with its arrays under torch's names and
-layout (linear weight (out, in)), loaded from :func:`suites.latent_ode.initial_weights`; the batches,
-masks and reparametrisation noise come from the same :class:`suites.latent_ode.LatentOdeData`. The
-encoder's backward pass over the window is a ``lax.scan``; the latent ODE is one ``backend.solve``
-to every time of the series. The training step (forward, backward, Adam as torch.optim.Adam) is
-one XLA program, compiled at the first step.
-"""
+layout (linear weight (out, in)), loaded from :func:`suites.latent_ode.initial_weights`; the
+batches, masks and reparametrisation noise come from the same
+:class:`suites.latent_ode.LatentOdeData`. The encoder's backward pass over the window is a
+``lax.scan``; the latent ODE is one ``backend.solve`` to every time of the series. The training step
+(forward, backward, Adam as torch.optim.Adam) is one XLA program, compiled at the first step. """
 
 from __future__ import annotations
 
@@ -21,8 +20,14 @@ import numpy as np
 
 from bench.errors import BenchError
 from bench.interfaces import AbstractTask, CellContext, Evaluation, StepStats
-from suites.latent_ode import Batch, LatentOdeData, Sizes, gaussian_log_constant, initial_weights
-from suites.latent_ode import layer_shapes
+from suites.latent_ode import (
+    Batch,
+    LatentOdeData,
+    Sizes,
+    gaussian_log_constant,
+    initial_weights,
+    layer_shapes,
+)
 
 
 class Linear(eqx.Module):
@@ -103,8 +108,13 @@ def load_neutral_weights(model: LatentOdeModel, weights: dict[str, np.ndarray]
 
 class LatentOdeJaxTask(AbstractTask):
     def __init__(self, ctx: CellContext, data: LatentOdeData):
-        from plugins.jax_common import CompiledStep, adam_init, adam_update, jax_device
-        from plugins.jax_common import with_tolerances
+        from plugins.jax_common import (
+            CompiledStep,
+            adam_init,
+            adam_update,
+            jax_device,
+            with_tolerances,
+        )
 
         s = data.settings
         self.backend = backend = with_tolerances(ctx.backend, s["rtol"], s["atol"])

@@ -16,8 +16,14 @@ from torch import nn
 
 from bench.errors import BenchError
 from bench.interfaces import AbstractTask, CellContext, Evaluation, StepStats
-from suites.latent_ode import Batch, LatentOdeData, Sizes, gaussian_log_constant, initial_weights
-from suites.latent_ode import layer_shapes
+from suites.latent_ode import (
+    Batch,
+    LatentOdeData,
+    Sizes,
+    gaussian_log_constant,
+    initial_weights,
+    layer_shapes,
+)
 
 
 class RecognitionRnn(nn.Module):

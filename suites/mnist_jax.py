@@ -2,11 +2,12 @@
 
 Layer for layer the model of :mod:`suites.mnist_torch` for the continuous backends (ODE-Net and
 RK-Net; the ResNet has no JAX backend), computed channels-last (NHWC activations, HWIO kernels; see
-:class:`Conv2d`) with torch's values: GroupNorm(min(32, C), C) with torch's biased variance and eps = 1e-5, ConcatConv2d with t as input
-channel 0, global average pooling and a linear head. Initial weights come from
-:func:`suites.mnist.model_weights` under the torch parameter names (``neutral_parameters``), and the
-batches, crops and learning rates from the same :class:`suites.mnist.MnistPipeline`, so a JAX cell
-starts from the same arrays and sees the same batches as a torch cell of the same seed.
+:class:`Conv2d`) with torch's values: GroupNorm(min(32, C), C) with torch's biased variance and eps
+= 1e-5, ConcatConv2d with t as input channel 0, global average pooling and a linear head. Initial
+weights come from :func:`suites.mnist.model_weights` under the torch parameter names
+(``neutral_parameters``), and the batches, crops and learning rates from the same
+:class:`suites.mnist.MnistPipeline`, so a JAX cell starts from the same arrays and sees the same
+batches as a torch cell of the same seed.
 
 The training step (forward, backward, SGD with momentum as torch.optim.SGD) is one XLA program,
 compiled at the first step (:class:`plugins.jax_common.CompiledStep`).
@@ -271,8 +272,12 @@ class MnistJaxTask(AbstractTask):
     """ODE-Net / RK-Net on a JAX backend: one compiled step per training iteration."""
 
     def __init__(self, ctx: CellContext, data: MnistPipeline):
-        from plugins.jax_common import (CompiledStep, jax_device, sgd_momentum_init,
-                                        sgd_momentum_update)
+        from plugins.jax_common import (
+            CompiledStep,
+            jax_device,
+            sgd_momentum_init,
+            sgd_momentum_update,
+        )
 
         backend = ctx.backend
         if not getattr(backend, "continuous_time", False):

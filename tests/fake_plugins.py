@@ -13,8 +13,16 @@ import time
 import numpy as np
 
 import bench
-from bench.interfaces import AbstractBackend, AbstractSuite, AbstractTask, Budget, CellContext
-from bench.interfaces import Evaluation, StepStats, Support
+from bench.interfaces import (
+    AbstractBackend,
+    AbstractSuite,
+    AbstractTask,
+    Budget,
+    CellContext,
+    Evaluation,
+    StepStats,
+    Support,
+)
 
 A_TRUE = -0.5
 

@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import run_cli
 
 
@@ -28,13 +27,15 @@ def test_list_shows_backends_suites_budgets_and_load_errors(cli_env, tmp_path):
     ep.write_text(ep.read_text() + "broken = broken\n")
     result = run_cli(["list"], cli_env, tmp_path)
     assert result.returncode == 0
-    assert "broken" in result.stdout and "ERROR: ImportError: needs a missing thing" in result.stdout
+    assert "broken" in result.stdout
+    assert "ERROR: ImportError: needs a missing thing" in result.stdout
 
 
 def test_run_then_report_end_to_end(cli_env, tmp_path):
     out = tmp_path / "run1"
     result = run_cli(["run", "--suite", "linear,picky", "--plugins",
-                      "numpy-euler,numpy-euler-fine,numpy-raise,numpy-hang,numpy-oom,numpy-nan", "--budget", "smoke",
+                      "numpy-euler,numpy-euler-fine,numpy-raise,numpy-hang,numpy-oom,numpy-nan",
+                      "--budget", "smoke",
                       "--seeds", "0,1", "--out", str(out), "--timeout", "15",
                       "--max-memory-mb", "1536"], cli_env, tmp_path)
     assert result.returncode == 1  # some cells failed (by design of the fakes)

@@ -137,7 +137,7 @@ def test_gpu_device_memory_and_solve():
         device = jax_device("cuda")
         p = jax.device_put({"W": jnp.eye(4) * 0.5, "b": jnp.zeros(4)}, device)
         y0 = jax.device_put(jnp.ones((8, 4)), device)
-        y, stats = jax.jit(lambda p, y0: b.solve(_raw_dynamics, p, y0, 0.0, 1.0))(p, y0)
+        y, stats = jax.jit(lambda p, y0: b.solve(_raw_dynamics, p, y0, 0.0, 1.0))(p, y0)  # noqa: B023
         b.synchronize("cuda")
         assert y.devices() == {device} and int(stats["nfe_forward"]) > 0
         assert tracker.peak_bytes() is not None

@@ -54,7 +54,7 @@ def test_scaling_table_puts_the_verdict_next_to_the_claim():
     for backend, method, f in (("adj", "adjoint", lambda x: 4e6 + 0 * x),
                                ("direct", "backprop", lambda x: 1e5 * x),
                                ("ckpt", "recursive-checkpoint", lambda x: 1e6 * np.sqrt(x))):
-        for steps, value in zip(L, f(L)):
+        for steps, value in zip(L, f(L), strict=False):
             rows.append({"backend": backend, "framework": "torch", "gradient_method": method,
                          "status": "ok", "steps": steps, "peak_memory_bytes": value,
                          "peak_memory_method": "cpu_rss_peak_increase",

@@ -6,11 +6,11 @@ import sys
 import types
 
 import pytest
+from conftest import FAKE_ONLY
 
 import bench
 from bench.errors import UnknownNameError
 from bench.registry import DEFAULT_PLUGINS, PluginSelection, Registry
-from conftest import FAKE_ONLY
 
 
 def _module(name: str, **attrs) -> types.ModuleType:

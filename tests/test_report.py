@@ -6,13 +6,13 @@ import io
 
 import pandas as pd
 import pytest
+from conftest import FAKE_ONLY
 
 from bench.errors import UnknownNameError
 from bench.plots import plot_run
 from bench.report import report
 from bench.results import RunDirectory
 from bench.runner import Runner, expand
-from conftest import FAKE_ONLY
 
 
 @pytest.fixture

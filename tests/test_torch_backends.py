@@ -230,7 +230,7 @@ def test_rejected_steps_are_counted_and_first_step_skips_the_probe():
 def test_make_dynamics_calls_and_untied_resnet(backends):
     for name in ("torch-adjoint", "torch-direct", "rknet"):
         made = []
-        backends[name].ode_block(lambda td: made.append(td) or Mlp())
+        backends[name].ode_block(lambda td: made.append(td) or Mlp())  # noqa: B023 - called at once
         assert made == [True], name
     made = []
     block = backends["resnet"].ode_block(lambda td: made.append(td) or Mlp(seed=len(made)))
@@ -249,7 +249,7 @@ def test_fixed_steps_gives_exactly_L_steps_on_every_backend(backends, dtype):
     # L = 61 in float32: torchdiffeq's own step_size grid would take 62 steps
     for name, steps in FIXED_CASES:
         f = Mlp(dtype=dtype)
-        block = backends[name].ode_block(lambda td: f, 0.0, 1.0, fixed_steps=steps)
+        block = backends[name].ode_block(lambda td: f, 0.0, 1.0, fixed_steps=steps)  # noqa: B023
         block(torch.randn(2, 3, dtype=dtype)).sum().backward()
         c = block.pop_stats()
         per_step = 1 if name == "resnet" else 4
@@ -279,7 +279,7 @@ def test_gradients_match_central_finite_differences(backends, name, tol):
     grads = torch.autograd.grad(loss_fn(), params)
     eps = 1e-6
     with torch.no_grad():
-        for param, grad in zip(params, grads):
+        for param, grad in zip(params, grads, strict=False):
             flat = param.view(-1)
             for i in (0, flat.numel() - 1):
                 old = flat[i].item()
@@ -429,7 +429,7 @@ def test_run_train_step_reads_forward_and_backward_counts_and_updates(backends):
     assert stats.nfe_forward == 2 + 6 * (stats.steps_accepted + stats.steps_rejected)
     assert 0 < stats.nfe_backward <= stats.nfe_forward
     assert stats.saved_for_backward_bytes > 0 and stats.loss > 0
-    assert all(not torch.equal(b, p) for b, p in zip(before, params))
+    assert all(not torch.equal(b, p) for b, p in zip(before, params, strict=False))
     assert block.pop_stats() == StepCounts(0, 0, 0, 0, 0)
 
 
