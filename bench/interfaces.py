@@ -221,3 +221,14 @@ class AbstractSuite(abc.ABC):
     @abc.abstractmethod
     def build_task(self, ctx: CellContext) -> AbstractTask:
         """Build the model, data and optimiser for one cell."""
+
+    def cell_options(self, ctx: CellContext) -> dict[str, Any]:
+        """The cell's options over the suite's defaults; an unknown key raises with the valid
+        ones (a helper for :meth:`build_task`)."""
+        from bench.errors import BenchError
+
+        unknown = sorted(set(ctx.options) - set(self.options))
+        if unknown:
+            raise BenchError(f"unknown option(s) of suite {self.name}: {', '.join(unknown)} "
+                             f"(valid: {', '.join(self.options) or 'none'})")
+        return {**self.options, **ctx.options}

@@ -291,11 +291,7 @@ class CnfSuite(AbstractSuite):
         return Support.yes()
 
     def build_task(self, ctx: CellContext) -> AbstractTask:
-        unknown = sorted(set(ctx.options) - set(self.options))
-        if unknown:
-            raise BenchError(f"unknown option(s) of suite cnf: {', '.join(unknown)} "
-                             f"(valid: {', '.join(self.options)})")
-        options = {**self.options, **ctx.options}
+        options = self.cell_options(ctx)
         data = CnfData(str(options["dataset"]), ctx.budget.settings, ctx.seed,
                        str(options["trace_estimator"]))
         framework = ctx.backend.framework

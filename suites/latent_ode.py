@@ -421,11 +421,7 @@ class LatentOdeSuite(AbstractSuite):
         return Support.yes()
 
     def build_task(self, ctx: CellContext) -> AbstractTask:
-        unknown = sorted(set(ctx.options) - set(self.options))
-        if unknown:
-            raise BenchError(f"unknown option(s) of suite latent-ode: {', '.join(unknown)} "
-                             f"(valid: {', '.join(self.options)})")
-        options = {**self.options, **ctx.options}
+        options = self.cell_options(ctx)
         data = LatentOdeData(str(options["dataset"]), ctx.budget.settings, ctx.seed,
                              options["observed_fraction"])
         framework = ctx.backend.framework

@@ -301,11 +301,7 @@ class MnistSuite(AbstractSuite):
     location_options = ("data_dir", "download")
 
     def build_task(self, ctx: CellContext) -> AbstractTask:
-        unknown = sorted(set(ctx.options) - set(self.options))
-        if unknown:
-            raise BenchError(f"unknown option(s) of suite mnist: {', '.join(unknown)} "
-                             f"(valid: {', '.join(self.options)})")
-        options = {**self.options, **ctx.options}
+        options = self.cell_options(ctx)
         from suites.mnist_data import load_mnist
 
         arrays = load_mnist(options["data_dir"], _as_bool(options["download"], "download"),

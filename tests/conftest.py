@@ -33,6 +33,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (tiny tensors on a shared machine: a second thread only
+    waits); restored afterwards. Nothing where torch is missing."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def fake_registry() -> Registry:
     return Registry.load(FAKE_ONLY)
 
