@@ -32,6 +32,11 @@ The model (Chen et al.'s ``latent_ode.py`` example, written anew):
   observed point (unobserved points leave h unchanged); q(z0) = N(mu, exp(logvar)) from a linear
   layer of the final h. (The observation time t_i is an input so that the RNN knows where its
   irregular observations are; Chen's spirals, all observed on one grid, did without.)
+  Option ``encoder=ode-rnn`` (Rubanova et al.'s ODE-RNN): between consecutive window times the
+  hidden state also evolves by its own ODE, dh/dt = fc2(tanh(fc1(h))) over the gap, integrated by
+  the same backend (one solve per gap, each rescaled to [0, 1] with the gap in the state, so fixed-
+  step backends take the same steps in both frameworks; the encoder's NFE adds to the latent
+  ODE's). Much slower than the RNN: a window of 100 points is 99 solves per forward pass.
 - latent dynamics, an MLP with ELU activations, time-independent (spirals: one hidden layer,
   dz/dt = fc2(elu(fc1(z))), as Chen et al.'s Sec. 5.1; periodic: two), integrated by the backend
   from t = 0 to every time of the series (all series of a batch in one solve);
@@ -69,6 +74,7 @@ from suites import latent_ode_data
 
 DATASETS = tuple(latent_ode_data.GENERATORS)
 TABLE2_OBSERVED = (30, 50, 100)  # Chen et al. 2018, Table 2: observed points out of 100
+ENCODERS = ("rnn", "ode-rnn")
 
 # Independent random streams derived from the seed: np.random.default_rng([seed, stream, ...]).
 _STREAM_INIT = 0
@@ -156,21 +162,28 @@ class Sizes:
     rnn_hidden: int
     hidden: int
     dynamics_layers: int = 1  # hidden layers of the latent dynamics
+    encoder: str = "rnn"  # or "ode-rnn": the RNN's hidden state also follows an ODE between times
 
 
 def layer_shapes(sizes: Sizes) -> list[tuple[str, int, int]]:
     """(prefix, fan_in, fan_out) of every linear layer, in the order their weights are drawn:
     ``encoder.i2h`` ([x, t, h] -> h), ``encoder.h2o`` (h -> [mu, logvar]), ``dynamics.fc1`` ..
-    ``dynamics.fc{n+1}`` (n = ``dynamics_layers`` hidden layers), ``decoder.fc1..2``. Each has
-    ``.weight`` (out, in) and ``.bias`` (out,)."""
+    ``dynamics.fc{n+1}`` (n = ``dynamics_layers`` hidden layers), ``decoder.fc1..2``, and for
+    the ODE-RNN encoder last ``encoder.ode.fc1..2`` (so the other layers' weights do not depend on
+    the encoder). Each has ``.weight`` (out, in) and ``.bias`` (out,)."""
     d, z, r, u = sizes.obs_dim, sizes.latent_dim, sizes.rnn_hidden, sizes.hidden
     n = int(sizes.dynamics_layers)
     if n < 1:
         raise BenchError(f"the latent dynamics needs at least one hidden layer, not {n}")
     dynamics = [(f"dynamics.fc{i + 1}", z if i == 0 else u, z if i == n else u)
                 for i in range(n + 1)]
-    return [("encoder.i2h", d + 1 + r, r), ("encoder.h2o", r, 2 * z), *dynamics,
-            ("decoder.fc1", z, u), ("decoder.fc2", u, d)]
+    shapes = [("encoder.i2h", d + 1 + r, r), ("encoder.h2o", r, 2 * z), *dynamics,
+              ("decoder.fc1", z, u), ("decoder.fc2", u, d)]
+    if sizes.encoder == "ode-rnn":
+        shapes += [("encoder.ode.fc1", r, u), ("encoder.ode.fc2", u, r)]
+    elif sizes.encoder != "rnn":
+        raise UnknownNameError("latent-ode encoder", sizes.encoder, ENCODERS)
+    return shapes
 
 
 def initial_weights(seed: int, sizes: Sizes) -> dict[str, np.ndarray]:
@@ -224,7 +237,7 @@ class LatentOdeData:
     """
 
     def __init__(self, dataset: str, budget_settings: Mapping[str, Any], seed: int,
-                 observed_fraction: float = 0.5):
+                 observed_fraction: float = 0.5, encoder: str = "rnn"):
         self.dataset = dataset
         self.settings = s = resolve_settings(dataset, budget_settings)
         try:
@@ -234,6 +247,9 @@ class LatentOdeData:
         if not 0.0 < fraction <= 1.0:
             raise BenchError(f"observed_fraction must be in (0, 1], not {observed_fraction!r}")
         self.observed_fraction = fraction
+        if encoder not in ENCODERS:
+            raise UnknownNameError("latent-ode encoder", str(encoder), ENCODERS)
+        self.encoder = str(encoder)
         self.seed = int(seed)
         generator = latent_ode_data.GENERATORS[dataset]
         self.series = generator(np.random.default_rng([self.seed, _STREAM_DATA]), **s["data"])
@@ -247,7 +263,7 @@ class LatentOdeData:
         self.window = self.num_points // 2
         self.observed = max(1, int(round(fraction * self.window)))
         self.sizes = Sizes(self.series.dim, int(s["latent_dim"]), int(s["rnn_hidden"]),
-                           int(s["hidden"]), int(s["dynamics_layers"]))
+                           int(s["hidden"]), int(s["dynamics_layers"]), self.encoder)
         self.obs_std = float(s["obs_std"])
         batch = s.get("batch_size")
         self.batch_size = self.num_train if batch is None else min(int(batch), self.num_train)
@@ -264,6 +280,11 @@ class LatentOdeData:
         if float(self.times[0]) > 0.0:
             return np.concatenate([[0.0], self.times]).astype(np.float32), 1
         return self.times, 0
+
+    def encoder_gaps(self) -> np.ndarray:
+        """(window - 1,) float32: ``gaps[i] = t[i + 1] - t[i]``, the span the ODE-RNN encoder's
+        hidden state is integrated over between window times i + 1 and i (backwards in time)."""
+        return np.diff(self.times[:self.window]).astype(np.float32)
 
     # ---- batches -------------------------------------------------------------------------------
 
@@ -332,6 +353,8 @@ class LatentOdeData:
         notes = (f"{self.dataset}: {which}; {self.observed} of {self.window} window points "
                  f"observed, {self.num_points - self.window} future points; {interp}; errors "
                  "against the noiseless series, z0 = posterior mean")
+        if self.encoder != "rnn":
+            notes += f"; {self.encoder} encoder"
         if self.dataset == "spirals" and self.window == 100:
             notes += (f"; rmse_obs30/50/100 from the one model trained with {self.observed} "
                       "observed points (Chen et al. trained one model per count)")
@@ -410,7 +433,7 @@ class LatentOdeSuite(AbstractSuite):
     metric_direction = "lower"
     frameworks = ("torch", "jax")
     budgets = BUDGETS
-    options = {"dataset": "spirals", "observed_fraction": 0.5}
+    options = {"dataset": "spirals", "observed_fraction": 0.5, "encoder": "rnn"}
 
     def supports(self, backend: AbstractBackend) -> Support:
         if not getattr(backend, "continuous_time", False):
@@ -423,7 +446,7 @@ class LatentOdeSuite(AbstractSuite):
     def build_task(self, ctx: CellContext) -> AbstractTask:
         options = self.cell_options(ctx)
         data = LatentOdeData(str(options["dataset"]), ctx.budget.settings, ctx.seed,
-                             options["observed_fraction"])
+                             options["observed_fraction"], str(options["encoder"]))
         framework = ctx.backend.framework
         if framework == "torch":
             from suites.latent_ode_torch import LatentOdeTorchTask

@@ -52,8 +52,10 @@ class LatentOdeModel(eqx.Module):
     def __init__(self, sizes: Sizes):
         self.layers = {prefix: Linear(d_in, d_out) for prefix, d_in, d_out in layer_shapes(sizes)}
 
-    def posterior(self, values: jax.Array, mask: jax.Array, times: jax.Array, window: int
-                  ) -> tuple[jax.Array, jax.Array]:
+    def posterior(self, values: jax.Array, mask: jax.Array, times: jax.Array, window: int,
+                  evolve: Any = None) -> tuple[jax.Array, jax.Array]:
+        """``evolve(h, i)`` (ODE-RNN): h carried from window time i + 1 back to time i; the loop
+        is then unrolled (each solve must be traced at the top level of the loss)."""
         i2h, h2o = self.layers["encoder.i2h"], self.layers["encoder.h2o"]
         batch = values.shape[0]
         h0 = jnp.zeros((batch, i2h.bias.shape[0]), values.dtype)
@@ -64,13 +66,23 @@ class LatentOdeModel(eqx.Module):
             m = mask[:, i][:, None]
             return m * candidate + (1.0 - m) * h, None
 
-        h, _ = jax.lax.scan(step, h0, jnp.arange(window - 1, -1, -1))
+        if evolve is None:
+            h, _ = jax.lax.scan(step, h0, jnp.arange(window - 1, -1, -1))
+        else:
+            h = h0
+            for i in range(window - 1, -1, -1):
+                if i < window - 1:
+                    h = evolve(h, i)
+                h, _ = step(h, i)
         out = h2o(h)
         mean, logvar = jnp.split(out, 2, axis=1)
         return mean, logvar
 
     def dynamics(self) -> dict[str, Linear]:
         return {k: v for k, v in self.layers.items() if k.startswith("dynamics.")}
+
+    def encoder_ode(self) -> dict[str, Linear]:
+        return {k: v for k, v in self.layers.items() if k.startswith("encoder.ode.")}
 
     def decode(self, zs: jax.Array) -> jax.Array:
         fc1, fc2 = self.layers["decoder.fc1"], self.layers["decoder.fc2"]
@@ -84,6 +96,14 @@ def latent_field(t: Any, z: jax.Array, layers: dict[str, Linear]) -> jax.Array:
     for name in order[:-1]:
         h = jax.nn.elu(layers[name](h))
     return layers[order[-1]](h)
+
+
+def encoder_field(t: Any, state: jax.Array, layers: dict[str, Linear]) -> jax.Array:
+    """The ODE-RNN encoder's field on [h, gap] over s in [0, 1] (see
+    :class:`suites.latent_ode_torch.EncoderDynamics`)."""
+    h, gap = state[:, :-1], state[:, -1:]
+    dh = layers["encoder.ode.fc2"](jnp.tanh(layers["encoder.ode.fc1"](h)))
+    return jnp.concatenate([gap * dh, jnp.zeros_like(gap)], axis=1)
 
 
 def load_neutral_weights(model: LatentOdeModel, weights: dict[str, np.ndarray]
@@ -132,6 +152,27 @@ class LatentOdeJaxTask(AbstractTask):
         times = jnp.asarray(data.times, jnp.float32)
         window, obs_std, lr = data.window, data.obs_std, float(s["lr"])
         log_constant = gaussian_log_constant(obs_std)
+        gaps = data.encoder_gaps() if data.encoder == "ode-rnn" else None
+
+        def posterior(model: LatentOdeModel, values: jax.Array, mask: jax.Array
+                      ) -> tuple[jax.Array, jax.Array, jax.Array]:
+            """(mean, logvar, forward NFE of the encoder's solves)."""
+            if gaps is None:
+                mean, logvar = model.posterior(values, mask, times, window)
+                return mean, logvar, jnp.int32(0)
+            nfe = []
+
+            def evolve(h: jax.Array, i: int) -> jax.Array:
+                gap = float(gaps[i])
+                if gap <= 0.0:  # two observations at one time
+                    return h
+                state = jnp.concatenate([h, jnp.full((h.shape[0], 1), gap, h.dtype)], axis=1)
+                out, stats = backend.solve(encoder_field, model.encoder_ode(), state, 0.0, 1.0)
+                nfe.append(stats["nfe_forward"])
+                return out[:, :-1]
+
+            mean, logvar = model.posterior(values, mask, times, window, evolve)
+            return mean, logvar, sum(nfe, jnp.int32(0))
 
         def decode(model: LatentOdeModel, z0: jax.Array) -> tuple[jax.Array, Any]:
             zs, stats = backend.solve(latent_field, model.dynamics(), z0, 0.0,
@@ -140,7 +181,7 @@ class LatentOdeJaxTask(AbstractTask):
 
         def negative_elbo(model: LatentOdeModel, values: jax.Array, mask: jax.Array,
                           eps: jax.Array) -> jax.Array:
-            mean, logvar = model.posterior(values, mask, times, window)
+            mean, logvar, _ = posterior(model, values, mask)
             z0 = mean + eps * jnp.exp(0.5 * logvar)
             prediction, _ = decode(model, z0)
             log_lik = jnp.sum(log_constant - 0.5 * ((values - prediction) / obs_std) ** 2,
@@ -157,9 +198,10 @@ class LatentOdeJaxTask(AbstractTask):
             return model, opt_state, loss, counts
 
         def predict(model: LatentOdeModel, values: jax.Array, mask: jax.Array
-                    ) -> tuple[jax.Array, Any]:
-            mean, _ = model.posterior(values, mask, times, window)
-            return decode(model, mean)
+                    ) -> tuple[jax.Array, jax.Array]:
+            mean, _, encoder_nfe = posterior(model, values, mask)
+            prediction, stats = decode(model, mean)
+            return prediction, stats["nfe_forward"] + encoder_nfe
 
         self.step = CompiledStep(train)
         self._predict = jax.jit(predict)
@@ -174,9 +216,9 @@ class LatentOdeJaxTask(AbstractTask):
         return self.backend.step_stats(loss, counts, self.step.extra())
 
     def predict(self, batch: Batch) -> tuple[np.ndarray, float]:
-        prediction, stats = jax.device_get(
+        prediction, nfe = jax.device_get(
             self._predict(self.model, self._put(batch.values), self._put(batch.mask)))
-        return np.asarray(prediction), float(stats["nfe_forward"])
+        return np.asarray(prediction), float(nfe)
 
     def evaluate(self, final: bool = True) -> Evaluation:
         return self.data.evaluate(self.predict, final)

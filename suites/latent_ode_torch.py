@@ -7,6 +7,7 @@ The backend's block integrates the latent dynamics from t = 0 to every time of t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,13 @@ class RecognitionRnn(nn.Module):
         self.h2o = nn.Linear(sizes.rnn_hidden, 2 * sizes.latent_dim)
 
     def forward(self, values: torch.Tensor, mask: torch.Tensor, times: torch.Tensor,
-                window: int) -> tuple[torch.Tensor, torch.Tensor]:
+                window: int, evolve: Callable[[torch.Tensor, int], torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``evolve(h, i)`` (ODE-RNN): h carried from window time i + 1 back to time i."""
         h = values.new_zeros(values.shape[0], self.hidden)
         for i in range(window - 1, -1, -1):
+            if evolve is not None and i < window - 1:
+                h = evolve(h, i)
             t = times[i].expand(values.shape[0], 1)
             candidate = torch.tanh(self.i2h(torch.cat([values[:, i], t, h], 1)))
             m = mask[:, i:i + 1]
@@ -68,6 +73,21 @@ class LatentDynamics(nn.Module):
         return getattr(self, self.names[-1])(h)
 
 
+class EncoderDynamics(nn.Module):
+    """The ODE-RNN encoder's hidden dynamics over a gap of length g, rescaled to s in [0, 1]:
+    the state is [h, g] and d[h, g]/ds = [g * fc2(tanh(fc1(h))), 0] (so every backend integrates
+    the same unit interval, and the adjoint's reverse solve finds g in the state)."""
+
+    def __init__(self, sizes: Sizes):
+        super().__init__()
+        self.fc1 = nn.Linear(sizes.rnn_hidden, sizes.hidden)
+        self.fc2 = nn.Linear(sizes.hidden, sizes.rnn_hidden)
+
+    def forward(self, t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        h, gap = state[:, :-1], state[:, -1:]
+        return torch.cat([gap * self.fc2(torch.tanh(self.fc1(h))), torch.zeros_like(gap)], 1)
+
+
 class Decoder(nn.Module):
     def __init__(self, sizes: Sizes):
         super().__init__()
@@ -93,20 +113,46 @@ class LatentOdeModel(nn.Module):
         self.register_buffer("times", torch.from_numpy(np.asarray(data.times, np.float32)))
         self.window = data.window
         self.obs_std = data.obs_std
-        if {id(p) for p in self.block.parameters()} != {id(p) for p in self.dynamics.parameters()}:
-            raise BenchError(f"backend {backend.name!r}: its block has parameters of its own or "
-                             "never called make_dynamics; the latent ODE needs one dynamics module")
+        self.encoder_block: nn.Module | None = None
+        self.__dict__["_encoder_ode"] = None
+        if sizes.encoder == "ode-rnn":
+            self.__dict__["_encoder_ode"] = EncoderDynamics(sizes)
+            self.encoder_block = backend.ode_block(lambda td: self.encoder_ode, 0.0, 1.0,
+                                                   rtol=float(s["rtol"]), atol=float(s["atol"]))
+            self.register_buffer("gaps", torch.from_numpy(data.encoder_gaps()))
+        for block, module in ((self.block, self.dynamics), (self.encoder_block, self.encoder_ode)):
+            if block is not None and ({id(p) for p in block.parameters()}
+                                      != {id(p) for p in module.parameters()}):
+                raise BenchError(f"backend {backend.name!r}: its block has parameters of its own "
+                                 "or never called make_dynamics; the latent ODE needs one module "
+                                 "per ODE")
 
     @property
     def dynamics(self) -> LatentDynamics:
         return self.__dict__["_dynamics"]
+
+    @property
+    def encoder_ode(self) -> EncoderDynamics | None:
+        return self.__dict__["_encoder_ode"]
+
+    def blocks(self) -> list[nn.Module]:
+        """Every ODE block (the latent ODE's, and the ODE-RNN encoder's)."""
+        return [self.block] + ([self.encoder_block] if self.encoder_block is not None else [])
+
+    def _evolve(self, h: torch.Tensor, i: int) -> torch.Tensor:
+        gap = self.gaps[i]
+        if float(gap) <= 0.0:  # two observations at one time
+            return h
+        state = torch.cat([h, gap.expand(h.shape[0], 1)], 1)
+        return self.encoder_block(state)[:, :-1]
 
     def _make_dynamics(self, time_dependent: bool) -> nn.Module:
         return self.dynamics
 
     def posterior(self, values: torch.Tensor, mask: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encoder(values, mask, self.times, self.window)
+        evolve = self._evolve if self.encoder_block is not None else None
+        return self.encoder(values, mask, self.times, self.window, evolve)
 
     def decode(self, z0: torch.Tensor) -> torch.Tensor:
         """(B, T, D): the decoded latent trajectory at every time of the series."""
@@ -127,6 +173,8 @@ class LatentOdeModel(nn.Module):
         named = {**{f"encoder.{k}": v for k, v in self.encoder.named_parameters()},
                  **{f"dynamics.{k}": v for k, v in self.dynamics.named_parameters()},
                  **{f"decoder.{k}": v for k, v in self.decoder.named_parameters()}}
+        if self.encoder_ode is not None:
+            named.update({f"encoder.ode.{k}": v for k, v in self.encoder_ode.named_parameters()})
         if set(named) != set(weights):
             raise BenchError("latent-ODE model and initial weights disagree: missing "
                              f"{sorted(set(weights) - set(named))}, unexpected "
@@ -160,7 +208,10 @@ class LatentOdeTorchTask(AbstractTask):
         self.optimizer = torch.optim.Adam(self.params, lr=float(data.settings["lr"]))
         self.num_train_steps = data.num_train_steps
         self.eval_every = data.eval_every
-        self.model.block.pop_stats()
+        self._pop_stats()
+
+    def _pop_stats(self) -> list[Any]:
+        return [block.pop_stats() for block in self.model.blocks()]
 
     def _tensors(self, batch: Batch) -> tuple[torch.Tensor, ...]:
         return tuple(torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(self.device)
@@ -168,18 +219,18 @@ class LatentOdeTorchTask(AbstractTask):
 
     def train_step(self, step: int) -> StepStats:
         values, mask, eps = self._tensors(self.data.train_batch(step))
-        return self._run_train_step([self.model.block],
+        return self._run_train_step(self.model.blocks(),
                                     lambda: self.model.negative_elbo(values, mask, eps),
                                     self.optimizer, self.params)
 
     def predict(self, batch: Batch) -> tuple[np.ndarray, float]:
         """(decoded trajectory from the posterior mean, forward NFE of the solve)."""
         values, mask, _ = self._tensors(batch)
-        self.model.block.pop_stats()
+        self._pop_stats()
         with torch.no_grad():
             mean, _ = self.model.posterior(values, mask)
             prediction = self.model.decode(mean)
-        nfe = self.model.block.pop_stats().nfe_forward
+        nfe = sum(c.nfe_forward for c in self._pop_stats())
         return prediction.cpu().numpy(), float(nfe)
 
     def evaluate(self, final: bool = True) -> Evaluation:

@@ -397,3 +397,125 @@ def test_jax_tiny_cell_end_to_end_and_first_loss_equals_torch(backends, jax_back
     first = [json.loads((w / "trace.json").read_text())["steps"][0]["loss"]
              for w in (work, torch_work)]
     assert first[0] == pytest.approx(first[1], rel=1e-3)
+
+
+# -- the ODE-RNN encoder ---------------------------------------------------------------------------
+
+
+def _ode_rnn(**extra):
+    return LatentOdeData("periodic", {**TINY.settings, "rtol": 1e-7, "atol": 1e-9, **extra}, 0,
+                         encoder="ode-rnn")
+
+
+def test_ode_rnn_weights_extend_the_rnn_ones():
+    rnn, ode = initial_weights(0, _accurate().sizes), initial_weights(0, _ode_rnn().sizes)
+    assert set(ode) - set(rnn) == {"encoder.ode.fc1.weight", "encoder.ode.fc1.bias",
+                                   "encoder.ode.fc2.weight", "encoder.ode.fc2.bias"}
+    for k, v in rnn.items():  # drawn first: the other layers do not depend on the encoder
+        np.testing.assert_array_equal(ode[k], v)
+    with pytest.raises(UnknownNameError, match="ode-rnn"):
+        LatentOdeData("periodic", TINY.settings, 0, encoder="odernn")
+
+
+def test_ode_rnn_with_a_zero_field_is_the_rnn(backends):
+    """With fc2 = 0 the hidden state does not move between observations: the RNN's posterior."""
+    import torch
+
+    data = _ode_rnn()
+    batch, _ = data.test_batch(final=True)
+    values, mask = torch.from_numpy(batch.values), torch.from_numpy(batch.mask)
+    rnn_model = _model(_backend(backends, "torch-direct"), _accurate())
+    model = _model(_backend(backends, "torch-direct"), data)
+    with torch.no_grad():
+        expected = rnn_model.posterior(values, mask)[0]
+        moved = model.posterior(values, mask)[0]
+        assert not torch.allclose(moved, expected, atol=1e-4)  # the field does move h
+        model.encoder_ode.fc2.weight.zero_()
+        model.encoder_ode.fc2.bias.zero_()
+        np.testing.assert_allclose(model.posterior(values, mask)[0].numpy(), expected.numpy(),
+                                   atol=1e-6)
+    counts = [block.pop_stats().nfe_forward for block in model.blocks()]
+    assert counts[1] >= 2 * 9  # one solve per gap of the 10-point window
+
+
+def test_ode_rnn_adjoint_and_direct_gradients_agree(backends):
+    import torch
+
+    data = _ode_rnn()
+    batch = data.train_batch(0)
+    grads = []
+    for name in ("torch-direct", "torch-adjoint"):
+        model = _model(_backend(backends, name), data)
+        model.negative_elbo(*[torch.from_numpy(a) for a in
+                              (batch.values, batch.mask, batch.eps)]).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        ode_grad = model.encoder_ode.fc1.weight.grad
+        assert ode_grad is not None and float(ode_grad.abs().max()) > 0
+    np.testing.assert_allclose(grads[1].numpy(), grads[0].numpy(), rtol=1e-3,
+                               atol=1e-3 * float(grads[0].abs().max()))
+
+
+@pytest.mark.parametrize("name", ["torch-direct", "rknet"])
+def test_ode_rnn_cell_end_to_end(backends, tmp_path, name):
+    backend = _backend(backends, name)
+    row, work = _run(backend, tmp_path / "ode", options=(("dataset", "periodic"),
+                                                          ("encoder", "ode-rnn")))
+    _ok(row, work)
+    plain, _ = _run(backend, tmp_path / "rnn")
+    assert math.isfinite(row.metrics["mse"]) and "ode-rnn encoder" in row.notes
+    assert row.params == plain.params + 2 * 20 * 100 + 100 + 20
+    assert row.nfe_forward > plain.nfe_forward  # the encoder's solves count too
+    if name == "rknet":  # 9 gaps x 6 RK4 steps x 4 stages on top of the latent ODE's
+        assert row.nfe_forward == plain.nfe_forward + 9 * 24
+
+
+def test_jax_ode_rnn_posterior_matches_torch(backends, jax_backends):
+    """Same weights, same batch: the JAX ODE-RNN encoder (unrolled, diffrax) equals torch's."""
+    torch = pytest.importorskip("torch")
+    import jax.numpy as jnp
+
+    from suites import latent_ode_jax as lj
+
+    if "diffrax-backsolve" not in jax_backends:
+        pytest.skip("diffrax-backsolve is not registered")
+    backend = jax_backends["diffrax-backsolve"]
+    from plugins.jax_common import with_tolerances
+
+    lj_backend = with_tolerances(backend, 1e-7, 1e-9)
+    data = _ode_rnn()
+    torch_model = _model(_backend(backends, "torch-direct"), data)
+    jax_model = lj.load_neutral_weights(lj.LatentOdeModel(data.sizes),
+                                        initial_weights(0, data.sizes))
+    batch, _ = data.test_batch(final=True)
+    gaps = data.encoder_gaps()
+
+    def evolve(h, i):
+        state = jnp.concatenate([h, jnp.full((h.shape[0], 1), float(gaps[i]))], axis=1)
+        out, _ = lj_backend.solve(lj.encoder_field, jax_model.encoder_ode(), state, 0.0, 1.0)
+        return out[:, :-1]
+
+    with torch.no_grad():
+        expected = torch_model.posterior(torch.from_numpy(batch.values),
+                                         torch.from_numpy(batch.mask))[0].numpy()
+    mean, _ = jax_model.posterior(jnp.asarray(batch.values), jnp.asarray(batch.mask),
+                                  jnp.asarray(data.times), data.window, evolve)
+    np.testing.assert_allclose(np.asarray(mean), expected, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["diffrax-backsolve", "jax-rknet"])
+def test_jax_ode_rnn_cell_first_loss_equals_torch(backends, jax_backends, tmp_path, name):
+    if name not in jax_backends:
+        pytest.skip(f"backend {name} is not registered")
+    options = (("dataset", "periodic"), ("encoder", "ode-rnn"))
+    row, work = _run(jax_backends[name], tmp_path / "jax", options=options)
+    _ok(row, work)
+    twin = "rknet" if name == "jax-rknet" else "torch-direct"
+    torch_row, torch_work = _run(_backend(backends, twin), tmp_path / "torch", options=options)
+    _ok(torch_row, torch_work)
+    assert row.params == torch_row.params
+    first = [json.loads((w / "trace.json").read_text())["steps"][0]["loss"]
+             for w in (work, torch_work)]
+    assert first[0] == pytest.approx(first[1], rel=1e-3)
+    if name == "jax-rknet":
+        assert row.nfe_forward == torch_row.nfe_forward
