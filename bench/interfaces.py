@@ -124,6 +124,11 @@ class AbstractTask(abc.ABC):
     def num_params(self) -> int:
         """Number of trainable parameters."""
 
+    def prepare_evaluation(self, final: bool = True) -> None:  # noqa: B027 - optional
+        """Called before the clock starts for each :meth:`evaluate`: compile what the evaluation
+        will run (a JIT framework compiles at the first call for each input shape), so that
+        ``eval_time_s`` is run time only. Must not change the model. Default: nothing."""
+
     def finish(self, work_dir: Path, trace: Mapping[str, Any]) -> None:  # noqa: B027
         """Called once after the last evaluation: write plots or artefacts into ``work_dir``."""
 

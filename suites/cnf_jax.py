@@ -156,6 +156,10 @@ def standard_normal_logprob(z: jax.Array) -> jax.Array:
     return -0.5 * jnp.sum(z * z, axis=1) - 0.5 * z.shape[1] * _LOG_2PI
 
 
+#: Test samples per compiled log-density call.
+EVAL_CHUNK = 5000
+
+
 def log_prob(model: CnfDynamics, x: jax.Array, backend: Any, probes: Any = None
              ) -> tuple[jax.Array, dict[str, Any]]:
     """(log p_model(x) per row, solver stats)."""
@@ -227,7 +231,14 @@ class CnfJaxTask(AbstractTask):
             self.model, self.opt_state, self._put(x), self._put(probes))
         return self.backend.step_stats(loss, counts, self.step.extra())
 
-    def log_prob(self, x: np.ndarray, chunk: int = 5000) -> tuple[np.ndarray, float]:
+    def prepare_evaluation(self, final: bool = True) -> None:
+        """Compile the log-density for the shapes of the test chunks."""
+        n = len(self.data.test_samples(final))
+        for size in {min(EVAL_CHUNK, n - start) for start in range(0, n, EVAL_CHUNK)}:
+            jax.block_until_ready(self._log_prob(self.model,
+                                                 self._put(np.zeros((size, 2), np.float32))))
+
+    def log_prob(self, x: np.ndarray, chunk: int = EVAL_CHUNK) -> tuple[np.ndarray, float]:
         parts, nfe = [], []
         for start in range(0, len(x), chunk):
             batch = self._put(x[start:start + chunk])

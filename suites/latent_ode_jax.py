@@ -220,6 +220,12 @@ class LatentOdeJaxTask(AbstractTask):
             self._predict(self.model, self._put(batch.values), self._put(batch.mask)))
         return np.asarray(prediction), float(nfe)
 
+    def prepare_evaluation(self, final: bool = True) -> None:
+        """Compile the prediction for the test batch's shape (all evaluation batches share it)."""
+        batch, _ = self.data.test_batch(final)
+        jax.block_until_ready(self._predict(self.model, self._put(np.zeros_like(batch.values)),
+                                            self._put(batch.mask)))
+
     def evaluate(self, final: bool = True) -> Evaluation:
         return self.data.evaluate(self.predict, final)
 

@@ -331,6 +331,15 @@ class MnistJaxTask(AbstractTask):
             self.model, self.buffers, self._put(lr), self._put(x), self._put(y.astype(np.int32)))
         return self.backend.step_stats(loss, counts, self.step.extra())
 
+    def prepare_evaluation(self, final: bool = True) -> None:
+        """Compile the evaluation for every batch shape of the test set (full batches and the
+        last one)."""
+        shapes = {x.shape: len(y) for x, y in self.data.test_batches(final)}
+        for shape, count in shapes.items():
+            jax.block_until_ready(self._evaluate_batch(
+                self.model, self._put(np.zeros(shape, np.float32)),
+                self._put(np.zeros(count, np.int32))))
+
     def evaluate(self, final: bool = True) -> Evaluation:
         wrong, total, loss_sum, nfe, batches = 0, 0, 0.0, 0.0, 0
         for x, y in self.data.test_batches(final):

@@ -221,7 +221,22 @@ def test_task_trains_without_recompiling_and_evaluates(tmp_path):
         assert math.isfinite(s.loss)
         assert s.nfe_forward == s.nfe_backward == 4 * RK4_STEPS
         assert s.extra["xla_temp_bytes"] > 0
-    result = task.evaluate(final=True)
+    import jax.monitoring
+
+    compiles = []
+
+    def listen(event, duration, **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        task.prepare_evaluation(final=True)
+        prepared = len(compiles)
+        result = task.evaluate(final=True)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert prepared > 0 and len(compiles) == prepared  # evaluate() itself compiles nothing
     assert 0 <= result.metrics["test_error_pct"] <= 100
     assert result.metrics["eval_nfe_forward"] == 4 * RK4_STEPS
     assert "first 8 of 10 test images" in result.notes and "patch matmuls" in result.notes

@@ -159,6 +159,10 @@ class _TimedTask(AbstractTask):
         return StepStats(loss=1.0 / (step + 1), nfe_forward=10 + step, nfe_backward=5,
                          saved_for_backward_bytes=100 * (step + 1), extra={"xla_temp_bytes": step})
 
+    def prepare_evaluation(self, final=True):
+        self.calls.append("prep")
+        time.sleep(0.2)  # like a JIT compilation of the evaluation
+
     def evaluate(self, final=True):
         self.evals.append(final)
         self.calls.append("final" if final else "eval")
@@ -189,7 +193,11 @@ def test_measured_loop_separates_compile_time_and_steady_state(fake_registry, tm
     assert [e["step"] for e in trace["evaluations"]] == [2, 4, 6]
     assert row.peak_memory_method == "cpu_rss_peak_increase"
     # the memory steps come after the final evaluation and are in no timing, count or trace
-    assert task.calls == [0, 1, "eval", 2, 3, "eval", 4, 5, "final", 6, 7]
+    assert task.calls == [0, 1, "prep", "eval", 2, 3, "prep", "eval", 4, 5, "prep", "final",
+                          6, 7]
+    # compiling the evaluation is timed apart, never as evaluation time
+    assert row.eval_time_s < 0.2
+    assert all(e["eval_prepare_time_s"] >= 0.2 > e["eval_time_s"] for e in trace["evaluations"])
     assert row.peak_memory_bytes is not None
 
 
