@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.measure import cpu_count, cpu_model
+from bench.measure import cpu_count, cpu_model, cpu_simd_flags
 from bench.results import now_iso
 
 PACKAGES = (
@@ -87,7 +87,9 @@ def capture_environment(argv: list[str] | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "hostname": platform.node(),
         "cpu_model": cpu_model(),
+        "cpu_simd_flags": cpu_simd_flags(),
         "cpu_count": cpu_count(),
+        "cpu_count_host": os.cpu_count(),
         "memory_total_bytes": memory_total_bytes(),
         "gpus": gpu_models(),
         "packages": package_versions(),

@@ -142,7 +142,29 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+#: The vector extensions that decide which kernels torch, oneDNN and XLA pick on x86 and Arm;
+#: two CPUs that differ in them round differently, so the same seed can train differently.
+SIMD_FLAGS = (
+    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+    "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "asimd", "sve", "sve2",
+)
+
+
+def cpu_simd_flags(cpuinfo: str | None = None) -> list[str]:
+    """The CPU's vector extensions among :data:`SIMD_FLAGS` (/proc/cpuinfo; else empty)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return []
+    match = re.search(r"^(?:flags|Features)\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    present = set(match.group(1).split()) if match else set()
+    return [flag for flag in SIMD_FLAGS if flag in present]
+
+
 def cpu_count() -> int:
+    """CPUs this process may run on (its affinity: 1 under ``taskset -c 0``)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux

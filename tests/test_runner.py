@@ -273,3 +273,17 @@ def test_a_task_that_uses_another_solver_says_so_in_its_row(fake_registry, tmp_p
     row = run_cell(cell, fake_registry.backend("numpy-euler"), fake_registry.suite("linear"),
                    tmp_path)
     assert row.solver == "euler"  # the backend's own
+
+
+def test_environment_names_the_cpu_vector_extensions():
+    from bench.environment import capture_environment
+    from bench.measure import cpu_simd_flags
+
+    intel = "processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512bw ht\n"
+    assert cpu_simd_flags(intel) == ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw"]
+    arm = "processor\t: 0\nFeatures\t: fp asimd evtstrm sve\n"
+    assert cpu_simd_flags(arm) == ["asimd", "sve"]
+    assert cpu_simd_flags("no flags line") == []
+    env = capture_environment([])
+    assert isinstance(env["cpu_simd_flags"], list)
+    assert env["cpu_count_host"] >= env["cpu_count"] >= 1
