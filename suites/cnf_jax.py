@@ -219,6 +219,7 @@ class CnfJaxTask(AbstractTask):
 
         self.step = CompiledStep(train)
         self._log_prob = jax.jit(lambda m, x: log_prob(m, x, backend))
+        self._prepared_sizes: set[int] = set()
         self._sample = jax.jit(lambda m, z: sample(m, z, backend))
 
     def _put(self, array: np.ndarray | None) -> Any:
@@ -235,6 +236,9 @@ class CnfJaxTask(AbstractTask):
         """Compile the log-density for the shapes of the test chunks."""
         n = len(self.data.test_samples(final))
         for size in {min(EVAL_CHUNK, n - start) for start in range(0, n, EVAL_CHUNK)}:
+            if size in self._prepared_sizes:
+                continue  # compiled at an earlier evaluation
+            self._prepared_sizes.add(size)
             jax.block_until_ready(self._log_prob(self.model,
                                                  self._put(np.zeros((size, 2), np.float32))))
 

@@ -241,6 +241,11 @@ def test_task_trains_without_recompiling_and_evaluates(tmp_path):
     assert result.metrics["eval_nfe_forward"] == 4 * RK4_STEPS
     assert "first 8 of 10 test images" in result.notes and "patch matmuls" in result.notes
     assert task.evaluate(final=False).metrics["test_error_pct"] >= 0
+    calls = []
+    compiled = task._evaluate_batch
+    task._evaluate_batch = lambda *args: calls.append(1) or compiled(*args)
+    task.prepare_evaluation(final=True)  # every shape was compiled above: nothing to run again
+    assert calls == []
 
 
 def test_first_step_loss_equals_the_torch_tasks(tmp_path):
