@@ -62,13 +62,14 @@ def plot_run(path: str | Path) -> list[Path]:
                       if e.get(metric) is not None]
             if points:
                 xs, ys = zip(*points, strict=False)
-                ax.plot(xs, ys, marker="o", color=f"C{i % 10}", label=label(row))
+                ax.plot(xs, ys, marker="o", color=f"C{i % 10}", label=label(row),
+                        linestyle=("-", "--", ":")[(i // 10) % 3])
                 drawn = True
         if drawn:
             ax.set_xlabel("training wall time, s (synchronised; evaluation excluded)")
             ax.set_ylabel(metric)
-            ax.set_title(f"{suite}: {metric} against training time "
-                         "(periodic evaluations may use a subset)")
+            ax.set_title(f"{suite}: {metric} against training time\n"
+                         "(periodic evaluations may use a subset of the test set)", fontsize=10)
             ax.legend(fontsize=7)
             fig.tight_layout()
             out = run_dir.path / f"{safe_name(suite)}_{safe_name(metric)}_vs_time.png"

@@ -58,11 +58,12 @@ BUDGETS: dict[str, Budget] = {
         "CPU-friendly, a few minutes per backend on 2 idle cores: 150 SGD steps of batch 128 "
         "(0.32 epoch of all 60,000 training images, crop augmentation), lr 0.1, then 0.01 for "
         "the last 50 steps; periodic evaluation every 25 steps on the first 1000 test images; "
-        "final test error on all 10,000. Measured on one CPU thread (results/mnist-quick-cpu): "
-        "seed 0 reached 9.4% (torch-direct, 2.0 s/step), 9.2% (rknet), 22.4% (torch-adjoint), "
-        "33.1% (resnet), 19.0% (diffrax-checkpoint), 7.9% (jax-rknet); torch-direct seeds 1 and "
-        "2 reached 18.3% and 46.0%. After a third of an epoch the error is far from converged "
-        "and moves by tens of points with the seed: compare NFE, time and memory here, test "
+        "final test error on all 10,000. Measured on one thread of an AMD EPYC "
+        "(results/mnist-quick-cpu, seed 0): torch-direct 6.5% at 1.0 s/step, jax-rknet 7.0%, "
+        "rknet 11.0%, diffrax-checkpoint 12.7%, diffrax-backsolve 18.7%, torch-adjoint 29.0%, "
+        "resnet 32.4%; seeds 0/1/2 of torch-direct 6.5/33.5/27.2%, of torch-adjoint "
+        "29.0/23.2/11.6%. After a third of an epoch the error is far from converged and moves "
+        "by tens of points with the seed and the CPU: compare NFE, time and memory here, test "
         "error with the paper budget",
         {**_PAPER, "epochs": None, "steps": 150, "lr_milestones_steps": (100,),
          "lr_milestones_epochs": (), "eval_every_epochs": None, "eval_every": 25,
