@@ -40,6 +40,7 @@ from typing import Any
 
 import bench
 from bench.errors import BenchError
+from plugins.fixed_grid import steps_in_interval
 from plugins.jax_common import JaxBackend, checkpoint_backward_iterations, current_recorder
 
 #: diffrax's default bound on the number of steps; RecursiveCheckpointAdjoint derives its number
@@ -326,7 +327,6 @@ class JaxRkNetBackend(JaxBackend):
         traced: the step counts are static), as torch's rknet: each interval between consecutive
         times of (t0, *ts) gets ceil(length / step) equal steps, step = (t1 - t0) / steps; an
         empty interval (ts[0] == t0) takes none."""
-        import math
 
         import diffrax
         import jax
@@ -367,7 +367,7 @@ class JaxRkNetBackend(JaxBackend):
             outputs, y, total = [], y0, 0
             for a, b in zip(times[:-1], times[1:], strict=False):
                 if b != a:
-                    n = steps if step == 0 else max(1, math.ceil(abs(b - a) / step - 1e-9))
+                    n = steps_in_interval(b - a, step, steps)
                     y = integrate(y, a, b, n)
                     total += n
                 outputs.append(y)

@@ -6,13 +6,13 @@ counters live on a plain object, never on an ``nn.Module`` (whose ``__setattr__`
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from bench.errors import BenchError
+from plugins.fixed_grid import steps_in_interval
 from plugins.torch_common import StepCounts
 
 
@@ -151,7 +151,7 @@ class RK4Block(OdeBlock):
         out, y = [y0], y0
         times = t.tolist()
         for a, b in zip(times[:-1], times[1:], strict=False):
-            n = self.steps if step == 0 else max(1, math.ceil(abs(b - a) / step - 1e-9))
+            n = steps_in_interval(b - a, step, self.steps)
             h = (b - a) / n
             for i in range(n):
                 s = torch.as_tensor(a + i * h, dtype=y0.dtype, device=y0.device)

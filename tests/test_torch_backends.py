@@ -347,6 +347,20 @@ def test_trajectories_match_the_exact_solution_and_resnet_refuses_times(backends
         block(y0, times=times)
 
 
+def test_rknet_float32_output_times_get_whole_steps(backends):
+    """linspace(0, 1, 4) in float32 gives intervals of 1/3 +- 3e-8: two steps of 1/6 each, as the
+    JAX twin (plugins.fixed_grid), not a third step for the rounding."""
+    from plugins.fixed_grid import steps_in_interval
+
+    assert [steps_in_interval(x, 1 / 6, 6) for x in (1 / 3 + 3e-8, 1 / 3 - 3e-8, 0.34, 0.0)] == \
+        [2, 2, 3, 1]
+    assert steps_in_interval(0.5, 0.0, 6) == 6
+    block = backends["rknet"].ode_block(lambda td: Mlp(dtype=torch.float32), 0.0, 1.0,
+                                        fixed_steps=6)
+    ys = block(torch.zeros(2, 3), times=torch.linspace(0.0, 1.0, 4))
+    assert ys.shape[0] == 4 and block.pop_stats().steps_accepted == 6
+
+
 # --- memory ---------------------------------------------------------------------------------------
 
 def test_saved_bytes_grow_with_steps_for_backprop_and_stay_flat_for_the_adjoint(backends):
