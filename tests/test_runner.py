@@ -220,6 +220,29 @@ def test_a_failing_memory_step_keeps_the_measured_row(fake_registry, tmp_path, m
     assert row.notes == "final; memory steps failed: MemoryError: no room"
 
 
+def test_memory_steps_run_in_a_fresh_thread(fake_registry, tmp_path, monkeypatch):
+    """A new thread gets a malloc arena of its own, free of the chunks the timed steps left in
+    the main one (which glibc would reuse unseen); the timed steps stay on the main thread."""
+    import threading
+
+    task = _TimedTask()
+    trained, threads = task.train_step, {}
+
+    def step(n):
+        threads[n] = threading.current_thread()
+        return trained(n)
+
+    task.train_step = step
+    suite = fake_registry.suite("linear")
+    monkeypatch.setattr(suite, "build_task", lambda ctx: task)
+    row = run_cell(CellSpec("linear", "numpy-euler", "smoke", 0, "cpu"),
+                   fake_registry.backend("numpy-euler"), suite, tmp_path)
+    timed = range(task.num_train_steps)
+    assert row.status == "ok" and len(threads) == task.num_train_steps + task.memory_steps
+    assert all(threads[n] is threading.main_thread() for n in timed)
+    assert all(threads[n] is not threading.main_thread() for n in threads if n not in timed)
+
+
 def test_memory_phase_makes_each_phase_see_its_own_peak():
     """glibc keeps freed blocks for reuse once its mmap threshold has risen; a later phase would
     then show no increase. After begin_memory_phase() every phase sees its own allocation."""
