@@ -201,20 +201,26 @@ def test_measured_loop_separates_compile_time_and_steady_state(fake_registry, tm
     assert row.peak_memory_bytes is not None
 
 
-def test_a_failing_memory_step_keeps_the_measured_row(fake_registry, tmp_path, monkeypatch):
+def _run_timed_task_wrapping_its_step(fake_registry, tmp_path, monkeypatch, wrap):
+    """Run a cell of ``_TimedTask`` whose ``train_step`` is ``wrap(task, original_step)``."""
     task = _TimedTask()
-    trained = task.train_step
-
-    def step(n):
-        if n >= task.num_train_steps:
-            raise MemoryError("no room")
-        return trained(n)
-
-    task.train_step = step
+    task.train_step = wrap(task, task.train_step)
     suite = fake_registry.suite("linear")
     monkeypatch.setattr(suite, "build_task", lambda ctx: task)
     row = run_cell(CellSpec("linear", "numpy-euler", "smoke", 0, "cpu"),
                    fake_registry.backend("numpy-euler"), suite, tmp_path)
+    return task, row
+
+
+def test_a_failing_memory_step_keeps_the_measured_row(fake_registry, tmp_path, monkeypatch):
+    def wrap(task, trained):
+        def step(n):
+            if n >= task.num_train_steps:
+                raise MemoryError("no room")
+            return trained(n)
+        return step
+
+    _, row = _run_timed_task_wrapping_its_step(fake_registry, tmp_path, monkeypatch, wrap)
     assert row.status == "ok" and row.metrics["rate_error"] == 0.5
     assert row.peak_memory_bytes is None
     assert row.notes == "final; memory steps failed: MemoryError: no room"
@@ -225,18 +231,15 @@ def test_memory_steps_run_in_a_fresh_thread(fake_registry, tmp_path, monkeypatch
     the main one (which glibc would reuse unseen); the timed steps stay on the main thread."""
     import threading
 
-    task = _TimedTask()
-    trained, threads = task.train_step, {}
+    threads = {}
 
-    def step(n):
-        threads[n] = threading.current_thread()
-        return trained(n)
+    def wrap(task, trained):
+        def step(n):
+            threads[n] = threading.current_thread()
+            return trained(n)
+        return step
 
-    task.train_step = step
-    suite = fake_registry.suite("linear")
-    monkeypatch.setattr(suite, "build_task", lambda ctx: task)
-    row = run_cell(CellSpec("linear", "numpy-euler", "smoke", 0, "cpu"),
-                   fake_registry.backend("numpy-euler"), suite, tmp_path)
+    task, row = _run_timed_task_wrapping_its_step(fake_registry, tmp_path, monkeypatch, wrap)
     timed = range(task.num_train_steps)
     assert row.status == "ok" and len(threads) == task.num_train_steps + task.memory_steps
     assert all(threads[n] is threading.main_thread() for n in timed)
