@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -230,7 +231,6 @@ def _in_fresh_thread(fn: Callable[[], None]) -> None:
     fixed, the memory steps' large tensors are then mapped and unmapped as they live and die, so
     the resident peak is what the step really held (memory study, torch-direct at L = 512:
     1060 MiB resident for 1025 MiB saved for backward; 2920 MiB in the main thread)."""
-    import threading
     error: list[BaseException] = []
 
     def run() -> None:

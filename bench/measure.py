@@ -130,16 +130,24 @@ def mean_or_none(values: Sequence[float | None]) -> float | None:
 
 
 @functools.cache
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux)."""
+def _cpuinfo() -> str:
+    """/proc/cpuinfo's text (empty where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
-            match = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.MULTILINE)
-            if match:
-                return match.group(1).strip()
+            return f.read()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return ""
+
+
+def _cpuinfo_field(pattern: str, cpuinfo: str) -> str | None:
+    match = re.search(rf"^(?:{pattern})\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    return match.group(1).strip() if match else None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux)."""
+    return (_cpuinfo_field("model name", _cpuinfo()) or platform.processor()
+            or platform.machine())
 
 
 #: The vector extensions that decide which kernels torch, oneDNN and XLA pick on x86 and Arm;
@@ -152,14 +160,8 @@ SIMD_FLAGS = (
 
 def cpu_simd_flags(cpuinfo: str | None = None) -> list[str]:
     """The CPU's vector extensions among :data:`SIMD_FLAGS` (/proc/cpuinfo; else empty)."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
-            return []
-    match = re.search(r"^(?:flags|Features)\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
-    present = set(match.group(1).split()) if match else set()
+    flags = _cpuinfo_field("flags|Features", _cpuinfo() if cpuinfo is None else cpuinfo)
+    present = set(flags.split()) if flags else set()
     return [flag for flag in SIMD_FLAGS if flag in present]
 
 

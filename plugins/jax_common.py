@@ -400,6 +400,22 @@ class CompiledStep:
 # -------------------------------------------------------------------------------------------------
 
 
+class CompileOnce:
+    """For ``prepare_evaluation``: run a jitted call once per input-shape key, so that each shape
+    is compiled before the evaluation's clock starts and no later evaluation runs it again."""
+
+    def __init__(self) -> None:
+        self._done: set[Any] = set()
+
+    def __call__(self, key: Any, call: Callable[[], Any]) -> None:
+        if key in self._done:
+            return
+        self._done.add(key)
+        import jax
+
+        jax.block_until_ready(call())
+
+
 def with_tolerances(backend: Any, rtol: float, atol: float) -> Any:
     """``backend`` with a suite budget's tolerances: a shallow copy with ``rtol``/``atol`` set
     (adaptive backends); a fixed-step backend, which has none, is returned as it is."""

@@ -185,7 +185,13 @@ class CnfJaxTask(AbstractTask):
     """The CNF on a JAX backend: one compiled step per training iteration."""
 
     def __init__(self, ctx: CellContext, data: CnfData):
-        from plugins.jax_common import CompiledStep, adam_init, adam_update, jax_device
+        from plugins.jax_common import (
+            CompiledStep,
+            CompileOnce,
+            adam_init,
+            adam_update,
+            jax_device,
+        )
 
         s = data.settings
         self.backend = backend = with_tolerances(ctx.backend, s["rtol"], s["atol"])
@@ -219,7 +225,7 @@ class CnfJaxTask(AbstractTask):
 
         self.step = CompiledStep(train)
         self._log_prob = jax.jit(lambda m, x: log_prob(m, x, backend))
-        self._prepared_sizes: set[int] = set()
+        self._compile_once = CompileOnce()
         self._sample = jax.jit(lambda m, z: sample(m, z, backend))
 
     def _put(self, array: np.ndarray | None) -> Any:
@@ -236,11 +242,8 @@ class CnfJaxTask(AbstractTask):
         """Compile the log-density for the shapes of the test chunks."""
         n = len(self.data.test_samples(final))
         for size in {min(EVAL_CHUNK, n - start) for start in range(0, n, EVAL_CHUNK)}:
-            if size in self._prepared_sizes:
-                continue  # compiled at an earlier evaluation
-            self._prepared_sizes.add(size)
-            jax.block_until_ready(self._log_prob(self.model,
-                                                 self._put(np.zeros((size, 2), np.float32))))
+            self._compile_once(size, lambda size=size: self._log_prob(
+                self.model, self._put(np.zeros((size, 2), np.float32))))
 
     def log_prob(self, x: np.ndarray, chunk: int = EVAL_CHUNK) -> tuple[np.ndarray, float]:
         parts, nfe = [], []

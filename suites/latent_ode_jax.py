@@ -130,6 +130,7 @@ class LatentOdeJaxTask(AbstractTask):
     def __init__(self, ctx: CellContext, data: LatentOdeData):
         from plugins.jax_common import (
             CompiledStep,
+            CompileOnce,
             adam_init,
             adam_update,
             jax_device,
@@ -205,7 +206,7 @@ class LatentOdeJaxTask(AbstractTask):
 
         self.step = CompiledStep(train)
         self._predict = jax.jit(predict)
-        self._prepared_shapes: set[tuple[int, ...]] = set()
+        self._compile_once = CompileOnce()
 
     def _put(self, array: np.ndarray) -> Any:
         return jax.device_put(np.asarray(array, np.float32), self.device)
@@ -224,11 +225,8 @@ class LatentOdeJaxTask(AbstractTask):
     def prepare_evaluation(self, final: bool = True) -> None:
         """Compile the prediction for the test batch's shape (all evaluation batches share it)."""
         batch, _ = self.data.test_batch(final)
-        if batch.values.shape in self._prepared_shapes:
-            return  # compiled at an earlier evaluation
-        self._prepared_shapes.add(batch.values.shape)
-        jax.block_until_ready(self._predict(self.model, self._put(np.zeros_like(batch.values)),
-                                            self._put(batch.mask)))
+        self._compile_once(batch.values.shape, lambda: self._predict(
+            self.model, self._put(np.zeros_like(batch.values)), self._put(batch.mask)))
 
     def evaluate(self, final: bool = True) -> Evaluation:
         return self.data.evaluate(self.predict, final)

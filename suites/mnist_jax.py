@@ -274,6 +274,7 @@ class MnistJaxTask(AbstractTask):
     def __init__(self, ctx: CellContext, data: MnistPipeline):
         from plugins.jax_common import (
             CompiledStep,
+            CompileOnce,
             jax_device,
             sgd_momentum_init,
             sgd_momentum_update,
@@ -320,7 +321,7 @@ class MnistJaxTask(AbstractTask):
             return wrong, loss_sum, stats["nfe_forward"]
 
         self._evaluate_batch = jax.jit(evaluate_batch)
-        self._prepared_shapes: set[tuple[int, ...]] = set()
+        self._compile_once = CompileOnce()
 
     def _put(self, array: np.ndarray) -> jax.Array:
         return jax.device_put(array, self.device)
@@ -337,10 +338,7 @@ class MnistJaxTask(AbstractTask):
         last one)."""
         shapes = {x.shape: len(y) for x, y in self.data.test_batches(final)}
         for shape, count in shapes.items():
-            if shape in self._prepared_shapes:
-                continue  # compiled at an earlier evaluation
-            self._prepared_shapes.add(shape)
-            jax.block_until_ready(self._evaluate_batch(
+            self._compile_once(shape, lambda shape=shape, count=count: self._evaluate_batch(
                 self.model, self._put(np.zeros(shape, np.float32)),
                 self._put(np.zeros(count, np.int32))))
 
