@@ -13,6 +13,7 @@ from bench.interfaces import (
     CellContext,
     Evaluation,
     MemoryTracker,
+    OptionSpec,
     StepStats,
     Support,
 )
@@ -21,7 +22,7 @@ from bench.results import ResultRow, load_run
 
 __all__ = [
     "AbstractBackend", "AbstractSuite", "AbstractTask", "BenchError", "Budget", "CellContext",
-    "Evaluation", "MemoryTracker", "PluginSelection", "Registry", "ResultRow", "StepStats",
-    "Support", "UnknownNameError", "hookimpl", "load_run",
+    "Evaluation", "MemoryTracker", "OptionSpec", "PluginSelection", "Registry", "ResultRow",
+    "StepStats", "Support", "UnknownNameError", "hookimpl", "load_run",
 ]
 __version__ = "0.1.0"

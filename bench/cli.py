@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -33,23 +34,45 @@ def _names(value: str, kind: str, choices: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _seeds(value: str) -> list[int]:
-    """``0,1,2`` or a range ``0-4`` (inclusive)."""
-    seeds: list[int] = []
-    try:
-        for part in value.split(","):
-            part = part.strip()
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1)
-                seeds.extend(range(int(lo), int(hi) + 1))
-            elif part:
-                seeds.append(int(part))
-    except ValueError:
-        raise BenchError(
-            f"--seeds {value!r}: expected integers like 0,1,2 or a range 0-4") from None
-    if not seeds:
-        raise BenchError("--seeds: no seed given")
-    return list(dict.fromkeys(seeds))
+#: The most values ``--seeds`` / ``--steps`` may expand to (each is at least one cell).
+MAX_LIST_VALUES = 1000
+#: The smallest ``--max-memory-mb``: below it no Python process can run, so it is a typo.
+MIN_MEMORY_MB = 1.0
+
+
+def parse_int_list(value: str, option: str, minimum: int = 0, limit: int = MAX_LIST_VALUES
+                   ) -> list[int]:
+    """Integers of ``option`` written as ``0,1,2`` or inclusive ranges ``0-4`` (mixed: ``0-2,7``),
+    each at least ``minimum``, at most ``limit`` values in all (duplicates dropped, order kept).
+    Negative numbers, reversed ranges and too many values raise :class:`BenchError` saying so."""
+    valid = ("positive integers" if minimum == 1 else
+             "non-negative integers" if minimum == 0 else f"integers >= {minimum}")
+    example = f"e.g. {minimum},{minimum + 1},{minimum + 2} or a range {minimum}-{minimum + 4}"
+    values: list[int] = []
+    for raw in value.split(","):
+        part = raw.strip()
+        if not part:
+            continue
+        lo_text, sep, hi_text = part[1:].partition("-")
+        lo_text = part[0] + lo_text
+        try:
+            lo = int(lo_text)
+            hi = int(hi_text) if sep else lo
+        except ValueError:
+            raise BenchError(f"{option} {value!r}: {part!r} is not an integer or a range; "
+                             f"expected {valid}, {example}") from None
+        if lo < minimum or hi < minimum:
+            raise BenchError(f"{option} {value!r}: {min(lo, hi)} is below {minimum}; "
+                             f"expected {valid}, {example}")
+        if hi < lo:
+            raise BenchError(f"{option} {value!r}: the range {part} is reversed (write {hi}-{lo})")
+        if hi - lo + 1 + len(values) > limit:
+            raise BenchError(f"{option} {value!r}: more than {limit} values (each is at least "
+                             "one cell); split the run")
+        values.extend(range(lo, hi + 1))
+    if not values:
+        raise BenchError(f"{option} {value!r}: no value given; expected {valid}, {example}")
+    return list(dict.fromkeys(values))
 
 
 def _option(text: str) -> tuple[str, Any]:
@@ -73,13 +96,39 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _threads(text: str) -> int:
+    """A positive thread count, or ``auto`` / ``0``: the frameworks' own choice (stored as 0)."""
+    if text.strip().lower() == "auto":
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a thread count: give a positive integer, or auto (or 0) for the "
+            "frameworks' own") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} must be a positive integer, or auto (or 0) for the frameworks' own")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite positive number")
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def _memory_mb(text: str) -> float:
+    value = _positive_float(text)
+    if value < MIN_MEMORY_MB:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} MiB is below the minimum of {MIN_MEMORY_MB:g} MiB (the limit is in MiB)")
     return value
 
 
@@ -105,11 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run directory (default: a new one under ./runs)")
     p_run.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
                        help="per-cell time limit; a cell over it is stopped and marked timeout")
-    p_run.add_argument("--max-memory-mb", type=_positive_float, default=None,
-                       help="per-cell address-space limit (RLIMIT_AS) in MiB")
-    p_run.add_argument("--threads", type=_positive_int, default=None,
-                       help="CPU threads per cell (OMP/MKL/XLA); pin it for comparable CPU "
-                       "timings (default: the frameworks' own)")
+    p_run.add_argument("--max-memory-mb", type=_memory_mb, default=None, metavar="MIB",
+                       help="per-cell limit on resident memory (the cell process and its "
+                       f"children) in MiB, at least {MIN_MEMORY_MB:g}; a cell over it is stopped "
+                       "and marked failed")
+    p_run.add_argument("--threads", type=_threads, default=1,
+                       help="CPU threads per cell (OMP/MKL for torch, XLA's pool for JAX); "
+                       "default 1, pinned for comparable CPU timings; auto (or 0): the "
+                       "frameworks' own")
     p_run.add_argument("--resume", action="store_true",
                        help="with --out: run only the cells that have no 'ok' row there")
     p_run.add_argument("--data-dir", type=Path, default=None,
@@ -123,16 +175,19 @@ def build_parser() -> argparse.ArgumentParser:
     p_mem.add_argument("--plugins", "--backends", dest="plugins", default="all",
                        help="backend name(s), comma-separated, or 'all' (default)")
     p_mem.add_argument("--steps", default=",".join(map(str, DEFAULT_MEMORY_STEPS)),
-                       help="solver steps L to measure (default 8,16,...,512)")
+                       help="solver steps L to measure: positive integers, 8,16,32 or a range "
+                       "(default 8,16,...,512)")
     p_mem.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     p_mem.add_argument("--out", type=Path, default=None,
                        help="run directory (default: a new one under ./runs)")
     p_mem.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
                        help="per-measurement time limit")
-    p_mem.add_argument("--max-memory-mb", type=_positive_float, default=None,
-                       help="per-measurement address-space limit (RLIMIT_AS) in MiB")
-    p_mem.add_argument("--threads", type=_positive_int, default=None,
-                       help="CPU threads per measurement (OMP/MKL/XLA)")
+    p_mem.add_argument("--max-memory-mb", type=_memory_mb, default=None, metavar="MIB",
+                       help="per-measurement limit on resident memory in MiB, at least "
+                       f"{MIN_MEMORY_MB:g}")
+    p_mem.add_argument("--threads", type=_threads, default=None,
+                       help="CPU threads per measurement (OMP/MKL/XLA); default and auto (or "
+                       "0): the frameworks' own")
     p_mem.add_argument("--resume", action="store_true",
                        help="with --out: measure only what has no 'ok' row there")
     p_mem.add_argument("--set", dest="options", type=_option, action="append", default=[],
@@ -188,7 +243,7 @@ def _runner(args: argparse.Namespace, registry: Registry, run_dir: Any) -> Any:
 
     limit = int(args.max_memory_mb * 1024 * 1024) if args.max_memory_mb else None
     return Runner(registry, _selection(), run_dir, timeout_s=args.timeout,
-                  max_memory_bytes=limit, threads=args.threads)
+                  max_memory_bytes=limit, threads=args.threads or None)
 
 
 def _run_cells(args: argparse.Namespace, registry: Registry, run_dir: Any, cells: list[Any]
@@ -222,13 +277,14 @@ def cmd_memory(args: argparse.Namespace, registry: Registry) -> int:
     suite = registry.suite(SUITE_NAME)
     budget = next(iter(suite.budgets))
     backends = _names(args.plugins, "backend", sorted(registry.backends))
-    steps = [s for s in _seeds(args.steps) if s > 0]
+    steps = parse_int_list(args.steps, "--steps", minimum=1)
     options = dict(args.options)
     if "steps" in options:
         raise BenchError("set L with --steps, not --set steps=...")
     cells = [cell for L in steps for cell in expand(
         registry, [SUITE_NAME], backends, budget, [0], args.device, {**options, "steps": L})]
     cells.sort(key=lambda c: (dict(c.options)["steps"], c.backend))  # interleave backends
+    _check_data(registry, cells)
     run_dir = _start_run(args, registry, [SUITE_NAME], backends, budget,
                          {"steps": steps, "options": options})
     rows = _run_cells(args, registry, run_dir, cells)
@@ -283,12 +339,15 @@ def cmd_run(args: argparse.Namespace, registry: Registry) -> int:
     from bench.runner import expand
 
     suites = _names(args.suite, "suite", sorted(registry.suites))
+    if args.suite.strip() == "all":
+        suites = _suites_with_budget(registry, suites, args.budget)
     backends = _names(args.plugins, "backend", sorted(registry.backends))
     options = dict(args.options)
     if args.data_dir is not None:
         options["data_dir"] = str(args.data_dir)
-    seeds = _seeds(args.seeds)
+    seeds = parse_int_list(args.seeds, "--seeds", minimum=0)
     cells = expand(registry, suites, backends, args.budget, seeds, args.device, options)
+    _check_data(registry, cells)
     run_dir = _start_run(args, registry, suites, backends, args.budget,
                          {"seeds": seeds, "options": options})
     rows = _run_cells(args, registry, run_dir, cells)
@@ -301,6 +360,35 @@ def cmd_run(args: argparse.Namespace, registry: Registry) -> int:
           file=sys.stderr)
     _write_plots(run_dir, registry)
     return _status_exit(rows)
+
+
+def _suites_with_budget(registry: Registry, suites: list[str], budget: str) -> list[str]:
+    """``--suite all``: the suites that have ``budget``; the others are named on stderr."""
+    kept = [name for name in suites if budget in registry.suite(name).budgets]
+    left_out = [name for name in suites if name not in kept]
+    if not kept:
+        have = sorted({b for name in suites for b in registry.suite(name).budgets})
+        raise UnknownNameError("budget of any loaded suite", budget, have)
+    if left_out:
+        detail = "; ".join(f"{name} has {', '.join(registry.suite(name).budgets)}"
+                           for name in left_out)
+        print(f"--suite all: left out {', '.join(left_out)} (no budget {budget!r}: {detail})",
+              file=sys.stderr)
+    return kept
+
+
+def _check_data(registry: Registry, cells: list[Any]) -> None:
+    """Each suite's data, checked once in the parent before any cell starts (a suite may
+    download it here); a missing dataset is one whole message with its remedy, exit 2."""
+    checked: set[tuple[str, tuple[tuple[str, Any], ...]]] = set()
+    for cell in cells:
+        key = (cell.suite, cell.options)
+        if key in checked:
+            continue
+        checked.add(key)
+        problem = registry.suite(cell.suite).check_data(dict(cell.options))
+        if problem:
+            raise BenchError(f"{problem}\nNo cell was run.")
 
 
 def _write_plots(run_dir: Any, registry: Registry) -> None:

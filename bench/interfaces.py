@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,6 +50,146 @@ class Budget:
     name: str
     description: str
     settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionSpec:
+    """One suite option (``--set name=value``): its type, default, valid values and help.
+
+    ``type`` is ``str``, ``int``, ``float`` or ``bool``; a value is converted to it (``"true"``
+    -> True; an ``int`` option takes no fraction, a ``float`` one no NaN or infinity), then checked
+    against ``choices`` or by ``validator`` (which returns None, or what is wrong), and
+    ``valid`` says in words what is accepted (shown in errors and by ``bench list``).
+    ``nullable``: None (``none``) is accepted too (e.g. a folder that may be left unset).
+    """
+
+    name: str
+    type: type
+    default: Any
+    help: str = ""
+    choices: tuple[Any, ...] | None = None
+    validator: Callable[[Any], str | None] | None = None
+    valid: str = ""
+    nullable: bool = False
+
+    def describe_valid(self) -> str:
+        """The accepted values, in words."""
+        if self.choices is not None:
+            text = ", ".join(str(c) for c in self.choices)
+        elif self.valid:
+            text = self.valid
+        else:
+            text = {bool: "true or false", int: "an integer", float: "a finite number",
+                    str: "a string"}.get(self.type, self.type.__name__)
+        return text + (" (or none)" if self.nullable else "")
+
+    def parse(self, value: Any, suite: str = "") -> Any:
+        """``value`` converted to the option's type and checked; a bad one raises
+        :class:`bench.errors.BenchError` naming the option and the valid values."""
+        from bench.errors import BenchError
+
+        where = f" of suite {suite}" if suite else ""
+
+        def bad(problem: str = "") -> BenchError:
+            detail = f" ({problem})" if problem else ""
+            return BenchError(f"option {self.name}={value!r}{where} is not valid{detail}; "
+                              f"valid: {self.describe_valid()}")
+
+        if value is None or (self.nullable and str(value).strip().lower() in ("none", "")):
+            if self.nullable:
+                return None
+            raise bad()
+        converted = _convert(value, self.type)
+        if converted is None:
+            raise bad()
+        if self.choices is not None and converted not in self.choices:
+            raise bad()
+        if self.validator is not None:
+            problem = self.validator(converted)
+            if problem:
+                raise bad(problem)
+        return converted
+
+
+def _convert(value: Any, kind: type) -> Any:
+    """``value`` as ``kind``, or None when it is not one."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        return {"1": True, "true": True, "yes": True, "on": True,
+                "0": False, "false": False, "no": False, "off": False}.get(text)
+    if kind is int:
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, int):
+            return value
+        number = _convert(value, float)
+        if number is None or not float(number).is_integer():
+            return None
+        return int(number)
+    if kind is float:
+        if isinstance(value, bool):
+            return None
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return None
+        return number if math.isfinite(number) else None
+    if kind is str:
+        return value if isinstance(value, str) else None
+    return value if isinstance(value, kind) else None
+
+
+def positive(value: Any) -> str | None:
+    """A validator: the value must be above zero."""
+    return None if value > 0 else "must be positive"
+
+
+def in_unit_interval(value: Any) -> str | None:
+    """A validator: 0 < value <= 1."""
+    return None if 0.0 < value <= 1.0 else "must be in (0, 1]"
+
+
+def option_defaults(specs: Sequence[OptionSpec]) -> dict[str, Any]:
+    """The ``options`` mapping (name -> default) of a suite's option specs."""
+    return {spec.name: spec.default for spec in specs}
+
+
+#: Solvers that take a fixed number of steps: tolerances do not apply to them.
+FIXED_STEP_SOLVERS = ("euler", "midpoint", "rk4", "rk4-3/8", "explicit_adams", "resnet")
+
+
+def solver_settings(backend: Any, task: Any) -> dict[str, Any]:
+    """The solver settings a cell ran with, for its row: ``rtol``/``atol`` (None for a fixed-step
+    solve) and, for the adjoint, ``adjoint_rtol``/``adjoint_atol`` of the reverse solve.
+
+    Precedence: the task's :attr:`AbstractTask.tolerances` (a suite budget's tolerances, e.g. the
+    cnf and latent-ode budgets) over the backend's own ``rtol``/``atol``. The adjoint's reverse
+    solve uses the forward tolerances unless the backend sets ``adjoint_rtol``/``adjoint_atol``
+    (torchdiffeq's and diffrax's default)."""
+    solver = getattr(task, "solver", None) or getattr(backend, "solver", "")
+    adaptive = getattr(backend, "adaptive", None)
+    if adaptive is None:
+        adaptive = (getattr(backend, "rtol", None) is not None
+                    and solver not in FIXED_STEP_SOLVERS and "fixed steps" not in solver)
+    if not adaptive:
+        return {"rtol": None, "atol": None, "adjoint_rtol": None, "adjoint_atol": None}
+    tolerances = dict(getattr(task, "tolerances", None) or {})
+    rtol = tolerances.get("rtol", getattr(backend, "rtol", None))
+    atol = tolerances.get("atol", getattr(backend, "atol", None))
+    settings: dict[str, Any] = {"rtol": _float_or_none(rtol), "atol": _float_or_none(atol),
+                                "adjoint_rtol": None, "adjoint_atol": None}
+    if getattr(backend, "gradient_method", "") == "adjoint":
+        settings["adjoint_rtol"] = _float_or_none(tolerances.get(
+            "adjoint_rtol", getattr(backend, "adjoint_rtol", None) or rtol))
+        settings["adjoint_atol"] = _float_or_none(tolerances.get(
+            "adjoint_atol", getattr(backend, "adjoint_atol", None) or atol))
+    return settings
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +244,11 @@ class AbstractTask(abc.ABC):
     #: Extra training iterations run after the final evaluation to measure ``peak_memory_bytes``
     #: (each its own phase; their metrics and times are not used). 0: no memory measurement.
     memory_steps: int = 2
+    #: Solver tolerances this task runs with in place of the backend's own (``rtol``, ``atol``,
+    #: optionally ``adjoint_rtol``, ``adjoint_atol``), e.g. a suite budget's; empty: the
+    #: backend's. A budget's tolerances win over the backend's; the row records what was used
+    #: (see :func:`solver_settings`).
+    tolerances: Mapping[str, float] = {}
 
     @abc.abstractmethod
     def train_step(self, step: int) -> StepStats:
@@ -213,7 +359,11 @@ class AbstractSuite(abc.ABC):
     frameworks: tuple[str, ...] = ()
     budgets: Mapping[str, Budget]
     #: Options a user may set (``--set key=value``) and their defaults. Unknown keys raise.
+    #: A suite that declares :attr:`option_specs` sets this to ``option_defaults(option_specs)``.
     options: Mapping[str, Any] = {}
+    #: Each option's type, default, valid values and help; checked in the parent before any cell
+    #: starts. An option in ``options`` without a spec is taken as given.
+    option_specs: Sequence[OptionSpec] = ()
     #: Options that say where to find data rather than what to measure (e.g. ``data_dir``):
     #: left out of cell ids, so a resumed run may find its data elsewhere.
     location_options: tuple[str, ...] = ()
@@ -227,6 +377,34 @@ class AbstractSuite(abc.ABC):
     def build_task(self, ctx: CellContext) -> AbstractTask:
         """Build the model, data and optimiser for one cell."""
 
+    def option_spec(self, name: str) -> OptionSpec:
+        """The spec of option ``name`` (one made from its default when the suite declares none)."""
+        for spec in self.option_specs:
+            if spec.name == name:
+                return spec
+        default = self.options[name]
+        return OptionSpec(name, type(default) if default is not None else object, default)
+
+    def validate_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``options`` (a subset of :attr:`options`) converted and checked against the option
+        specs; an unknown or invalid one raises :class:`bench.errors.BenchError` naming the option
+        and its valid values. Options without a spec pass unchanged."""
+        from bench.errors import BenchError
+
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise BenchError(f"unknown option(s) of suite {self.name}: {', '.join(unknown)} "
+                             f"(valid: {', '.join(self.options) or 'none'})")
+        declared = {spec.name: spec for spec in self.option_specs}
+        return {key: declared[key].parse(value, self.name) if key in declared else value
+                for key, value in options.items()}
+
+    def check_data(self, options: Mapping[str, Any]) -> str | None:
+        """Called once in the parent before any cell starts, with the run's options over the
+        defaults: None when the suite's data can be found (it may download them here, once, for
+        the cells to find), else the whole message, with its remedy. Default: None."""
+        return None
+
     def cell_options(self, ctx: CellContext) -> dict[str, Any]:
         """The cell's options over the suite's defaults; an unknown key raises with the valid
         ones (a helper for :meth:`build_task`)."""
@@ -236,4 +414,4 @@ class AbstractSuite(abc.ABC):
         if unknown:
             raise BenchError(f"unknown option(s) of suite {self.name}: {', '.join(unknown)} "
                              f"(valid: {', '.join(self.options) or 'none'})")
-        return {**self.options, **ctx.options}
+        return {**self.options, **self.validate_options(ctx.options)}

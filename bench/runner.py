@@ -56,7 +56,9 @@ def expand(registry: Registry, suites: Sequence[str], backends: Sequence[str], b
             raise UnknownNameError(f"option of suite {names}", key, known)
     cells = []
     for suite in suite_objs:
-        suite_options = tuple(sorted((k, v) for k, v in options.items() if k in suite.options))
+        # each option is converted and checked here, in the parent, before any cell starts
+        given = suite.validate_options({k: v for k, v in options.items() if k in suite.options})
+        suite_options = tuple(sorted(given.items()))
         for backend in backends:
             for seed in seeds:
                 cells.append(CellSpec(suite.name, backend, budget, int(seed), device,

@@ -41,7 +41,9 @@ from bench.interfaces import (
     AbstractTask,
     Budget,
     CellContext,
+    OptionSpec,
     Support,
+    option_defaults,
 )
 from suites import cnf_data
 
@@ -280,7 +282,14 @@ class CnfSuite(AbstractSuite):
     metric_direction = "lower"
     frameworks = ("torch", "jax")
     budgets = BUDGETS
-    options = {"dataset": "8gaussians", "trace_estimator": "exact"}
+    option_specs = (
+        OptionSpec("dataset", str, "8gaussians", choices=tuple(cnf_data.GENERATORS),
+                   help="the 2-D density to learn"),
+        OptionSpec("trace_estimator", str, "exact", choices=TRACE_ESTIMATORS,
+                   help="training trace of df/dz: exact, or Hutchinson's estimate (one Gaussian "
+                   "probe per sample); evaluation is always exact"),
+    )
+    options = option_defaults(option_specs)
 
     def supports(self, backend: AbstractBackend) -> Support:
         if not getattr(backend, "continuous_time", False):
@@ -295,16 +304,22 @@ class CnfSuite(AbstractSuite):
         data = CnfData(str(options["dataset"]), ctx.budget.settings, ctx.seed,
                        str(options["trace_estimator"]))
         framework = ctx.backend.framework
+        task: AbstractTask
         if framework == "torch":
             from suites.cnf_torch import CnfTorchTask
 
-            return CnfTorchTask(ctx, data)
-        if framework == "jax":
+            task = CnfTorchTask(ctx, data)
+        elif framework == "jax":
             from suites.cnf_jax import CnfJaxTask
 
-            return CnfJaxTask(ctx, data)
-        raise BenchError(f"suite cnf has no {framework} model (it has: "
-                         f"{', '.join(self.frameworks)})")
+            task = CnfJaxTask(ctx, data)
+        else:
+            raise BenchError(f"suite cnf has no {framework} model (it has: "
+                             f"{', '.join(self.frameworks)})")
+        # the budget's tolerances replace the backend's (recorded in the row)
+        task.tolerances = {"rtol": float(data.settings["rtol"]),
+                           "atol": float(data.settings["atol"])}
+        return task
 
 
 @bench.hookimpl

@@ -68,7 +68,10 @@ from bench.interfaces import (
     Budget,
     CellContext,
     Evaluation,
+    OptionSpec,
     Support,
+    in_unit_interval,
+    option_defaults,
 )
 from suites import latent_ode_data
 
@@ -434,7 +437,17 @@ class LatentOdeSuite(AbstractSuite):
     metric_direction = "lower"
     frameworks = ("torch", "jax")
     budgets = BUDGETS
-    options = {"dataset": "spirals", "observed_fraction": 0.5, "encoder": "rnn"}
+    option_specs = (
+        OptionSpec("dataset", str, "spirals", choices=DATASETS,
+                   help="spirals (Chen et al. 2018 Sec. 5.1) or periodic (Rubanova et al. 2019)"),
+        OptionSpec("observed_fraction", float, 0.5, validator=in_unit_interval,
+                   valid="a number in (0, 1]",
+                   help="fraction of the window's points the encoder sees"),
+        OptionSpec("encoder", str, "rnn", choices=ENCODERS,
+                   help="rnn, or ode-rnn (the hidden state also follows an ODE between "
+                   "observations)"),
+    )
+    options = option_defaults(option_specs)
 
     def supports(self, backend: AbstractBackend) -> Support:
         if not getattr(backend, "continuous_time", False):
@@ -449,16 +462,22 @@ class LatentOdeSuite(AbstractSuite):
         data = LatentOdeData(str(options["dataset"]), ctx.budget.settings, ctx.seed,
                              options["observed_fraction"], str(options["encoder"]))
         framework = ctx.backend.framework
+        task: AbstractTask
         if framework == "torch":
             from suites.latent_ode_torch import LatentOdeTorchTask
 
-            return LatentOdeTorchTask(ctx, data)
-        if framework == "jax":
+            task = LatentOdeTorchTask(ctx, data)
+        elif framework == "jax":
             from suites.latent_ode_jax import LatentOdeJaxTask
 
-            return LatentOdeJaxTask(ctx, data)
-        raise BenchError(f"suite latent-ode has no {framework} model (it has: "
-                         f"{', '.join(self.frameworks)})")
+            task = LatentOdeJaxTask(ctx, data)
+        else:
+            raise BenchError(f"suite latent-ode has no {framework} model (it has: "
+                             f"{', '.join(self.frameworks)})")
+        # the budget's (or the dataset's paper) tolerances replace the backend's (in the row)
+        task.tolerances = {"rtol": float(data.settings["rtol"]),
+                           "atol": float(data.settings["atol"])}
+        return task
 
 
 @bench.hookimpl

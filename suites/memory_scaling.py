@@ -13,9 +13,25 @@ from __future__ import annotations
 import numpy as np
 
 import bench
-from bench.interfaces import AbstractSuite, AbstractTask, Budget, CellContext
+from bench.interfaces import (
+    AbstractSuite,
+    AbstractTask,
+    Budget,
+    CellContext,
+    OptionSpec,
+    option_defaults,
+    positive,
+)
 
-SHAPE_OPTIONS = {"steps": 8, "width": 64, "batch": 1024}
+OPTION_SPECS = (
+    OptionSpec("steps", int, 8, validator=positive, valid="a positive integer",
+               help="solver steps L (bench memory sets it from --steps)"),
+    OptionSpec("width", int, 64, validator=positive, valid="a positive integer",
+               help="state width of the MLP dynamics"),
+    OptionSpec("batch", int, 1024, validator=positive, valid="a positive integer",
+               help="batch size (rows of the state)"),
+)
+SHAPE_OPTIONS = option_defaults(OPTION_SPECS)
 
 
 def initial_weights(width: int, seed: int) -> dict[str, np.ndarray]:
@@ -42,6 +58,7 @@ class MemoryScalingSuite(AbstractSuite):
     frameworks = ("torch", "jax")
     budgets = {"measure": Budget("measure", "1 warm-up step and 1 timed step, then 2 memory steps "
                                             "(each its own phase)", {"steps": 2})}
+    option_specs = OPTION_SPECS
     options = SHAPE_OPTIONS
 
     def build_task(self, ctx: CellContext) -> AbstractTask:

@@ -28,7 +28,14 @@ import numpy as np
 
 import bench
 from bench.errors import BenchError
-from bench.interfaces import AbstractSuite, AbstractTask, Budget, CellContext
+from bench.interfaces import (
+    AbstractSuite,
+    AbstractTask,
+    Budget,
+    CellContext,
+    OptionSpec,
+    option_defaults,
+)
 
 CHANNELS = 64
 NUM_CLASSES = 10
@@ -302,8 +309,29 @@ class MnistSuite(AbstractSuite):
     metric_direction = "lower"
     frameworks = ("torch", "jax")
     budgets = BUDGETS
-    options = {"data_dir": None, "download": True}
+    option_specs = (
+        OptionSpec("data_dir", str, None, nullable=True, valid="a folder",
+                   help="folder with the four MNIST IDX files (also --data-dir, BENCH_MNIST_DIR)"),
+        OptionSpec("download", bool, True,
+                   help="download missing files into the cache (~/.cache/neural-ode-bench)"),
+    )
+    options = option_defaults(option_specs)
     location_options = ("data_dir", "download")
+
+    def check_data(self, options: Mapping[str, Any]) -> str | None:
+        """Find the four files once (--data-dir, BENCH_MNIST_DIR, the cache, else download into
+        the cache), so that a missing dataset is one message before any cell starts."""
+        import sys
+
+        from suites.mnist_data import MnistDataError, resolve_mnist_dir
+
+        values = {**self.options, **options}
+        try:
+            resolve_mnist_dir(values["data_dir"], _as_bool(values["download"], "download"),
+                              log=lambda message: print(message, file=sys.stderr))
+        except MnistDataError as exc:
+            return f"suite mnist: {exc}"
+        return None
 
     def build_task(self, ctx: CellContext) -> AbstractTask:
         options = self.cell_options(ctx)
