@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
-from bench.interfaces import AbstractBackend, AbstractSuite, CellContext, Evaluation, StepStats
+from bench.interfaces import (
+    AbstractBackend,
+    AbstractSuite,
+    CellContext,
+    Evaluation,
+    StepStats,
+    solver_settings,
+)
 from bench.measure import mean_or_none, median_or_none
 from bench.results import ResultRow, now_iso
 
@@ -124,6 +131,7 @@ def run_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite, wor
         task = suite.build_task(ctx)
         if getattr(task, "solver", None):  # e.g. a fixed-step method instead of the default
             fields["solver"] = task.solver
+        fields.update(solver_settings(backend, task))  # effective rtol/atol (budget's win)
         fields["params"] = task.num_params()
         status, error = _train_and_evaluate(task, backend, device, work_dir, fields, progress)
     except Exception as exc:  # the row keeps what was measured before the failure

@@ -197,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_report = sub.add_parser("report", help="print a run's table, or compare two runs")
     p_report.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
     p_report.add_argument("--format", default="markdown", help="markdown (default), csv, latex")
+    p_report.add_argument("--columns", default=None, metavar="A,B,C",
+                          help="columns to show, in order (default: markdown the readable table, "
+                          "latex the paper columns, csv every column; see --format csv)")
     p_report.set_defaults(func=cmd_report)
 
     p_pub = sub.add_parser(
@@ -358,8 +361,21 @@ def cmd_run(args: argparse.Namespace, registry: Registry) -> int:
     print(table)
     print(f"results: {run_dir.path}  (bench report {run_dir.path} --format csv)",
           file=sys.stderr)
+    _warn_timing(rows)
     _write_plots(run_dir, registry)
     return _status_exit(rows)
+
+
+def _warn_timing(rows: list[Any]) -> None:
+    """Name, at the end of a run, the cells whose timings may not be comparable."""
+    flagged = [r for r in rows if getattr(r, "timing_flag", False)]
+    if not flagged:
+        return
+    print(f"warning: the timings of {len(flagged)} cell(s) may not be comparable (column "
+          "timing_warning; rerun them on a quiet machine, with --threads pinned):",
+          file=sys.stderr)
+    for row in flagged:
+        print(f"  {row.cell_id}: {row.timing_warning}", file=sys.stderr)
 
 
 def _suites_with_budget(registry: Registry, suites: list[str], budget: str) -> list[str]:
@@ -405,7 +421,11 @@ def _write_plots(run_dir: Any, registry: Registry) -> None:
 def cmd_report(args: argparse.Namespace, registry: Registry) -> int:
     from bench.report import report
 
-    sys.stdout.write(report([str(p) for p in args.runs], args.format))
+    columns = ([c.strip() for c in args.columns.split(",") if c.strip()]
+               if args.columns is not None else None)
+    if columns is not None and not columns:
+        raise BenchError("--columns: no column given (e.g. --columns suite,backend,nfe_forward)")
+    sys.stdout.write(report([str(p) for p in args.runs], args.format, columns))
     return 0
 
 

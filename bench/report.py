@@ -18,7 +18,13 @@ TABLE_COLUMNS = (
     "suite", "backend", "gradient_method", "solver", "device", "budget", "seed", "status",
     "nfe_forward", "nfe_backward", "train_step_time_s", "compile_time_s", "eval_time_s",
     "peak_memory_mib", "peak_memory_method", "saved_for_backward_mib", "params", "host_load_1m",
-    "error",
+    "timing_warning", "error",
+)
+#: Default columns of ``--format latex`` (a paper's table): the metric columns of the run's
+#: suites are inserted after ``gradient_method``. ``--columns`` picks others.
+LATEX_COLUMNS = (
+    "suite", "backend", "gradient_method", "nfe_forward", "nfe_backward", "train_step_time_s",
+    "peak_memory_mib",
 )
 COMPARE_KEYS = ("suite", "backend", "budget", "seed")
 COMPARE_VALUES = ("status", "nfe_forward", "nfe_backward", "train_step_time_s", "peak_memory_mib")
@@ -61,8 +67,9 @@ def render(frame: pd.DataFrame, fmt: str) -> str:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
         return "\n".join(lines) + "\n"
+    align = "".join("r" if _numeric(frame[c]) else "l" for c in frame.columns)
     lines = [
-        "\\begin{tabular}{" + "l" * len(header) + "}",
+        "\\begin{tabular}{" + align + "}  % booktabs: \\usepackage{booktabs}",
         "\\toprule",
         " & ".join(_latex(h) for h in header) + " \\\\",
         "\\midrule",
@@ -71,6 +78,28 @@ def render(frame: pd.DataFrame, fmt: str) -> str:
         "\\end{tabular}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _numeric(column: pd.Series) -> bool:
+    return bool(pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column))
+
+
+def select_columns(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """``frame`` with only ``columns``, in that order; an unknown one raises with the choices."""
+    for column in columns:
+        if column not in frame.columns:
+            raise UnknownNameError("column", column, list(frame.columns))
+    return frame[list(dict.fromkeys(columns))]
+
+
+def latex_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The paper columns of a run (:data:`LATEX_COLUMNS`, the suites' metrics after the
+    gradient method) that hold any value."""
+    table = table_frame(frame)
+    columns = list(LATEX_COLUMNS)
+    at = columns.index("gradient_method") + 1
+    columns[at:at] = metric_columns(frame)
+    return table[[c for c in columns if c in table.columns]]
 
 
 def _fmt(value: Any) -> str:
@@ -91,16 +120,29 @@ def _latex(text: str) -> str:
     return text
 
 
-def report(run_dirs: Sequence[str], fmt: str = "markdown") -> str:
-    """One run: its table (CSV: every column). Two runs: side by side, with ratios B/A."""
+def report(run_dirs: Sequence[str], fmt: str = "markdown",
+           columns: Sequence[str] | None = None) -> str:
+    """One run: its table (CSV: every column; LaTeX: the paper columns). Two runs: side by side,
+    with ratios B/A. ``columns`` picks the columns (an unknown one raises with the choices)."""
     if fmt not in FORMATS:
         raise UnknownNameError("report format", fmt, FORMATS)
     if len(run_dirs) == 1:
         frame = load_run(run_dirs[0])
-        return render(frame if fmt == "csv" else table_frame(frame), fmt)
+        if columns:
+            table = frame if fmt == "csv" else table_frame(frame)
+            if fmt != "csv":  # a column left out of the readable table may still be asked for
+                table = pd.concat([table, frame.drop(columns=[c for c in frame.columns
+                                                              if c in table.columns])], axis=1)
+            table = select_columns(table, columns)
+        elif fmt == "latex":
+            table = latex_frame(frame)
+        else:
+            table = frame if fmt == "csv" else table_frame(frame)
+        return render(table, fmt)
     if len(run_dirs) != 2:
         raise UnknownNameError("number of run directories", str(len(run_dirs)), ("1", "2"))
-    return render(compare_frame(load_run(run_dirs[0]), load_run(run_dirs[1])), fmt)
+    table = compare_frame(load_run(run_dirs[0]), load_run(run_dirs[1]))
+    return render(select_columns(table, columns) if columns else table, fmt)
 
 
 def compare_frame(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:

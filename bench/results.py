@@ -77,6 +77,19 @@ class ResultRow:
     #: The host's 1-minute load average when the cell finished: CPU timings taken while it
     #: exceeds the core count are contaminated by other work.
     host_load_1m: float | None = None
+    #: Mean cores kept busy by other processes while the cell ran (host CPU busy time minus the
+    #: cell's own, from /proc, sampled by the parent).
+    host_busy_cores_other: float | None = None
+    #: The timings may not be comparable: the host was loaded beyond the cores the cell left
+    #: free, or the steady step times spread far above usual; ``timing_warning`` says which.
+    timing_flag: bool = False
+    timing_warning: str = ""
+    #: Solver tolerances the cell ran with (None: a fixed-step solve), and the adjoint's reverse
+    #: solve's; a suite budget's tolerances win over the backend's.
+    rtol: float | None = None
+    atol: float | None = None
+    adjoint_rtol: float | None = None
+    adjoint_atol: float | None = None
     notes: str = ""
     finished_at: str = ""
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from bench.cell import CellSpec, base_row, check_support, run_cell
 from bench.errors import BenchError, UnknownNameError
+from bench.monitor import CellMonitor, timing_warning, trace_step_times, usable_cores
 from bench.registry import PluginSelection, Registry
 from bench.results import ResultRow, RunDirectory, now_iso
 
@@ -126,17 +127,30 @@ class Runner:
         child_conn.close()
         deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
         last_echo = time.monotonic()
+        monitor = CellMonitor(proc.pid, self.max_memory_bytes)
+        monitor.sample_load(force=True)
+        # the memory watchdog needs a short period: a cell can allocate GiBs in a second
+        period = 0.05 if self.max_memory_bytes else 0.2
         try:
             while True:
-                if parent_conn.poll(0.2):
+                monitor.sample_load()
+                resident = monitor.over_memory()
+                if resident is not None:
+                    _stop(proc)
+                    limit_mb = self.max_memory_bytes / 2**20  # type: ignore[operator]
+                    return base_row(spec, backend, suite, "failed",
+                                    f"exceeded --max-memory-mb {limit_mb:g} (resident "
+                                    f"{resident / 2**20:.0f} MiB); the cell was stopped")
+                if parent_conn.poll(period):
                     try:
                         kind, payload = parent_conn.recv()
                     except EOFError:
                         proc.join(5)
                         return base_row(spec, backend, suite, "failed", _exit_reason(proc))
                     if kind == "result":
+                        monitor.sample_load(force=True)
                         proc.join(30)
-                        return payload
+                        return self._with_timing_check(payload, monitor, work_dir)
                     if kind == "progress" and time.monotonic() - last_echo > 30:
                         step, n, loss = payload
                         self.echo(f"    step {step}/{n} loss {loss:.4g}")
@@ -154,6 +168,18 @@ class Runner:
             if proc.is_alive():  # Ctrl-C or any other exit path: no orphan cell
                 _stop(proc)
             parent_conn.close()
+
+    def _with_timing_check(self, row: ResultRow, monitor: CellMonitor, work_dir: Any
+                           ) -> ResultRow:
+        """The row with the host's load during the cell and, for measured timings, a flag when
+        they may not be comparable (a loaded host, or step times spread far above usual)."""
+        other, cell = monitor.load()
+        if row.status != "ok":
+            return dataclasses.replace(row, host_busy_cores_other=other)
+        times, evaluations = trace_step_times(work_dir)
+        warning = timing_warning(other, cell, self.threads, usable_cores(), times, evaluations)
+        return dataclasses.replace(row, host_busy_cores_other=other, timing_flag=bool(warning),
+                                   timing_warning=warning)
 
     def _progress_line(self, i: int, n: int, row: ResultRow, started: float,
                        measured: list[float]) -> str:
@@ -232,10 +258,9 @@ def cell_process_main(conn: Connection, spec: CellSpec, selection: PluginSelecti
     from pathlib import Path
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
-    if max_memory_bytes:
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_AS, (max_memory_bytes, max_memory_bytes))
+    # max_memory_bytes is enforced by the parent on the resident set (CellMonitor); an
+    # address-space limit (RLIMIT_AS) killed healthy torch cells, which reserve far more than
+    # they use
     path = Path(work_dir)
     log_file = open(path / "cell.log", "a")  # noqa: SIM115
 

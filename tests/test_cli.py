@@ -91,9 +91,9 @@ def test_the_card_usage_parses_and_resume_finishes_a_run(cli_env, tmp_path):
     (["run", "--suite", "linear", "--plugins", "numpy-eulr"], "Did you mean 'numpy-euler'?"),
     (["run", "--suite", "linear", "--budget", "papr"], "unknown budget for suite 'linear'"),
     (["run", "--suite", "linear", "--device", "tpu"], "Valid choices: auto, cpu, cuda."),
-    (["run", "--suite", "linear", "--seeds", "a,b"], "--seeds 'a,b': expected integers"),
+    (["run", "--suite", "linear", "--seeds", "a,b"], "--seeds 'a,b': 'a' is not an integer"),
     (["run", "--suite", "linear", "--set", "lr2"], "expected KEY=VALUE"),
-    (["run", "--suite", "linear", "--threads", "0"], "'0' must be at least 1"),
+    (["run", "--suite", "linear", "--threads", "-2"], "'-2' must be a positive integer, or auto"),
     (["report", "nowhere"], "'nowhere' is not a run directory"),
 ])
 def test_bad_input_exits_nonzero_with_the_valid_choices(cli_env, tmp_path, args, message):

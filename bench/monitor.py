@@ -1,0 +1,204 @@
+"""What the parent watches while a cell runs: its resident memory (``--max-memory-mb``) and the
+load that other processes put on the host (so that contaminated timings are flagged).
+
+Linux only (``/proc``); elsewhere nothing is measured and nothing is limited.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+#: A cell is flagged when the median absolute deviation of its steady step times (per function
+#: evaluation where the steps count them, since an adaptive solver's steps legitimately differ)
+#: exceeds this fraction of their median. Quiet runs stay well below it.
+SPREAD_LIMIT = 0.25
+#: Fewest steady steps for the spread to mean anything.
+MIN_STEPS_FOR_SPREAD = 4
+#: Cores of other processes tolerated beyond the ones the cell left free (measurement noise,
+#: the parent's own polling).
+LOAD_SLACK_CORES = 0.25
+#: Seconds between two readings of the host's CPU time.
+LOAD_INTERVAL_S = 0.5
+
+
+def _clock_ticks() -> int:
+    try:
+        return os.sysconf("SC_CLK_TCK")
+    except (ValueError, OSError, AttributeError):
+        return 100
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every live process below it (from ``/proc/<pid>/task/<tid>/children``)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{current}/task/{tid}/children") as handle:
+                    todo.extend(int(c) for c in handle.read().split())
+            except OSError:
+                continue
+    return found
+
+
+def resident_bytes(pid: int) -> int | None:
+    """Resident memory (VmRSS) of ``pid`` and its descendants, or None where /proc is missing."""
+    total, seen = 0, False
+    for p in descendants(pid):
+        try:
+            with open(f"/proc/{p}/status") as handle:
+                for line in handle:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+                        seen = True
+                        break
+        except (OSError, ValueError):
+            continue
+    return total if seen else None
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid`` and its live descendants."""
+    ticks, seen = 0, False
+    for p in descendants(pid):
+        try:
+            with open(f"/proc/{p}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+            seen = True
+        except (OSError, ValueError, IndexError):
+            continue
+    return ticks / _clock_ticks() if seen else None
+
+
+def host_busy_cpu_seconds() -> float | None:
+    """CPU seconds all cores have been busy since boot (``/proc/stat``: all but idle, iowait)."""
+    try:
+        with open("/proc/stat") as handle:
+            values = [int(v) for v in handle.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    busy = sum(values[:8]) - values[3] - (values[4] if len(values) > 4 else 0)
+    return busy / _clock_ticks()
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+@dataclasses.dataclass
+class CellMonitor:
+    """Polled by the runner while a cell runs: resident memory against the limit, and the CPU
+    time of other processes on the host (busy time of all cores minus the cell's own)."""
+
+    pid: int
+    max_memory_bytes: int | None = None
+    peak_resident_bytes: int = 0
+    _start: tuple[float, float, float] | None = None
+    _last: tuple[float, float, float] | None = None
+    _last_read: float = 0.0
+
+    def over_memory(self) -> int | None:
+        """The cell's resident bytes when they exceed the limit, else None."""
+        if not self.max_memory_bytes:
+            return None
+        resident = resident_bytes(self.pid)
+        if resident is None:
+            return None
+        self.peak_resident_bytes = max(self.peak_resident_bytes, resident)
+        return resident if resident > self.max_memory_bytes else None
+
+    def sample_load(self, force: bool = False) -> None:
+        """Read the host's and the cell's CPU time (at most every ``LOAD_INTERVAL_S``)."""
+        now = time.monotonic()
+        if not force and now - self._last_read < LOAD_INTERVAL_S:
+            return
+        self._last_read = now
+        host, cell = host_busy_cpu_seconds(), process_cpu_seconds(self.pid)
+        if host is None or cell is None:
+            return
+        reading = (now, host, cell)
+        if self._start is None:
+            self._start = reading
+        self._last = reading
+
+    def load(self) -> tuple[float | None, float | None]:
+        """(cores busy with other processes, cores the cell used), means over the cell's life
+        so far; None before two readings."""
+        if self._start is None or self._last is None or self._last[0] - self._start[0] < 0.2:
+            return None, None
+        wall = self._last[0] - self._start[0]
+        cell = max(0.0, (self._last[2] - self._start[2]) / wall)
+        other = max(0.0, (self._last[1] - self._start[1]) / wall - cell)
+        return round(other, 2), round(cell, 2)
+
+
+def timing_warning(other_cores: float | None, cell_cores: float | None, threads: int | None,
+                   cores: int, step_times: Sequence[float],
+                   evaluations: Sequence[float | None] = ()) -> str:
+    """Why a cell's timings may not be comparable, or ``""``: other processes used more cores
+    than the cell left free, or the steady step times spread far more than usual."""
+    reasons = []
+    if other_cores is not None:
+        used = max(float(threads or 1), cell_cores or 0.0)
+        free = max(0.0, cores - used)
+        if other_cores > free + LOAD_SLACK_CORES:
+            reasons.append(f"host loaded: other processes kept {other_cores:.2f} cores busy, "
+                           f"{free:.2f} of {cores} were free beside the cell")
+    spread = step_time_spread(step_times, evaluations)
+    if spread is not None and spread > SPREAD_LIMIT:
+        reasons.append(f"step times spread: median absolute deviation {spread:.0%} of the "
+                       f"median (usual: below {SPREAD_LIMIT:.0%})")
+    return "; ".join(reasons)
+
+
+def step_time_spread(step_times: Sequence[float], evaluations: Sequence[float | None] = ()
+                     ) -> float | None:
+    """Median absolute deviation over the median of the steady steps (all but the first), each
+    divided by its function evaluations when every step counts them."""
+    times = list(step_times[1:])
+    evals = list(evaluations[1:])
+    if len(evals) == len(times) and times and all(e and e > 0 for e in evals):
+        times = [t / float(e) for t, e in zip(times, evals, strict=True)]  # type: ignore[arg-type]
+    if len(times) < MIN_STEPS_FOR_SPREAD:
+        return None
+    median = _median(times)
+    if median <= 0:
+        return None
+    return _median([abs(t - median) for t in times]) / median
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+
+
+def trace_step_times(work_dir: Path) -> tuple[list[float], list[float | None]]:
+    """(step times, evaluations per step) from a cell's ``trace.json``; empty when missing."""
+    try:
+        trace: Any = json.loads((work_dir / "trace.json").read_text())
+        steps = trace["steps"]
+        times = [float(s["time_s"]) for s in steps]
+        evals = []
+        for s in steps:
+            fwd, bwd = s.get("nfe_forward"), s.get("nfe_backward")
+            evals.append(None if fwd is None else float(fwd) + float(bwd or 0.0))
+        return times, evals
+    except (OSError, ValueError, KeyError, TypeError):
+        return [], []
