@@ -328,8 +328,15 @@ def cmd_list(args: argparse.Namespace, registry: Registry) -> int:
             print(f"  {'':<22} {s.description}")
         for budget in s.budgets.values():
             print(f"    budget {budget.name:<10} {budget.description}")
-        for key, default in s.options.items():
-            print(f"    option {key}={default!r}")
+            if "rtol" in budget.settings or "atol" in budget.settings:
+                print(f"    {'':<17} solver tolerances rtol={budget.settings.get('rtol')} "
+                      f"atol={budget.settings.get('atol')}: they replace each adaptive "
+                      "backend's own (recorded in every row's rtol/atol)")
+        for key in s.options:
+            spec = s.option_spec(key)
+            kind = getattr(spec.type, "__name__", str(spec.type))
+            print(f"    option {key}={spec.default!r}  ({kind}; valid: {spec.describe_valid()})"
+                  + (f"  {spec.help}" if spec.help else ""))
     print("Plugins:")
     for p in registry.plugins:
         print(f"  {p.name:<22} {p.source}" + (f"  ERROR: {p.error}" if p.error else ""))

@@ -140,7 +140,7 @@ class CellMonitor:
     def load(self) -> tuple[float | None, float | None]:
         """(cores busy with other processes, cores the cell used), means over the cell's life
         so far; None before two readings."""
-        if self._start is None or self._last is None or self._last[0] - self._start[0] < 0.2:
+        if self._start is None or self._last is None or self._last[0] - self._start[0] < 0.05:
             return None, None
         wall = self._last[0] - self._start[0]
         cell = max(0.0, (self._last[2] - self._start[2]) / wall)

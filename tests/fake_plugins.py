@@ -44,6 +44,10 @@ class NumpyEulerBackend(AbstractBackend):
             raise RuntimeError("this backend always fails")
         if self.behaviour == "hang":
             time.sleep(3600)
+        if self.behaviour == "alloc300":  # holds 300 MiB, touched, for a second
+            hog = np.ones(300 * 2**20 // 8)
+            time.sleep(1.0)
+            del hog
         if self.behaviour == "oom":
             hog = []
             while True:
@@ -152,7 +156,7 @@ class TorchOnlySuite(LinearSuite):
 def bench_register_backends(register):
     register(NumpyEulerBackend())
     register(NumpyEulerBackend("numpy-euler-fine", steps=200))
-    for behaviour in ("raise", "hang", "oom", "nan"):
+    for behaviour in ("raise", "hang", "oom", "nan", "alloc300"):
         register(NumpyEulerBackend(f"numpy-{behaviour}", behaviour=behaviour))
     adjoint = NumpyEulerBackend("numpy-adjoint")
     adjoint.gradient_method = "adjoint"
