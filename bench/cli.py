@@ -268,10 +268,11 @@ def _status_exit(rows: list[Any]) -> int:
     return 1 if counts.get("failed") or counts.get("timeout") else 0
 
 
-def cmd_memory(args: argparse.Namespace, registry: Registry) -> int:
-    from bench.memory import SUITE_NAME, plot_scaling, scaling_table
-    from bench.report import render
-    from bench.results import rows_to_frame
+def plan_memory(args: argparse.Namespace, registry: Registry
+                ) -> tuple[str, list[str], list[int], dict[str, Any], list[Any]]:
+    """``bench memory``'s arguments checked and expanded into cells (nothing is written or run):
+    (budget, backends, steps, options, cells)."""
+    from bench.memory import SUITE_NAME
     from bench.runner import expand
 
     if SUITE_NAME not in registry.suites:
@@ -287,6 +288,15 @@ def cmd_memory(args: argparse.Namespace, registry: Registry) -> int:
     cells = [cell for L in steps for cell in expand(
         registry, [SUITE_NAME], backends, budget, [0], args.device, {**options, "steps": L})]
     cells.sort(key=lambda c: (dict(c.options)["steps"], c.backend))  # interleave backends
+    return budget, backends, steps, options, cells
+
+
+def cmd_memory(args: argparse.Namespace, registry: Registry) -> int:
+    from bench.memory import SUITE_NAME, plot_scaling, scaling_table
+    from bench.report import render
+    from bench.results import rows_to_frame
+
+    budget, backends, steps, options, cells = plan_memory(args, registry)
     _check_data(registry, cells)
     run_dir = _start_run(args, registry, [SUITE_NAME], backends, budget,
                          {"steps": steps, "options": options})
@@ -343,9 +353,10 @@ def cmd_list(args: argparse.Namespace, registry: Registry) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace, registry: Registry) -> int:
-    from bench.report import render, table_frame
-    from bench.results import rows_to_frame
+def plan_run(args: argparse.Namespace, registry: Registry
+             ) -> tuple[list[str], list[str], list[int], dict[str, Any], list[Any]]:
+    """``bench run``'s names, seeds and options checked and expanded into cells (nothing is
+    written or run): (suites, backends, seeds, options, cells)."""
     from bench.runner import expand
 
     suites = _names(args.suite, "suite", sorted(registry.suites))
@@ -357,6 +368,14 @@ def cmd_run(args: argparse.Namespace, registry: Registry) -> int:
         options["data_dir"] = str(args.data_dir)
     seeds = parse_int_list(args.seeds, "--seeds", minimum=0)
     cells = expand(registry, suites, backends, args.budget, seeds, args.device, options)
+    return suites, backends, seeds, options, cells
+
+
+def cmd_run(args: argparse.Namespace, registry: Registry) -> int:
+    from bench.report import render, table_frame
+    from bench.results import rows_to_frame
+
+    suites, backends, seeds, options, cells = plan_run(args, registry)
     _check_data(registry, cells)
     run_dir = _start_run(args, registry, suites, backends, args.budget,
                          {"seeds": seeds, "options": options})

@@ -27,3 +27,46 @@ def test_every_hook_is_documented_under_its_exact_signature():
     for name in hooks:
         signature = str(inspect.signature(getattr(hookspecs, name))).replace("'", "")
         assert f"`{name}{signature}`" in README, f"{name}{signature} is not in README.md"
+
+
+def readme_bench_commands(text: str = README) -> list[str]:
+    """Every `bench ...` command line in the README's bash code blocks (also after `&&`)."""
+    import shlex
+
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            for part in line.split("&&"):
+                words = shlex.split(part, comments=True)
+                if words and words[0] in ("bench", ".venv/bin/bench"):
+                    commands.append(" ".join(words))
+    return commands
+
+
+def test_every_readme_command_parses_and_expands_with_the_builtin_plugins():
+    """Each README command goes through the argument parser and, for `run` and `memory`, the
+    name, seed and option checks and the cell expansion (nothing is run or written)."""
+    import shlex
+
+    from bench import cli
+    from bench.registry import PluginSelection, Registry
+
+    registry = Registry.load(PluginSelection(builtins=True, entry_points=False))
+    parser = cli.build_parser()
+    commands = readme_bench_commands()
+    assert len(commands) >= 14
+    seen = set()
+    for command in commands:
+        args = parser.parse_args(shlex.split(command)[1:])
+        seen.add(args.command)
+        if args.command == "run":
+            assert cli.plan_run(args, registry)[-1], command
+        elif args.command == "memory":
+            assert cli.plan_memory(args, registry)[-1], command
+    assert {"list", "run", "report", "publish", "memory"} <= seen
+
+
+def test_readme_commands_are_found_in_code_blocks():
+    text = "x\n```bash\nsource .venv/bin/activate\nbench list   # all\n" \
+           "a && .venv/bin/bench run --suite mnist\n```\n`bench inline`\n"
+    assert readme_bench_commands(text) == ["bench list", ".venv/bin/bench run --suite mnist"]
