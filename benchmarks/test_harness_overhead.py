@@ -101,7 +101,13 @@ def _drain(connection, received) -> None:
         received.append(message)
 
 
-def test_harness_overhead_within_one_percent(benchmark, tmp_path):
+def overhead_line(per_step_s: float, step_s: float) -> str:
+    """The benchmark's figure, as printed."""
+    return (f"harness overhead: {per_step_s * 1e6:.0f} us per step, {per_step_s / step_s:.2%} of "
+            f"a {step_s * 1e3:.1f} ms training step (limit 1%)")
+
+
+def test_harness_overhead_within_one_percent(benchmark, tmp_path, capsys):
     backend, task = _make_task(tmp_path)
     for step in range(3):  # warm up
         task.train_step(step)
@@ -132,7 +138,8 @@ def test_harness_overhead_within_one_percent(benchmark, tmp_path):
                                  "overhead_fraction": overhead})
     benchmark.pedantic(lambda: _harness_run(task, backend, tmp_path, received), rounds=3,
                        iterations=1)
+    with capsys.disabled():  # the figure the README quotes, on the terminal
+        print("\n" + overhead_line(per_step_s, step_s))
     assert len(received) >= REPLAY_STEPS * ROUNDS
     assert per_step_s > 0  # the harness does work; a negative figure would mean a broken replay
-    assert overhead < 0.01, (f"harness overhead {per_step_s * 1e6:.0f} us per step is "
-                             f"{overhead:.2%} of a {step_s * 1e3:.1f} ms step (limit 1%)")
+    assert overhead < 0.01, overhead_line(per_step_s, step_s)

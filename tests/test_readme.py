@@ -70,3 +70,20 @@ def test_readme_commands_are_found_in_code_blocks():
     text = "x\n```bash\nsource .venv/bin/activate\nbench list   # all\n" \
            "a && .venv/bin/bench run --suite mnist\n```\n`bench inline`\n"
     assert readme_bench_commands(text) == ["bench list", ".venv/bin/bench run --suite mnist"]
+
+
+def test_readme_development_tools_come_with_the_quick_start_install():
+    """Every tool the Development section calls from .venv/bin is installed by the extras of the
+    quick start's `pip install -e '.[all,test]'`."""
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    installed = {re.split(r"[<>=\[]", dep)[0] for name in ("all", "test") for dep in extras[name]}
+    installed |= {"python", "bench"}
+    development = README.split("## Development", 1)[1]
+    tools = set(re.findall(r"^\.venv/bin/(\S+)", development, flags=re.M))
+    assert "tox" in tools
+    assert tools <= installed, tools - installed
+    assert "\ntox -e" not in README

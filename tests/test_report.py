@@ -82,3 +82,26 @@ def test_plots_are_written(run_path):
     assert names == ["linear_nfe_per_iteration.png", "linear_rate_error_vs_time.png",
                      "picky_nfe_per_iteration.png", "picky_rate_error_vs_time.png"]
     assert all(f.stat().st_size > 1000 for f in files)
+
+
+def test_latex_has_the_paper_columns_right_aligned_numbers(run_path):
+    text = report([str(run_path)], "latex")
+    lines = text.splitlines()
+    assert lines[0].startswith("\\begin{tabular}{lll" + "r" * 5 + "}")  # numbers right-aligned
+    assert "booktabs" in lines[0]
+    header = [h.strip() for h in lines[2].rstrip(" \\").split("&")]
+    assert header == ["suite", "backend", "gradient\\_method", "rate\\_error", "nfe\\_forward",
+                      "nfe\\_backward", "train\\_step\\_time\\_s", "peak\\_memory\\_mib"]
+    assert "\\toprule" in text and "\\midrule" in text and "\\bottomrule" in text
+
+
+def test_columns_pick_and_order_the_table(run_path):
+    text = report([str(run_path)], "latex", ["backend", "nfe_forward", "status"])
+    assert text.splitlines()[0].startswith("\\begin{tabular}{lrl}")
+    assert text.splitlines()[2] == "backend & nfe\\_forward & status \\\\"
+    csv = report([str(run_path)], "csv", ["suite", "framework"])
+    assert csv.splitlines()[0] == "suite,framework"
+    markdown = report([str(run_path)], "markdown", ["suite", "framework"])  # not in the table
+    assert markdown.splitlines()[0] == "| suite | framework |"
+    with pytest.raises(UnknownNameError, match="unknown column 'nfe'. Did you mean"):
+        report([str(run_path)], "latex", ["suite", "nfe"])
