@@ -147,7 +147,7 @@ def test_unknown_option_and_bad_download_value(tmp_path):
 
     suite = MnistSuite()
     for options, message in (({"dat_dir": "x"}, "unknown option"),
-                             ({"data_dir": None, "download": "maybe"}, "expected true or false")):
+                             ({"data_dir": None, "download": "maybe"}, "valid: true or false")):
         ctx = CellContext(backend=None, budget=TINY, seed=0, device="cpu", work_dir=tmp_path,
                           options=options)
         with pytest.raises(BenchError, match=message):
