@@ -133,3 +133,27 @@ def test_builtin_budgets_set_their_tolerances_on_the_task(suite, budget, rtol, a
     assert backend.rtol == 1e-3  # the backend's own ...
     settings = solver_settings(backend, task)  # ... replaced by the budget's
     assert settings == {"rtol": rtol, "atol": atol, "adjoint_rtol": rtol, "adjoint_atol": atol}
+
+
+def test_flagged_cells_are_named_at_the_end_and_shown_in_the_table(fake_registry, tmp_path,
+                                                                   capsys, monkeypatch):
+    import dataclasses
+
+    from bench import cli, runner
+    from bench.report import render, table_frame
+    from bench.results import rows_to_frame
+
+    monkeypatch.setattr(runner, "timing_warning", lambda *a: "host loaded: test")
+    cells = expand(fake_registry, ["linear"], ["numpy-euler", "numpy-raise"], "smoke", [0], "cpu")
+    rows = _runner(fake_registry, tmp_path).run(cells)
+    flagged = {r.backend: r.timing_flag for r in rows}
+    assert flagged == {"numpy-euler": True, "numpy-raise": False}  # only measured timings
+    cli._warn_timing(rows)
+    err = capsys.readouterr().err
+    assert "warning: the timings of 1 cell(s) may not be comparable" in err
+    assert "linear/numpy-euler/smoke/seed0/cpu: host loaded: test" in err
+    table = render(table_frame(rows_to_frame(rows)), "markdown")
+    assert "timing_warning" in table.splitlines()[0] and "host loaded: test" in table
+    quiet = [dataclasses.replace(r, timing_flag=False, timing_warning="") for r in rows]
+    cli._warn_timing(quiet)
+    assert capsys.readouterr().err == ""
