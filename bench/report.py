@@ -15,8 +15,8 @@ FORMATS = ("markdown", "csv", "latex")
 #: Columns of the human-readable tables (CSV keeps every column). The metric columns of the run's
 #: suites are inserted after ``status``.
 TABLE_COLUMNS = (
-    "suite", "backend", "gradient_method", "solver", "device", "budget", "seed", "status",
-    "nfe_forward", "nfe_backward", "train_step_time_s", "compile_time_s", "eval_time_s",
+    "suite", "backend", "gradient_method", "solver", "rtol", "atol", "device", "budget", "seed",
+    "status", "nfe_forward", "nfe_backward", "train_step_time_s", "compile_time_s", "eval_time_s",
     "peak_memory_mib", "peak_memory_method", "saved_for_backward_mib", "params", "host_load_1m",
     "timing_warning", "error",
 )
