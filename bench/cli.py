@@ -338,10 +338,10 @@ def cmd_list(args: argparse.Namespace, registry: Registry) -> int:
             print(f"  {'':<22} {s.description}")
         for budget in s.budgets.values():
             print(f"    budget {budget.name:<10} {budget.description}")
-            if "rtol" in budget.settings or "atol" in budget.settings:
-                print(f"    {'':<17} solver tolerances rtol={budget.settings.get('rtol')} "
-                      f"atol={budget.settings.get('atol')}: they replace each adaptive "
-                      "backend's own (recorded in every row's rtol/atol)")
+            tolerances = s.budget_tolerances(budget)
+            if tolerances:
+                print(f"    {'':<17} solver tolerances {tolerances}: they replace each "
+                      "adaptive backend's own (recorded in every row's rtol/atol)")
         for key in s.options:
             spec = s.option_spec(key)
             kind = getattr(spec.type, "__name__", str(spec.type))

@@ -399,6 +399,15 @@ class AbstractSuite(abc.ABC):
         return {key: declared[key].parse(value, self.name) if key in declared else value
                 for key, value in options.items()}
 
+    def budget_tolerances(self, budget: Budget) -> str | None:
+        """The solver tolerances ``budget`` imposes on every adaptive backend in place of its own,
+        in words (shown by ``bench list``), or None when the backends keep theirs. Default: the
+        budget's ``rtol``/``atol`` settings."""
+        settings = budget.settings
+        if "rtol" not in settings and "atol" not in settings:
+            return None
+        return f"rtol={settings.get('rtol')} atol={settings.get('atol')}"
+
     def check_data(self, options: Mapping[str, Any]) -> str | None:
         """Called once in the parent before any cell starts, with the run's options over the
         defaults: None when the suite's data can be found (it may download them here, once, for

@@ -449,6 +449,13 @@ class LatentOdeSuite(AbstractSuite):
     )
     options = option_defaults(option_specs)
 
+    def budget_tolerances(self, budget: Budget) -> str | None:
+        if budget.settings.get("paper"):  # each dataset's reference tolerances
+            return "; ".join(
+                f"{name}: rtol={spec['paper']['rtol']} atol={spec['paper']['atol']}"
+                for name, spec in DATASET_SETTINGS.items())
+        return super().budget_tolerances(budget)
+
     def supports(self, backend: AbstractBackend) -> Support:
         if not getattr(backend, "continuous_time", False):
             return Support.no(

@@ -156,6 +156,8 @@ def test_list_shows_option_types_choices_help_and_budget_tolerances(monkeypatch,
     assert "option batch=1024  (int; valid: a positive integer)" in out
     assert ("solver tolerances rtol=0.0001 atol=0.0001: they replace each adaptive backend's "
             "own") in out
+    assert ("solver tolerances spirals: rtol=1e-07 atol=1e-09; periodic: rtol=0.001 atol=0.0001: "
+            "they replace") in out
 
 
 # -- --suite all ------------------------------------------------------------------------------
