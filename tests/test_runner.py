@@ -132,6 +132,7 @@ def test_resume_reruns_only_cells_without_an_ok_row(fake_registry, tmp_path):
 
 def test_run_directory_is_never_shared(tmp_path):
     first = RunDirectory.create(tmp_path / "run")
+    first.write_json("config.json", {})
     with pytest.raises(BenchError, match="already exists: pass --resume"):
         RunDirectory.create(tmp_path / "run")
     first.lock()
