@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import json
 import os
 import sys
@@ -289,6 +290,10 @@ def cmd_list(args: argparse.Namespace, registry: Registry) -> int:
         raw = os.environ.get(LOAD_PLUGINS_ENV, "")
         what = (f"{', '.join(map(repr, unmatched))} matched no plugin" if unmatched
                 else "names no plugin (unset it to load them all)")
+        close = [m for name in unmatched for m in difflib.get_close_matches(
+            name, registry.available_plugin_names(), n=1, cutoff=0.5)]
+        if close:
+            what += f" (did you mean {', '.join(map(repr, close))}?)"
         print(f"bench: {LOAD_PLUGINS_ENV}={raw!r}: {what}. Available plugins: {available}",
               file=sys.stderr)
         if not registry.plugins:

@@ -141,6 +141,11 @@ class RunDirectory:
                 return cls(path)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:  # a part of the path is a file
+                raise _location_error("run directory", path, NotADirectoryError()) from None
+            except OSError as exc:
+                raise _location_error("run directory", path, exc) from None
+            try:
                 path.mkdir()
             except FileExistsError:
                 raise BenchError(
