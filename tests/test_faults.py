@@ -224,7 +224,10 @@ def test_cells_die_with_a_killed_parent_and_resume_works(cli_env, tmp_path):
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(_alive(p) for p in children):
         time.sleep(0.2)
-    assert not [p for p in children if _alive(p)], "orphan processes outlived their run"
+    orphans = [p for p in children if _alive(p)]
+    for pid in orphans:  # never leave them behind, even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not orphans, "orphan processes (cell, resource tracker) outlived their run"
     result = run_cli(["run", "--suite", "linear", "--plugins", "numpy-euler", "--budget",
                       "smoke", "--out", str(out), "--resume"], cli_env, tmp_path)
     assert result.returncode == 0, result.stderr
