@@ -13,6 +13,7 @@ A cell run again (``--resume``) appends a new row; when loading, the last row pe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import fcntl
@@ -208,11 +209,19 @@ class RunDirectory:
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            self._lock_file.seek(0)
+            owner = self._lock_file.read().strip()
             self._lock_file.close()
             self._lock_file = None
             raise BenchError(
                 f"run directory {str(self.path)!r} is in use by another bench run"
+                + (f" (process {owner})" if owner.isdigit() else "")
             ) from None
+        with contextlib.suppress(OSError):  # who holds it, for the message above
+            self._lock_file.seek(0)
+            self._lock_file.truncate()
+            self._lock_file.write(f"{os.getpid()}\n")
+            self._lock_file.flush()
 
     def check_writable(self) -> None:
         """Raise :class:`BenchError` unless rows can be appended here (before any cell runs)."""

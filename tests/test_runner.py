@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import numpy as np
@@ -136,7 +137,7 @@ def test_run_directory_is_never_shared(tmp_path):
     with pytest.raises(BenchError, match="already exists: pass --resume"):
         RunDirectory.create(tmp_path / "run")
     first.lock()
-    with pytest.raises(BenchError, match="in use by another bench run"):
+    with pytest.raises(BenchError, match=rf"in use by another bench run \(process {os.getpid()}\)"):
         RunDirectory(first.path).lock()
     first.unlock()
     a = RunDirectory.create(None, base=tmp_path / "runs")
