@@ -319,7 +319,10 @@ def cmd_run(args: argparse.Namespace, registry: Registry) -> int:
     if rows is None:
         return 130
     table = render(table_frame(rows_to_frame(rows)), "markdown")
-    (run_dir.path / "report.md").write_text(table)
+    try:
+        (run_dir.path / "report.md").write_text(table)
+    except OSError as exc:  # the rows are saved (or printed); the table is printed below
+        print(f"warning: could not write {run_dir.path / 'report.md'}: {exc}", file=sys.stderr)
     print(table)
     print(f"results: {run_dir.path}  (bench report {run_dir.path} --format csv)",
           file=sys.stderr)

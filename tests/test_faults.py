@@ -92,10 +92,14 @@ def test_a_row_that_cannot_be_written_is_printed_and_fails_the_run(tmp_path, mon
 
     monkeypatch.setattr(cli, "_selection", lambda: FAKE_ONLY)
     monkeypatch.setattr(RunDirectory, "append_row", refuse)
+    run = RunDirectory.create(tmp_path / "run")
+    run.write_json("config.json", {})
+    (run.path / "report.md").mkdir()  # the table cannot be written either
     code = cli.main(["run", "--suite", "linear", "--plugins", "numpy-euler,numpy-euler-fine",
-                     "--budget", "smoke", "--out", str(tmp_path / "run")])
+                     "--budget", "smoke", "--out", str(run.path), "--resume"])
     assert code == 1
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "| linear | numpy-euler |" in out and "could not write" in err
     printed = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert [r["backend"] for r in printed] == ["numpy-euler", "numpy-euler-fine"]
     assert all(r["status"] == "ok" for r in printed)
