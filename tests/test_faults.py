@@ -351,3 +351,38 @@ def test_compare_of_runs_that_share_no_cell_says_what_differs(fake_registry, tmp
     published = RESULTS / "mnist-quick-cpu"
     with pytest.raises(BenchError, match="suites A: mnist; B: linear"):
         report([str(published), str(a.run_dir.path)])
+
+
+_FALLBACK_PARENT = """
+import ctypes, multiprocessing, os, signal, sys, time
+import fault_plugins
+
+def child():
+    ctypes.CDLL = None  # no prctl: only the watching thread can end this process
+    from bench.runner import die_with_parent
+    die_with_parent()
+    time.sleep(120)
+
+if __name__ == "__main__":
+    proc = multiprocessing.get_context("spawn").Process(target=child)
+    proc.start()
+    time.sleep(3)
+    print(proc.pid, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_cell_without_the_parent_death_signal_still_dies_with_its_parent(cli_env, tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(_FALLBACK_PARENT)
+    result = subprocess.run([sys.executable, str(script)], env=cli_env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    child = int(result.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(child):
+        time.sleep(0.2)
+    alive = _alive(child)
+    if alive:
+        os.kill(child, signal.SIGKILL)
+    assert not alive
