@@ -357,10 +357,14 @@ _FALLBACK_PARENT = """
 import ctypes, multiprocessing, os, signal, sys, time
 import fault_plugins
 
+def no_libc(*args, **kwargs):
+    raise OSError("no prctl here")
+
 def child():
-    ctypes.CDLL = None  # no prctl: only the watching thread can end this process
+    ctypes.CDLL = no_libc  # no prctl: only the watching thread can end this process
     from bench.runner import die_with_parent
     die_with_parent()
+    open("armed", "w").close()
     time.sleep(120)
 
 if __name__ == "__main__":
@@ -376,9 +380,11 @@ if __name__ == "__main__":
 def test_a_cell_without_the_parent_death_signal_still_dies_with_its_parent(cli_env, tmp_path):
     script = tmp_path / "parent.py"
     script.write_text(_FALLBACK_PARENT)
-    result = subprocess.run([sys.executable, str(script)], env=cli_env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=60)
-    child = int(result.stdout.split()[0])
+    with open(tmp_path / "out", "w") as out:  # a file: no wait for every writer to close
+        subprocess.run([sys.executable, str(script)], env=cli_env, cwd=tmp_path, stdout=out,
+                       stderr=subprocess.DEVNULL, timeout=60)
+    child = int((tmp_path / "out").read_text().split()[0])
+    assert (tmp_path / "armed").exists()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and _alive(child):
         time.sleep(0.2)
