@@ -191,7 +191,6 @@ class Runner:
         parts.append(f"[elapsed {_fmt_duration(elapsed)}{eta}]")
         return " ".join(parts)
 
-
     def _cell_log(self, cell_id: str) -> Path | None:
         """The cell's error.log (the traceback), else its cell.log (the crash's stack)."""
         work = self.run_dir.path / "cells" / safe_name(cell_id.replace("/", "__"))
