@@ -336,22 +336,26 @@ def read_rows(path: Path) -> list[ResultRow]:
     rows: list[ResultRow] = []
     if not path.exists():
         return rows
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                warn(f"{path}:{lineno}: skipped a line that is not valid JSON ({exc.msg}; "
-                     "torn by a crash mid-write?)")
-                continue
-            problem = _row_problem(data)
-            if problem:
-                warn(f"{path}:{lineno}: skipped a line that is not a result row ({problem})")
-                continue
-            rows.append(ResultRow.from_dict(data))
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = list(f)
+    except OSError as exc:
+        raise BenchError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    for lineno, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            warn(f"{path}:{lineno}: skipped a line that is not valid JSON ({exc.msg}; "
+                 "torn by a crash mid-write?)")
+            continue
+        problem = _row_problem(data)
+        if problem:
+            warn(f"{path}:{lineno}: skipped a line that is not a result row ({problem})")
+            continue
+        rows.append(ResultRow.from_dict(data))
     return rows
 
 
@@ -361,7 +365,10 @@ def read_csv_rows(path: Path, option_names: set[str] = frozenset()) -> list[Resu
     names in ``option_names`` and text columns)."""
     import pandas as pd
 
-    frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    try:
+        frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    except (OSError, ValueError) as exc:  # pandas' parser errors are ValueErrors
+        raise BenchError(f"cannot read {str(path)!r}: {exc}") from None
     fields = {f.name: f for f in dataclasses.fields(ResultRow)}
     rows = []
     for lineno, record in enumerate(frame.to_dict("records"), 2):

@@ -392,3 +392,15 @@ def test_a_cell_without_the_parent_death_signal_still_dies_with_its_parent(cli_e
     if alive:
         os.kill(child, signal.SIGKILL)
     assert not alive
+
+
+def test_unreadable_rows_or_results_files_give_one_clear_error(cli_env, tmp_path):
+    run = RunDirectory.create(tmp_path / "run")
+    (run.path / "rows.jsonl").mkdir()
+    published = tmp_path / "published"
+    published.mkdir()
+    (published / "results.csv").write_bytes(b'a,b\n"1,2\n')  # an unterminated quote
+    for path in (run.path, published):
+        result = run_cli(["report", str(path)], cli_env, tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert "cannot read" in result.stderr and "Traceback" not in result.stderr
