@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import fcntl
+import functools
 import json
 import math
 import os
@@ -303,8 +304,10 @@ def check_writable(path: Path, what: str) -> None:
         raise _location_error(what, Path(path), exc) from None
 
 
+@functools.lru_cache(maxsize=1024)
 def warn(message: str) -> None:
-    """A warning on stderr (not :mod:`warnings`: the reader carries on)."""
+    """A warning on stderr (not :mod:`warnings`: the reader carries on), once per process: a
+    run reads its rows several times."""
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
