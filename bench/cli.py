@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import json
 import math
 import os
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError, UnknownNameError
-from bench.registry import PluginSelection, Registry
+from bench.registry import LOAD_PLUGINS_ENV, PluginSelection, Registry
 
 DEFAULT_BUDGET = "quick"
 DEFAULT_MEMORY_STEPS = (8, 16, 32, 64, 128, 256, 512)
@@ -23,7 +24,8 @@ def _names(value: str, kind: str, choices: Sequence[str]) -> list[str]:
     """Parse ``all`` or a comma-separated list, checking each name."""
     if value.strip() == "all":
         if not choices:
-            raise BenchError(f"--{kind} all: no {kind}s are loaded (see `bench list`)")
+            raise BenchError(f"--{kind} all: no {kind}s are loaded (see `bench list` and "
+                             f"{LOAD_PLUGINS_ENV})")
         return list(choices)
     names = [n.strip() for n in value.split(",") if n.strip()]
     if not names:
@@ -221,10 +223,11 @@ def _start_run(args: argparse.Namespace, registry: Registry, suites: list[str],
     if args.resume:
         if args.out is None:
             raise BenchError("--resume needs --out RUN_DIR (the run to finish)")
-        run_dir = (RunDirectory.open(args.out) if args.out.exists()
-                   else RunDirectory.create(args.out))
+        fresh = not args.out.exists() or (args.out.is_dir() and not any(args.out.iterdir()))
+        run_dir = RunDirectory.create(args.out) if fresh else RunDirectory.open(args.out)
     else:
         run_dir = RunDirectory.create(args.out, label="-".join(suites))
+    run_dir.check_writable()  # before any cell runs: a measured row must have a place to go
     run_dir.lock()
     config = {
         "command": args.command, "suites": suites, "backends": backends, "budget": budget,
@@ -252,20 +255,27 @@ def _runner(args: argparse.Namespace, registry: Registry, run_dir: Any) -> Any:
 def _run_cells(args: argparse.Namespace, registry: Registry, run_dir: Any, cells: list[Any]
                ) -> list[Any] | None:
     """Run the cells into ``run_dir``; the latest row of each, or None after Ctrl-C."""
+    runner = _runner(args, registry, run_dir)
     try:
-        _runner(args, registry, run_dir).run(cells, resume=args.resume)
+        runner.run(cells, resume=args.resume)
     except KeyboardInterrupt:
         return None
     finally:
         run_dir.unlock()
     ids = {c.cell_id for c in cells}
-    return [r for r in run_dir.rows() if r.cell_id in ids]
+    saved = [r for r in run_dir.rows() if r.cell_id in ids]
+    unsaved = {r.cell_id: r for r in runner.unsaved_rows}
+    args.unsaved_rows = len(unsaved)
+    if unsaved:
+        print(f"bench: error: {len(unsaved)} rows could not be written to "
+              f"{run_dir.path / 'rows.jsonl'}; they are printed above as JSON", file=sys.stderr)
+    return [r for r in saved if r.cell_id not in unsaved] + list(unsaved.values())
 
 
-def _status_exit(rows: list[Any]) -> int:
+def _status_exit(rows: list[Any], unsaved_rows: int = 0) -> int:
     counts = {s: sum(r.status == s for r in rows) for s in dict.fromkeys(r.status for r in rows)}
     print("cells: " + ", ".join(f"{n} {s}" for s, n in counts.items()), file=sys.stderr)
-    return 1 if counts.get("failed") or counts.get("timeout") else 0
+    return 1 if counts.get("failed") or counts.get("timeout") or unsaved_rows else 0
 
 
 def plan_memory(args: argparse.Namespace, registry: Registry
@@ -315,7 +325,7 @@ def cmd_memory(args: argparse.Namespace, registry: Registry) -> int:
                      f"training memory vs solver steps ({args.device})")
     print(text)
     print(f"results: {run_dir.path}", file=sys.stderr)
-    return _status_exit(rows)
+    return _status_exit(rows, args.unsaved_rows)
 
 
 def cmd_list(args: argparse.Namespace, registry: Registry) -> int:
@@ -350,6 +360,20 @@ def cmd_list(args: argparse.Namespace, registry: Registry) -> int:
     print("Plugins:")
     for p in registry.plugins:
         print(f"  {p.name:<22} {p.source}" + (f"  ERROR: {p.error}" if p.error else ""))
+    unmatched = registry.unmatched_plugin_names()
+    if unmatched is not None:
+        available = ", ".join(registry.available_plugin_names()) or "(none)"
+        raw = os.environ.get(LOAD_PLUGINS_ENV, "")
+        what = (f"{', '.join(map(repr, unmatched))} matched no plugin" if unmatched
+                else "names no plugin (unset it to load them all)")
+        close = [m for name in unmatched for m in difflib.get_close_matches(
+            name, registry.available_plugin_names(), n=1, cutoff=0.5)]
+        if close:
+            what += f" (did you mean {', '.join(map(repr, close))}?)"
+        print(f"bench: {LOAD_PLUGINS_ENV}={raw!r}: {what}. Available plugins: {available}",
+              file=sys.stderr)
+        if not registry.plugins:
+            return 2
     return 0
 
 
@@ -383,13 +407,16 @@ def cmd_run(args: argparse.Namespace, registry: Registry) -> int:
     if rows is None:
         return 130
     table = render(table_frame(rows_to_frame(rows)), "markdown")
-    (run_dir.path / "report.md").write_text(table)
+    try:
+        (run_dir.path / "report.md").write_text(table)
+    except OSError as exc:  # the rows are saved (or printed); the table is printed below
+        print(f"warning: could not write {run_dir.path / 'report.md'}: {exc}", file=sys.stderr)
     print(table)
     print(f"results: {run_dir.path}  (bench report {run_dir.path} --format csv)",
           file=sys.stderr)
     _warn_timing(rows)
     _write_plots(run_dir, registry)
-    return _status_exit(rows)
+    return _status_exit(rows, args.unsaved_rows)
 
 
 def _warn_timing(rows: list[Any]) -> None:

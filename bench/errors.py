@@ -21,7 +21,8 @@ class UnknownNameError(BenchError, KeyError):
         close = difflib.get_close_matches(name, self.choices, n=1, cutoff=0.5)
         if close:
             message += f" Did you mean {close[0]!r}?"
-        choices = ", ".join(self.choices) if self.choices else "(none loaded)"
+        choices = (", ".join(self.choices) if self.choices
+                   else "(none loaded: see `bench list` and BENCH_LOAD_PLUGINS)")
         message += f" Valid choices: {choices}."
         super().__init__(message)
 

@@ -72,6 +72,10 @@ class Registry:
     plugins: list[PluginInfo]
     #: Where each backend or suite came from: name -> plugin name.
     origin: dict[str, str]
+    #: The selection it was loaded with.
+    selection: PluginSelection = dataclasses.field(default_factory=PluginSelection)
+    #: Every plugin name that could have been loaded (before the selection's ``only``).
+    available: tuple[str, ...] = ()
 
     @property
     def load_errors(self) -> list[PluginInfo]:
@@ -93,20 +97,39 @@ class Registry:
         pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         pm.add_hookspecs(hookspecs)
         infos: list[PluginInfo] = []
-        for name, source, loader in _candidates(selection):
+        available: list[str] = []
+        for name, source, loader in _candidates(selection, available):
             try:
                 plugin = loader()
                 pm.register(plugin, name=name)
             except Exception as exc:  # a broken plugin is listed, never fatal
                 infos.append(PluginInfo(name, source, _describe(exc)))
                 continue
+            problem = _check_hooks(pm, name)
+            if problem:  # e.g. a misspelt hook name: listed like a failed import
+                pm.unregister(name=name)
+                infos.append(PluginInfo(name, source, problem))
+                continue
             infos.append(PluginInfo(name, source))
-        registry = cls({}, {}, [], {})
+        registry = cls({}, {}, [], {}, selection, tuple(available))
         for info in infos:
             if not info.error:
                 info = registry._collect(pm, info)
             registry.plugins.append(info)
         return registry
+
+    def unmatched_plugin_names(self) -> list[str] | None:
+        """The names in ``BENCH_LOAD_PLUGINS`` that match no plugin (None: the variable is not
+        set; an empty list when set but empty only if nothing was asked for)."""
+        if self.selection.only is None:
+            return None
+        unmatched = sorted(self.selection.only - set(self.available))
+        if unmatched or not self.selection.only:
+            return unmatched
+        return None
+
+    def available_plugin_names(self) -> list[str]:
+        return list(self.available)
 
     def _collect(self, pm: pluggy.PluginManager, info: PluginInfo) -> PluginInfo:
         """Call one plugin's hooks in isolation, so one failing plugin spoils nothing else."""
@@ -142,7 +165,20 @@ class Registry:
         return dataclasses.replace(info, error="; ".join(problems))
 
 
-def _candidates(selection: PluginSelection) -> Iterable[tuple[str, str, Any]]:
+def _check_hooks(pm: pluggy.PluginManager, name: str) -> str:
+    """pluggy's check that every hook implementation matches a spec, for the plugin just
+    registered (the earlier ones passed): '' when it does, else what is wrong."""
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        hooks = ", ".join(n for n in dir(hookspecs) if n.startswith("bench_"))
+        return f"PluginValidationError: {exc} (the hooks are: {hooks}; a misspelt name?)"
+    return ""
+
+
+def _candidates(selection: PluginSelection, available: list[str] | None = None
+                ) -> Iterable[tuple[str, str, Any]]:
+    """Plugins to load; every name seen (wanted or not) is appended to ``available``."""
     seen: set[str] = set()
 
     def entries() -> Iterable[tuple[str, str, Any]]:
@@ -156,6 +192,8 @@ def _candidates(selection: PluginSelection) -> Iterable[tuple[str, str, Any]]:
                 yield ep.name, f"entry point {ep.value}", ep.load
 
     for name, source, loader in entries():
+        if available is not None and name not in available:
+            available.append(name)
         if name in seen or not selection.wants(name):
             continue
         seen.add(name)

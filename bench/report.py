@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.errors import UnknownNameError
+from bench.errors import BenchError, UnknownNameError
 from bench.results import load_run
 
 FORMATS = ("markdown", "csv", "latex")
@@ -128,6 +128,8 @@ def report(run_dirs: Sequence[str], fmt: str = "markdown",
         raise UnknownNameError("report format", fmt, FORMATS)
     if len(run_dirs) == 1:
         frame = load_run(run_dirs[0])
+        if frame.empty and fmt != "csv":
+            return f"no rows in {run_dirs[0]} (no cell has finished there yet)\n"
         if columns:
             table = frame if fmt == "csv" else table_frame(frame)
             if fmt != "csv":  # a column left out of the readable table may still be asked for
@@ -141,8 +143,33 @@ def report(run_dirs: Sequence[str], fmt: str = "markdown",
         return render(table, fmt)
     if len(run_dirs) != 2:
         raise UnknownNameError("number of run directories", str(len(run_dirs)), ("1", "2"))
-    table = compare_frame(load_run(run_dirs[0]), load_run(run_dirs[1]))
+    a, b = load_run(run_dirs[0]), load_run(run_dirs[1])
+    for path, frame in ((run_dirs[0], a), (run_dirs[1], b)):
+        if frame.empty:
+            raise BenchError(f"nothing to compare: no rows in {path}")
+    if not _shared_cells(a, b):
+        raise BenchError(
+            f"nothing to compare: no cell of {run_dirs[0]} matches one of {run_dirs[1]} on "
+            f"{', '.join(COMPARE_KEYS)}. They differ in: {describe_difference(a, b)}"
+        )
+    table = compare_frame(a, b)
     return render(select_columns(table, columns) if columns else table, fmt)
+
+
+def _shared_cells(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    keys = list(COMPARE_KEYS)
+    return not a[keys].merge(b[keys], on=keys, how="inner").empty
+
+
+def describe_difference(a: pd.DataFrame, b: pd.DataFrame) -> str:
+    """The compare keys whose values differ between two runs: ``budget A: quick; B: smoke``."""
+    parts = []
+    for key in COMPARE_KEYS:
+        values_a = sorted({str(v) for v in a[key]})
+        values_b = sorted({str(v) for v in b[key]})
+        if values_a != values_b:
+            parts.append(f"{key}s A: {', '.join(values_a)}; B: {', '.join(values_b)}")
+    return " | ".join(parts) or "nothing (no shared cell)"
 
 
 def compare_frame(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:

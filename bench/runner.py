@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import faulthandler
 import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from bench.cell import CellSpec, base_row, check_support, run_cell
 from bench.errors import BenchError, UnknownNameError
 from bench.monitor import CellMonitor, timing_warning, trace_step_times, usable_cores
 from bench.registry import PluginSelection, Registry
-from bench.results import ResultRow, RunDirectory, now_iso
+from bench.results import ResultRow, RunDirectory, now_iso, safe_name
 
 #: Environment of every cell process: JAX does not preallocate GPU memory (so it can share a GPU
 #: with torch, and its peak is measurable). glibc keeps its default allocation policy for the
@@ -77,6 +81,8 @@ class Runner:
     #: CPU threads of each cell (OMP/MKL for torch, XLA's Eigen pool for JAX); None: defaults.
     threads: int | None = None
     echo: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)
+    #: Rows that could not be appended to rows.jsonl (printed as JSON on stderr instead).
+    unsaved_rows: list[ResultRow] = dataclasses.field(default_factory=list)
 
     def run(self, cells: Sequence[CellSpec], resume: bool = False) -> list[ResultRow]:
         """Run the cells; return the rows written by this call. With ``resume``, cells that
@@ -93,7 +99,7 @@ class Runner:
                 t0 = time.monotonic()
                 self.echo(f"[{i}/{len(todo)}] {spec.cell_id} ...")
                 row = self._run_one(spec, i, len(todo))
-                self.run_dir.append_row(row)
+                self._save(row)
                 rows.append(row)
                 if row.status != "unsupported":
                     measured_seconds.append(time.monotonic() - t0)
@@ -106,6 +112,17 @@ class Runner:
             raise
         return rows
 
+    def _save(self, row: ResultRow) -> None:
+        """Append the row; if that fails, print it as JSON on stderr (never lose a measured row)
+        and carry on with the other cells."""
+        try:
+            self.run_dir.append_row(row)
+        except OSError as exc:
+            self.unsaved_rows.append(row)
+            self.echo(f"error: could not append the row of {row.cell_id} to "
+                      f"{self.run_dir.path / 'rows.jsonl'} ({exc}); the row follows as JSON:")
+            self.echo(row.to_json())
+
     # -- one cell ---------------------------------------------------------------------------------
     def _run_one(self, spec: CellSpec, index: int, total: int) -> ResultRow:
         backend = self.registry.backend(spec.backend)
@@ -116,7 +133,7 @@ class Runner:
         work_dir = self.run_dir.cell_dir(spec.cell_id)
         ctx = multiprocessing.get_context("spawn")
         parent_conn, child_conn = ctx.Pipe(duplex=False)
-        with _environment({**CELL_ENVIRONMENT, **thread_environment(self.threads)}):
+        with _environment(CELL_ENVIRONMENT, override=thread_environment(self.threads)):
             proc = ctx.Process(
                 target=cell_process_main,
                 args=(child_conn, spec, self.selection, str(work_dir), self.max_memory_bytes),
@@ -146,7 +163,8 @@ class Runner:
                         kind, payload = parent_conn.recv()
                     except EOFError:
                         proc.join(5)
-                        return base_row(spec, backend, suite, "failed", _exit_reason(proc))
+                        return base_row(spec, backend, suite, "failed",
+                                        _exit_reason(proc, work_dir))
                     if kind == "result":
                         monitor.sample_load(force=True)
                         proc.join(30)
@@ -159,7 +177,7 @@ class Runner:
                 if not proc.is_alive():
                     if parent_conn.poll(0):  # a result sent just before exiting
                         continue
-                    return base_row(spec, backend, suite, "failed", _exit_reason(proc))
+                    return base_row(spec, backend, suite, "failed", _exit_reason(proc, work_dir))
                 if deadline is not None and time.monotonic() > deadline:
                     _stop(proc)
                     return base_row(spec, backend, suite, "timeout",
@@ -190,12 +208,24 @@ class Runner:
         if row.train_step_time_s is not None:
             parts.append(f"step={row.train_step_time_s:.3g}s")
         if row.error:
-            parts.append(f"({row.error.splitlines()[0][:160]})")
+            parts.append(f"({row.error.splitlines()[0]})")
+            if row.status in ("failed", "timeout", "diverged"):
+                log = self._cell_log(row.cell_id)
+                if log is not None:
+                    parts.append(f"[log: {log}]")
         eta = ""
         if measured and i < n:
             eta = f", ~{_fmt_duration(sum(measured) / len(measured) * (n - i))} left"
         parts.append(f"[elapsed {_fmt_duration(elapsed)}{eta}]")
         return " ".join(parts)
+
+    def _cell_log(self, cell_id: str) -> Path | None:
+        """The cell's error.log (the traceback), else its cell.log (the crash's stack)."""
+        work = self.run_dir.path / "cells" / safe_name(cell_id.replace("/", "__"))
+        for name in ("error.log", "cell.log"):
+            if (work / name).is_file() and (work / name).stat().st_size:
+                return work / name
+        return None
 
 
 def thread_environment(threads: int | None) -> dict[str, str]:
@@ -220,9 +250,15 @@ def _fmt_duration(seconds: float) -> str:
 
 
 @contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update({k: v for k, v in values.items() if k not in os.environ})  # user's win
+def _environment(defaults: dict[str, str], override: dict[str, str] | None = None
+                 ) -> Iterator[None]:
+    """Set environment variables while a cell process starts. ``defaults`` leave the user's
+    values alone; ``override`` (what --threads asks for: OMP/MKL, and XLA_FLAGS with the thread
+    flags appended to the user's own) wins."""
+    override = override or {}
+    saved = {k: os.environ.get(k) for k in (*defaults, *override)}
+    os.environ.update({k: v for k, v in defaults.items() if k not in os.environ})  # user's win
+    os.environ.update(override)
     try:
         yield
     finally:
@@ -241,28 +277,59 @@ def _stop(proc: Any) -> None:
         proc.join(5)
 
 
-def _exit_reason(proc: Any) -> str:
+def _exit_reason(proc: Any, work_dir: Path | None = None) -> str:
     code = proc.exitcode
+    log = f"; the Python stack is in {work_dir / 'cell.log'}" if work_dir is not None else ""
     if code is None:
         return "cell process stopped answering"
     if code < 0:
         name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else code
-        hint = " (killed: most likely out of memory)" if -code == signal.SIGKILL else ""
+        hint = " (killed: most likely out of memory)" if -code == signal.SIGKILL else log
         return f"cell process was killed by signal {name}{hint}"
-    return f"cell process exited with code {code} without a result"
+    return f"cell process exited with code {code} without a result{log}"
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Make this (cell) process end when its parent does, even by SIGKILL: the kernel's
+    parent-death signal where there is one (Linux), and a thread that exits the process when
+    the parent's sentinel closes (anywhere). No orphan cell outlives its run."""
+    parent = multiprocessing.parent_process()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the thread below does it
+        pass
+    if parent is None:
+        return
+    if os.getppid() != parent.pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        from multiprocessing.connection import wait
+
+        wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="bench-parent-watch", daemon=True).start()
 
 
 def cell_process_main(conn: Connection, spec: CellSpec, selection: PluginSelection,
                       work_dir: str, max_memory_bytes: int | None) -> None:
     """Entry point of a cell's process."""
-    from pathlib import Path
-
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     # max_memory_bytes is enforced by the parent on the resident set (CellMonitor); an
     # address-space limit (RLIMIT_AS) killed healthy torch cells, which reserve far more than
     # they use
     path = Path(work_dir)
     log_file = open(path / "cell.log", "a")  # noqa: SIM115
+    # A crash (SIGSEGV, SIGABRT, ...) leaves the Python stack of every thread in cell.log.
+    faulthandler.enable(file=log_file, all_threads=True)
 
     def log(message: str) -> None:
         log_file.write(message + "\n")
@@ -277,8 +344,11 @@ def cell_process_main(conn: Connection, spec: CellSpec, selection: PluginSelecti
         suite = registry.suite(spec.suite)
         row = run_cell(spec, backend, suite, path, log=log, progress=progress)
     except BaseException as exc:  # noqa: BLE001 - always answer the parent
+        with contextlib.suppress(OSError):
+            (path / "error.log").write_text(traceback.format_exc())
         row = base_row(spec, None, None, "failed", f"{type(exc).__name__}: {exc}")
     row = dataclasses.replace(row, finished_at=now_iso())
     conn.send(("result", row))
     conn.close()
+    faulthandler.disable()
     log_file.close()

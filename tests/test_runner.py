@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import numpy as np
@@ -132,10 +133,11 @@ def test_resume_reruns_only_cells_without_an_ok_row(fake_registry, tmp_path):
 
 def test_run_directory_is_never_shared(tmp_path):
     first = RunDirectory.create(tmp_path / "run")
+    first.write_json("config.json", {})
     with pytest.raises(BenchError, match="already exists: pass --resume"):
         RunDirectory.create(tmp_path / "run")
     first.lock()
-    with pytest.raises(BenchError, match="in use by another bench run"):
+    with pytest.raises(BenchError, match=rf"in use by another bench run \(process {os.getpid()}\)"):
         RunDirectory(first.path).lock()
     first.unlock()
     a = RunDirectory.create(None, base=tmp_path / "runs")
