@@ -36,8 +36,8 @@ def test_run_then_report_end_to_end(cli_env, tmp_path):
     result = run_cli(["run", "--suite", "linear,picky", "--plugins",
                       "numpy-euler,numpy-euler-fine,numpy-raise,numpy-hang,numpy-oom,numpy-nan",
                       "--budget", "smoke",
-                      "--seeds", "0,1", "--out", str(out), "--timeout", "15",
-                      "--max-memory-mb", "1536"], cli_env, tmp_path)
+                      "--seeds", "0,1", "--out", str(out), "--timeout", "5",
+                      "--max-memory-mb", "512"], cli_env, tmp_path)
     assert result.returncode == 1  # some cells failed (by design of the fakes)
     assert "[1/" in result.stderr and "elapsed" in result.stderr
     rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]

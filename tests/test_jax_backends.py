@@ -282,7 +282,12 @@ def case(case_id: str) -> dict:
     return {"case": case_id, **_run_case(name, kwargs)}
 
 
-@pytest.fixture(params=list(CASES))
+@pytest.fixture(params=[
+    # each adaptive case compiles for 6-10 s on a 2-core CPU: slow; jax-rknet keeps the fast run's
+    # check of the counters
+    case_id if case_id == "rknet" else pytest.param(case_id, marks=pytest.mark.slow)
+    for case_id in CASES
+])
 def counted(request):
     return case(request.param)
 
@@ -322,6 +327,7 @@ def test_backward_nfe_from_stats_equals_counted(counted):
             assert backward_f == 0 and s.nfe_forward == s.nfe_backward == 4 * RKNET_STEPS
 
 
+@pytest.mark.slow  # compiles the checkpoint case
 def test_checkpoint_recomputation_grows_beyond_the_checkpoints():
     """With 20 fixed steps diffrax keeps 5 checkpoints (from max_steps=20), so the backward pass
     re-runs more steps than it differentiates."""
@@ -389,6 +395,7 @@ def _norm(grads) -> float:
     return math.sqrt(sum(float(np.sum(np.square(g))) for g in grads.values()))
 
 
+@pytest.mark.slow  # compiles the adaptive cases
 @pytest.mark.parametrize("case_id", ["checkpoint", "backsolve"])
 def test_dopri5_takes_torchdiffeqs_steps(case_id):
     """Same tolerances, error norm and first step as torchdiffeq: the same number of steps and

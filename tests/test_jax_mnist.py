@@ -156,7 +156,8 @@ def _batch():
     return x, y
 
 
-@pytest.mark.parametrize("conv_impl", ["matmul", pytest.param("xla", marks=pytest.mark.slow)])
+@pytest.mark.slow  # JAX compilations of a whole MNIST step: 10-15 s each on 2 cores
+@pytest.mark.parametrize("conv_impl", ["matmul", "xla"])
 def test_rk4_loss_and_gradient_match_torch(conv_impl):
     """Six classical RK4 steps (torch: an explicit loop; JAX: jax-rknet), same weights, same
     batch: loss and gradient norm agree to 1e-5 in float32 (with either convolution)."""
@@ -167,6 +168,7 @@ def test_rk4_loss_and_gradient_match_torch(conv_impl):
     assert j_norm == pytest.approx(t_norm, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_rknet_backends_agree_torch_vs_jax():
     """The registered torch ``rknet`` backend against ``jax-rknet`` with as many steps."""
     torch_backend = _registered_torch_rknet()
@@ -212,6 +214,7 @@ def _train(name, tmp_path, train_steps=2, **kwargs):
     return task, stats, per_step
 
 
+@pytest.mark.slow
 def test_task_trains_without_recompiling_and_evaluates(tmp_path):
     task, stats, compiles = _train_rknet(3, RK4_STEPS)
     assert compiles[0] > 0 and compiles[1:] == [0, 0]
@@ -248,6 +251,7 @@ def test_task_trains_without_recompiling_and_evaluates(tmp_path):
     assert calls == []
 
 
+@pytest.mark.slow
 def test_first_step_loss_equals_the_torch_tasks(tmp_path):
     """Same seed, same pipeline: the torch rknet task and the JAX task see the same first batch
     from the same weights (their first losses agree), then apply the same SGD update (second)."""

@@ -469,6 +469,7 @@ def test_ode_rnn_cell_end_to_end(backends, tmp_path, name):
         assert row.nfe_forward == plain.nfe_forward + 9 * 24
 
 
+@pytest.mark.slow
 def test_jax_ode_rnn_posterior_matches_torch(backends, jax_backends):
     """Same weights, same batch: the JAX ODE-RNN encoder (unrolled, diffrax) equals torch's."""
     torch = pytest.importorskip("torch")
