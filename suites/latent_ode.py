@@ -120,8 +120,7 @@ BUDGETS: dict[str, Budget] = {
         "CPU-friendly: 1000 series (800 train / 200 test), 300 Adam steps (lr 0.01) of batch "
         "100 at dopri5 rtol=1e-3, atol=1e-4; evaluation every 100 steps on 50 test series, final "
         "on all 200 (spirals: 199 output intervals, so the adjoint makes 199 reverse solves a "
-        "step: 1.0 s/step for torch-adjoint against 0.09 s for torch-direct on one AMD EPYC "
-        "thread; results/latent-ode-quick-cpu)",
+        "step; measured figures: results/latent-ode-quick-cpu)",
         {**_COMMON, "steps": 300, "batch_size": 100, "lr": 0.01, "rtol": 1e-3, "atol": 1e-4,
          "eval_every": 100, "eval_subset": 50},
     ),

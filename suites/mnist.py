@@ -65,13 +65,10 @@ BUDGETS: dict[str, Budget] = {
         "CPU-friendly, a few minutes per backend on 2 idle cores: 150 SGD steps of batch 128 "
         "(0.32 epoch of all 60,000 training images, crop augmentation), lr 0.1, then 0.01 for "
         "the last 50 steps; periodic evaluation every 25 steps on the first 1000 test images; "
-        "final test error on all 10,000. Measured on one thread of an AMD EPYC "
-        "(results/mnist-quick-cpu, seed 0): torch-direct 6.5% at 1.0 s/step, jax-rknet 7.0%, "
-        "rknet 11.0%, diffrax-checkpoint 12.7%, diffrax-backsolve 18.7%, torch-adjoint 29.0%, "
-        "resnet 32.4%; seeds 0/1/2 of torch-direct 6.5/33.5/27.2%, of torch-adjoint "
-        "29.0/23.2/11.6%. After a third of an epoch the error is far from converged and moves "
-        "by tens of points with the seed and the CPU: compare NFE, time and memory here, test "
-        "error with the paper budget",
+        "final test error on all 10,000. After a third of an epoch the error is far from "
+        "converged and moves with the seed and the CPU: compare NFE, time and memory here, test "
+        "error with the paper budget (measured figures and their spread: "
+        "results/mnist-quick-cpu)",
         {**_PAPER, "epochs": None, "steps": 150, "lr_milestones_steps": (100,),
          "lr_milestones_epochs": (), "eval_every_epochs": None, "eval_every": 25,
          "eval_subset": 1000},
