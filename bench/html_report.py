@@ -24,6 +24,7 @@ PROBLEM_STATUSES = ("failed", "timeout", "diverged")
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;font-size:13px}
+.wide{overflow-x:auto;max-width:100%}
 th,td{border:1px solid #ccc;padding:2px 6px;white-space:nowrap}
 th{background:#f0f0f0;cursor:pointer;position:sticky;top:0}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
@@ -56,7 +57,8 @@ function apply(){var shown=0;Array.prototype.forEach.call(body.rows,function(r){
  document.getElementById('shown').textContent=shown;}
 Array.prototype.forEach.call(selects,function(s){s.addEventListener('change',apply);});
 location.hash.replace(/^#/,'').split('&').forEach(function(kv){var p=kv.split('=');
- var s=document.getElementById('filter-'+p[0]);if(s&&p.length===2)s.value=decodeURIComponent(p[1]);});
+ var s=document.getElementById('filter-'+p[0]);
+ if(s&&p.length===2)s.value=decodeURIComponent(p[1]);});
 apply();
 Array.prototype.forEach.call(document.images,function(img){function done(){
  if(img.naturalWidth>0)img.setAttribute('data-rendered','1');}
@@ -103,8 +105,8 @@ def _table(frame: Any) -> str:
             f'<td data-v="{_e(_raw(v))}"' + (' class="num"' if _is_number(v) else "")
             + f">{_e(_cell_text(v))}</td>" for v in values)
         lines.append(f'<tr class="st-{_e(safe_name(status))}">{cells}</tr>')
-    return (f'<table id="results"><thead><tr>{head}</tr></thead>\n<tbody>\n'
-            + "\n".join(lines) + "\n</tbody></table>")
+    return (f'<div class="wide"><table id="results"><thead><tr>{head}</tr></thead>\n<tbody>\n'
+            + "\n".join(lines) + "\n</tbody></table></div>")
 
 
 def _filters(frame: Any) -> str:
@@ -213,7 +215,8 @@ def html_page(path: str | Path) -> str:
               "<h2>Plots</h2>", _plots(run_dir)]
     notes = run_dir.path / "NOTES.md"
     if notes.exists():
-        parts += ["<h2>Notes (NOTES.md)</h2>", f"<pre>{_e(notes.read_text(errors='replace'))}</pre>"]
+        parts += ["<h2>Notes (NOTES.md)</h2>",
+                  f"<pre>{_e(notes.read_text(errors='replace'))}</pre>"]
     env = run_dir.read_json("environment.json")
     parts += ["<h2>Command line</h2>", _commands(run_dir),
               "<h2>Environment (environment.json)</h2>",

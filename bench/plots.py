@@ -141,10 +141,13 @@ def plot_run(path: str | Path) -> list[Path]:
                           for _, trace in members]
                 drawn |= _draw(ax, i, label, series)
             ax.set_xlabel("training iteration")
-            ax.set_ylabel(f"NFE per iteration, {what} (function evaluations)")
+            ax.set_ylabel("NFE per iteration (function evaluations)")
+            ax.set_title(what, fontsize=9)
+            ax.grid(True, alpha=0.3)
             if not drawn:
                 ax.text(0.5, 0.5, "not measured", ha="center", transform=ax.transAxes)
         fig.suptitle(f"{suite}: NFE per training iteration\n{where}", fontsize=10)
+        fig.subplots_adjust(wspace=0.3, top=0.82)
         out = run_dir.path / f"{safe_name(suite)}_nfe_per_iteration.png"
         finish(fig, axes[1], out)
         written.append(out)
