@@ -71,7 +71,9 @@ def failing(backend, seed):
 
 
 # -- plots ----------------------------------------------------------------------------------------
-def test_seeds_are_one_line_with_a_band_and_styles_differ_past_ten(tmp_path, monkeypatch):
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """The figures saved during the test, by file name (kept open for inspection)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,6 +88,12 @@ def test_seeds_are_one_line_with_a_band_and_styles_differ_past_ten(tmp_path, mon
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
     monkeypatch.setattr(plt, "close", lambda fig=None: None)
+    yield saved
+    plt.close("all")
+
+
+def test_seeds_are_one_line_with_a_band_and_styles_differ_past_ten(tmp_path, saved_figures):
+    saved = saved_figures
     path = fake_run(tmp_path / "run")
     files = plot_run(path)
     assert sorted(f.name for f in files) == ["mnist_nfe_per_iteration.png",
@@ -107,6 +115,22 @@ def test_seeds_are_one_line_with_a_band_and_styles_differ_past_ten(tmp_path, mon
     first = nfe.axes[0].get_lines()[0]
     assert list(first.get_ydata()[:3]) == [21, 22, 23]
     assert style_line(0) != style_line(10)
+
+
+def test_memory_plot_in_the_same_style(tmp_path, saved_figures):
+    import pandas as pd
+
+    from bench.memory import plot_scaling
+
+    frame = pd.DataFrame([{"backend": b, "steps": L, "status": "ok",
+                           "peak_memory_bytes": (i + 1) * L * 2**20}
+                          for i, b in enumerate(BACKENDS) for L in (8, 16, 32)])
+    plot_scaling(frame, str(tmp_path / "memory_scaling.png"), "memory (cpu)")
+    ax = saved_figures["memory_scaling.png"].axes[0]
+    legend = ax.get_legend()
+    assert legend is not None and legend.get_bbox_to_anchor().x0 > ax.bbox.x1
+    styles = {(line.get_color(), line.get_marker()) for line in ax.get_lines()}
+    assert len(styles) == len(BACKENDS)
 
 
 # -- HTML page ------------------------------------------------------------------------------------
