@@ -1,11 +1,12 @@
 """``bench compare BASE NEW``: a regression gate for CI (like ``asv compare`` or
 pytest-benchmark's ``--benchmark-compare-fail``).
 
-Cells are matched on suite, backend and budget (and the seed where each side has one seed of the
-configuration: a lone seed only matches the same seed). With several seeds a side's value is the
-median over its ``ok`` seeds, and a difference whose seed ranges (min to max of BASE and of NEW)
-overlap is reported as within the seed spread and does not fail. A threshold crossed, or a cell
-``ok`` in BASE that is not ``ok`` in NEW, fails (exit 1)."""
+Cells are matched on suite, backend, budget and identifying options (and the seed where each
+side has one seed of the configuration: a lone seed only matches the same seed). With several
+seeds a side's value is the median over its ``ok`` seeds, and a difference whose seed ranges
+(min to max of BASE and of NEW) overlap is reported as within the seed spread and does not
+fail. A threshold crossed, or a seed ``ok`` in BASE that NEW ran and did not finish ``ok``,
+fails (exit 1)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,14 @@ from pathlib import Path
 from bench.errors import BenchError
 from bench.results import ResultRow, RunDirectory
 
-GROUP_KEYS = ("suite", "backend", "budget")
+GROUP_KEYS = ("suite", "backend", "budget", "options")
+
+
+def options_part(row: ResultRow) -> str:
+    """The identifying suite options of a cell (``steps=64``; '' for none), from its cell id
+    ``suite/backend/budget/seedN/device[/key=value,...]``: data paths and the like are left out."""
+    parts = row.cell_id.split("/", 5)
+    return parts[5] if len(parts) == 6 else ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,10 +68,11 @@ def _stats(values: list[float]) -> tuple[float, float, float] | None:
     return statistics.median(values), min(values), max(values)
 
 
-def _groups(rows: list[ResultRow]) -> dict[tuple[str, str, str], list[ResultRow]]:
-    groups: dict[tuple[str, str, str], list[ResultRow]] = {}
+def _groups(rows: list[ResultRow]) -> dict[tuple[str, ...], list[ResultRow]]:
+    groups: dict[tuple[str, ...], list[ResultRow]] = {}
     for row in rows:
-        groups.setdefault((row.suite, row.backend, row.budget), []).append(row)
+        key = (row.suite, row.backend, row.budget, options_part(row))
+        groups.setdefault(tuple(k for k in key if k), []).append(row)
     return groups
 
 
@@ -105,11 +114,14 @@ def compare_runs(base: str | Path, new: str | Path, thresholds: Thresholds = Thr
                         else f" (median of {len(a)} vs {len(b)} seeds)")
         ok_a = [r for r in a if r.status == "ok"]
         ok_b = [r for r in b if r.status == "ok"]
-        if ok_a and len(ok_b) < len(ok_a):
-            lost = sorted({r.status for r in b if r.status != "ok"}) or ["missing"]
-            findings.append(Finding(label, "status", len(ok_a), len(ok_b),
-                                    f"ok seeds {len(ok_a)} -> {len(ok_b)} ({', '.join(lost)})",
-                                    "FAIL"))
+        new_status = {r.seed: r.status for r in b}
+        broken = sorted((r.seed, new_status[r.seed]) for r in ok_a
+                        if new_status.get(r.seed, "ok") != "ok")
+        if broken:
+            findings.append(Finding(
+                label, "status", len(ok_a), len(ok_a) - len(broken),
+                "ok in BASE, not in NEW: " + ", ".join(f"seed {s} {st}" for s, st in broken),
+                "FAIL"))
         if not ok_a or not ok_b:
             continue
         metric = ok_a[0].metric_name

@@ -38,7 +38,7 @@ def fake_run(path: Path, seeds=(0, 1, 2), backends=BACKENDS, step_time=None, mem
                                             "git": {"commit": "abc123def456", "dirty": False}})
     for b, backend in enumerate(backends):
         for seed in seeds:
-            cell_id = f"mnist/{backend}/quick/seed{seed}"
+            cell_id = f"mnist/{backend}/quick/seed{seed}/cpu"
             state = status(backend, seed) if status else "ok"
             row = ResultRow(
                 cell_id=cell_id, suite="mnist", backend=backend, framework="numpy",
@@ -232,7 +232,9 @@ def test_compare_fails_when_a_cell_stops_working(tmp_path, capsys):
     base = fake_run(tmp_path / "base", seeds=(0, 1, 2), traces=False)
     new = fake_run(tmp_path / "new", seeds=(0, 1, 2), traces=False, status=failing)
     assert cli.main(["compare", str(base), str(new)]) == 1
-    assert "ok seeds 3 -> 2 (failed)" in capsys.readouterr().out
+    assert "ok in BASE, not in NEW: seed 1 failed" in capsys.readouterr().out
+    fewer = fake_run(tmp_path / "fewer", seeds=(0,), traces=False)  # fewer seeds: no failure
+    assert cli.main(["compare", str(base), str(fewer)]) == 0
 
 
 def test_compare_bad_input_exits_2(tmp_path, capsys):
@@ -244,6 +246,22 @@ def test_compare_bad_input_exits_2(tmp_path, capsys):
     other = fake_run(tmp_path / "other", seeds=(0,), traces=False, backends=["zzz"])
     assert cli.main(["compare", str(base), str(other)]) == 2
     assert "nothing to compare" in capsys.readouterr().err
+
+
+def test_compare_matches_options_like_memory_steps(tmp_path, capsys):
+    base = fake_run(tmp_path / "base", seeds=(0,), traces=False, backends=["b"])
+    new = fake_run(tmp_path / "new", seeds=(0,), traces=False, backends=["b"])
+    for path, times in ((base, (0.1, 1.0)), (new, (0.1, 1.2))):  # L=64 is 20% slower in NEW
+        rows = [json.loads(line) for line in (path / "rows.jsonl").read_text().splitlines()]
+        lines = []
+        for L, t in zip((8, 64), times, strict=True):
+            lines.append(json.dumps({**rows[0], "cell_id": rows[0]["cell_id"] + f"/steps={L}",
+                                     "train_step_time_s": t}))
+        (path / "rows.jsonl").write_text("\n".join(lines) + "\n")
+    assert cli.main(["compare", str(base), str(new)]) == 1
+    failures = capsys.readouterr().out.split("FAIL:")[1]
+    assert "mnist/b/quick/steps=64 (seed 0) train_step_time_s: 1 -> 1.2" in failures
+    assert "steps=8" not in failures
 
 
 def test_compare_reads_published_folders(tmp_path, capsys):
