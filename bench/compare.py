@@ -100,8 +100,15 @@ def compare_runs(base: str | Path, new: str | Path, thresholds: Thresholds = Thr
         if key not in base_groups:
             notes.append(f"only in NEW: {'/'.join(key)}")
     if not shared:
+        differ = []
+        for i, name in enumerate(GROUP_KEYS[:3]):
+            values_a = sorted({k[i] for k in base_groups})
+            values_b = sorted({k[i] for k in new_groups})
+            if values_a != values_b:
+                differ.append(f"{name}s BASE: {', '.join(values_a)}; NEW: {', '.join(values_b)}")
         raise BenchError(f"nothing to compare: no cell of {base} matches one of {new} on "
-                         f"{', '.join(GROUP_KEYS)} ({'; '.join(notes)})")
+                         f"{', '.join(GROUP_KEYS)}. They differ in: "
+                         + (" | ".join(differ) or "their options"))
     for key in shared:
         a, b = base_groups[key], new_groups[key]
         name = "/".join(key)
@@ -129,7 +136,8 @@ def compare_runs(base: str | Path, new: str | Path, thresholds: Thresholds = Thr
         checks = [
             ("train_step_time_s", lambda r: r.train_step_time_s, "ratio",
              thresholds.max_slowdown),
-            ("peak_memory_bytes", lambda r: r.peak_memory_bytes, "ratio",
+            ("peak_memory_mib", lambda r: (None if r.peak_memory_bytes is None
+                                           else r.peak_memory_bytes / 2**20), "ratio",
              thresholds.max_memory_growth),
             (metric, lambda r: r.metric, "metric", thresholds.max_metric_change),
         ]

@@ -66,16 +66,19 @@ def _traces(run_dir: RunDirectory) -> list[tuple[ResultRow, dict]]:
 
 
 def configuration(row: ResultRow) -> tuple:
-    """What makes cells one line: everything but the seed."""
-    return (row.backend, row.rtol, row.atol, json.dumps(dict(row.options), sort_keys=True,
-                                                         default=str))
+    """What makes cells one line: everything but the seed (backend, identifying options,
+    tolerances)."""
+    from bench.compare import options_part
+
+    return (row.backend, options_part(row), row.rtol, row.atol)
 
 
 def _label(row: ResultRow, rows: list[ResultRow], seeds: list[int]) -> str:
     label = row.backend
     if len({configuration(r) for r in rows if r.backend == row.backend}) > 1:
-        label += f" rtol={row.rtol} " + ",".join(f"{k}={v}" for k, v in row.options.items()
-                                                  if k != "data_dir")
+        _, options, rtol, atol = configuration(row)
+        label += " " + " ".join(p for p in (options, f"rtol={rtol}" if rtol else "",
+                                            f"atol={atol}" if atol else "") if p)
     if len(seeds) > 1:
         label += f" ({len(seeds)} seeds)"
     elif seeds:

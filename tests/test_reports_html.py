@@ -202,7 +202,7 @@ def test_compare_fails_on_a_regression_and_names_it(tmp_path, capsys):
     assert code == 1
     failures = out.split("FAIL:")[1]
     assert "mnist/backend-02/quick (seed 0) train_step_time_s: 0.1 -> 0.13, x1.300" in failures
-    assert "backend-05/quick (seed 0) peak_memory_bytes" in failures and "x1.060" in failures
+    assert "backend-05/quick (seed 0) peak_memory_mib: 100 -> 106, x1.060" in failures
     assert "backend-07/quick (seed 0) test_error_pct: 2 -> 3, +1" in failures
     assert failures.count("\n  ") == 3
     # looser thresholds: nothing crossed
