@@ -36,7 +36,8 @@ pre{background:#f7f7f7;padding:0.5em;overflow-x:auto;white-space:pre-wrap}
 """
 
 # Sort by a column (numbers as numbers, missing last), filter rows by the selects (also from the
-# address: index.html#status=failed&backend=x); decoded images are marked data-rendered.
+# address: index.html#status=failed&backend=x&sort=-train_step_time_s, '-' for descending);
+# decoded images are marked data-rendered.
 _SCRIPT = """
 (function(){
 var table=document.getElementById('results');if(!table)return;
@@ -57,8 +58,10 @@ function apply(){var shown=0;Array.prototype.forEach.call(body.rows,function(r){
  document.getElementById('shown').textContent=shown;}
 Array.prototype.forEach.call(selects,function(s){s.addEventListener('change',apply);});
 location.hash.replace(/^#/,'').split('&').forEach(function(kv){var p=kv.split('=');
- var s=document.getElementById('filter-'+p[0]);
- if(s&&p.length===2)s.value=decodeURIComponent(p[1]);});
+ var v=decodeURIComponent(p[1]||''),s=document.getElementById('filter-'+p[0]);
+ if(s&&p.length===2)s.value=v;
+ if(p[0]==='sort')Array.prototype.forEach.call(heads,function(th){
+  if(th.textContent===v.replace(/^-/,'')){th.click();if(v[0]==='-')th.click();}});});
 apply();
 Array.prototype.forEach.call(document.images,function(img){function done(){
  if(img.naturalWidth>0)img.setAttribute('data-rendered','1');}

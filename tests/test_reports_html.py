@@ -177,6 +177,14 @@ def test_page_renders_in_headless_chromium(tmp_path):
     shown = re.search(r'<span id="shown">(\d+)</span>', dom)
     assert shown and shown.group(1) == "1"
     assert len(re.findall(r'<tr class="st-[a-z]+" style="display: none;">', dom)) == 35
+    # the sort script runs: descending by the backward NFE (20 + the backend's number)
+    dom = _dump_dom(page.as_uri() + "#sort=-nfe_backward", tmp_path)
+    header = re.findall(r"<th[^>]*>([^<]*)</th>", dom.split('id="results"')[1])
+    at = header.index("nfe_backward")
+    body = dom.split('id="results"')[1].split("<tbody>")[1]
+    values = [float(re.findall(r'<td data-v="([^"]*)"', row)[at])
+              for row in body.split("</tr>") if "<td" in row]
+    assert values == sorted(values, reverse=True) and values[0] > values[-1]
 
 
 # -- compare --------------------------------------------------------------------------------------
