@@ -136,7 +136,9 @@ def _failed(run_dir: RunDirectory, rows: list[Any]) -> str:
         first = (row.error or "").strip().splitlines()
         cell = run_dir.path / "cells" / safe_name(row.cell_id.replace("/", "__"))
         logs = [cell / name for name in ("error.log", "cell.log") if (cell / name).exists()]
-        where = (f" <span>log: <code>{_e(logs[0])}</code></span>" if logs else "")
+        relative = logs[0].relative_to(run_dir.path).as_posix() if logs else ""
+        where = (f' <span>log: <a href="{_e(relative)}"><code>{_e(relative)}</code></a></span>'
+                 if logs else "")
         items.append(f"<li><b>{_e(row.cell_id)}</b> ({_e(row.status)}): "
                      f"<code>{_e(first[0] if first else '(no error text)')}</code>{where}</li>")
     return "<ul id=\"failures\">" + "\n".join(items) + "</ul>"

@@ -145,7 +145,7 @@ def test_page_is_self_contained_and_escaped(tmp_path):
     assert "RuntimeError: &lt;boom&gt; &amp; the whole first line" in page
     assert "train_step_time_s" in page and "peak_memory_mib" in page
     assert "bench run --suite mnist --seeds 0-2" in page
-    assert "error.log" in page
+    assert 'href="cells/mnist__backend-03__quick__seed1__cpu/error.log"' in page
 
 
 def _chromium() -> str | None:
