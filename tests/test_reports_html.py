@@ -148,6 +148,17 @@ def test_page_is_self_contained_and_escaped(tmp_path):
     assert 'href="cells/mnist__backend-03__quick__seed1__cpu/error.log"' in page
 
 
+def test_report_html_out_and_bad_options(tmp_path, capsys):
+    path = fake_run(tmp_path / "run", seeds=(0,), traces=False)
+    out = tmp_path / "page.html"
+    assert cli.main(["report", str(path), "--format", "html", "--out", str(out)]) == 0
+    assert out.read_text().startswith("<!DOCTYPE html>") and not (path / "index.html").exists()
+    assert cli.main(["report", str(path), "--out", str(out)]) == 2
+    assert "--out is for --format html" in capsys.readouterr().err
+    assert cli.main(["report", str(path), str(path), "--format", "html"]) == 2
+    assert "--format html takes one run directory" in capsys.readouterr().err
+
+
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
