@@ -1,4 +1,4 @@
-"""The ``bench`` command: ``list``, ``run``, ``report``."""
+"""The ``bench`` command: list, run, memory, report, compare, publish, index."""
 
 from __future__ import annotations
 
@@ -198,11 +198,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_report = sub.add_parser("report", help="print a run's table, or compare two runs")
     p_report.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
-    p_report.add_argument("--format", default="markdown", help="markdown (default), csv, latex")
+    p_report.add_argument("--format", default="markdown",
+                          help="markdown (default), csv, latex, html (writes RUN_DIR/index.html, "
+                          "a self-contained page)")
+    p_report.add_argument("--out", type=Path, default=None, metavar="FILE",
+                          help="--format html: the page to write (default RUN_DIR/index.html)")
     p_report.add_argument("--columns", default=None, metavar="A,B,C",
                           help="columns to show, in order (default: markdown the readable table, "
                           "latex the paper columns, csv every column; see --format csv)")
     p_report.set_defaults(func=cmd_report)
+
+    p_cmp = sub.add_parser(
+        "compare", help="compare NEW with BASE for CI: exit 1 when a threshold is crossed")
+    p_cmp.add_argument("base", type=Path, metavar="BASE")
+    p_cmp.add_argument("new", type=Path, metavar="NEW")
+    p_cmp.add_argument("--max-slowdown", type=float, default=1.10, metavar="RATIO",
+                       help="fail when NEW's step time is over RATIO x BASE's (default 1.10)")
+    p_cmp.add_argument("--max-memory-growth", type=float, default=1.05, metavar="RATIO",
+                       help="fail when NEW's peak memory is over RATIO x BASE's (default 1.05)")
+    p_cmp.add_argument("--max-metric-change", type=float, default=None, metavar="X",
+                       help="fail when the suite metric is worse by more than X (its unit; "
+                       "default: not checked)")
+    p_cmp.set_defaults(func=cmd_compare)
+
+    p_idx = sub.add_parser(
+        "index", help="write RESULTS_DIR/README.md, the index of its published folders")
+    p_idx.add_argument("results", type=Path, metavar="RESULTS_DIR")
+    p_idx.set_defaults(func=cmd_index)
 
     p_pub = sub.add_parser(
         "publish", help="copy a run's table (markdown + CSV), environment, config and plots "
@@ -478,16 +500,47 @@ def cmd_report(args: argparse.Namespace, registry: Registry) -> int:
                if args.columns is not None else None)
     if columns is not None and not columns:
         raise BenchError("--columns: no column given (e.g. --columns suite,backend,nfe_forward)")
+    if args.format == "html":
+        from bench.html_report import PAGE_NAME
+
+        page = report([str(p) for p in args.runs], args.format, columns)
+        out = args.out if args.out is not None else args.runs[0] / PAGE_NAME
+        try:
+            out.write_text(page, encoding="utf-8")
+        except OSError as exc:
+            raise BenchError(f"cannot write {str(out)!r}: {exc.strerror or exc}") from None
+        print(out)
+        return 0
+    if args.out is not None:
+        raise BenchError("--out is for --format html (the other formats print the table)")
     sys.stdout.write(report([str(p) for p in args.runs], args.format, columns))
     return 0
 
 
 def cmd_publish(args: argparse.Namespace, registry: Registry) -> int:
     from bench.results import publish_run
+    from bench.results_index import update_index_if_generated
 
     written = publish_run(args.run, args.to)
-    for path in written:
+    index = update_index_if_generated(args.to.parent)
+    for path in written + ([index] if index else []):
         print(path)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace, registry: Registry) -> int:
+    from bench.compare import Thresholds, compare_runs, format_findings
+
+    thresholds = Thresholds(args.max_slowdown, args.max_memory_growth, args.max_metric_change)
+    findings, notes = compare_runs(args.base, args.new, thresholds)
+    sys.stdout.write(format_findings(findings, notes))
+    return 1 if any(f.verdict == "FAIL" for f in findings) else 0
+
+
+def cmd_index(args: argparse.Namespace, registry: Registry) -> int:
+    from bench.results_index import write_index
+
+    print(write_index(args.results))
     return 0
 
 
@@ -511,7 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        needs_plugins = args.command not in ("report", "publish")
+        needs_plugins = args.command not in ("report", "publish", "compare", "index")
         registry = Registry.load(_selection()) if needs_plugins else None
         return args.func(args, registry)
     except BenchError as exc:

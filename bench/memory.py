@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -134,6 +135,8 @@ def plot_scaling(frame: pd.DataFrame, path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from bench.plots import finish, style_line
+
     ok = frame[frame["status"] == "ok"].sort_values("steps")
     fig, ax = plt.subplots(figsize=(7.5, 5))
     styles = {"peak_memory_bytes": "-", "saved_for_backward_bytes": "--", "xla_temp_bytes": ":"}
@@ -141,14 +144,12 @@ def plot_scaling(frame: pd.DataFrame, path: str, title: str) -> None:
         for column, style in styles.items():
             if column in group and group[column].notna().any() and (group[column] > 0).any():
                 positive = group[group[column] > 0]
-                ax.plot(positive["steps"], positive[column] / 2**20, style, marker="o",
-                        color=f"C{i % 10}", label=f"{backend}: {column}")
+                line = {**style_line(i), "linestyle": style, "markersize": 4}
+                ax.plot(positive["steps"], positive[column] / 2**20, label=f"{backend}: {column}",
+                        **line)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("solver steps L (fixed-step integration)")
     ax.set_ylabel("memory above the pre-step baseline, MiB")
     ax.set_title(title)
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    finish(fig, ax, Path(path))  # the house style: legend outside, grid

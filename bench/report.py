@@ -11,7 +11,7 @@ import pandas as pd
 from bench.errors import BenchError, UnknownNameError
 from bench.results import load_run
 
-FORMATS = ("markdown", "csv", "latex")
+FORMATS = ("markdown", "csv", "latex", "html")
 #: Columns of the human-readable tables (CSV keeps every column). The metric columns of the run's
 #: suites are inserted after ``status``.
 TABLE_COLUMNS = (
@@ -126,6 +126,12 @@ def report(run_dirs: Sequence[str], fmt: str = "markdown",
     with ratios B/A. ``columns`` picks the columns (an unknown one raises with the choices)."""
     if fmt not in FORMATS:
         raise UnknownNameError("report format", fmt, FORMATS)
+    if fmt == "html":  # the self-contained page (bench.html_report); one run
+        if len(run_dirs) != 1 or columns:
+            raise BenchError("--format html takes one run directory and no --columns")
+        from bench.html_report import html_page
+
+        return html_page(run_dirs[0])
     if len(run_dirs) == 1:
         frame = load_run(run_dirs[0])
         if frame.empty and fmt != "csv":

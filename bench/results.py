@@ -456,7 +456,8 @@ def is_finite(value: float | None) -> bool:
 
 def publish_run(run: str | os.PathLike[str], dest: str | os.PathLike[str]) -> list[Path]:
     """Copy what a published table needs out of a scratch run: the markdown table, the CSV of
-    every column, environment.json, config.json, invocations.jsonl and the run's plots."""
+    every column, environment.json, config.json, invocations.jsonl and the run's plots; then
+    write the folder's self-contained page, ``index.html``."""
     import shutil
 
     from bench.report import render, table_frame
@@ -481,4 +482,7 @@ def publish_run(run: str | os.PathLike[str], dest: str | os.PathLike[str]) -> li
     for extra in sorted(source.path.glob("*.png")) + sorted(source.path.glob("memory_*.*")):
         shutil.copy2(extra, dest / extra.name)
         written.append(dest / extra.name)
+    from bench.html_report import write_page
+
+    written.append(write_page(dest))
     return written

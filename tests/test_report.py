@@ -72,7 +72,8 @@ def test_compare_two_runs_side_by_side(run_path, fake_registry, tmp_path):
 
 
 def test_unknown_format_lists_choices(run_path):
-    with pytest.raises(UnknownNameError, match="Did you mean 'markdown'.*csv, latex, markdown"):
+    with pytest.raises(UnknownNameError,
+                       match="Did you mean 'markdown'.*csv, html, latex, markdown"):
         report([str(run_path)], "markdwn")
 
 
