@@ -187,9 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_mem.add_argument("--max-memory-mb", type=_memory_mb, default=None, metavar="MIB",
                        help="per-measurement limit on resident memory in MiB, at least "
                        f"{MIN_MEMORY_MB:g}")
-    p_mem.add_argument("--threads", type=_threads, default=None,
-                       help="CPU threads per measurement (OMP/MKL/XLA); default and auto (or "
-                       "0): the frameworks' own")
+    p_mem.add_argument("--threads", type=_threads, default=1,
+                       help="CPU threads per measurement (OMP/MKL/XLA); default 1, pinned like "
+                       "bench run's; auto (or 0): the frameworks' own")
     p_mem.add_argument("--resume", action="store_true",
                        help="with --out: measure only what has no 'ok' row there")
     p_mem.add_argument("--set", dest="options", type=_option, action="append", default=[],
@@ -258,10 +258,17 @@ def _start_run(args: argparse.Namespace, registry: Registry, suites: list[str],
         "plugins_loaded": [p.name for p in registry.plugins if not p.error],
         "started_at": now_iso(), "command_line": sys.argv, **extra,
     }
-    if run_dir.read_json("config.json") is None:
-        run_dir.write_json("config.json", config)
-    run_dir.append_jsonl("invocations.jsonl", json.dumps(config, default=str))
-    run_dir.write_json("environment.json", capture_environment())
+    try:
+        if run_dir.read_json("config.json") is None:
+            run_dir.write_json("config.json", config)
+        run_dir.append_jsonl("invocations.jsonl", json.dumps(config, default=str))
+        run_dir.write_json("environment.json", capture_environment())
+    except OSError as exc:  # e.g. a read-only file in a resumed run: no cell has run yet
+        run_dir.unlock()
+        where = exc.filename or run_dir.path
+        raise BenchError(f"cannot record the run's configuration in {str(run_dir.path)!r}: "
+                         f"{exc.strerror or exc} ({where}); make the run directory writable or "
+                         "choose another --out") from None
     print(f"run directory: {run_dir.path}", file=sys.stderr)
     return run_dir
 
@@ -412,9 +419,23 @@ def plan_run(args: argparse.Namespace, registry: Registry
     options = dict(args.options)
     if args.data_dir is not None:
         options["data_dir"] = str(args.data_dir)
+    elif args.resume and args.out is not None and "data_dir" not in options:
+        earlier = _recorded_data_dir(args.out)  # a resumed run finds its data where it did
+        if earlier is not None:
+            options["data_dir"] = earlier
     seeds = parse_int_list(args.seeds, "--seeds", minimum=0)
     cells = expand(registry, suites, backends, args.budget, seeds, args.device, options)
     return suites, backends, seeds, options, cells
+
+
+def _recorded_data_dir(run: Path) -> str | None:
+    """The ``--data-dir`` a run was started with (config.json), if that folder still exists."""
+    try:
+        config = json.loads((run / "config.json").read_text())
+        folder = config.get("options", {}).get("data_dir")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return folder if isinstance(folder, str) and Path(folder).is_dir() else None
 
 
 def cmd_run(args: argparse.Namespace, registry: Registry) -> int:

@@ -70,10 +70,12 @@ def return_freed_memory_to_os() -> bool:
     is not available (the peaks may then be too low).
     """
     import ctypes
-    import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # CDLL(None): the C library already loaded in this process. find_library("c") would run
+        # /sbin/ldconfig in a forked child, which the parent's memory watchdog counted as the
+        # cell's memory (a healthy cell stopped at --max-memory-mb 500)
+        libc = ctypes.CDLL(None)
         fixed = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
         libc.malloc_trim(0)
     except (OSError, AttributeError):

@@ -112,6 +112,7 @@ class CellMonitor:
     _start: tuple[float, float, float] | None = None
     _last: tuple[float, float, float] | None = None
     _last_read: float = 0.0
+    _samples_over: int = 0
 
     def over_memory(self) -> int | None:
         """The cell's resident bytes when they exceed the limit, else None."""
@@ -121,7 +122,10 @@ class CellMonitor:
         if resident is None:
             return None
         self.peak_resident_bytes = max(self.peak_resident_bytes, resident)
-        return resident if resident > self.max_memory_bytes else None
+        # over the limit on two samples in a row: a child forked for an instant (an exec of a
+        # helper program) shares the cell's pages and would count them twice for one sample
+        self._samples_over = self._samples_over + 1 if resident > self.max_memory_bytes else 0
+        return resident if self._samples_over >= 2 else None
 
     def sample_load(self, force: bool = False) -> None:
         """Read the host's and the cell's CPU time (at most every ``LOAD_INTERVAL_S``)."""

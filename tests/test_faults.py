@@ -404,3 +404,49 @@ def test_unreadable_rows_or_results_files_give_one_clear_error(cli_env, tmp_path
         result = run_cli(["report", str(path)], cli_env, tmp_path)
         assert result.returncode == 2, result.stderr
         assert "cannot read" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name", ["invocations.jsonl", "environment.json"])
+def test_resume_with_one_read_only_record_file_is_one_clear_error(tmp_path, monkeypatch, capsys,
+                                                                  name):
+    """Only one of the run's record files is read-only (``chattr +i``; found by re-attack after
+    the fixes above): the writable check passes, the record write fails."""
+    first, _ = _run(Registry.load(FAKE_ONLY), FAKE_ONLY, tmp_path / "run", ["numpy-euler"])
+    (first.run_dir.path / name).write_text("{}\n")
+    locked = (first.run_dir.path / name).resolve()
+    real_open, real_replace = builtins.open, os.replace
+
+    def guarded_open(file, mode="r", *args, **kwargs):
+        if Path(str(file)).resolve() == locked and any(c in mode for c in "wax+"):
+            raise PermissionError(1, "Operation not permitted", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    def guarded_replace(src, dst, *args, **kwargs):
+        if Path(str(dst)).resolve() == locked:
+            raise PermissionError(1, "Operation not permitted", str(dst))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(os, "replace", guarded_replace)
+    monkeypatch.setattr(cli, "_selection", lambda: FAKE_ONLY)
+    code = cli.main(["run", "--suite", "linear", "--plugins", "numpy-euler,numpy-raise",
+                     "--budget", "smoke", "--out", str(first.run_dir.path), "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "cannot record the run's configuration" in err and name in err
+    assert "Traceback" not in err
+
+
+def test_resume_finds_the_data_folder_the_run_was_started_with(tmp_path):
+    from bench.cli import _recorded_data_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    data = tmp_path / "mnist"
+    data.mkdir()
+    (run / "config.json").write_text(json.dumps({"options": {"data_dir": str(data)}}))
+    assert _recorded_data_dir(run) == str(data)
+    data.rmdir()
+    assert _recorded_data_dir(run) is None  # moved since: the usual lookup applies
+    (run / "config.json").write_text("[]")
+    assert _recorded_data_dir(run) is None

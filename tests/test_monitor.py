@@ -157,3 +157,17 @@ def test_flagged_cells_are_named_at_the_end_and_shown_in_the_table(fake_registry
     quiet = [dataclasses.replace(r, timing_flag=False, timing_warning="") for r in rows]
     cli._warn_timing(quiet)
     assert capsys.readouterr().err == ""
+
+
+def test_one_sample_over_the_limit_is_not_enough(monkeypatch):
+    """A child forked for an instant (ctypes' find_library runs ldconfig that way) shares the
+    cell's pages and doubles its resident memory for one sample: a healthy cell was stopped."""
+    import bench.monitor as monitor
+
+    readings = iter([100, 900, 100, 900, 950, 100])
+    monkeypatch.setattr(monitor, "resident_bytes", lambda pid: next(readings) * 2**20)
+    watch = CellMonitor(pid=1, max_memory_bytes=500 * 2**20)
+    seen = [watch.over_memory() for _ in range(5)]
+    assert seen[:4] == [None, None, None, None]
+    assert seen[4] == 950 * 2**20
+    assert watch.peak_resident_bytes == 950 * 2**20
