@@ -198,24 +198,30 @@ def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_d
 
 def _measure_memory(task: Any, backend: AbstractBackend, device: str, tracker: Any,
                     first_step: int, fields: dict[str, Any]) -> None:
-    """``peak_memory_bytes``: the largest peak of ``task.memory_steps`` extra training steps, each
-    its own phase, run after the final evaluation (so they change no metric) and after every timed
-    step (so what the tracker switches on for exact peaks slows no timed step)."""
+    """``peak_memory_bytes``: the largest peak of ``task.memory_steps`` extra training steps
+    (``task.memory_step``), each its own phase, run after the final evaluation (so they change no
+    metric) and after every timed step (so what the tracker and the task switch on for exact
+    figures slows no timed step). ``saved_for_backward_bytes`` and the NFE of these steps come
+    from the same steps; a task that measures no saved bytes there keeps its timed steps' figure.
+    """
     count = int(getattr(task, "memory_steps", 0) or 0)
     if count <= 0:
         return
+    memory_step = getattr(task, "memory_step", task.train_step)
     peaks: list[int] = []
+    stats: list[StepStats] = []
 
     def measure() -> None:
         tracker.begin_memory_phase()
         for k in range(count):
             backend.synchronize(device)
             tracker.reset()
-            task.train_step(first_step + k)
+            s = memory_step(first_step + k)
             backend.synchronize(device)
             peak = tracker.peak_bytes()
             if peak is not None:
                 peaks.append(peak)
+            stats.append(s)
 
     try:
         _in_fresh_thread(measure)
@@ -223,6 +229,12 @@ def _measure_memory(task: Any, backend: AbstractBackend, device: str, tracker: A
         fields["notes"] = (f"{fields.get('notes') or ''}; memory steps failed: "
                            f"{type(exc).__name__}: {exc}").lstrip("; ")
     fields["peak_memory_bytes"] = max(peaks) if peaks else None
+    saved = [s.saved_for_backward_bytes for s in stats if s.saved_for_backward_bytes is not None]
+    if saved:
+        fields["saved_for_backward_bytes"] = max(saved)
+    for name in ("nfe_forward", "nfe_backward"):
+        values = [getattr(s, name) for s in stats if getattr(s, name) is not None]
+        fields[f"memory_step_{name}"] = max(values) if values else None
 
 
 def _in_fresh_thread(fn: Callable[[], None]) -> None:
@@ -252,8 +264,8 @@ def _fill_training_fields(fields: dict[str, Any], stats: list[StepStats], times:
     steady = times[1:]
     median = median_or_none(steady)
     fields["train_step_time_s"] = median
-    if times and median is not None:
-        fields["compile_time_s"] = max(0.0, times[0] - median)
+    if times and median is not None:  # signed: a first step faster than the median is negative
+        fields["compile_time_s"] = times[0] - median
     for name in ("nfe_forward", "nfe_backward", "steps_accepted", "steps_rejected"):
         fields[name] = mean_or_none([getattr(s, name) for s in stats])
     saved = [s.saved_for_backward_bytes for s in stats if s.saved_for_backward_bytes is not None]

@@ -100,8 +100,9 @@ class AbstractTask(abc.ABC):
     #: The solver this task actually uses, when it is not the backend's default (e.g. a
     #: fixed-step method); None: the backend's ``solver``. Goes into the row's ``solver``.
     solver: str | None = None
-    #: Extra training iterations run after the final evaluation to measure ``peak_memory_bytes``
-    #: (each its own phase; their metrics and times are not used). 0: no memory measurement.
+    #: Extra training iterations (:meth:`memory_step`) run after the final evaluation to measure
+    #: ``peak_memory_bytes`` and ``saved_for_backward_bytes`` (each its own phase; their metrics
+    #: and times are not used). 0: no memory measurement.
     memory_steps: int = 2
 
     @abc.abstractmethod
@@ -123,6 +124,18 @@ class AbstractTask(abc.ABC):
     @abc.abstractmethod
     def num_params(self) -> int:
         """Number of trainable parameters."""
+
+    def memory_step(self, step: int) -> StepStats:
+        """One of the ``memory_steps`` extra training iterations, run after every timed step (and
+        after the final evaluation) to measure memory: the same work as :meth:`train_step`, plus
+        whatever instrumentation would slow a timed step down. The row's
+        ``saved_for_backward_bytes`` comes from these steps (the torch tasks measure it here, with
+        saved-tensor hooks that no timed step carries), like ``peak_memory_bytes``, and their NFE
+        go into ``memory_step_nfe_forward``/``_backward``. Default: :meth:`train_step`.
+
+        :param step: the iteration number (counting on after the timed steps).
+        """
+        return self.train_step(step)
 
     def prepare_evaluation(self, final: bool = True) -> None:  # noqa: B027 - optional
         """Called before the clock starts for each :meth:`evaluate`: compile what the evaluation

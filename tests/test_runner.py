@@ -184,7 +184,9 @@ def test_measured_loop_separates_compile_time_and_steady_state(fake_registry, tm
     assert 0.015 < row.train_step_time_s < 0.1
     assert 0.2 < row.compile_time_s < 0.35
     assert row.nfe_forward == pytest.approx(12.5) and row.nfe_backward == 5
-    assert row.saved_for_backward_bytes == 600
+    # saved bytes come from the memory steps (6 and 7), like the peak, and their NFE beside them
+    assert row.saved_for_backward_bytes == 800
+    assert row.memory_step_nfe_forward == 17 and row.memory_step_nfe_backward == 5
     assert row.metrics == {"xla_temp_bytes": 5, "rate_error": 0.5}
     assert row.params == 7 and row.notes == "final"
     assert task.evals == [False, False, True]  # after steps 2 and 4, then the final one
@@ -210,6 +212,29 @@ def _run_timed_task_wrapping_its_step(fake_registry, tmp_path, monkeypatch, wrap
     row = run_cell(CellSpec("linear", "numpy-euler", "smoke", 0, "cpu"),
                    fake_registry.backend("numpy-euler"), suite, tmp_path)
     return task, row
+
+
+def test_compile_time_is_signed_when_the_first_step_is_the_fastest(fake_registry, tmp_path,
+                                                                   monkeypatch):
+    """compile_time_s is the first step's extra time over the steady-state median, signed: a
+    first step faster than the median gives a negative figure, not a silent 0."""
+    import time as time_module
+
+    def wrap(task, trained):
+        def step(n):
+            stats = trained(n)
+            time_module.sleep(0.0 if n == 0 else 0.05)  # the first step is the fastest
+            return stats
+        return step
+
+    task = _TimedTask()
+    task.train_step = wrap(task, lambda n: StepStats(loss=1.0))
+    suite = fake_registry.suite("linear")
+    monkeypatch.setattr(suite, "build_task", lambda ctx: task)
+    row = run_cell(CellSpec("linear", "numpy-euler", "smoke", 0, "cpu"),
+                   fake_registry.backend("numpy-euler"), suite, tmp_path)
+    assert row.status == "ok", row.error
+    assert -0.06 < row.compile_time_s < -0.03
 
 
 def test_a_failing_memory_step_keeps_the_measured_row(fake_registry, tmp_path, monkeypatch):
