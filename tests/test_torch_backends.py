@@ -468,6 +468,36 @@ def test_run_train_step_measures_saved_bytes_only_when_metering(backends):
     assert plain.nfe_forward > 0 and metered.nfe_forward > 0
 
 
+_FIRST_STEP_IMPORTS = """
+import sys
+from pathlib import Path
+from bench.interfaces import CellContext
+from bench.registry import PluginSelection, Registry
+registry = Registry.load(PluginSelection(builtins=False, entry_points=False,
+                         extra_modules=("plugins.{module}", "suites.memory_scaling")))
+suite = registry.suite("memory-scaling")
+ctx = CellContext(backend=registry.backend("{backend}"), budget=suite.budgets["measure"], seed=0,
+                  device="cpu", work_dir=Path("."),
+                  options=dict(steps=2, width=4, batch=4))
+task = suite.build_task(ctx)
+assert "torchdiffeq" in sys.modules, "torchdiffeq not imported when the task was built"
+before = set(sys.modules)
+task.train_step(0)
+print(sorted(set(sys.modules) - before))
+"""
+
+
+@pytest.mark.parametrize("name", ["torch-direct", "torch-adjoint"])
+def test_the_first_timed_step_imports_nothing(name, tmp_path):
+    """compile_time_s once was mostly ``import torchdiffeq`` (1.2 s, it pulls in scipy), done
+    lazily inside the first timed step: every module a cell needs is imported before the clock."""
+    script = _FIRST_STEP_IMPORTS.format(module=name.replace("-", "_"), backend=name)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def _memory_scaling_cell(backend_name, tmp_path, wrap_loss=None, steps=4):
     """A real memory-scaling cell (tiny state) through the core's measured loop."""
     from bench.cell import CellSpec, run_cell
