@@ -95,12 +95,14 @@ class _Diverged(Exception):
 
 def timed_step(task: Any, backend: AbstractBackend, device: str, step: int
                ) -> tuple[StepStats, float]:
-    """One training step as the harness measures it: synchronised before both clock readings."""
+    """One training step as the harness measures it: synchronised before both clock readings;
+    the backend completes the step's counts after the clock stopped."""
     backend.synchronize(device)
     t0 = time.perf_counter()
     stats = task.train_step(step)
     backend.synchronize(device)
-    return stats, time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    return backend.complete_step_stats(stats), seconds
 
 
 def run_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite, work_dir: Path,
@@ -221,7 +223,7 @@ def _measure_memory(task: Any, backend: AbstractBackend, device: str, tracker: A
             peak = tracker.peak_bytes()
             if peak is not None:
                 peaks.append(peak)
-            stats.append(s)
+            stats.append(backend.complete_step_stats(s))
 
     try:
         _in_fresh_thread(measure)

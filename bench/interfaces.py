@@ -207,6 +207,13 @@ class AbstractBackend(abc.ABC):
     def synchronize(self, device: str) -> None:  # noqa: B027
         """Block until all queued work on ``device`` has finished (needed before any timing)."""
 
+    def complete_step_stats(self, stats: StepStats) -> StepStats:
+        """Called by the core on each step's statistics right after the step's clock stopped:
+        finish counting work that a plain training loop would not do and that must not be timed
+        (diffrax-checkpoint replays its checkpoint schedule here). Default: ``stats`` as they
+        are."""
+        return stats
+
     def memory_tracker(self, device: str) -> MemoryTracker:
         """The tracker used for ``peak_memory_bytes``. Default: the process's resident memory."""
         from bench.measure import ResidentMemoryTracker

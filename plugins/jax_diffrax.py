@@ -27,8 +27,9 @@ counters in tests/test_jax_backends.py):
   - checkpoint: VJPs of f (1 + 6 n: every stage of every step, rejected steps included, and the
     first stage) plus the evaluations of f that recompute steps from checkpoints (6 per
     backward-loop iteration; the number of iterations comes from replaying equinox's checkpoint
-    schedule for n steps in an untimed toy loop, :func:`plugins.jax_common.
-    checkpoint_backward_iterations`). Extras ``nfe_backward_vjp``, ``nfe_backward_recomputed``.
+    schedule for n steps in a toy loop, :func:`plugins.jax_common.checkpoint_backward_iterations`,
+    run after the step's clock stopped: ``JaxBackend.complete_step_stats``). Extras
+    ``nfe_backward_vjp``, ``nfe_backward_recomputed``.
   - rknet: VJPs of f, 4 n (the forward's stages are stored, nothing is recomputed).
 """
 
@@ -183,6 +184,9 @@ class DiffraxBackend(JaxBackend):
         self.rtol, self.atol = rtol, atol
         self.first_step = first_step
         self.max_steps = max_steps
+        # the checkpoint schedule's replay (a compiled toy loop, 1.5-35 ms for each step count
+        # not seen before) runs after the step's clock stopped
+        self.defers_backward_counts = adjoint == "checkpoint"
         if adjoint == "checkpoint":
             self.gradient_method = "recursive-checkpoint"
             how = ("backprop through the solver with diffrax's RecursiveCheckpointAdjoint "
@@ -196,6 +200,10 @@ class DiffraxBackend(JaxBackend):
                               "VJP) in the reverse solve, from its own statistics")
         self.description = (f"diffrax Dopri5, PID rtol={rtol} atol={atol}, first step "
                              f"{first_step}; gradients by {how}")
+
+    def import_modules(self) -> None:
+        super().import_modules()
+        _diffrax_parts()
 
     def _adjoint(self, counting: bool, reverse_controller: Any = None) -> Any:
         import diffrax
@@ -319,6 +327,10 @@ class JaxRkNetBackend(JaxBackend):
         self.fixed_step_solver = "rk4" if tableau == "classical" else "rk4-3/8"
         self.description = (f"RK4 ({tableau} tableau), {self.steps} fixed steps by default "
                             f"({4 * self.steps} evaluations), backprop through the steps")
+
+    def import_modules(self) -> None:
+        super().import_modules()
+        _diffrax_parts()
 
     def solve(self, f: Callable[[Any, Any, Any], Any], params: Any, y0: Any, t0: float,
               t1: float, *, ts: Any = None, fixed_steps: int | None = None

@@ -268,7 +268,7 @@ def _run_case(name: str, kwargs: dict, steps: int = 3) -> dict:
         reset()
         with CompileCounter() as compiles:
             params, buffers, loss, grads, counts = step(params, buffers, jnp.float32(0.01), y0)
-            stats = b.step_stats(loss, counts, step.extra())
+            stats = b.complete_step_stats(b.step_stats(loss, counts, step.extra()))
         runs.append({"stats": stats, "counted": snapshot(), "compiles": compiles.count,
                      "grads": jax.device_get(grads)})
     return {"backend": b, "forward": forward, "steps": runs, "compiled": step}
@@ -528,6 +528,47 @@ class JaxToyTask(AbstractTask):
 
     def num_params(self) -> int:
         return 20
+
+
+@pytest.mark.slow
+def test_checkpoint_counting_runs_after_the_timed_step(tmp_path, monkeypatch):
+    """diffrax-checkpoint's schedule replay (a compiled toy loop, run for every step count not
+    seen before) once ran inside the timed step; now the core completes the counts after the
+    clock stopped, and they still equal the callback counts (test_backward_nfe_...)."""
+    pytest.importorskip("jax")
+    import plugins.jax_diffrax as jd
+
+    b = backend("diffrax-checkpoint")
+    state = {"in_step": False, "replays": [], "timed": 0}
+    replay = jd.checkpoint_backward_iterations
+
+    def counting(n, max_steps, checkpoints=None):
+        state["replays"].append(state["in_step"])
+        return replay(n, max_steps, checkpoints)
+
+    monkeypatch.setattr(jd, "checkpoint_backward_iterations", counting)
+    suite = JaxToySuite()
+    build = suite.build_task
+
+    def build_task(ctx):
+        task = build(ctx)
+        trained = task.train_step
+
+        def step(n):
+            state["in_step"] = True
+            try:
+                return trained(n)
+            finally:
+                state["in_step"] = False
+        task.train_step = step
+        return task
+
+    monkeypatch.setattr(suite, "build_task", build_task)
+    row = run_cell(CellSpec("jax-toy", b.name, "smoke", 0, "cpu"), b, suite, tmp_path,
+                   log=lambda _: None)
+    assert row.status == "ok", row.error
+    assert state["replays"] and not any(state["replays"])
+    assert row.nfe_backward > row.metrics["nfe_backward_vjp"] > 0
 
 
 @pytest.mark.parametrize("name", ["jax-rknet", pytest.param("diffrax-backsolve",
