@@ -10,15 +10,20 @@
 Matching the torch backends: rtol = atol = 1e-3 by default; the error norm is torchdiffeq's (RMS of
 each leaf, maximum over leaves); the first step is torchdiffeq's initial-step heuristic (Hairer,
 Norsett & Wanner II.4; two evaluations of f, the first reused as the first stage), because with
-``dt0=None`` diffrax 0.7 starts at dt = 0.01 without probing (see shared/MEASUREMENT.md). With the
-same first step, torchdiffeq and diffrax take the same accepted and rejected steps.
+``dt0=None`` diffrax 0.7.2 starts at dt = 0.01 without probing: its ``_select_initial_step``
+(``_step_size_controller/pid.py``) probes only when the terms are a bare ``ODETerm`` (else it
+returns 0.01), and ``diffeqsolve`` hands the controller its terms wrapped in ``WrapTerm``
+(``_integrate.py``), so the probe is never reached (checked: first step 0.01, forward NFE 1 + 6 n,
+in tests/test_jax_backends.py). Even where it probes, its exponent 1/6 (Dopri5's error order)
+differs from torchdiffeq's 1/5. With the same first step, torchdiffeq and diffrax take the same
+accepted and rejected steps.
 
 What the numbers count (each per solve, summed over the solves of a step; checked against explicit
 counters in tests/test_jax_backends.py):
 
 - ``nfe_forward``: evaluations of f in the forward solve, from ``sol.stats["num_steps"]`` (accepted
   plus rejected): Dopri5 with the heuristic first step 2 + 6 n (torchdiffeq: 2 + 6 n), with
-  ``fixed_steps`` 1 + 6 n; RK4 4 n.
+  ``first_step="diffrax"`` or ``fixed_steps`` 1 + 6 n; RK4 4 n.
 - ``nfe_backward``:
   - backsolve: evaluations of the augmented dynamics in the reverse solves (each is one evaluation
     of f and one vector-Jacobian product), 1 + 6 m per reverse solve, m read from the reverse

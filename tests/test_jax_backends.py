@@ -322,6 +322,34 @@ def test_backward_nfe_from_stats_equals_counted(counted):
             assert backward_f == 0 and s.nfe_forward == s.nfe_backward == 4 * RKNET_STEPS
 
 
+def test_diffrax_own_first_step_is_unprobed_and_counted():
+    """first_step="diffrax" (dt0=None): diffrax 0.7.2's _select_initial_step would probe a bare
+    ODETerm (Hairer's rule, two evaluations of f), but diffeqsolve hands the controller its terms
+    wrapped in WrapTerm, so the probe is skipped and the first step is dt = 0.01: forward NFE
+    1 + 6 n, as an explicit counter says (with the torchdiffeq rule: 2 + 6 n)."""
+    jax = pytest.importorskip("jax")
+    import diffrax
+    import jax.numpy as jnp
+
+    from plugins.jax_diffrax import DiffraxBackend
+
+    y0 = jnp.array([1.0, 2.0])
+    sol = diffrax.diffeqsolve(diffrax.ODETerm(lambda t, y, a: -3.0 * y), diffrax.Dopri5(), 0.0,
+                              1.0, None, y0, saveat=diffrax.SaveAt(steps=True),
+                              stepsize_controller=diffrax.PIDController(rtol=1e-3, atol=1e-3))
+    assert float(sol.ts[0]) == pytest.approx(0.01)
+    params_np, y0_np = _problem()
+    params = jax.tree_util.tree_map(jnp.asarray, params_np)
+    for first_step, evals in (("diffrax", 1), ("torchdiffeq", 2)):
+        b = DiffraxBackend("x", "checkpoint", first_step=first_step)
+        f, counter = counted_dynamics()
+        _, stats = jax.block_until_ready(
+            jax.jit(lambda p, b=b, f=f: b.solve(f, p, jnp.asarray(y0_np), 0.0, T1))(params))
+        jax.effects_barrier()
+        stats = jax.device_get(stats)
+        assert int(stats["nfe_forward"]) == counter["f"] == evals + 6 * int(stats["num_steps"])
+
+
 def test_checkpoint_recomputation_grows_beyond_the_checkpoints():
     """With 20 fixed steps diffrax keeps 5 checkpoints (from max_steps=20), so the backward pass
     re-runs more steps than it differentiates."""
