@@ -558,6 +558,70 @@ class JaxToyTask(AbstractTask):
         return 20
 
 
+def _rknet_output_times_case():
+    """jax-rknet, output times: an empty first interval, runs of short ones and two longer ones
+    (0, 1, 1, 2, 1, 1, 1, 2 steps of at most 1/3), then 30 more equal ones (1 step each)."""
+    import jax
+    import jax.numpy as jnp
+
+    from plugins.fixed_grid import steps_in_interval
+
+    b = backend("jax-rknet")
+    params_np, y0_np = _problem()
+    params = jax.tree_util.tree_map(jnp.asarray, params_np)
+    y0 = jnp.asarray(y0_np)
+    ts = np.concatenate([[0.0, 0.05, 0.1, 0.5, 0.55, 0.6, 0.65, 1.0],
+                         np.linspace(1.0, 2.0, 31)[1:]]).astype(np.float32)
+    t1 = 2.0
+    times = [0.0, *map(float, ts)]
+    counts = [0 if b_ == a else steps_in_interval(b_ - a, t1 / b.steps, b.steps)
+              for a, b_ in zip(times[:-1], times[1:], strict=False)]
+
+    def scanned(p):
+        ys, stats = b.solve(_raw_dynamics, p, y0, 0.0, t1, ts=ts)
+        return ys, stats["num_steps"]
+
+    def unrolled(p):  # the former implementation: one fixed-step loop per interval
+        y, outputs = y0, []
+        for (a, b_), n in zip(zip(times[:-1], times[1:], strict=False), counts, strict=False):
+            if n:
+                y, _ = b.solve(_raw_dynamics, p, y, a, b_, fixed_steps=n)
+            outputs.append(y)
+        return jnp.stack(outputs), sum(counts)
+
+    return params, counts, scanned, unrolled
+
+
+def test_rknet_output_times_compile_one_loop_per_run_of_intervals():
+    """jax-rknet on the latent ODE compiled for about 2 minutes: its 199 output intervals were
+    unrolled into one XLA program. Consecutive intervals with the same step count are now one
+    lax.scan: the program no longer grows with the number of output times."""
+    jax = pytest.importorskip("jax")
+    import itertools
+
+    params, counts, scanned, _ = _rknet_output_times_case()
+    runs = [n for n, _ in itertools.groupby(counts) if n]  # an empty interval needs none
+    loops = [e for e in jax.make_jaxpr(scanned)(params).jaxpr.eqns if e.primitive.name == "scan"]
+    assert len(counts) == 38 and len(loops) == len(runs) == 5
+
+
+@pytest.mark.slow
+def test_rknet_output_times_loop_equals_one_solve_per_interval():
+    """The scanned intervals give exactly the states, step counts and (to rounding) gradients of
+    one fixed-step solve per interval, unrolled (the former implementation)."""
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    params, counts, scanned, unrolled = _rknet_output_times_case()
+    (ys, steps), (expected, expected_steps) = jax.jit(scanned)(params), jax.jit(unrolled)(params)
+    assert int(steps) == expected_steps == sum(counts)
+    np.testing.assert_array_equal(np.asarray(ys), np.asarray(expected))
+    grads = [jax.jit(jax.grad(lambda p, fn=fn: jnp.sum(fn(p)[0] ** 2)))(params)
+             for fn in (scanned, unrolled)]
+    for key in params:
+        np.testing.assert_allclose(grads[0][key], grads[1][key], rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.slow
 def test_checkpoint_counting_runs_after_the_timed_step(tmp_path, monkeypatch):
     """diffrax-checkpoint's schedule replay (a compiled toy loop, run for every step count not
