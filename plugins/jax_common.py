@@ -395,8 +395,13 @@ def checkpoint_backward_iterations(num_steps: int, max_steps: int,
 
 class CompiledStep:
     """``fn`` compiled ahead of time at its first call (so compilation falls in the first,
-    warm-up step) and called as a ``jax.stages.Compiled`` afterwards: arguments of another shape or
-    dtype raise instead of recompiling. Every call blocks until all outputs are ready.
+    warm-up step), then called through ``jax.jit``'s dispatch, which reuses that executable:
+    arguments of another shape or dtype raise TypeError (after jax has compiled them: the error is
+    for a task's bug, not a path to take). Every call blocks until all outputs are ready.
+
+    Calling the ``jax.stages.Compiled`` object itself takes a slower Python path: 1.5 ms more per
+    step on the CNF (10.9 against 9.4 ms for diffrax-checkpoint), which a plain training loop
+    calling a jitted function does not pay.
 
     ``xla_temp_bytes`` is XLA's compiled memory analysis of the step (temporary buffers).
     """
@@ -407,11 +412,14 @@ class CompiledStep:
         self.compiled: Any = None
         self.xla_temp_bytes: int | None = None
         self.calls = 0
+        self._jitted: Any = None
 
     def lower(self, *args: Any) -> Any:
         import jax
 
-        return jax.jit(self.fn, donate_argnums=self.donate_argnums).lower(*args)
+        if self._jitted is None:
+            self._jitted = jax.jit(self.fn, donate_argnums=self.donate_argnums)
+        return self._jitted.lower(*args)
 
     def __call__(self, *args: Any) -> Any:
         import jax
@@ -423,8 +431,13 @@ class CompiledStep:
                 self.xla_temp_bytes = int(analysis.temp_size_in_bytes)
             except Exception:  # not every platform reports it
                 self.xla_temp_bytes = None
-        out = self.compiled(*args)
+        out = self._jitted(*args)
         self.calls += 1
+        cache_size = getattr(self._jitted, "_cache_size", None)
+        if cache_size is not None and cache_size() > 1:
+            raise TypeError("a compiled training step was called with arguments of another "
+                            "shape or dtype than at its first call, which made jax compile it "
+                            "again (a task must keep its shapes fixed)")
         return jax.block_until_ready(out)
 
     def extra(self) -> dict[str, float]:
