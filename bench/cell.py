@@ -2,9 +2,10 @@
 
 This runs inside the cell's own process (see :mod:`bench.runner`). The loop is the same for every
 framework: the first training step is the warm-up (its extra time is ``compile_time_s``), the
-device is synchronised through the backend before every clock reading, memory is measured by the
-backend's tracker in two phases (first step, steady state), and evaluation time is kept out of the
-training-step times.
+device is synchronised through the backend before every clock reading, the backend completes a
+step's counts after its clock stopped, memory is measured by the backend's tracker in two phases
+(first step; steady state, in untimed memory steps that also measure the bytes saved for
+backward), and evaluation time is kept out of the training-step times.
 """
 
 from __future__ import annotations
@@ -278,6 +279,7 @@ def _fill_training_fields(fields: dict[str, Any], stats: list[StepStats], times:
         fields["compile_time_s"] = times[0] - median
     for name in ("nfe_forward", "nfe_backward", "steps_accepted", "steps_rejected"):
         fields[name] = mean_or_none([getattr(s, name) for s in stats])
+    # a task measuring saved bytes in its timed steps; the memory steps' figure replaces this
     saved = [s.saved_for_backward_bytes for s in stats if s.saved_for_backward_bytes is not None]
     fields["saved_for_backward_bytes"] = max(saved) if saved else None
     extra: dict[str, float] = {}
