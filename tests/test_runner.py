@@ -235,7 +235,7 @@ def test_compile_time_is_signed_when_the_first_step_is_the_fastest(fake_registry
     row = run_cell(CellSpec("linear", "numpy-euler", "smoke", 0, "cpu"),
                    fake_registry.backend("numpy-euler"), suite, tmp_path)
     assert row.status == "ok", row.error
-    assert -0.06 < row.compile_time_s < -0.03
+    assert -0.5 < row.compile_time_s < -0.03
 
 
 def test_a_failing_memory_step_keeps_the_measured_row(fake_registry, tmp_path, monkeypatch):
