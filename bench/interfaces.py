@@ -241,8 +241,9 @@ class AbstractTask(abc.ABC):
     #: The solver this task actually uses, when it is not the backend's default (e.g. a
     #: fixed-step method); None: the backend's ``solver``. Goes into the row's ``solver``.
     solver: str | None = None
-    #: Extra training iterations run after the final evaluation to measure ``peak_memory_bytes``
-    #: (each its own phase; their metrics and times are not used). 0: no memory measurement.
+    #: Extra training iterations (:meth:`memory_step`) run after the final evaluation to measure
+    #: ``peak_memory_bytes`` and ``saved_for_backward_bytes`` (each its own phase; their metrics
+    #: and times are not used). 0: no memory measurement.
     memory_steps: int = 2
     #: Solver tolerances this task runs with in place of the backend's own (``rtol``, ``atol``,
     #: optionally ``adjoint_rtol``, ``adjoint_atol``), e.g. a suite budget's; empty: the
@@ -269,6 +270,18 @@ class AbstractTask(abc.ABC):
     @abc.abstractmethod
     def num_params(self) -> int:
         """Number of trainable parameters."""
+
+    def memory_step(self, step: int) -> StepStats:
+        """One of the ``memory_steps`` extra training iterations, run after every timed step (and
+        after the final evaluation) to measure memory: the same work as :meth:`train_step`, plus
+        whatever instrumentation would slow a timed step down. The row's
+        ``saved_for_backward_bytes`` comes from these steps (the torch tasks measure it here, with
+        saved-tensor hooks that no timed step carries), like ``peak_memory_bytes``, and their NFE
+        go into ``memory_step_nfe_forward``/``_backward``. Default: :meth:`train_step`.
+
+        :param step: the iteration number (counting on after the timed steps).
+        """
+        return self.train_step(step)
 
     def prepare_evaluation(self, final: bool = True) -> None:  # noqa: B027 - optional
         """Called before the clock starts for each :meth:`evaluate`: compile what the evaluation
@@ -339,6 +352,13 @@ class AbstractBackend(abc.ABC):
 
     def synchronize(self, device: str) -> None:  # noqa: B027
         """Block until all queued work on ``device`` has finished (needed before any timing)."""
+
+    def complete_step_stats(self, stats: StepStats) -> StepStats:
+        """Called by the core on each step's statistics right after the step's clock stopped:
+        finish counting work that a plain training loop would not do and that must not be timed
+        (diffrax-checkpoint replays its checkpoint schedule here). Default: ``stats`` as they
+        are."""
+        return stats
 
     def memory_tracker(self, device: str) -> MemoryTracker:
         """The tracker used for ``peak_memory_bytes``. Default: the process's resident memory."""

@@ -74,7 +74,12 @@ class ResultRow:
     peak_memory_bytes: int | None = None
     peak_memory_first_step_bytes: int | None = None
     peak_memory_method: str = ""
+    #: Measured in the memory steps (the same steps as ``peak_memory_bytes``), never in a timed one.
     saved_for_backward_bytes: int | None = None
+    #: NFE of the memory steps (the largest over them), beside the memory they measured: an
+    #: adaptive solver may take another number of steps there than in the mean training step.
+    memory_step_nfe_forward: float | None = None
+    memory_step_nfe_backward: float | None = None
     params: int | None = None
     device_name: str = ""
     #: The host's 1-minute load average when the cell finished: CPU timings taken while it

@@ -10,15 +10,20 @@
 Matching the torch backends: rtol = atol = 1e-3 by default; the error norm is torchdiffeq's (RMS of
 each leaf, maximum over leaves); the first step is torchdiffeq's initial-step heuristic (Hairer,
 Norsett & Wanner II.4; two evaluations of f, the first reused as the first stage), because with
-``dt0=None`` diffrax 0.7 starts at dt = 0.01 without probing (see shared/MEASUREMENT.md). With the
-same first step, torchdiffeq and diffrax take the same accepted and rejected steps.
+``dt0=None`` diffrax 0.7.2 starts at dt = 0.01 without probing: its ``_select_initial_step``
+(``_step_size_controller/pid.py``) probes only when the terms are a bare ``ODETerm`` (else it
+returns 0.01), and ``diffeqsolve`` hands the controller its terms wrapped in ``WrapTerm``
+(``_integrate.py``), so the probe is never reached (checked: first step 0.01, forward NFE 1 + 6 n,
+in tests/test_jax_backends.py). Even where it probes, its exponent 1/6 (Dopri5's error order)
+differs from torchdiffeq's 1/5. With the same first step, torchdiffeq and diffrax take the same
+accepted and rejected steps.
 
 What the numbers count (each per solve, summed over the solves of a step; checked against explicit
 counters in tests/test_jax_backends.py):
 
 - ``nfe_forward``: evaluations of f in the forward solve, from ``sol.stats["num_steps"]`` (accepted
   plus rejected): Dopri5 with the heuristic first step 2 + 6 n (torchdiffeq: 2 + 6 n), with
-  ``fixed_steps`` 1 + 6 n; RK4 4 n.
+  ``first_step="diffrax"`` or ``fixed_steps`` 1 + 6 n; RK4 4 n.
 - ``nfe_backward``:
   - backsolve: evaluations of the augmented dynamics in the reverse solves (each is one evaluation
     of f and one vector-Jacobian product), 1 + 6 m per reverse solve, m read from the reverse
@@ -27,8 +32,9 @@ counters in tests/test_jax_backends.py):
   - checkpoint: VJPs of f (1 + 6 n: every stage of every step, rejected steps included, and the
     first stage) plus the evaluations of f that recompute steps from checkpoints (6 per
     backward-loop iteration; the number of iterations comes from replaying equinox's checkpoint
-    schedule for n steps in an untimed toy loop, :func:`plugins.jax_common.
-    checkpoint_backward_iterations`). Extras ``nfe_backward_vjp``, ``nfe_backward_recomputed``.
+    schedule for n steps in a toy loop, :func:`plugins.jax_common.checkpoint_backward_iterations`,
+    run after the step's clock stopped: ``JaxBackend.complete_step_stats``). Extras
+    ``nfe_backward_vjp``, ``nfe_backward_recomputed``.
   - rknet: VJPs of f, 4 n (the forward's stages are stored, nothing is recomputed).
 """
 
@@ -183,6 +189,9 @@ class DiffraxBackend(JaxBackend):
         self.rtol, self.atol = rtol, atol
         self.first_step = first_step
         self.max_steps = max_steps
+        # the checkpoint schedule's replay (a compiled toy loop, 1.5-35 ms for each step count
+        # not seen before) runs after the step's clock stopped
+        self.defers_backward_counts = adjoint == "checkpoint"
         if adjoint == "checkpoint":
             self.gradient_method = "recursive-checkpoint"
             how = ("backprop through the solver with diffrax's RecursiveCheckpointAdjoint "
@@ -196,6 +205,10 @@ class DiffraxBackend(JaxBackend):
                               "VJP) in the reverse solve, from its own statistics")
         self.description = (f"diffrax Dopri5, PID rtol={rtol} atol={atol}, first step "
                              f"{first_step}; gradients by {how}")
+
+    def import_modules(self) -> None:
+        super().import_modules()
+        _diffrax_parts()
 
     def _adjoint(self, counting: bool, reverse_controller: Any = None) -> Any:
         import diffrax
@@ -320,6 +333,10 @@ class JaxRkNetBackend(JaxBackend):
         self.description = (f"RK4 ({tableau} tableau), {self.steps} fixed steps by default "
                             f"({4 * self.steps} evaluations), backprop through the steps")
 
+    def import_modules(self) -> None:
+        super().import_modules()
+        _diffrax_parts()
+
     def solve(self, f: Callable[[Any, Any, Any], Any], params: Any, y0: Any, t0: float,
               t1: float, *, ts: Any = None, fixed_steps: int | None = None
               ) -> tuple[Any, dict[str, Any]]:
@@ -343,9 +360,8 @@ class JaxRkNetBackend(JaxBackend):
             raise BenchError(f"the number of steps must be at least 1, not {steps}")
         term = diffrax.ODETerm(lambda t, y, args: f(t, y, args))
 
-        def integrate(y: Any, ta: float, tb: float, n: int) -> Any:
-            dt = (tb - ta) / n
-
+        def integrate(y: Any, ta: Any, dt: Any, n: int) -> Any:
+            """n steps of dt from ta; ta and dt float32 (concrete or traced)."""
             def rk_step(y: Any, i: Any) -> tuple[Any, None]:
                 t = ta + i * dt
                 y1, _, _, _, _ = solver.step(term, t, t + dt, y, params, None, False)
@@ -355,7 +371,7 @@ class JaxRkNetBackend(JaxBackend):
             return y
 
         if ts is None:
-            ys = integrate(y0, float(t0), float(t1), steps)
+            ys = integrate(y0, np.float32(t0), np.float32((float(t1) - float(t0)) / steps), steps)
             total = steps
         else:
             try:
@@ -364,14 +380,10 @@ class JaxRkNetBackend(JaxBackend):
                 raise BenchError(f"backend {self.name!r}: ts must be concrete (not traced), "
                                  "since the number of RK4 steps per interval is static") from exc
             step = abs(float(t1) - float(t0)) / steps
-            outputs, y, total = [], y0, 0
-            for a, b in zip(times[:-1], times[1:], strict=False):
-                if b != a:
-                    n = steps_in_interval(b - a, step, steps)
-                    y = integrate(y, a, b, n)
-                    total += n
-                outputs.append(y)
-            ys = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *outputs)
+            intervals = [(a, b, 0 if b == a else steps_in_interval(b - a, step, steps))
+                         for a, b in zip(times[:-1], times[1:], strict=False)]
+            total = sum(n for _, _, n in intervals)
+            ys = _rk_intervals(integrate, y0, intervals)
         n = _int32(total)
         stats = {"num_steps": n, "num_accepted_steps": n, "num_rejected_steps": _int32(0),
                  "nfe_forward": 4 * n, "nfe_backward_vjp": 4 * n}
@@ -385,6 +397,49 @@ class JaxRkNetBackend(JaxBackend):
 
         vjp = float(sum(np.sum(r["nfe_backward_vjp"]) for r in solves))
         return vjp, {"nfe_backward_vjp": vjp, "nfe_backward_recomputed": 0.0}
+
+
+def _rk_intervals(integrate: Callable[[Any, Any, Any, int], Any], y0: Any,
+                  intervals: list[tuple[float, float, int]]) -> Any:
+    """The states at the end of each interval (a, b, n): n steps of (b - a) / n from a, stacked.
+
+    Consecutive intervals with the same n form one ``lax.scan`` over the intervals (n is static
+    inside it), so a trajectory with hundreds of output times compiles one loop, not one per
+    interval (jax-rknet on the latent ODE: 199 intervals, about 2 minutes of compilation when
+    unrolled). The arithmetic per step is what one loop per interval did: t = a + i * dt in
+    float32, a and dt rounded to float32 from their double-precision values.
+    """
+    import itertools
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    runs, y = [], y0
+    for n, group in itertools.groupby(intervals, key=lambda interval: interval[2]):
+        group = list(group)
+        if n == 0:  # empty intervals: the state as it is
+            runs.append(_repeat(y, len(group)))
+            continue
+        starts = np.array([a for a, _, _ in group], dtype=np.float32)
+        dts = np.array([(b - a) / n for a, b, _ in group], dtype=np.float32)
+
+        def interval(y: Any, start_dt: Any, n: int = n) -> tuple[Any, Any]:
+            y = integrate(y, start_dt[0], start_dt[1], n)
+            return y, y
+
+        y, states = jax.lax.scan(interval, y, (starts, dts))
+        runs.append(states)
+    return jax.tree_util.tree_map(lambda *leaves: jnp.concatenate(leaves), *runs)
+
+
+def _repeat(tree: Any, k: int) -> Any:
+    """``tree``'s leaves stacked k times along a new leading axis."""
+    import jax
+    import jax.numpy as jnp
+
+    return jax.tree_util.tree_map(lambda leaf: jnp.broadcast_to(leaf, (k, *jnp.shape(leaf))),
+                                  tree)
 
 
 def backends() -> list[JaxBackend]:

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from bench.errors import BenchError
-from bench.interfaces import AbstractTask, CellContext, Evaluation, StepStats
+from bench.interfaces import CellContext, Evaluation, StepStats
+from plugins.torch_common import TorchTask
 from suites.cnf import DIM, HIDDEN, CnfData, initial_weights, layer_dims, plot_flow
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -178,7 +179,7 @@ def build_flow(backend: Any, settings: dict[str, Any], seed: int) -> CnfFlow:
 # -------------------------------------------------------------------------------------------------
 
 
-class CnfTorchTask(AbstractTask):
+class CnfTorchTask(TorchTask):
     def __init__(self, ctx: CellContext, data: CnfData):
         from plugins.torch_common import run_train_step
 

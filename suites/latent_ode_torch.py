@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from bench.errors import BenchError
-from bench.interfaces import AbstractTask, CellContext, Evaluation, StepStats
+from bench.interfaces import CellContext, Evaluation, StepStats
+from plugins.torch_common import TorchTask
 from suites.latent_ode import (
     Batch,
     LatentOdeData,
@@ -194,7 +195,7 @@ def build_model(backend: Any, data: LatentOdeData, seed: int) -> LatentOdeModel:
     return model
 
 
-class LatentOdeTorchTask(AbstractTask):
+class LatentOdeTorchTask(TorchTask):
     def __init__(self, ctx: CellContext, data: LatentOdeData):
         from plugins.torch_common import run_train_step
 

@@ -4,8 +4,9 @@ exactly L fixed steps, for ``bench memory`` (training memory against depth L).
 The network is an MLP ``f(h) = W2 tanh(W1 h + b1) + b2`` on a state of ``batch x width``; every
 backend integrates it over [0, 1] with ``fixed_steps=L`` (torch-adjoint / torch-direct: torchdiffeq
 rk4; rknet: classical RK4; resnet: L untied blocks; JAX backends: their fixed-step solver). One
-warm-up step and one timed step, then two memory steps, each its own phase; the memory figures
-are above the pre-step baseline.
+warm-up step and one timed step, then (after one unmeasured step) two memory steps, each its own
+phase, which also measure the bytes saved for backward; the memory figures are above the
+pre-step baseline.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bench.interfaces import AbstractTask, CellContext, Evaluation, StepStats
+from bench.interfaces import CellContext, Evaluation, StepStats
+from plugins.torch_common import TorchTask
 from suites.memory_scaling import initial_state, initial_weights
 
 
@@ -18,7 +19,7 @@ class MlpDynamics(nn.Module):
         return self.net(h)
 
 
-class TorchMemoryTask(AbstractTask):
+class TorchMemoryTask(TorchTask):
     eval_every = None
 
     def __init__(self, ctx: CellContext):

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.errors import BenchError
-from bench.interfaces import AbstractTask, CellContext, Evaluation, StepStats
+from bench.interfaces import CellContext, Evaluation, StepStats
+from plugins.torch_common import TorchTask
 from suites.mnist import CHANNELS, NUM_CLASSES, MnistPipeline, model_weights
 
 
@@ -141,7 +142,7 @@ def build_model(backend: Any, seed: int) -> MnistNet:
     return model
 
 
-class MnistTorchTask(AbstractTask):
+class MnistTorchTask(TorchTask):
     def __init__(self, ctx: CellContext, data: MnistPipeline):
         from plugins.torch_common import run_train_step
 

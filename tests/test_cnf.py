@@ -267,6 +267,8 @@ def test_tiny_cell_end_to_end(backends, tmp_path, name):
     assert row.metrics["nfe_eval_forward"] > 0
     assert row.nfe_forward and row.nfe_forward > 0 and row.nfe_backward > 0
     assert row.params == 9225 and row.train_steps == 3
+    # measured in the memory steps (the timed ones carry no saved-tensor hooks), beside their NFE
+    assert row.saved_for_backward_bytes > 0 and row.memory_step_nfe_forward > 0
     trace = json.loads((work / "trace.json").read_text())
     assert [e["step"] for e in trace["evaluations"] if not e["final"]] == [2]
     assert (work / "cnf_8gaussians.png").stat().st_size > 1000

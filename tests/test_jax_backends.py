@@ -268,7 +268,7 @@ def _run_case(name: str, kwargs: dict, steps: int = 3) -> dict:
         reset()
         with CompileCounter() as compiles:
             params, buffers, loss, grads, counts = step(params, buffers, jnp.float32(0.01), y0)
-            stats = b.step_stats(loss, counts, step.extra())
+            stats = b.complete_step_stats(b.step_stats(loss, counts, step.extra()))
         runs.append({"stats": stats, "counted": snapshot(), "compiles": compiles.count,
                      "grads": jax.device_get(grads)})
     return {"backend": b, "forward": forward, "steps": runs, "compiled": step}
@@ -325,6 +325,34 @@ def test_backward_nfe_from_stats_equals_counted(counted):
             assert s.nfe_backward == c["vjp"] + backward_f
         if name == "jax-rknet":
             assert backward_f == 0 and s.nfe_forward == s.nfe_backward == 4 * RKNET_STEPS
+
+
+def test_diffrax_own_first_step_is_unprobed_and_counted():
+    """first_step="diffrax" (dt0=None): diffrax 0.7.2's _select_initial_step would probe a bare
+    ODETerm (Hairer's rule, two evaluations of f), but diffeqsolve hands the controller its terms
+    wrapped in WrapTerm, so the probe is skipped and the first step is dt = 0.01: forward NFE
+    1 + 6 n, as an explicit counter says (with the torchdiffeq rule: 2 + 6 n)."""
+    jax = pytest.importorskip("jax")
+    import diffrax
+    import jax.numpy as jnp
+
+    from plugins.jax_diffrax import DiffraxBackend
+
+    y0 = jnp.array([1.0, 2.0])
+    sol = diffrax.diffeqsolve(diffrax.ODETerm(lambda t, y, a: -3.0 * y), diffrax.Dopri5(), 0.0,
+                              1.0, None, y0, saveat=diffrax.SaveAt(steps=True),
+                              stepsize_controller=diffrax.PIDController(rtol=1e-3, atol=1e-3))
+    assert float(sol.ts[0]) == pytest.approx(0.01)
+    params_np, y0_np = _problem()
+    params = jax.tree_util.tree_map(jnp.asarray, params_np)
+    for first_step, evals in (("diffrax", 1), ("torchdiffeq", 2)):
+        b = DiffraxBackend("x", "checkpoint", first_step=first_step)
+        f, counter = counted_dynamics()
+        _, stats = jax.block_until_ready(
+            jax.jit(lambda p, b=b, f=f: b.solve(f, p, jnp.asarray(y0_np), 0.0, T1))(params))
+        jax.effects_barrier()
+        stats = jax.device_get(stats)
+        assert int(stats["nfe_forward"]) == counter["f"] == evals + 6 * int(stats["num_steps"])
 
 
 @pytest.mark.slow  # compiles the checkpoint case
@@ -535,6 +563,111 @@ class JaxToyTask(AbstractTask):
 
     def num_params(self) -> int:
         return 20
+
+
+def _rknet_output_times_case():
+    """jax-rknet, output times: an empty first interval, runs of short ones and two longer ones
+    (0, 1, 1, 2, 1, 1, 1, 2 steps of at most 1/3), then 30 more equal ones (1 step each)."""
+    import jax
+    import jax.numpy as jnp
+
+    from plugins.fixed_grid import steps_in_interval
+
+    b = backend("jax-rknet")
+    params_np, y0_np = _problem()
+    params = jax.tree_util.tree_map(jnp.asarray, params_np)
+    y0 = jnp.asarray(y0_np)
+    ts = np.concatenate([[0.0, 0.05, 0.1, 0.5, 0.55, 0.6, 0.65, 1.0],
+                         np.linspace(1.0, 2.0, 31)[1:]]).astype(np.float32)
+    t1 = 2.0
+    times = [0.0, *map(float, ts)]
+    counts = [0 if b_ == a else steps_in_interval(b_ - a, t1 / b.steps, b.steps)
+              for a, b_ in zip(times[:-1], times[1:], strict=False)]
+
+    def scanned(p):
+        ys, stats = b.solve(_raw_dynamics, p, y0, 0.0, t1, ts=ts)
+        return ys, stats["num_steps"]
+
+    def unrolled(p):  # the former implementation: one fixed-step loop per interval
+        y, outputs = y0, []
+        for (a, b_), n in zip(zip(times[:-1], times[1:], strict=False), counts, strict=False):
+            if n:
+                y, _ = b.solve(_raw_dynamics, p, y, a, b_, fixed_steps=n)
+            outputs.append(y)
+        return jnp.stack(outputs), sum(counts)
+
+    return params, counts, scanned, unrolled
+
+
+def test_rknet_output_times_compile_one_loop_per_run_of_intervals():
+    """jax-rknet on the latent ODE compiled for about 2 minutes: its 199 output intervals were
+    unrolled into one XLA program. Consecutive intervals with the same step count are now one
+    lax.scan: the program no longer grows with the number of output times."""
+    jax = pytest.importorskip("jax")
+    import itertools
+
+    params, counts, scanned, _ = _rknet_output_times_case()
+    runs = [n for n, _ in itertools.groupby(counts) if n]  # an empty interval needs none
+    loops = [e for e in jax.make_jaxpr(scanned)(params).jaxpr.eqns if e.primitive.name == "scan"]
+    assert len(counts) == 38 and len(loops) == len(runs) == 5
+
+
+@pytest.mark.slow
+def test_rknet_output_times_loop_equals_one_solve_per_interval():
+    """The scanned intervals give exactly the states, step counts and (to rounding) gradients of
+    one fixed-step solve per interval, unrolled (the former implementation)."""
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    params, counts, scanned, unrolled = _rknet_output_times_case()
+    (ys, steps), (expected, expected_steps) = jax.jit(scanned)(params), jax.jit(unrolled)(params)
+    assert int(steps) == expected_steps == sum(counts)
+    np.testing.assert_array_equal(np.asarray(ys), np.asarray(expected))
+    grads = [jax.jit(jax.grad(lambda p, fn=fn: jnp.sum(fn(p)[0] ** 2)))(params)
+             for fn in (scanned, unrolled)]
+    for key in params:
+        np.testing.assert_allclose(grads[0][key], grads[1][key], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_checkpoint_counting_runs_after_the_timed_step(tmp_path, monkeypatch):
+    """diffrax-checkpoint's schedule replay (a compiled toy loop, run for every step count not
+    seen before) once ran inside the timed step; now the core completes the counts after the
+    clock stopped, and they still equal the callback counts (test_backward_nfe_...)."""
+    pytest.importorskip("jax")
+    import plugins.jax_diffrax as jd
+
+    b = backend("diffrax-checkpoint")
+    state = {"in_step": False, "replays": [], "timed": 0}
+    replay = jd.checkpoint_backward_iterations
+
+    def counting(n, max_steps, checkpoints=None):
+        state["replays"].append(state["in_step"])
+        return replay(n, max_steps, checkpoints)
+
+    monkeypatch.setattr(jd, "checkpoint_backward_iterations", counting)
+    suite = JaxToySuite()
+    build = suite.build_task
+
+    def build_task(ctx):
+        task = build(ctx)
+        trained = task.train_step
+
+        def step(n):
+            state["in_step"] = True
+            try:
+                return trained(n)
+            finally:
+                state["in_step"] = False
+        task.train_step = step
+        return task
+
+    monkeypatch.setattr(suite, "build_task", build_task)
+    row = run_cell(CellSpec("jax-toy", b.name, "smoke", 0, "cpu"), b, suite, tmp_path,
+                   log=lambda _: None)
+    assert row.status == "ok", row.error
+    assert state["replays"] and not any(state["replays"])
+    assert row.nfe_backward > row.metrics["nfe_backward_vjp"] > 0
 
 
 @pytest.mark.parametrize("name", ["jax-rknet", pytest.param("diffrax-backsolve",

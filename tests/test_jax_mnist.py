@@ -207,7 +207,7 @@ def _train(name, tmp_path, train_steps=2, **kwargs):
     try:
         for step in range(train_steps):
             before = len(compiles)
-            stats.append(task.train_step(step))
+            stats.append(task.backend.complete_step_stats(task.train_step(step)))
             per_step.append(len(compiles) - before)
     finally:
         jax.monitoring.unregister_event_duration_listener(listen)

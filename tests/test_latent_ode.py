@@ -304,6 +304,7 @@ def test_tiny_cell_end_to_end(backends, tmp_path, name):
         assert math.isfinite(row.metrics[key]) and row.metrics[key] > 0
     assert row.metric_name == "mse" and row.metrics["nfe_eval_forward"] > 0
     assert row.nfe_forward > 0 and row.nfe_backward > 0 and row.train_steps == 3
+    assert row.saved_for_backward_bytes > 0 and row.memory_step_nfe_forward > 0
     assert row.params == sum(v.size for v in initial_weights(0, _accurate().sizes).values())
     assert "5 of 10 window points observed" in row.notes
     trace = json.loads((work / "trace.json").read_text())

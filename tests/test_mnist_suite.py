@@ -221,6 +221,7 @@ def test_tiny_cell_end_to_end(backends, tmp_path, name):
     assert row.train_steps == 3
     if backend.continuous_time:
         assert row.nfe_forward and row.nfe_forward > 0
+    assert row.saved_for_backward_bytes > 0  # from the memory steps
     trace = json.loads((work / "trace.json").read_text())
     periodic = [e for e in trace["evaluations"] if not e["final"]]
     assert [e["step"] for e in periodic] == [2]
