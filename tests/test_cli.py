@@ -34,18 +34,18 @@ def test_list_shows_backends_suites_budgets_and_load_errors(cli_env, tmp_path):
 def test_run_then_report_end_to_end(cli_env, tmp_path):
     out = tmp_path / "run1"
     result = run_cli(["run", "--suite", "linear,picky", "--plugins",
-                      "numpy-euler,numpy-euler-fine,numpy-raise,numpy-hang,numpy-oom,numpy-nan",
+                      "numpy-euler,numpy-euler-fine,numpy-raise,numpy-oom,numpy-nan",
                       "--budget", "smoke",
                       "--seeds", "0,1", "--out", str(out), "--timeout", "5",
                       "--max-memory-mb", "512"], cli_env, tmp_path)
     assert result.returncode == 1  # some cells failed (by design of the fakes)
     assert "[1/" in result.stderr and "elapsed" in result.stderr
     rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 * 6 * 2  # suites x backends x seeds
+    assert len(rows) == 2 * 5 * 2  # suites x backends x seeds
     by_status = {}
     for row in rows:
         by_status.setdefault(row["status"], set()).add(row["backend"])
-    assert by_status["timeout"] == {"numpy-hang"}
+    assert "timeout" not in by_status  # a hanging cell: test_runner's isolation test
     assert by_status["diverged"] == {"numpy-nan"}
     assert {"numpy-euler", "numpy-euler-fine"} <= by_status["ok"]
     assert "unsupported" in by_status
