@@ -316,7 +316,7 @@ def plan_memory(args: argparse.Namespace, registry: Registry
 
     if SUITE_NAME not in registry.suites:
         raise BenchError(f"the {SUITE_NAME!r} suite is not loaded (see `bench list`); it comes "
-                         "with the built-in plugins (suites.memory_scaling)")
+                         "with the built-in plugins (bench.suites.memory_scaling)")
     suite = registry.suite(SUITE_NAME)
     budget = next(iter(suite.budgets))
     backends = _names(args.plugins, "backend", sorted(registry.backends))

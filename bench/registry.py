@@ -26,15 +26,15 @@ LOAD_PLUGINS_ENV = "BENCH_LOAD_PLUGINS"
 
 #: Built-in plugins, registered exactly like third-party ones.
 DEFAULT_PLUGINS: tuple[str, ...] = (
-    "plugins.torch_adjoint",
-    "plugins.torch_direct",
-    "plugins.rknet",
-    "plugins.resnet",
-    "plugins.jax_diffrax",
-    "suites.mnist",
-    "suites.cnf",
-    "suites.latent_ode",
-    "suites.memory_scaling",
+    "bench.plugins.torch_adjoint",
+    "bench.plugins.torch_direct",
+    "bench.plugins.rknet",
+    "bench.plugins.resnet",
+    "bench.plugins.jax_diffrax",
+    "bench.suites.mnist",
+    "bench.suites.cnf",
+    "bench.suites.latent_ode",
+    "bench.suites.memory_scaling",
 )
 
 

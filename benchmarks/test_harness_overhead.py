@@ -42,7 +42,7 @@ ROUNDS = 7
 def _make_task(tmp_path: Path):
     registry = Registry.load(PluginSelection(
         builtins=False, entry_points=False,
-        extra_modules=("plugins.torch_direct", "suites.memory_scaling")))
+        extra_modules=("bench.plugins.torch_direct", "bench.suites.memory_scaling")))
     backend = registry.backend("torch-direct")
     suite = registry.suite("memory-scaling")
     budget = type(suite.budgets["measure"])("bench", "overhead benchmark", {"steps": STEPS})

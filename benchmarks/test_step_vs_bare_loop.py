@@ -41,14 +41,16 @@ WARM_UP = 2
 ROUNDS = 5
 STEPS_PER_ROUND = 3
 LIMIT = 1.05
-PLUGINS = {"torch-direct": "plugins.torch_direct", "torch-adjoint": "plugins.torch_adjoint",
-           "diffrax-checkpoint": "plugins.jax_diffrax", "diffrax-backsolve": "plugins.jax_diffrax"}
+PLUGINS = {"torch-direct": "bench.plugins.torch_direct",
+           "torch-adjoint": "bench.plugins.torch_adjoint",
+           "diffrax-checkpoint": "bench.plugins.jax_diffrax",
+           "diffrax-backsolve": "bench.plugins.jax_diffrax"}
 
 
 def _build(suite_name: str, backend_name: str, tmp_path: Path) -> tuple[Any, Any]:
     registry = Registry.load(PluginSelection(
         builtins=False, entry_points=False,
-        extra_modules=(PLUGINS[backend_name], f"suites.{suite_name}")))
+        extra_modules=(PLUGINS[backend_name], f"bench.suites.{suite_name}")))
     backend = registry.backend(backend_name)
     missing = backend.check_available()
     if missing:
@@ -59,9 +61,9 @@ def _build(suite_name: str, backend_name: str, tmp_path: Path) -> tuple[Any, Any
     if suite_name != "mnist":
         return backend, suite.build_task(ctx)
     # MNIST's smoke settings on synthetic images of MNIST's shape (no download)
-    from suites.mnist import MnistPipeline
-    from suites.mnist_data import MnistArrays
-    from suites.mnist_torch import MnistTorchTask
+    from bench.suites.mnist import MnistPipeline
+    from bench.suites.mnist_data import MnistArrays
+    from bench.suites.mnist_torch import MnistTorchTask
 
     rng = np.random.default_rng(0)
     arrays = MnistArrays(rng.integers(0, 256, (256, 28, 28), dtype=np.uint8),
@@ -74,7 +76,7 @@ def _build(suite_name: str, backend_name: str, tmp_path: Path) -> tuple[Any, Any
 
 def _strip_counters(module: Any) -> None:
     """Replace every torchdiffeq block's counting wrapper by the dynamics it wraps."""
-    from plugins.torch_blocks import CountedDynamics, TorchdiffeqBlock
+    from bench.plugins.torch_blocks import CountedDynamics, TorchdiffeqBlock
 
     for block in module.modules():
         if isinstance(block, TorchdiffeqBlock) and isinstance(block.func, CountedDynamics):
@@ -124,9 +126,8 @@ def _bare_jax_cnf(task: Any) -> Any:
     import equinox as eqx
     import jax
     import jax.numpy as jnp
-
-    from plugins.jax_common import adam_update
-    from suites.cnf_jax import log_prob
+    from bench.plugins.jax_common import adam_update
+    from bench.suites.cnf_jax import log_prob
 
     backend, s = task.backend, task.data.settings
     lr, weight_decay = float(s["lr"]), float(s["weight_decay"])

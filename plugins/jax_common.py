@@ -1,4 +1,5 @@
-"""Shared code of the JAX backends (:mod:`plugins.jax_diffrax`) and the API that JAX suites call.
+"""Shared code of the JAX backends (:mod:`bench.plugins.jax_diffrax`) and the API that JAX suites
+call.
 
 Importing this module never imports jax: the base class must be usable to report "jax is not
 installed". Everything numerical imports jax inside the function that needs it.
@@ -21,7 +22,7 @@ the solver (never from host callbacks): ``num_steps`` (accepted + rejected), ``n
 ``value_and_grad`` every solve call also records its stats in ``counts`` (call ``solve`` at the top
 level of ``loss_fn``, not inside ``lax.scan``/``vmap`` bodies, whose tracers cannot leave them), and
 the backsolve backend reads the reverse solves' statistics through ``counts["probe"]`` (see
-:mod:`plugins.jax_diffrax`). :meth:`JaxBackend.step_stats` turns the counts into a
+:mod:`bench.plugins.jax_diffrax`). :meth:`JaxBackend.step_stats` turns the counts into a
 :class:`bench.interfaces.StepStats` on the host; what each number counts is in the backend's
 ``nfe_notes``.
 

@@ -32,7 +32,8 @@ counters in tests/test_jax_backends.py):
   - checkpoint: VJPs of f (1 + 6 n: every stage of every step, rejected steps included, and the
     first stage) plus the evaluations of f that recompute steps from checkpoints (6 per
     backward-loop iteration; the number of iterations comes from replaying equinox's checkpoint
-    schedule for n steps in a toy loop, :func:`plugins.jax_common.checkpoint_backward_iterations`,
+    schedule for n steps in a toy loop,
+    :func:`bench.plugins.jax_common.checkpoint_backward_iterations`,
     run after the step's clock stopped: ``JaxBackend.complete_step_stats``). Extras
     ``nfe_backward_vjp``, ``nfe_backward_recomputed``.
   - rknet: VJPs of f, 4 n (the forward's stages are stored, nothing is recomputed).
@@ -44,10 +45,11 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+from bench.plugins.fixed_grid import steps_in_interval
+from bench.plugins.jax_common import JaxBackend, checkpoint_backward_iterations, current_recorder
+
 import bench
 from bench.errors import BenchError
-from plugins.fixed_grid import steps_in_interval
-from plugins.jax_common import JaxBackend, checkpoint_backward_iterations, current_recorder
 
 #: diffrax's default bound on the number of steps; RecursiveCheckpointAdjoint derives its number
 #: of checkpoints from it.

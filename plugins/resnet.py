@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from bench.plugins.torch_common import TorchBackend, positive_int
+
 import bench
-from plugins.torch_common import TorchBackend, positive_int
 
 
 class ResNetBackend(TorchBackend):
@@ -30,7 +31,7 @@ class ResNetBackend(TorchBackend):
                   atol: float | None = None) -> Any:
         """See :meth:`TorchBackend.ode_block`: ``make_dynamics(False)`` is called L times
         (``blocks``, or ``fixed_steps``); t0, t1, rtol and atol are ignored."""
-        from plugins.torch_blocks import ResNetBlock
+        from bench.plugins.torch_blocks import ResNetBlock
 
         blocks = self.blocks if fixed_steps is None else positive_int(fixed_steps, "fixed_steps")
         return ResNetBlock(make_dynamics, blocks)

@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from bench.plugins.torch_common import TorchBackend, positive_int
+
 import bench
-from plugins.torch_common import TorchBackend, positive_int
 
 
 class RKNetBackend(TorchBackend):
@@ -37,7 +38,7 @@ class RKNetBackend(TorchBackend):
         """See :meth:`TorchBackend.ode_block`: ``steps`` (or ``fixed_steps``) classical RK4 steps
         over [t0, t1]; rtol/atol are ignored (fixed step). With output ``times``, each interval
         between them gets ceil(length / step) equal steps, so every output is an RK4 state."""
-        from plugins.torch_blocks import RK4Block
+        from bench.plugins.torch_blocks import RK4Block
 
         steps = self.steps if fixed_steps is None else positive_int(fixed_steps, "fixed_steps")
         return RK4Block(make_dynamics(True), t0, t1, steps)

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from bench.plugins.torch_common import TorchBackend, positive_int
+
 import bench
 from bench.errors import BenchError
-from plugins.torch_common import TorchBackend, positive_int
 
 
 class UniformGrid:
@@ -65,7 +66,7 @@ class TorchdiffeqBackend(TorchBackend):
         ``rk4`` with L equal steps of (t1 - t0) / L; torchdiffeq's ``rk4`` is the 3/8-rule variant
         of fourth-order Runge-Kutta (4 evaluations per step), not the classical tableau that rknet
         uses. Output ``times`` between grid points are then torchdiffeq's linear interpolation."""
-        from plugins.torch_blocks import TorchdiffeqBlock
+        from bench.plugins.torch_blocks import TorchdiffeqBlock
 
         if fixed_steps is not None:
             fixed_steps = positive_int(fixed_steps, "fixed_steps")

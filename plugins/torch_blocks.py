@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from bench.plugins.fixed_grid import steps_in_interval
+from bench.plugins.torch_common import StepCounts
 from torch import nn
 
 from bench.errors import BenchError
-from plugins.fixed_grid import steps_in_interval
-from plugins.torch_common import StepCounts
 
 try:  # torch's optimizers import this at their first step (record_function): import it before
     import torch.profiler._cupti_monitor  # noqa: F401 - the clock, like torchdiffeq (see below)

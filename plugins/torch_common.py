@@ -2,7 +2,7 @@
 
 Importing this module never imports torch (the registry imports plugin modules even where torch is
 missing, so that their backends can report ``unsupported`` with the install hint); everything
-numerical lives in :mod:`plugins.torch_blocks`, imported when a block is built.
+numerical lives in :mod:`bench.plugins.torch_blocks`, imported when a block is built.
 
 The API a torch suite uses::
 
@@ -30,7 +30,7 @@ What the counts mean (the same for every torch backend):
   the solver reports none, i.e. torchdiffeq's fixed-grid solvers under ``fixed_steps``).
 
 :class:`OdeBlock` (an ``nn.Module``) is importable from here, loaded lazily from
-:mod:`plugins.torch_blocks` on first access.
+:mod:`bench.plugins.torch_blocks` on first access.
 """
 
 from __future__ import annotations
@@ -48,15 +48,15 @@ from bench.errors import BenchError
 from bench.interfaces import AbstractBackend, AbstractTask, MemoryTracker, StepStats
 
 if TYPE_CHECKING:
-    from plugins.torch_blocks import OdeBlock
+    from bench.plugins.torch_blocks import OdeBlock
 
 INSTALL_HINT = "pip install torch==2.13.0 torchdiffeq (or pip install 'neural-ode-bench[torch]')"
 
 
 def __getattr__(name: str) -> Any:
-    """``from plugins.torch_common import OdeBlock`` imports torch only when asked for."""
+    """``from bench.plugins.torch_common import OdeBlock`` imports torch only when asked for."""
     if name == "OdeBlock":
-        from plugins.torch_blocks import OdeBlock
+        from bench.plugins.torch_blocks import OdeBlock
 
         return OdeBlock
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.plugins.torch_adjoint import TorchdiffeqBackend
+
 import bench
-from plugins.torch_adjoint import TorchdiffeqBackend
 
 
 class TorchDirectBackend(TorchdiffeqBackend):

@@ -3,8 +3,9 @@ nats.
 
 This module is framework-neutral (numpy only): the data streams, the Hutchinson probe vectors, the
 initial weights and the budgets live here, so every framework's model (torch in
-:mod:`suites.cnf_torch`) trains on the very same batches from the very same initial weights for a
-given seed. The eight generators are in :mod:`suites.cnf_data`.
+:mod:`bench.suites.cnf_torch`) trains on the very same batches from the very same initial weights
+for a
+given seed. The eight generators are in :mod:`bench.suites.cnf_data`.
 
 The model follows FFJORD's ``train_toy.py`` (shared/REFERENCE.md, "Continuous normalizing flows"):
 
@@ -32,6 +33,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from bench.suites import cnf_data
 
 import bench
 from bench.errors import BenchError, UnknownNameError
@@ -45,7 +47,6 @@ from bench.interfaces import (
     Support,
     option_defaults,
 )
-from suites import cnf_data
 
 DIM = 2
 HIDDEN = (64, 64, 64)
@@ -304,11 +305,11 @@ class CnfSuite(AbstractSuite):
         framework = ctx.backend.framework
         task: AbstractTask
         if framework == "torch":
-            from suites.cnf_torch import CnfTorchTask
+            from bench.suites.cnf_torch import CnfTorchTask
 
             task = CnfTorchTask(ctx, data)
         elif framework == "jax":
-            from suites.cnf_jax import CnfJaxTask
+            from bench.suites.cnf_jax import CnfJaxTask
 
             task = CnfJaxTask(ctx, data)
         else:

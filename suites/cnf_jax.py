@@ -1,10 +1,10 @@
-"""The JAX (equinox) model and task of the CNF suite (imported lazily by :mod:`suites.cnf`).
+"""The JAX (equinox) model and task of the CNF suite (imported lazily by :mod:`bench.suites.cnf`).
 
-The same flow as :mod:`suites.cnf_torch`: 3x64 concatsquash tanh dynamics, rescaled time
+The same flow as :mod:`bench.suites.cnf_torch`: 3x64 concatsquash tanh dynamics, rescaled time
 s in [0, 1] with a learned end time T = sqrt_end_time^2, state (z, dlogp) integrated by
-``backend.solve``. Initial weights come from :func:`suites.cnf.initial_weights` under the same
+``backend.solve``. Initial weights come from :func:`bench.suites.cnf.initial_weights` under the same
 names (torch layout: linear weights (out, in)), and the batches, test samples and Hutchinson probes
-from the same :class:`suites.cnf.CnfData`, so a JAX cell starts from the torch cell's arrays.
+from the same :class:`bench.suites.cnf.CnfData`, so a JAX cell starts from the torch cell's arrays.
 
 - exact trace: ``jax.linearize`` of the velocity at the batch, applied to the two basis tangents
   (each row's Jacobian is independent of the other rows), tr = (J e1)_1 + (J e2)_2;
@@ -13,7 +13,7 @@ from the same :class:`suites.cnf.CnfData`, so a JAX cell starts from the torch c
 - sampling integrates the time-reversed system w(u) = y(1 - u) over u in [0, 1] (every JAX backend
   integrates forwards in time);
 - the training step (forward, backward, Adam with torch's L2 weight decay) is one XLA program
-  compiled at the first step (:class:`plugins.jax_common.CompiledStep`).
+  compiled at the first step (:class:`bench.plugins.jax_common.CompiledStep`).
 
 The solver tolerances of a budget (``rtol``/``atol``) are set on a shallow copy of the backend:
 ``backend.solve`` takes none (see the suite's notes).
@@ -29,11 +29,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from bench.plugins.jax_common import with_tolerances
+from bench.suites.cnf import HIDDEN, CnfData, initial_weights, layer_dims, plot_flow
 
 from bench.errors import BenchError
 from bench.interfaces import AbstractTask, CellContext, Evaluation, StepStats
-from plugins.jax_common import with_tolerances
-from suites.cnf import HIDDEN, CnfData, initial_weights, layer_dims, plot_flow
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -185,7 +185,7 @@ class CnfJaxTask(AbstractTask):
     """The CNF on a JAX backend: one compiled step per training iteration."""
 
     def __init__(self, ctx: CellContext, data: CnfData):
-        from plugins.jax_common import (
+        from bench.plugins.jax_common import (
             CompiledStep,
             CompileOnce,
             adam_init,

@@ -1,11 +1,11 @@
-"""The torch model and task of the CNF suite (imported lazily by :mod:`suites.cnf`).
+"""The torch model and task of the CNF suite (imported lazily by :mod:`bench.suites.cnf`).
 
 The flow is two blocks of the backend sharing one dynamics module: ``forward_block`` integrates
 [x, 0] from s = 0 to 1 (density), ``inverse_block`` integrates [z, 0] from s = 1 back to 0
 (sampling). The state is one (B, 3) tensor [z, dlogp]; the dynamics computes the trace of the 2x2
 Jacobian with ``torch.autograd.grad`` under ``torch.enable_grad()`` (the adjoint runs its forward
 solve under ``no_grad``), with ``create_graph=True`` only when a gradient is being taken.
-Initial weights come from :func:`suites.cnf.initial_weights`, keyed by parameter name.
+Initial weights come from :func:`bench.suites.cnf.initial_weights`, keyed by parameter name.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from bench.plugins.torch_common import TorchTask
+from bench.suites.cnf import DIM, HIDDEN, CnfData, initial_weights, layer_dims, plot_flow
 from torch import nn
 
 from bench.errors import BenchError
 from bench.interfaces import CellContext, Evaluation, StepStats
-from plugins.torch_common import TorchTask
-from suites.cnf import DIM, HIDDEN, CnfData, initial_weights, layer_dims, plot_flow
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -72,7 +72,8 @@ class ConcatSquashLinear(nn.Module):
 
 
 class CnfDynamics(nn.Module):
-    """d[z, dlogp]/ds = [T f(T s, z), -T tr(df/dz)], T = sqrt_end_time^2 (see :mod:`suites.cnf`).
+    """d[z, dlogp]/ds = [T f(T s, z), -T tr(df/dz)], T = sqrt_end_time^2 (see
+    :mod:`bench.suites.cnf`).
 
     ``probes`` (a plain attribute): None for the exact trace, else the Hutchinson probes of the
     current solve, one row per sample (held fixed over the solve, as FFJORD does).
@@ -181,7 +182,7 @@ def build_flow(backend: Any, settings: dict[str, Any], seed: int) -> CnfFlow:
 
 class CnfTorchTask(TorchTask):
     def __init__(self, ctx: CellContext, data: CnfData):
-        from plugins.torch_common import run_train_step
+        from bench.plugins.torch_common import run_train_step
 
         self._run_train_step = run_train_step
         torch.manual_seed(ctx.seed)

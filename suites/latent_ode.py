@@ -3,9 +3,10 @@
 
 This module is framework-neutral (numpy only): data, observation masks, reparametrisation noise,
 initial weights, metrics and budgets live here, so that every framework's model (torch in
-:mod:`suites.latent_ode_torch`, JAX in :mod:`suites.latent_ode_jax`) trains on the very same batches
+:mod:`bench.suites.latent_ode_torch`, JAX in :mod:`bench.suites.latent_ode_jax`) trains on the very
+same batches
 from the very same initial weights for a given seed. The generators are in
-:mod:`suites.latent_ode_data`.
+:mod:`bench.suites.latent_ode_data`.
 
 The task. Every series has T time points shared by all series (spirals: equally spaced; periodic:
 irregular). The first half of the points is the *observation window*, the second half the
@@ -58,6 +59,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+from bench.suites import latent_ode_data
 
 import bench
 from bench.errors import BenchError, UnknownNameError
@@ -73,7 +75,6 @@ from bench.interfaces import (
     in_unit_interval,
     option_defaults,
 )
-from suites import latent_ode_data
 
 DATASETS = tuple(latent_ode_data.GENERATORS)
 TABLE2_OBSERVED = (30, 50, 100)  # Chen et al. 2018, Table 2: observed points out of 100
@@ -470,11 +471,11 @@ class LatentOdeSuite(AbstractSuite):
         framework = ctx.backend.framework
         task: AbstractTask
         if framework == "torch":
-            from suites.latent_ode_torch import LatentOdeTorchTask
+            from bench.suites.latent_ode_torch import LatentOdeTorchTask
 
             task = LatentOdeTorchTask(ctx, data)
         elif framework == "jax":
-            from suites.latent_ode_jax import LatentOdeJaxTask
+            from bench.suites.latent_ode_jax import LatentOdeJaxTask
 
             task = LatentOdeJaxTask(ctx, data)
         else:

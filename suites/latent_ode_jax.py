@@ -1,10 +1,11 @@
 """The JAX (equinox) model and task of the latent-ODE suite (imported lazily by
-:mod:`suites.latent_ode`).
+:mod:`bench.suites.latent_ode`).
 
-Layer for layer the model of :mod:`suites.latent_ode_torch`, with its arrays under torch's names and
-layout (linear weight (out, in)), loaded from :func:`suites.latent_ode.initial_weights`; the
+Layer for layer the model of :mod:`bench.suites.latent_ode_torch`, with its arrays under torch's
+names and
+layout (linear weight (out, in)), loaded from :func:`bench.suites.latent_ode.initial_weights`; the
 batches, masks and reparametrisation noise come from the same
-:class:`suites.latent_ode.LatentOdeData`. The encoder's backward pass over the window is a
+:class:`bench.suites.latent_ode.LatentOdeData`. The encoder's backward pass over the window is a
 ``lax.scan``; the latent ODE is one ``backend.solve`` to every time of the series. The training step
 (forward, backward, Adam as torch.optim.Adam) is one XLA program, compiled at the first step. """
 
@@ -17,10 +18,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from bench.errors import BenchError
-from bench.interfaces import AbstractTask, CellContext, Evaluation, StepStats
-from suites.latent_ode import (
+from bench.suites.latent_ode import (
     Batch,
     LatentOdeData,
     Sizes,
@@ -28,6 +26,9 @@ from suites.latent_ode import (
     initial_weights,
     layer_shapes,
 )
+
+from bench.errors import BenchError
+from bench.interfaces import AbstractTask, CellContext, Evaluation, StepStats
 
 
 class Linear(eqx.Module):
@@ -45,7 +46,8 @@ class Linear(eqx.Module):
 
 
 class LatentOdeModel(eqx.Module):
-    """Every layer, keyed as in :func:`suites.latent_ode.layer_shapes` (``encoder.i2h`` ...)."""
+    """Every layer, keyed as in :func:`bench.suites.latent_ode.layer_shapes` (``encoder.i2h``
+    ...)."""
 
     layers: dict[str, Linear]
 
@@ -100,7 +102,7 @@ def latent_field(t: Any, z: jax.Array, layers: dict[str, Linear]) -> jax.Array:
 
 def encoder_field(t: Any, state: jax.Array, layers: dict[str, Linear]) -> jax.Array:
     """The ODE-RNN encoder's field on [h, gap] over s in [0, 1] (see
-    :class:`suites.latent_ode_torch.EncoderDynamics`)."""
+    :class:`bench.suites.latent_ode_torch.EncoderDynamics`)."""
     h, gap = state[:, :-1], state[:, -1:]
     dh = layers["encoder.ode.fc2"](jnp.tanh(layers["encoder.ode.fc1"](h)))
     return jnp.concatenate([gap * dh, jnp.zeros_like(gap)], axis=1)
@@ -128,7 +130,7 @@ def load_neutral_weights(model: LatentOdeModel, weights: dict[str, np.ndarray]
 
 class LatentOdeJaxTask(AbstractTask):
     def __init__(self, ctx: CellContext, data: LatentOdeData):
-        from plugins.jax_common import (
+        from bench.plugins.jax_common import (
             CompiledStep,
             CompileOnce,
             adam_init,

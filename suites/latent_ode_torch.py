@@ -1,8 +1,9 @@
-"""The torch model and task of the latent-ODE suite (imported lazily by :mod:`suites.latent_ode`).
+"""The torch model and task of the latent-ODE suite (imported lazily by
+:mod:`bench.suites.latent_ode`).
 
 The backend's block integrates the latent dynamics from t = 0 to every time of the series
 (``block(z0, times=...)``); the encoder and decoder are plain modules. Initial weights come from
-:func:`suites.latent_ode.initial_weights`, keyed by parameter name.
+:func:`bench.suites.latent_ode.initial_weights`, keyed by parameter name.
 """
 
 from __future__ import annotations
@@ -13,12 +14,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-
-from bench.errors import BenchError
-from bench.interfaces import CellContext, Evaluation, StepStats
-from plugins.torch_common import TorchTask
-from suites.latent_ode import (
+from bench.plugins.torch_common import TorchTask
+from bench.suites.latent_ode import (
     Batch,
     LatentOdeData,
     Sizes,
@@ -26,6 +23,10 @@ from suites.latent_ode import (
     initial_weights,
     layer_shapes,
 )
+from torch import nn
+
+from bench.errors import BenchError
+from bench.interfaces import CellContext, Evaluation, StepStats
 
 
 class RecognitionRnn(nn.Module):
@@ -197,7 +198,7 @@ def build_model(backend: Any, data: LatentOdeData, seed: int) -> LatentOdeModel:
 
 class LatentOdeTorchTask(TorchTask):
     def __init__(self, ctx: CellContext, data: LatentOdeData):
-        from plugins.torch_common import run_train_step
+        from bench.plugins.torch_common import run_train_step
 
         self._run_train_step = run_train_step
         torch.manual_seed(ctx.seed)

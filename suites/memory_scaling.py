@@ -64,11 +64,11 @@ class MemoryScalingSuite(AbstractSuite):
 
     def build_task(self, ctx: CellContext) -> AbstractTask:
         if ctx.backend.framework == "torch":
-            from suites.memory_scaling_torch import TorchMemoryTask
+            from bench.suites.memory_scaling_torch import TorchMemoryTask
 
             return TorchMemoryTask(ctx)
         if ctx.backend.framework == "jax":
-            from suites.memory_scaling_jax import JaxMemoryTask
+            from bench.suites.memory_scaling_jax import JaxMemoryTask
 
             return JaxMemoryTask(ctx)
         raise bench.BenchError(f"no {ctx.backend.framework} model in suite {self.name!r}")

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.suites.memory_scaling import initial_state, initial_weights
+
 from bench.interfaces import AbstractTask, CellContext, Evaluation, StepStats
-from suites.memory_scaling import initial_state, initial_weights
 
 
 class JaxMemoryTask(AbstractTask):
@@ -20,8 +21,7 @@ class JaxMemoryTask(AbstractTask):
         self.solver = getattr(ctx.backend, "fixed_step_solver", None)
         import jax
         import jax.numpy as jnp
-
-        from plugins.jax_common import CompiledStep, jax_device
+        from bench.plugins.jax_common import CompiledStep, jax_device
 
         options = ctx.options
         self.num_train_steps = int(ctx.budget.settings["steps"])

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
+from bench.plugins.torch_common import TorchTask
+from bench.suites.memory_scaling import initial_state, initial_weights
 from torch import nn
 
 from bench.interfaces import CellContext, Evaluation, StepStats
-from plugins.torch_common import TorchTask
-from suites.memory_scaling import initial_state, initial_weights
 
 
 class MlpDynamics(nn.Module):
@@ -24,7 +24,7 @@ class TorchMemoryTask(TorchTask):
 
     def __init__(self, ctx: CellContext):
         self.solver = getattr(ctx.backend, "fixed_step_solver", None)
-        from plugins.torch_common import run_train_step
+        from bench.plugins.torch_common import run_train_step
 
         self._run_train_step = run_train_step
         options = ctx.options

@@ -2,7 +2,8 @@
 
 This module is framework-neutral (numpy only): data, batch order, augmentation offsets, initial
 weights, learning-rate schedule and budgets live here, so that every framework's model (torch in
-:mod:`suites.mnist_torch`; a JAX one can follow) trains on the very same batches from the very same
+:mod:`bench.suites.mnist_torch`; a JAX one can follow) trains on the very same batches from the
+very same
 initial weights for a given seed. The architecture and the paper's settings follow the authors'
 ``torchdiffeq/examples/odenet_mnist.py`` (see shared/REFERENCE.md):
 
@@ -320,7 +321,7 @@ class MnistSuite(AbstractSuite):
         the cache), so that a missing dataset is one message before any cell starts."""
         import sys
 
-        from suites.mnist_data import MnistDataError, resolve_mnist_dir
+        from bench.suites.mnist_data import MnistDataError, resolve_mnist_dir
 
         values = {**self.options, **options}
         try:
@@ -332,7 +333,7 @@ class MnistSuite(AbstractSuite):
 
     def build_task(self, ctx: CellContext) -> AbstractTask:
         options = self.cell_options(ctx)
-        from suites.mnist_data import load_mnist
+        from bench.suites.mnist_data import load_mnist
 
         arrays = load_mnist(options["data_dir"], _as_bool(options["download"], "download"),
                             log=ctx.log)
@@ -340,11 +341,11 @@ class MnistSuite(AbstractSuite):
         pipeline = MnistPipeline(arrays, ctx.budget.settings, ctx.seed)
         framework = ctx.backend.framework
         if framework == "torch":
-            from suites.mnist_torch import MnistTorchTask
+            from bench.suites.mnist_torch import MnistTorchTask
 
             return MnistTorchTask(ctx, pipeline)
         if framework == "jax":
-            from suites.mnist_jax import MnistJaxTask
+            from bench.suites.mnist_jax import MnistJaxTask
 
             return MnistJaxTask(ctx, pipeline)
         raise BenchError(f"suite mnist has no {framework} model (it has: "

@@ -1,16 +1,19 @@
-"""The JAX (equinox) model and task of the MNIST suite (imported lazily by :mod:`suites.mnist`).
+"""The JAX (equinox) model and task of the MNIST suite (imported lazily by
+:mod:`bench.suites.mnist`).
 
-Layer for layer the model of :mod:`suites.mnist_torch` for the continuous backends (ODE-Net and
+Layer for layer the model of :mod:`bench.suites.mnist_torch` for the continuous backends (ODE-Net
+and
 RK-Net; the ResNet has no JAX backend), computed channels-last (NHWC activations, HWIO kernels; see
 :class:`Conv2d`) with torch's values: GroupNorm(min(32, C), C) with torch's biased variance and eps
 = 1e-5, ConcatConv2d with t as input channel 0, global average pooling and a linear head. Initial
-weights come from :func:`suites.mnist.model_weights` under the torch parameter names
+weights come from :func:`bench.suites.mnist.model_weights` under the torch parameter names
 (``neutral_parameters``), and the batches, crops and learning rates from the same
-:class:`suites.mnist.MnistPipeline`, so a JAX cell starts from the same arrays and sees the same
+:class:`bench.suites.mnist.MnistPipeline`, so a JAX cell starts from the same arrays and sees the
+same
 batches as a torch cell of the same seed.
 
 The training step (forward, backward, SGD with momentum as torch.optim.SGD) is one XLA program,
-compiled at the first step (:class:`plugins.jax_common.CompiledStep`).
+compiled at the first step (:class:`bench.plugins.jax_common.CompiledStep`).
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from bench.suites.mnist import CHANNELS, NUM_CLASSES, MnistPipeline, model_weights
 
 from bench.errors import BenchError
 from bench.interfaces import AbstractTask, CellContext, Evaluation, StepStats
-from suites.mnist import CHANNELS, NUM_CLASSES, MnistPipeline, model_weights
 
 GN_EPS = 1e-5  # torch.nn.GroupNorm's default
 
@@ -224,7 +227,8 @@ def _split(name: str) -> tuple[Any, str]:
 
 
 def neutral_parameters(model: MnistNet) -> dict[str, jax.Array]:
-    """The model's arrays under the torch names of :func:`suites.mnist.parameter_specs`, in torch's
+    """The model's arrays under the torch names of :func:`bench.suites.mnist.parameter_specs`, in
+    torch's
     layout (convolution weights OIHW)."""
     out = {}
     for layer, where in _LOCATIONS.items():
@@ -272,7 +276,7 @@ class MnistJaxTask(AbstractTask):
     """ODE-Net / RK-Net on a JAX backend: one compiled step per training iteration."""
 
     def __init__(self, ctx: CellContext, data: MnistPipeline):
-        from plugins.jax_common import (
+        from bench.plugins.jax_common import (
             CompiledStep,
             CompileOnce,
             jax_device,

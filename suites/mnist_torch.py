@@ -1,9 +1,10 @@
-"""The torch model and task of the MNIST suite (imported lazily by :mod:`suites.mnist`).
+"""The torch model and task of the MNIST suite (imported lazily by :mod:`bench.suites.mnist`).
 
 The model is built around ``backend.ode_block(make_dynamics)``: the continuous backends call
 ``make_dynamics(True)`` once (the ODE-Net / RK-Net dynamics, with a time channel), the ResNet
 backend calls ``make_dynamics(False)`` six times (plain residual blocks). Initial weights come from
-:func:`suites.mnist.model_weights`, keyed by the names below, so every backend and framework starts
+:func:`bench.suites.mnist.model_weights`, keyed by the names below, so every backend and framework
+starts
 from the same arrays for a seed.
 """
 
@@ -14,12 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from bench.plugins.torch_common import TorchTask
+from bench.suites.mnist import CHANNELS, NUM_CLASSES, MnistPipeline, model_weights
 from torch import nn
 
 from bench.errors import BenchError
 from bench.interfaces import CellContext, Evaluation, StepStats
-from plugins.torch_common import TorchTask
-from suites.mnist import CHANNELS, NUM_CLASSES, MnistPipeline, model_weights
 
 
 def norm(channels: int) -> nn.GroupNorm:
@@ -108,7 +109,8 @@ class MnistNet(nn.Module):
         return self.head(self.block(self.downsampling(x)))
 
     def neutral_parameters(self) -> dict[str, nn.Parameter]:
-        """Parameters under the framework-neutral names of :func:`suites.mnist.parameter_specs`."""
+        """Parameters under the framework-neutral names of
+        :func:`bench.suites.mnist.parameter_specs`."""
         named = {f"downsampling.{n}": p for n, p in self.downsampling.named_parameters()}
         named.update({f"head.{n}": p for n, p in self.head.named_parameters()})
         for i, module in enumerate(self.dynamics):
@@ -144,7 +146,7 @@ def build_model(backend: Any, seed: int) -> MnistNet:
 
 class MnistTorchTask(TorchTask):
     def __init__(self, ctx: CellContext, data: MnistPipeline):
-        from plugins.torch_common import run_train_step
+        from bench.plugins.torch_common import run_train_step
 
         self._run_train_step = run_train_step
         torch.manual_seed(ctx.seed)

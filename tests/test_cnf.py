@@ -8,12 +8,12 @@ import math
 
 import numpy as np
 import pytest
+from bench.suites import cnf_data
+from bench.suites.cnf import BUDGETS, CnfData, CnfSuite, initial_weights, parameter_specs
 
 from bench.cell import CellSpec, run_cell
 from bench.errors import BenchError, UnknownNameError
 from bench.interfaces import Budget
-from suites import cnf_data
-from suites.cnf import BUDGETS, CnfData, CnfSuite, initial_weights, parameter_specs
 
 TORCH_BACKENDS = ("torch-direct", "torch-adjoint", "rknet", "resnet")
 #: Smaller than smoke for the fast tests: 3 steps of batch 16, a 10x10 grid.
@@ -146,15 +146,14 @@ def test_resnet_is_unsupported_with_a_reason(backends):
 
 
 def _flow(backend, tol=1e-5, seed=0):
-    from suites.cnf_torch import build_flow
+    from bench.suites.cnf_torch import build_flow
 
     return build_flow(backend, {**BUDGETS["paper"].settings, "rtol": tol, "atol": tol}, seed)
 
 
 def test_zero_dynamics_flow_has_the_base_density(backends):
     import torch
-
-    from suites.cnf import standard_normal_log_density
+    from bench.suites.cnf import standard_normal_log_density
 
     flow = _flow(_backend(backends, "torch-direct"))
     with torch.no_grad():
@@ -168,7 +167,7 @@ def test_zero_dynamics_flow_has_the_base_density(backends):
 
 def test_exact_trace_is_the_mean_of_hutchinson_on_a_linear_field():
     torch = pytest.importorskip("torch")
-    from suites.cnf_torch import exact_trace, hutchinson_trace
+    from bench.suites.cnf_torch import exact_trace, hutchinson_trace
 
     a = torch.tensor([[0.7, -1.3], [0.4, -0.2]], dtype=torch.float64)
     n = 4000
@@ -322,9 +321,8 @@ def test_jax_field_matches_the_torch_field(jax_backends):
     equals the torch one. Eager, no compilation."""
     torch = pytest.importorskip("torch")
     import jax.numpy as jnp
-
-    from suites import cnf_jax
-    from suites.cnf_torch import CnfDynamics
+    from bench.suites import cnf_jax
+    from bench.suites.cnf_torch import CnfDynamics
 
     settings = BUDGETS["paper"].settings
     jax_model = cnf_jax.build_dynamics(settings, 3)
@@ -352,7 +350,7 @@ def test_jax_field_matches_the_torch_field(jax_backends):
 
 
 def test_jax_tolerances_come_from_the_budget(jax_backends):
-    from suites.cnf_jax import with_tolerances
+    from bench.suites.cnf_jax import with_tolerances
 
     backend = jax_backends.get("diffrax-checkpoint")
     if backend is None:

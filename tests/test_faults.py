@@ -288,7 +288,7 @@ def test_a_misspelt_or_empty_plugin_variable_is_reported(cli_env, tmp_path, valu
     assert result.returncode == 2
     assert f"BENCH_LOAD_PLUGINS={value!r}: {message}" in result.stderr
     available = result.stderr.split("Available plugins: ")[1].strip().split(", ")
-    assert "fake" in available and "plugins.torch_adjoint" in available
+    assert "fake" in available and "bench.plugins.torch_adjoint" in available
     result = run_cli(["run", "--suite", "linear"], cli_env, tmp_path)
     assert result.returncode == 2 and "BENCH_LOAD_PLUGINS" in result.stderr
 

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bench.plugins import jax_diffrax
+from bench.plugins.jax_common import INSTALL_HINT, JaxBackend
 
 from bench.cell import CellSpec, check_support, run_cell
 from bench.errors import BenchError
 from bench.interfaces import AbstractSuite, AbstractTask, Budget, CellContext, Evaluation, StepStats
 from bench.registry import PluginSelection, Registry
-from plugins import jax_diffrax
-from plugins.jax_common import INSTALL_HINT, JaxBackend
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ("diffrax-checkpoint", "diffrax-backsolve", "jax-rknet")
@@ -54,7 +54,7 @@ class JaxToySuite(AbstractSuite):
 
 def test_backends_are_registered_with_their_methods():
     registry = Registry.load(PluginSelection(builtins=False, entry_points=False,
-                                             extra_modules=("plugins.jax_diffrax",)))
+                                             extra_modules=("bench.plugins.jax_diffrax",)))
     assert not registry.load_errors
     got = {name: (b.framework, b.gradient_method, b.solver, b.continuous_time)
            for name, b in registry.backends.items()}
@@ -67,7 +67,7 @@ def test_backends_are_registered_with_their_methods():
 
 
 def test_plugin_modules_do_not_import_jax():
-    code = ("import sys, plugins.jax_diffrax, plugins.jax_common; "
+    code = ("import sys, bench.plugins.jax_diffrax, bench.plugins.jax_common; "
             "print(sorted(m for m in ('jax', 'diffrax', 'equinox') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          timeout=120)
@@ -125,7 +125,7 @@ def test_gpu_device_memory_and_solve():
         jax.devices("gpu")
     except RuntimeError:
         pytest.skip("jax sees no GPU (CPU-only jaxlib)")
-    from plugins.jax_common import jax_device
+    from bench.plugins.jax_common import jax_device
 
     for name in NAMES:
         b = backend(name)
@@ -227,8 +227,7 @@ def _run_case(name: str, kwargs: dict, steps: int = 3) -> dict:
     """Forward-only solve and ``steps`` compiled training steps of one backend, counted."""
     import jax
     import jax.numpy as jnp
-
-    from plugins.jax_common import CompiledStep, sgd_momentum_init, sgd_momentum_update
+    from bench.plugins.jax_common import CompiledStep, sgd_momentum_init, sgd_momentum_update
 
     b = backend(name)
     f, counter = counted_dynamics()
@@ -335,8 +334,7 @@ def test_diffrax_own_first_step_is_unprobed_and_counted():
     jax = pytest.importorskip("jax")
     import diffrax
     import jax.numpy as jnp
-
-    from plugins.jax_diffrax import DiffraxBackend
+    from bench.plugins.jax_diffrax import DiffraxBackend
 
     y0 = jnp.array([1.0, 2.0])
     sol = diffrax.diffeqsolve(diffrax.ODETerm(lambda t, y, a: -3.0 * y), diffrax.Dopri5(), 0.0,
@@ -377,8 +375,7 @@ def test_xla_memory_analysis_is_reported(counted):
 
 def test_compiled_step_refuses_other_shapes_instead_of_recompiling(counted):
     import jax.numpy as jnp
-
-    from plugins.jax_common import sgd_momentum_init
+    from bench.plugins.jax_common import sgd_momentum_init
 
     params = {"W": jnp.zeros((4, 4)), "b": jnp.zeros(4)}
     with pytest.raises(TypeError):
@@ -513,7 +510,7 @@ def test_nfe_counts_with_output_times(name):
 
 def test_checkpoint_schedule_replay_without_recomputation():
     pytest.importorskip("jax")
-    from plugins.jax_common import checkpoint_backward_iterations
+    from bench.plugins.jax_common import checkpoint_backward_iterations
 
     # 90 checkpoints for max_steps=4096: short solves store every step
     assert [checkpoint_backward_iterations(n, 4096) for n in (0, 1, 5, 30)] == [0, 1, 5, 30]
@@ -528,8 +525,7 @@ class JaxToyTask(AbstractTask):
     def __init__(self, ctx: CellContext):
         import jax
         import jax.numpy as jnp
-
-        from plugins.jax_common import CompiledStep, jax_device
+        from bench.plugins.jax_common import CompiledStep, jax_device
 
         self.backend = ctx.backend
         self.num_train_steps = int(ctx.budget.settings["steps"])
@@ -570,8 +566,7 @@ def _rknet_output_times_case():
     (0, 1, 1, 2, 1, 1, 1, 2 steps of at most 1/3), then 30 more equal ones (1 step each)."""
     import jax
     import jax.numpy as jnp
-
-    from plugins.fixed_grid import steps_in_interval
+    from bench.plugins.fixed_grid import steps_in_interval
 
     b = backend("jax-rknet")
     params_np, y0_np = _problem()
@@ -635,7 +630,7 @@ def test_checkpoint_counting_runs_after_the_timed_step(tmp_path, monkeypatch):
     seen before) once ran inside the timed step; now the core completes the counts after the
     clock stopped, and they still equal the callback counts (test_backward_nfe_...)."""
     pytest.importorskip("jax")
-    import plugins.jax_diffrax as jd
+    import bench.plugins.jax_diffrax as jd
 
     b = backend("diffrax-checkpoint")
     state = {"in_step": False, "replays": [], "timed": 0}

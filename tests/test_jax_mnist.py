@@ -14,9 +14,10 @@ import pytest
 pytest.importorskip("jax")
 pytest.importorskip("equinox")
 
+from bench.suites.mnist import BUDGETS, MnistPipeline, MnistSuite, model_weights  # noqa: E402
+from bench.suites.mnist_data import MnistArrays  # noqa: E402
+
 from bench.interfaces import Budget, CellContext  # noqa: E402
-from suites.mnist import BUDGETS, MnistPipeline, MnistSuite, model_weights  # noqa: E402
-from suites.mnist_data import MnistArrays  # noqa: E402
 
 RK4_STEPS = 6
 #: 3 steps of batch 4 on 16 training images, evaluation every 2 steps on 4 of 8 test images.
@@ -35,7 +36,7 @@ def _arrays(n_train: int = 40, n_test: int = 10) -> MnistArrays:
 
 
 def _jax_backend(name: str, **kwargs):
-    from plugins import jax_diffrax
+    from bench.plugins import jax_diffrax
 
     if kwargs:
         assert name == "jax-rknet"
@@ -92,7 +93,7 @@ def _grad_norm(grads) -> float:
 
 
 def test_parameter_count_matches_the_torch_model():
-    from suites.mnist_jax import build_model, num_params
+    from bench.suites.mnist_jax import build_model, num_params
 
     assert num_params(build_model(0)) == 208_266
 
@@ -101,8 +102,8 @@ def test_parameter_count_matches_the_torch_model():
 def test_initial_weights_equal_the_torch_models(seed):
     """Every array of the JAX model equals the torch model's tensor of the same name."""
     pytest.importorskip("torch")
-    from suites.mnist_jax import build_model, neutral_parameters
-    from suites.mnist_torch import build_model as build_torch_model
+    from bench.suites.mnist_jax import build_model, neutral_parameters
+    from bench.suites.mnist_torch import build_model as build_torch_model
 
     torch_model = build_torch_model(_torch_rk4_backend(), seed)
     state = torch_model.state_dict()
@@ -119,8 +120,7 @@ def test_initial_weights_equal_the_torch_models(seed):
 def _one_step_torch(torch_backend, seed, x, y):
     import torch
     import torch.nn.functional as F
-
-    from suites.mnist_torch import build_model as build_torch_model
+    from bench.suites.mnist_torch import build_model as build_torch_model
 
     model = build_torch_model(torch_backend, seed)
     loss = F.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))
@@ -138,8 +138,7 @@ def _one_step_jax_rknet(steps: int, conv_impl: str = "matmul") -> tuple[float, f
 
 def _one_step_jax(jax_backend, seed, x, y, conv_impl="matmul"):
     import jax
-
-    from suites.mnist_jax import build_model, cross_entropy
+    from bench.suites.mnist_jax import build_model, cross_entropy
 
     def loss_fn(model, x, y):
         logits, _ = model(x, jax_backend)
@@ -190,8 +189,7 @@ def _train_rknet(train_steps: int, steps: int):
 
 def _train(name, tmp_path, train_steps=2, **kwargs):
     import jax.monitoring
-
-    from suites.mnist_jax import MnistJaxTask
+    from bench.suites.mnist_jax import MnistJaxTask
 
     backend = _jax_backend(name, **kwargs)
     data = MnistPipeline(_arrays(), TINY.settings, seed=0)
@@ -259,7 +257,7 @@ def test_first_step_loss_equals_the_torch_tasks(tmp_path):
     steps = getattr(torch_backend, "steps", None) or getattr(torch_backend, "fixed_steps", None)
     if not steps:
         pytest.skip("the torch rknet backend does not say its number of steps")
-    from suites.mnist_torch import MnistTorchTask
+    from bench.suites.mnist_torch import MnistTorchTask
 
     torch_task = MnistTorchTask(_context(torch_backend, tmp_path),
                                 MnistPipeline(_arrays(), TINY.settings, seed=0))
@@ -283,8 +281,9 @@ def test_mnist_suite_runs_a_jax_cell(tmp_path, monkeypatch):
     """Through the suite and the core (needs "jax" in MnistSuite.frameworks)."""
     if "jax" not in MnistSuite.frameworks:
         pytest.skip("suites/mnist.py does not dispatch to the JAX model yet")
+    from bench.suites import mnist_data
+
     from bench.cell import CellSpec, run_cell
-    from suites import mnist_data
 
     monkeypatch.setattr(mnist_data, "load_mnist", lambda *a, **k: _arrays())
     suite = MnistSuite()

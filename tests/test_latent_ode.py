@@ -9,12 +9,8 @@ import math
 
 import numpy as np
 import pytest
-
-from bench.cell import CellSpec, run_cell
-from bench.errors import BenchError, UnknownNameError
-from bench.interfaces import Budget
-from suites import latent_ode_data
-from suites.latent_ode import (
+from bench.suites import latent_ode_data
+from bench.suites.latent_ode import (
     BUDGETS,
     LatentOdeData,
     LatentOdeSuite,
@@ -23,6 +19,10 @@ from suites.latent_ode import (
     observation_mask,
     resolve_settings,
 )
+
+from bench.cell import CellSpec, run_cell
+from bench.errors import BenchError, UnknownNameError
+from bench.interfaces import Budget
 
 #: Smaller than smoke: 20 series of 20 points (window 10), 3 steps of batch 4.
 TINY = Budget("tiny", "test", {**BUDGETS["smoke"].settings, "num_series": 20, "num_points": 20,
@@ -189,7 +189,7 @@ def test_discrete_backends_are_unsupported_with_a_reason(registry):
 
 
 def _model(backend, data):
-    from suites.latent_ode_torch import build_model
+    from bench.suites.latent_ode_torch import build_model
 
     return build_model(backend, data, seed=0)
 
@@ -338,7 +338,7 @@ def test_training_lowers_the_error(backends, tmp_path):
                                       "num_points": 60, "steps": 150, "batch_size": 50,
                                       "eval_every": None})
     untrained = LatentOdeData("spirals", budget.settings, 0)
-    from suites.latent_ode_torch import LatentOdeTorchTask
+    from bench.suites.latent_ode_torch import LatentOdeTorchTask
 
     row, work = _run(_backend(backends, "torch-direct"), tmp_path, budget=budget, options=())
     _ok(row, work)
@@ -359,8 +359,7 @@ def test_jax_model_matches_the_torch_model(backends, jax_backends):
     values, and the JAX negative ELBO through a diffrax solve equals torch's."""
     torch = pytest.importorskip("torch")
     import jax.numpy as jnp
-
-    from suites import latent_ode_jax as lj
+    from bench.suites import latent_ode_jax as lj
 
     data = _accurate()
     torch_model = _model(_backend(backends, "torch-direct"), data)
@@ -475,13 +474,12 @@ def test_jax_ode_rnn_posterior_matches_torch(backends, jax_backends):
     """Same weights, same batch: the JAX ODE-RNN encoder (unrolled, diffrax) equals torch's."""
     torch = pytest.importorskip("torch")
     import jax.numpy as jnp
-
-    from suites import latent_ode_jax as lj
+    from bench.suites import latent_ode_jax as lj
 
     if "diffrax-backsolve" not in jax_backends:
         pytest.skip("diffrax-backsolve is not registered")
     backend = jax_backends["diffrax-backsolve"]
-    from plugins.jax_common import with_tolerances
+    from bench.plugins.jax_common import with_tolerances
 
     lj_backend = with_tolerances(backend, 1e-7, 1e-9)
     data = _ode_rnn()

@@ -10,10 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bench.suites import mnist_data
+from bench.suites.mnist_data import (
+    FILES,
+    MnistDataError,
+    load_folder,
+    load_mnist,
+    read_idx,
+    write_idx,
+)
 
 from bench.errors import BenchError
-from suites import mnist_data
-from suites.mnist_data import FILES, MnistDataError, load_folder, load_mnist, read_idx, write_idx
 
 
 def write_mnist(folder: Path, n_train: int = 12, n_test: int = 6, gz: bool = False,

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bench.suites import mnist
+from bench.suites.mnist import BUDGETS, MnistPipeline, MnistSuite, model_weights, parameter_specs
+from bench.suites.mnist_data import MnistArrays
 from test_mnist_data import write_mnist
 
 from bench.cell import CellSpec, run_cell
 from bench.errors import BenchError
 from bench.interfaces import Budget
-from suites import mnist
-from suites.mnist import BUDGETS, MnistPipeline, MnistSuite, model_weights, parameter_specs
-from suites.mnist_data import MnistArrays
 
 SHARED_LAYERS = ("downsampling.", "head.")
 BACKENDS = ("torch-direct", "torch-adjoint", "rknet", "resnet")
@@ -37,7 +37,7 @@ def _arrays(n_train: int = 40, n_test: int = 10) -> MnistArrays:
 def backends():
     """The registered torch backends (the tests using them skip without torch)."""
     pytest.importorskip("torch")
-    pytest.importorskip("plugins.torch_common")
+    pytest.importorskip("bench.plugins.torch_common")
     from bench.registry import PluginSelection, Registry
 
     registry = Registry.load(PluginSelection(entry_points=False))
@@ -160,7 +160,7 @@ def test_unknown_option_and_bad_download_value(tmp_path):
 @pytest.mark.parametrize("name,expected", [("torch-direct", 208_266), ("torch-adjoint", 208_266),
                                            ("rknet", 208_266), ("resnet", 576_778)])
 def test_torch_parameter_counts(backends, name, expected):
-    from suites.mnist_torch import build_model
+    from bench.suites.mnist_torch import build_model
 
     model = build_model(_backend(backends, name), seed=0)
     assert sum(p.numel() for p in model.parameters()) == expected
@@ -168,8 +168,7 @@ def test_torch_parameter_counts(backends, name, expected):
 
 def test_torch_models_start_from_the_neutral_weights(backends):
     import torch
-
-    from suites.mnist_torch import build_model
+    from bench.suites.mnist_torch import build_model
 
     models = {n: build_model(_backend(backends, n), seed=3) for n in ("torch-direct", "resnet")}
     neutral = model_weights(True, seed=3)
@@ -186,8 +185,7 @@ def test_torch_models_start_from_the_neutral_weights(backends):
 
 def test_torch_model_output_shape_and_time_channel(backends):
     import torch
-
-    from suites.mnist_torch import OdeDynamics, build_model
+    from bench.suites.mnist_torch import OdeDynamics, build_model
 
     model = build_model(_backend(backends, "torch-direct"), seed=0)
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
@@ -230,7 +228,7 @@ def test_tiny_cell_end_to_end(backends, tmp_path, name):
 
 def test_same_batches_across_backends(backends, tmp_path, monkeypatch):
     """Every backend's task asks the pipeline for the same batches in the same order."""
-    from suites import mnist_torch
+    from bench.suites import mnist_torch
 
     seen: dict[str, list] = {}
     original = mnist.MnistPipeline.train_batch

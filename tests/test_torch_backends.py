@@ -14,12 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchdiffeq")
 
-from torch import nn  # noqa: E402
-
-from bench.errors import BenchError  # noqa: E402
-from bench.interfaces import StepStats  # noqa: E402
-from bench.registry import PluginSelection, Registry  # noqa: E402
-from plugins.torch_common import (  # noqa: E402
+from bench.plugins.torch_common import (  # noqa: E402
     CudaAllocatorTracker,
     StepCounts,
     TorchBackend,
@@ -27,9 +22,14 @@ from plugins.torch_common import (  # noqa: E402
     run_train_step,
     saved_tensors_meter,
 )
+from torch import nn  # noqa: E402
 
-TORCH_PLUGINS = ("plugins.torch_adjoint", "plugins.torch_direct", "plugins.rknet",
-                 "plugins.resnet")
+from bench.errors import BenchError  # noqa: E402
+from bench.interfaces import StepStats  # noqa: E402
+from bench.registry import PluginSelection, Registry  # noqa: E402
+
+TORCH_PLUGINS = ("bench.plugins.torch_adjoint", "bench.plugins.torch_direct", "bench.plugins.rknet",
+                 "bench.plugins.resnet")
 ALL = ("torch-adjoint", "torch-direct", "rknet", "resnet")
 F64 = torch.float64
 
@@ -172,8 +172,8 @@ def test_devices_on_a_machine_without_cuda(backends):
 
 
 def test_bad_settings_are_refused(backends):
-    from plugins.rknet import RKNetBackend
-    from plugins.torch_direct import TorchDirectBackend
+    from bench.plugins.rknet import RKNetBackend
+    from bench.plugins.torch_direct import TorchDirectBackend
 
     with pytest.raises(BenchError, match="rtol and atol must be positive"):
         TorchDirectBackend(rtol=0.0)
@@ -217,7 +217,7 @@ def test_dopri5_counts_match_step_counts_and_independent_counters(backends, name
 
 
 def test_rejected_steps_are_counted_and_first_step_skips_the_probe():
-    from plugins.torch_direct import TorchDirectBackend
+    from bench.plugins.torch_direct import TorchDirectBackend
 
     a = [[-30.0, 1.0], [0.0, -0.5]]
     block = TorchDirectBackend(first_step=1.0).ode_block(lambda td: Linear(a), rtol=1e-6,
@@ -350,8 +350,8 @@ def test_trajectories_match_the_exact_solution_and_resnet_refuses_times(backends
 
 def test_rknet_float32_output_times_get_whole_steps(backends):
     """linspace(0, 1, 4) in float32 gives intervals of 1/3 +- 3e-8: two steps of 1/6 each, as the
-    JAX twin (plugins.fixed_grid), not a third step for the rounding."""
-    from plugins.fixed_grid import steps_in_interval
+    JAX twin (bench.plugins.fixed_grid), not a third step for the rounding."""
+    from bench.plugins.fixed_grid import steps_in_interval
 
     assert [steps_in_interval(x, 1 / 6, 6) for x in (1 / 3 + 3e-8, 1 / 3 - 3e-8, 0.34, 0.0)] == \
         [2, 2, 3, 1]
@@ -474,7 +474,7 @@ from pathlib import Path
 from bench.interfaces import CellContext
 from bench.registry import PluginSelection, Registry
 registry = Registry.load(PluginSelection(builtins=False, entry_points=False,
-                         extra_modules=("plugins.{module}", "suites.memory_scaling")))
+                         extra_modules=("bench.plugins.{module}", "bench.suites.memory_scaling")))
 suite = registry.suite("memory-scaling")
 ctx = CellContext(backend=registry.backend("{backend}"), budget=suite.budgets["measure"], seed=0,
                   device="cpu", work_dir=Path("."),
@@ -504,7 +504,8 @@ def _memory_scaling_cell(backend_name, tmp_path, wrap_loss=None, steps=4):
 
     registry = Registry.load(PluginSelection(
         builtins=False, entry_points=False,
-        extra_modules=("plugins.torch_adjoint", "plugins.torch_direct", "suites.memory_scaling")))
+        extra_modules=("bench.plugins.torch_adjoint", "bench.plugins.torch_direct",
+                       "bench.suites.memory_scaling")))
     suite = registry.suite("memory-scaling")
     build = suite.build_task
 

@@ -196,7 +196,7 @@ def no_mnist(monkeypatch, tmp_path):
     """No MNIST anywhere and no network."""
     import urllib.error
 
-    from suites import mnist_data
+    from bench.suites import mnist_data
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.delenv(mnist_data.ENV_VAR, raising=False)
