@@ -18,6 +18,7 @@ Every cell must be within 5% of its bare loop.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from pathlib import Path
@@ -38,7 +39,9 @@ CELLS = (
     ("cnf", "diffrax-checkpoint"), ("cnf", "diffrax-backsolve"),
 )
 WARM_UP = 2
-ROUNDS = 5
+#: Rounds of interleaved steps (``BENCH_BARE_LOOP_ROUNDS`` overrides: more rounds, steadier medians
+#: on a noisy machine) and steps per round.
+ROUNDS = int(os.environ.get("BENCH_BARE_LOOP_ROUNDS", "5"))
 STEPS_PER_ROUND = 3
 LIMIT = 1.05
 PLUGINS = {"torch-direct": "bench.plugins.torch_direct",
