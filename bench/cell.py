@@ -31,7 +31,7 @@ from bench.interfaces import (
     solver_settings,
 )
 from bench.measure import mean_or_none, median_or_none
-from bench.results import ResultRow, now_iso
+from bench.rows import ResultRow, now_iso
 
 
 @dataclasses.dataclass(frozen=True)

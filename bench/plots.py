@@ -15,7 +15,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.results import ResultRow, RunDirectory, safe_name
+from bench.results import RunDirectory, safe_name
+from bench.rows import ResultRow
 
 LINE_STYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")

@@ -43,10 +43,9 @@ from bench.interfaces import (
     AbstractTask,
     Budget,
     CellContext,
-    OptionSpec,
     Support,
-    option_defaults,
 )
+from bench.options import OptionSpec, option_defaults
 
 DIM = 2
 HIDDEN = (64, 64, 64)

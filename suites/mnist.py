@@ -34,9 +34,8 @@ from bench.interfaces import (
     AbstractTask,
     Budget,
     CellContext,
-    OptionSpec,
-    option_defaults,
 )
+from bench.options import OptionSpec, option_defaults
 
 CHANNELS = 64
 NUM_CLASSES = 10
