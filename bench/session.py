@@ -116,7 +116,7 @@ class RunSession:
         request = self.request
         return Runner(self.registry, self.selection, run_dir, timeout_s=request.timeout_s,
                       max_memory_bytes=request.max_memory_bytes,
-                      threads=request.threads or None)
+                      threads=request.threads or None, echo=self.echo)
 
     def run_cells(self, run_dir: RunDirectory) -> RunOutcome:
         """Run the request's cells into ``run_dir`` (unlocked afterwards)."""
