@@ -1,6 +1,6 @@
 """One cell (suite x backend x seed x budget x device): the measured training loop.
 
-This runs inside the cell's own process (see :mod:`bench.runner`). The loop is the same for every
+It runs in the cell's own process (:mod:`bench.cell_process`). The loop is the same for every
 framework: the first training step is the warm-up (its extra time is ``compile_time_s``), the
 device is synchronised through the backend before every clock reading, the backend completes a
 step's counts after its clock stopped, memory is measured by the backend's tracker in two phases
