@@ -116,11 +116,9 @@ def timed_step(task: Any, backend: AbstractBackend, device: str, step: int
 def run_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite, work_dir: Path,
              log: Callable[[str], None] = print,
              progress: Callable[[int, int, float], None] | None = None) -> ResultRow:
-    """Run one cell and return its row. Exceptions become ``failed`` rows."""
+    """Run one cell and return its row. Exceptions become ``failed`` rows. The pair's support
+    is the caller's to check, once (:func:`check_support`; the runner does, in the parent)."""
     started = time.perf_counter()
-    reason = check_support(backend, suite)
-    if reason:
-        return base_row(spec, backend, suite, "unsupported", reason)
     try:
         device = backend.resolve_device(spec.device)
     except BenchError as exc:
