@@ -12,13 +12,14 @@ from bench.interfaces import (
     Budget,
     CellContext,
     Evaluation,
-    MemoryTracker,
-    OptionSpec,
     StepStats,
     Support,
 )
+from bench.measure import MemoryTracker
+from bench.options import OptionSpec
 from bench.registry import PluginSelection, Registry
-from bench.results import ResultRow, load_run
+from bench.results import load_run
+from bench.rows import ResultRow
 
 __all__ = [
     "AbstractBackend", "AbstractSuite", "AbstractTask", "BenchError", "Budget", "CellContext",

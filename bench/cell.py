@@ -1,6 +1,6 @@
 """One cell (suite x backend x seed x budget x device): the measured training loop.
 
-This runs inside the cell's own process (see :mod:`bench.runner`). The loop is the same for every
+It runs in the cell's own process (:mod:`bench.cell_process`). The loop is the same for every
 framework: the first training step is the warm-up (its extra time is ``compile_time_s``), the
 device is synchronised through the backend before every clock reading, the backend completes a
 step's counts after its clock stopped, memory is measured by the backend's tracker in two phases
@@ -31,7 +31,7 @@ from bench.interfaces import (
     solver_settings,
 )
 from bench.measure import mean_or_none, median_or_none
-from bench.results import ResultRow, now_iso
+from bench.rows import ResultRow, now_iso
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,11 +116,9 @@ def timed_step(task: Any, backend: AbstractBackend, device: str, step: int
 def run_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite, work_dir: Path,
              log: Callable[[str], None] = print,
              progress: Callable[[int, int, float], None] | None = None) -> ResultRow:
-    """Run one cell and return its row. Exceptions become ``failed`` rows."""
+    """Run one cell and return its row. Exceptions become ``failed`` rows. The pair's support
+    is the caller's to check, once (:func:`check_support`; the runner does, in the parent)."""
     started = time.perf_counter()
-    reason = check_support(backend, suite)
-    if reason:
-        return base_row(spec, backend, suite, "unsupported", reason)
     try:
         device = backend.resolve_device(spec.device)
     except BenchError as exc:

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.errors import BenchError
-from bench.results import ResultRow, RunDirectory
+from bench.results import RunDirectory
+from bench.rows import ResultRow
 
 GROUP_KEYS = ("suite", "backend", "budget", "options")
 

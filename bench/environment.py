@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.measure import cpu_count, cpu_model, cpu_simd_flags
-from bench.results import now_iso
+from bench.rows import now_iso
 
 PACKAGES = (
     "neural-ode-bench", "torch", "torchdiffeq", "jax", "jaxlib", "diffrax", "equinox", "numpy",

@@ -28,11 +28,3 @@ class UnknownNameError(BenchError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return self.args[0]
-
-
-def choose(kind: str, name: str, choices: Iterable[str]) -> str:
-    """Return ``name`` if it is one of ``choices``, else raise :class:`UnknownNameError`."""
-    choices = list(choices)
-    if name not in choices:
-        raise UnknownNameError(kind, name, choices)
-    return name

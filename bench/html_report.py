@@ -12,10 +12,12 @@ import html
 import json
 import math
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
+from bench.report import format_value, table_frame
 from bench.results import RunDirectory, rows_to_frame, safe_name
 
 PAGE_NAME = "index.html"
@@ -75,9 +77,7 @@ def _e(value: Any) -> str:
 
 
 def _cell_text(value: Any) -> str:
-    from bench.report import _fmt
-
-    return _fmt(value)
+    return format_value(value)
 
 
 def _is_number(value: Any) -> bool:
@@ -200,8 +200,6 @@ def _summary(run_dir: RunDirectory, rows: list[Any]) -> str:
 
 def html_page(path: str | Path) -> str:
     """The self-contained page of a run directory or a published results folder."""
-    from bench.report import table_frame
-
     run_dir = RunDirectory.open(Path(path))
     rows = run_dir.rows()
     frame = rows_to_frame(rows)
@@ -229,6 +227,13 @@ def html_page(path: str | Path) -> str:
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>\n"
             + "\n".join(parts) + f"\n<script>{_SCRIPT}</script>\n</body></html>\n")
+
+
+def report_page(run_dirs: Sequence[str], columns: Sequence[str] | None = None) -> str:
+    """``bench report --format html``: the page of one run (no column choice)."""
+    if len(run_dirs) != 1 or columns:
+        raise BenchError("--format html takes one run directory and no --columns")
+    return html_page(run_dirs[0])
 
 
 def write_page(path: str | Path, dest: str | Path | None = None) -> Path:

@@ -1,16 +1,15 @@
-"""Framework-neutral measurement helpers: timers and the process's resident memory."""
+"""Framework-neutral measurement helpers: the memory tracker interface, the process's resident
+memory, statistics of step times, and the CPU's model and vector extensions."""
 
 from __future__ import annotations
 
+import abc
 import functools
 import os
 import platform
 import re
 import statistics
-import time
 from collections.abc import Sequence
-
-from bench.interfaces import MemoryTracker
 
 _CLEAR_REFS = "/proc/self/clear_refs"
 _STATUS = "/proc/self/status"
@@ -83,6 +82,25 @@ def return_freed_memory_to_os() -> bool:
     return fixed
 
 
+class MemoryTracker(abc.ABC):
+    """Measures the peak memory of a phase. ``method`` names how, and goes into the results."""
+
+    method: str
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Start a new phase: forget earlier peaks."""
+
+    @abc.abstractmethod
+    def peak_bytes(self) -> int | None:
+        """Peak bytes used since :meth:`reset`, above what was in use at the reset."""
+
+    def begin_memory_phase(self) -> None:  # noqa: B027 - optional
+        """Called once before the memory steps, after every timed step: switch on whatever makes
+        per-phase peaks exact but would slow the timed steps down (the resident-memory tracker
+        makes glibc return freed memory). Default: nothing."""
+
+
 class ResidentMemoryTracker(MemoryTracker):
     """Peak increase of the process's resident memory over the phase (CPU).
 
@@ -108,18 +126,6 @@ class ResidentMemoryTracker(MemoryTracker):
 
     def begin_memory_phase(self) -> None:
         return_freed_memory_to_os()
-
-
-class Stopwatch:
-    """``with Stopwatch() as w: ...``; ``w.seconds`` afterwards (``perf_counter``)."""
-
-    def __enter__(self) -> Stopwatch:
-        self._start = time.perf_counter()
-        self.seconds = float("nan")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.seconds = time.perf_counter() - self._start
 
 
 def median_or_none(values: Sequence[float]) -> float | None:

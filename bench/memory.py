@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.plots import finish, style_line
+
 SUITE_NAME = "memory-scaling"
 DEFAULT_STEPS = (8, 16, 32, 64, 128, 256, 512)
 
@@ -134,8 +136,6 @@ def plot_scaling(frame: pd.DataFrame, path: str, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from bench.plots import finish, style_line
 
     ok = frame[frame["status"] == "ok"].sort_values("steps")
     fig, ax = plt.subplots(figsize=(7.5, 5))

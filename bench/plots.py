@@ -15,7 +15,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.results import ResultRow, RunDirectory, safe_name
+from bench.compare import options_part
+from bench.results import RunDirectory, safe_name
+from bench.rows import ResultRow
 
 LINE_STYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
@@ -68,8 +70,6 @@ def _traces(run_dir: RunDirectory) -> list[tuple[ResultRow, dict]]:
 def configuration(row: ResultRow) -> tuple:
     """What makes cells one line: everything but the seed (backend, identifying options,
     tolerances)."""
-    from bench.compare import options_part
-
     return (row.backend, options_part(row), row.rtol, row.atol)
 
 

@@ -61,7 +61,7 @@ def render(frame: pd.DataFrame, fmt: str) -> str:
         raise UnknownNameError("report format", fmt, FORMATS)
     if fmt == "csv":
         return frame.to_csv(index=False)
-    cells = [[_fmt(v) for v in row] for row in frame.itertuples(index=False)]
+    cells = [[format_value(v) for v in row] for row in frame.itertuples(index=False)]
     header = [str(c) for c in frame.columns]
     if fmt == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
@@ -102,7 +102,8 @@ def latex_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return table[[c for c in columns if c in table.columns]]
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A table cell's text: missing as '-', whole floats without a fraction, else 4 digits."""
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -126,12 +127,8 @@ def report(run_dirs: Sequence[str], fmt: str = "markdown",
     with ratios B/A. ``columns`` picks the columns (an unknown one raises with the choices)."""
     if fmt not in FORMATS:
         raise UnknownNameError("report format", fmt, FORMATS)
-    if fmt == "html":  # the self-contained page (bench.html_report); one run
-        if len(run_dirs) != 1 or columns:
-            raise BenchError("--format html takes one run directory and no --columns")
-        from bench.html_report import html_page
-
-        return html_page(run_dirs[0])
+    if fmt == "html":
+        raise BenchError("--format html is a page: see bench.html_report.report_page")
     if len(run_dirs) == 1:
         frame = load_run(run_dirs[0])
         if frame.empty and fmt != "csv":
@@ -148,7 +145,7 @@ def report(run_dirs: Sequence[str], fmt: str = "markdown",
             table = frame if fmt == "csv" else table_frame(frame)
         return render(table, fmt)
     if len(run_dirs) != 2:
-        raise UnknownNameError("number of run directories", str(len(run_dirs)), ("1", "2"))
+        raise BenchError("bench report takes one run directory, or two to compare")
     a, b = load_run(run_dirs[0]), load_run(run_dirs[1])
     for path, frame in ((run_dirs[0], a), (run_dirs[1], b)):
         if frame.empty:

@@ -1,4 +1,5 @@
-"""Result rows, run directories and loading a run as a pandas DataFrame.
+"""Run directories (their result rows written and read) and loading a run as a pandas
+DataFrame; a row itself is a :class:`bench.rows.ResultRow`.
 
 A run directory holds::
 
@@ -23,115 +24,12 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from bench.errors import BenchError
-
-Status = Literal["ok", "failed", "timeout", "unsupported", "diverged"]
-STATUSES: tuple[str, ...] = ("ok", "failed", "timeout", "unsupported", "diverged")
-
-
-@dataclasses.dataclass(frozen=True)
-class ResultRow:
-    """One cell's outcome. Units are in the field names; ``None`` means not measured."""
-
-    cell_id: str
-    suite: str
-    backend: str
-    framework: str
-    gradient_method: str
-    solver: str
-    device: str
-    seed: int
-    budget: str
-    status: str
-    error: str = ""
-    #: The suite's headline metric name (also a key of ``metrics``) and whether lower is better.
-    metric_name: str = ""
-    metric_direction: str = "lower"
-    #: The suite's metrics under their own names (``test_error_pct``, ``nll_nats``, ``mse``, ...).
-    metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
-    #: The suite options the cell ran with (``--set key=value``), also spread into columns.
-    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    #: Means per training iteration.
-    nfe_forward: float | None = None
-    nfe_backward: float | None = None
-    steps_accepted: float | None = None
-    steps_rejected: float | None = None
-    train_steps: int | None = None
-    #: Median over steady-state steps (all but the first), synchronised.
-    train_step_time_s: float | None = None
-    #: Extra time of the first step over the steady-state median (JIT compilation, allocations).
-    compile_time_s: float | None = None
-    #: Time of the final evaluation.
-    eval_time_s: float | None = None
-    #: Whole cell, including set-up (data, model building) and evaluation.
-    total_time_s: float | None = None
-    #: Steady-state peak (after the first step) and the first step's own peak, both above the
-    #: memory in use before the phase; ``peak_memory_method`` says how they were measured.
-    peak_memory_bytes: int | None = None
-    peak_memory_first_step_bytes: int | None = None
-    peak_memory_method: str = ""
-    #: Measured in the memory steps (the same steps as ``peak_memory_bytes``), never in a timed one.
-    saved_for_backward_bytes: int | None = None
-    #: NFE of the memory steps (the largest over them), beside the memory they measured: an
-    #: adaptive solver may take another number of steps there than in the mean training step.
-    memory_step_nfe_forward: float | None = None
-    memory_step_nfe_backward: float | None = None
-    params: int | None = None
-    device_name: str = ""
-    #: The host's 1-minute load average when the cell finished: CPU timings taken while it
-    #: exceeds the core count are contaminated by other work.
-    host_load_1m: float | None = None
-    #: Mean cores kept busy by other processes while the cell ran (host CPU busy time minus the
-    #: cell's own, from /proc, sampled by the parent).
-    host_busy_cores_other: float | None = None
-    #: The timings may not be comparable: the host was loaded beyond the cores the cell left
-    #: free, or the steady step times spread far above usual; ``timing_warning`` says which.
-    timing_flag: bool = False
-    timing_warning: str = ""
-    #: Solver tolerances the cell ran with (None: a fixed-step solve), and the adjoint's reverse
-    #: solve's; a suite budget's tolerances win over the backend's.
-    rtol: float | None = None
-    atol: float | None = None
-    adjoint_rtol: float | None = None
-    adjoint_atol: float | None = None
-    notes: str = ""
-    finished_at: str = ""
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), default=_json_default, allow_nan=True)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ResultRow:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def flat(self) -> dict[str, Any]:
-        """The row as flat columns: ``metrics`` spread into their own columns."""
-        data = dataclasses.asdict(self)
-        for nested in ("metrics", "options"):
-            for key, value in data.pop(nested).items():
-                data.setdefault(key, value)
-        return data
-
-    @property
-    def metric(self) -> float | None:
-        return self.metrics.get(self.metric_name)
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "item"):  # numpy scalars
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"cannot store {type(obj).__name__} in a result row")
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+from bench.rows import ResultRow, json_default
 
 
 def safe_name(text: str) -> str:
@@ -162,9 +60,9 @@ class RunDirectory:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except FileExistsError:  # a part of the path is a file
-                raise _location_error("run directory", path, NotADirectoryError()) from None
+                raise location_error("run directory", path, NotADirectoryError()) from None
             except OSError as exc:
-                raise _location_error("run directory", path, exc) from None
+                raise location_error("run directory", path, exc) from None
             try:
                 path.mkdir()
             except FileExistsError:
@@ -173,13 +71,13 @@ class RunDirectory:
                     "cells it lacks, or choose another --out"
                 ) from None
             except OSError as exc:
-                raise _location_error("run directory", path, exc) from None
+                raise location_error("run directory", path, exc) from None
             check_writable(path, "run directory")
             return cls(path)
         try:
             base.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise _location_error("folder for run directories", base, exc,
+            raise location_error("folder for run directories", base, exc,
                                   "; pass --out DIR somewhere writable") from None
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         for i in range(1000):
@@ -189,7 +87,7 @@ class RunDirectory:
             except FileExistsError:
                 continue
             except OSError as exc:
-                raise _location_error("folder for run directories", base, exc,
+                raise location_error("folder for run directories", base, exc,
                                       "; pass --out DIR somewhere writable") from None
             check_writable(candidate, "run directory")
             return cls(candidate)
@@ -198,7 +96,7 @@ class RunDirectory:
     @classmethod
     def open(cls, path: Path) -> RunDirectory:
         """Open a run directory, or a published results folder (``results.csv``, no rows.jsonl;
-        see :func:`publish_run`), for reading."""
+        see :func:`bench.publish.publish_run`), for reading."""
         path = Path(path)
         if not path.is_dir():
             what = "it does not exist" if not path.exists() else "it is a file"
@@ -224,7 +122,7 @@ class RunDirectory:
         try:
             self._lock_file = open(self.path / ".lock", "a+")  # noqa: SIM115
         except OSError as exc:
-            raise _location_error("run directory", self.path, exc) from None
+            raise location_error("run directory", self.path, exc) from None
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -251,7 +149,7 @@ class RunDirectory:
                 with open(rows, "a"):
                     pass
             except OSError as exc:
-                raise _location_error("rows file", rows, exc) from None
+                raise location_error("rows file", rows, exc) from None
 
     def unlock(self) -> None:
         if self._lock_file is not None:
@@ -262,7 +160,7 @@ class RunDirectory:
     # -- writing ----------------------------------------------------------------------------------
     def write_json(self, name: str, data: Any) -> None:
         tmp = self.path / (name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+        tmp.write_text(json.dumps(data, indent=2, default=json_default) + "\n")
         os.replace(tmp, self.path / name)
 
     def append_jsonl(self, name: str, line: str) -> None:
@@ -304,7 +202,7 @@ class RunDirectory:
 RESULTS_CSV = "results.csv"
 
 
-def _location_error(what: str, path: Path, exc: OSError, hint: str = "") -> BenchError:
+def location_error(what: str, path: Path, exc: OSError, hint: str = "") -> BenchError:
     reason = exc.strerror or type(exc).__name__
     if isinstance(exc, NotADirectoryError):
         reason = "a part of the path is a file, not a directory"
@@ -319,7 +217,7 @@ def check_writable(path: Path, what: str) -> None:
             f.write("x")
         probe.unlink()
     except OSError as exc:
-        raise _location_error(what, Path(path), exc) from None
+        raise location_error(what, Path(path), exc) from None
 
 
 @functools.lru_cache(maxsize=1024)
@@ -381,9 +279,9 @@ def read_rows(path: Path) -> list[ResultRow]:
 
 
 def read_csv_rows(path: Path, option_names: set[str] = frozenset()) -> list[ResultRow]:
-    """The rows of a published ``results.csv`` (one flat row per cell, as :func:`publish_run`
-    writes it). Columns that are not row fields come back as metrics, except options (the
-    names in ``option_names`` and text columns)."""
+    """The rows of a published ``results.csv`` (one flat row per cell, as
+    :func:`bench.publish.publish_run` writes it). Columns that are not row fields come back as
+    metrics, except options (the names in ``option_names`` and text columns)."""
     import pandas as pd
 
     try:
@@ -397,7 +295,7 @@ def read_csv_rows(path: Path, option_names: set[str] = frozenset()) -> list[Resu
         for key, value in record.items():
             value = _plain(value)
             if key in fields:
-                if value is None and fields[key].type in ("str", "Status"):
+                if value is None and fields[key].type == "str":
                     value = ""
                 if value is not None and fields[key].type in ("int", "int | None"):
                     value = int(value)
@@ -453,41 +351,3 @@ def rows_to_frame(rows: Iterable[ResultRow]):  # -> pandas.DataFrame
         return pd.DataFrame(columns=columns)
     extra = [c for c in frame.columns if c not in columns]
     return frame[columns + extra]
-
-
-def is_finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
-
-
-def publish_run(run: str | os.PathLike[str], dest: str | os.PathLike[str]) -> list[Path]:
-    """Copy what a published table needs out of a scratch run: the markdown table, the CSV of
-    every column, environment.json, config.json, invocations.jsonl and the run's plots; then
-    write the folder's self-contained page, ``index.html``."""
-    import shutil
-
-    from bench.report import render, table_frame
-
-    source = RunDirectory.open(Path(run))
-    dest = Path(dest)
-    if dest.exists():
-        raise BenchError(f"{str(dest)!r} already exists: publish into a new folder")
-    try:
-        dest.mkdir(parents=True)
-        check_writable(dest, "results folder")
-    except OSError as exc:
-        raise _location_error("results folder", dest, exc) from None
-    frame = rows_to_frame(source.rows())
-    written = [dest / "results.md", dest / "results.csv"]
-    written[0].write_text(render(table_frame(frame), "markdown"))
-    written[1].write_text(frame.to_csv(index=False))
-    for name in ("environment.json", "config.json", "invocations.jsonl"):
-        if (source.path / name).exists():
-            shutil.copy2(source.path / name, dest / name)
-            written.append(dest / name)
-    for extra in sorted(source.path.glob("*.png")) + sorted(source.path.glob("memory_*.*")):
-        shutil.copy2(extra, dest / extra.name)
-        written.append(dest / extra.name)
-    from bench.html_report import write_page
-
-    written.append(write_page(dest))
-    return written

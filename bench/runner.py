@@ -1,31 +1,29 @@
-"""Expand suites x backends x seeds into cells and run each cell in its own fresh process.
+"""Run each cell of a run in its own fresh process (the parent's side).
 
-A cell's process is started with ``spawn``, so its peak memory is its own and a crash, hang or
-out-of-memory stays inside it. Each finished row is appended to the run directory at once.
+A cell's process (its entry point: :func:`bench.cell_process.cell_process_main`) is started with
+``spawn``, so its peak memory is its own and a crash, hang or out-of-memory stays inside it. Each
+finished row is appended to the run directory at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import faulthandler
 import multiprocessing
 import os
 import signal
 import sys
-import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator, Sequence
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from bench.cell import CellSpec, base_row, check_support, run_cell
-from bench.errors import BenchError, UnknownNameError
+from bench.cell import CellSpec, base_row, check_support
+from bench.cell_process import cell_process_main
 from bench.monitor import CellMonitor, timing_warning, trace_step_times, usable_cores
 from bench.registry import PluginSelection, Registry
-from bench.results import ResultRow, RunDirectory, now_iso, safe_name
+from bench.results import RunDirectory, safe_name
+from bench.rows import ResultRow
 
 #: Environment of every cell process: JAX does not preallocate GPU memory (so it can share a GPU
 #: with torch, and its peak is measurable). glibc keeps its default allocation policy for the
@@ -34,41 +32,6 @@ from bench.results import ResultRow, RunDirectory, now_iso, safe_name
 CELL_ENVIRONMENT = {
     "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
 }
-DEVICES = ("cpu", "cuda", "auto")
-
-
-def expand(registry: Registry, suites: Sequence[str], backends: Sequence[str], budget: str,
-           seeds: Sequence[int], device: str, options: dict[str, Any] | None = None
-           ) -> list[CellSpec]:
-    """The cells of a run, suite-major. Names are checked; unknown ones raise with choices."""
-    if device not in DEVICES:
-        raise UnknownNameError("device", device, DEVICES)
-    if not suites:
-        raise BenchError("no suite selected")
-    if not backends:
-        raise BenchError("no backend selected")
-    suite_objs = [registry.suite(name) for name in suites]
-    for name in backends:
-        registry.backend(name)
-    for suite in suite_objs:
-        if budget not in suite.budgets:
-            raise UnknownNameError(f"budget for suite {suite.name!r}", budget, suite.budgets)
-    options = dict(options or {})
-    known = {k for suite in suite_objs for k in suite.options}
-    for key in options:
-        if key not in known:
-            names = ", ".join(repr(s.name) for s in suite_objs)
-            raise UnknownNameError(f"option of suite {names}", key, known)
-    cells = []
-    for suite in suite_objs:
-        # each option is converted and checked here, in the parent, before any cell starts
-        given = suite.validate_options({k: v for k, v in options.items() if k in suite.options})
-        suite_options = tuple(sorted(given.items()))
-        for backend in backends:
-            for seed in seeds:
-                cells.append(CellSpec(suite.name, backend, budget, int(seed), device,
-                                      suite_options, tuple(suite.location_options)))
-    return cells
 
 
 @dataclasses.dataclass
@@ -287,68 +250,3 @@ def _exit_reason(proc: Any, work_dir: Path | None = None) -> str:
         hint = " (killed: most likely out of memory)" if -code == signal.SIGKILL else log
         return f"cell process was killed by signal {name}{hint}"
     return f"cell process exited with code {code} without a result{log}"
-
-
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """Make this (cell) process end when its parent does, even by SIGKILL: the kernel's
-    parent-death signal where there is one (Linux), and a thread that exits the process when
-    the parent's sentinel closes (anywhere). No orphan cell outlives its run."""
-    parent = multiprocessing.parent_process()
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the thread below does it
-        pass
-    if parent is None:
-        return
-    if os.getppid() != parent.pid:  # the parent died before the signal was armed
-        os._exit(1)
-
-    def watch() -> None:
-        from multiprocessing.connection import wait
-
-        wait([parent.sentinel])
-        os._exit(1)
-
-    threading.Thread(target=watch, name="bench-parent-watch", daemon=True).start()
-
-
-def cell_process_main(conn: Connection, spec: CellSpec, selection: PluginSelection,
-                      work_dir: str, max_memory_bytes: int | None) -> None:
-    """Entry point of a cell's process."""
-    die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
-    # max_memory_bytes is enforced by the parent on the resident set (CellMonitor); an
-    # address-space limit (RLIMIT_AS) killed healthy torch cells, which reserve far more than
-    # they use
-    path = Path(work_dir)
-    log_file = open(path / "cell.log", "a")  # noqa: SIM115
-    # A crash (SIGSEGV, SIGABRT, ...) leaves the Python stack of every thread in cell.log.
-    faulthandler.enable(file=log_file, all_threads=True)
-
-    def log(message: str) -> None:
-        log_file.write(message + "\n")
-        log_file.flush()
-
-    def progress(step: int, n: int, loss: float) -> None:
-        conn.send(("progress", (step, n, loss)))
-
-    try:
-        registry = Registry.load(selection)
-        backend = registry.backend(spec.backend)
-        suite = registry.suite(spec.suite)
-        row = run_cell(spec, backend, suite, path, log=log, progress=progress)
-    except BaseException as exc:  # noqa: BLE001 - always answer the parent
-        with contextlib.suppress(OSError):
-            (path / "error.log").write_text(traceback.format_exc())
-        row = base_row(spec, None, None, "failed", f"{type(exc).__name__}: {exc}")
-    row = dataclasses.replace(row, finished_at=now_iso())
-    conn.send(("result", row))
-    conn.close()
-    faulthandler.disable()
-    log_file.close()

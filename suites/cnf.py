@@ -7,7 +7,7 @@ initial weights and the budgets live here, so every framework's model (torch in
 for a
 given seed. The eight generators are in :mod:`bench.suites.cnf_data`.
 
-The model follows FFJORD's ``train_toy.py`` (shared/REFERENCE.md, "Continuous normalizing flows"):
+The model follows FFJORD's ``train_toy.py`` (Grathwohl et al. 2019):
 
 - dynamics f(t, z): ConcatSquashLinear 2->64, tanh, 64->64, tanh, 64->64, tanh, 64->2, where
   ConcatSquashLinear(t, x) = (W x + b) * sigmoid(G t + g) + B t (FFJORD's ``concatsquash`` layer);
@@ -21,7 +21,7 @@ The model follows FFJORD's ``train_toy.py`` (shared/REFERENCE.md, "Continuous no
 - Adam, lr 1e-3, weight decay 1e-5 (``train_toy.py``'s default), batch 100, dopri5 at
   rtol = atol = 1e-5 for training and test, test NLL on 1000 fresh samples.
 
-REFERENCE.md lists "Adam 1e-3" only; the weight decay 1e-5 and the learned T = 0.5 are FFJORD's
+The paper gives "Adam 1e-3" only; the weight decay 1e-5 and the learned T = 0.5 are FFJORD's
 script defaults and are kept in every budget (options of the budget settings).
 """
 
@@ -43,10 +43,9 @@ from bench.interfaces import (
     AbstractTask,
     Budget,
     CellContext,
-    OptionSpec,
     Support,
-    option_defaults,
 )
+from bench.options import OptionSpec, option_defaults
 
 DIM = 2
 HIDDEN = (64, 64, 64)
@@ -59,7 +58,7 @@ _STREAM_TEST = 2
 _STREAM_PROBES = 3
 _STREAM_PLOT = 4
 
-#: FFJORD toy settings (shared/REFERENCE.md; train_toy.py defaults where the reference is silent).
+#: FFJORD toy settings (Grathwohl et al. 2019; train_toy.py defaults where the paper is silent).
 _PAPER: dict[str, Any] = {
     "steps": 10_000, "batch_size": 100, "test_size": 1000, "lr": 1e-3, "weight_decay": 1e-5,
     "rtol": 1e-5, "atol": 1e-5, "time_length": 0.5, "train_end_time": True,

@@ -70,11 +70,9 @@ from bench.interfaces import (
     Budget,
     CellContext,
     Evaluation,
-    OptionSpec,
     Support,
-    in_unit_interval,
-    option_defaults,
 )
+from bench.options import OptionSpec, in_unit_interval, option_defaults
 
 DATASETS = tuple(latent_ode_data.GENERATORS)
 TABLE2_OBSERVED = (30, 50, 100)  # Chen et al. 2018, Table 2: observed points out of 100

@@ -19,10 +19,8 @@ from bench.interfaces import (
     AbstractTask,
     Budget,
     CellContext,
-    OptionSpec,
-    option_defaults,
-    positive,
 )
+from bench.options import OptionSpec, option_defaults, positive
 
 OPTION_SPECS = (
     OptionSpec("steps", int, 8, validator=positive, valid="a positive integer",

@@ -5,7 +5,7 @@ weights, learning-rate schedule and budgets live here, so that every framework's
 :mod:`bench.suites.mnist_torch`; a JAX one can follow) trains on the very same batches from the
 very same
 initial weights for a given seed. The architecture and the paper's settings follow the authors'
-``torchdiffeq/examples/odenet_mnist.py`` (see shared/REFERENCE.md):
+``torchdiffeq/examples/odenet_mnist.py`` (Chen et al. 2018, Sec. 3):
 
 - downsampling: Conv(1->64, 3x3), GN, ReLU, Conv(64->64, 4x4, s2, p1), GN, ReLU,
   Conv(64->64, 4x4, s2, p1): 28x28 -> 26x26 -> 13x13 -> 6x6 (the ODE state is 64 x 6 x 6);
@@ -34,9 +34,8 @@ from bench.interfaces import (
     AbstractTask,
     Budget,
     CellContext,
-    OptionSpec,
-    option_defaults,
 )
+from bench.options import OptionSpec, option_defaults
 
 CHANNELS = 64
 NUM_CLASSES = 10

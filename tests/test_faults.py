@@ -19,10 +19,12 @@ from conftest import FAKE_ONLY, run_cli
 import bench
 from bench import cli
 from bench.errors import BenchError
+from bench.publish import publish_run
 from bench.registry import PluginSelection, Registry
 from bench.report import report
-from bench.results import RunDirectory, load_run, publish_run, read_rows
-from bench.runner import Runner, expand
+from bench.request import expand
+from bench.results import RunDirectory, load_run, read_rows
+from bench.runner import Runner
 
 FAULTS = PluginSelection(builtins=False, entry_points=False,
                          extra_modules=("fake_plugins", "fault_plugins"))
@@ -362,7 +364,7 @@ def no_libc(*args, **kwargs):
 
 def child():
     ctypes.CDLL = no_libc  # no prctl: only the watching thread can end this process
-    from bench.runner import die_with_parent
+    from bench.cell_process import die_with_parent
     die_with_parent()
     open("armed", "w").close()
     time.sleep(120)
@@ -438,7 +440,7 @@ def test_resume_with_one_read_only_record_file_is_one_clear_error(tmp_path, monk
 
 
 def test_resume_finds_the_data_folder_the_run_was_started_with(tmp_path):
-    from bench.cli import _recorded_data_dir
+    from bench.request import recorded_data_dir as _recorded_data_dir
 
     run = tmp_path / "run"
     run.mkdir()

@@ -14,8 +14,9 @@ from fake_plugins import LinearSuite, NumpyEulerBackend
 from bench.cell import CellSpec, run_cell
 from bench.interfaces import solver_settings
 from bench.monitor import CellMonitor, step_time_spread, timing_warning
+from bench.request import expand
 from bench.results import RunDirectory
-from bench.runner import Runner, expand
+from bench.runner import Runner
 
 
 def _runner(registry, tmp_path, **kwargs) -> Runner:
@@ -144,24 +145,23 @@ def test_flagged_cells_are_named_at_the_end_and_shown_in_the_table(fake_registry
                                                                    capsys, monkeypatch):
     import dataclasses
 
-    from bench import cli, runner
+    from bench import runner
     from bench.report import render, table_frame
     from bench.results import rows_to_frame
+    from bench.session import timing_warnings
 
     monkeypatch.setattr(runner, "timing_warning", lambda *a: "host loaded: test")
     cells = expand(fake_registry, ["linear"], ["numpy-euler", "numpy-raise"], "smoke", [0], "cpu")
     rows = _runner(fake_registry, tmp_path).run(cells)
     flagged = {r.backend: r.timing_flag for r in rows}
     assert flagged == {"numpy-euler": True, "numpy-raise": False}  # only measured timings
-    cli._warn_timing(rows)
-    err = capsys.readouterr().err
+    err = "\n".join(timing_warnings(rows))
     assert "warning: the timings of 1 cell(s) may not be comparable" in err
     assert "linear/numpy-euler/smoke/seed0/cpu: host loaded: test" in err
     table = render(table_frame(rows_to_frame(rows)), "markdown")
     assert "timing_warning" in table.splitlines()[0] and "host loaded: test" in table
     quiet = [dataclasses.replace(r, timing_flag=False, timing_warning="") for r in rows]
-    cli._warn_timing(quiet)
-    assert capsys.readouterr().err == ""
+    assert "\n".join(timing_warnings(quiet)) == ""
 
 
 def test_one_sample_over_the_limit_is_not_enough(monkeypatch):

@@ -11,8 +11,9 @@ from conftest import FAKE_ONLY
 from bench.errors import UnknownNameError
 from bench.plots import plot_run
 from bench.report import report
+from bench.request import expand
 from bench.results import RunDirectory
-from bench.runner import Runner, expand
+from bench.runner import Runner
 
 
 @pytest.fixture

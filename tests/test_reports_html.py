@@ -17,8 +17,10 @@ from bench import cli
 from bench.compare import Thresholds, compare_runs
 from bench.html_report import html_page
 from bench.plots import plot_run, style_line
-from bench.results import ResultRow, RunDirectory, publish_run
+from bench.publish import publish_run
+from bench.results import RunDirectory
 from bench.results_index import MARKER, write_index
+from bench.rows import ResultRow
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = [f"backend-{i:02d}" for i in range(12)]

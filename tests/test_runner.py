@@ -13,8 +13,9 @@ from conftest import FAKE_ONLY
 from bench.cell import CellSpec, run_cell
 from bench.errors import BenchError, UnknownNameError
 from bench.interfaces import AbstractTask, Evaluation, StepStats
+from bench.request import expand
 from bench.results import RunDirectory, load_run
-from bench.runner import Runner, expand
+from bench.runner import Runner
 
 
 def test_expand_is_suite_major_with_all_seeds(fake_registry):

@@ -8,11 +8,11 @@ import math
 import pytest
 from conftest import FAKE_ONLY
 
-from bench import cli
+from bench import cli, request
 from bench.errors import BenchError
-from bench.interfaces import OptionSpec, in_unit_interval, positive
+from bench.options import OptionSpec, in_unit_interval, positive
 from bench.registry import PluginSelection, Registry
-from bench.runner import expand
+from bench.request import expand
 
 BUILTINS = PluginSelection(builtins=True, entry_points=False)
 
@@ -60,13 +60,13 @@ def test_numeric_options_are_checked_before_anything_is_written(fake_cli, tmp_pa
 
 
 def test_seed_and_step_lists():
-    assert cli.parse_int_list("0-2,7, 1", "--seeds") == [0, 1, 2, 7]
-    assert cli.parse_int_list("8,16", "--steps", minimum=1) == [8, 16]
-    assert len(cli.parse_int_list("0-999", "--seeds")) == 1000
+    assert request.parse_int_list("0-2,7, 1", "--seeds") == [0, 1, 2, 7]
+    assert request.parse_int_list("8,16", "--steps", minimum=1) == [8, 16]
+    assert len(request.parse_int_list("0-999", "--seeds")) == 1000
     with pytest.raises(BenchError, match="more than 1000 values"):
-        cli.parse_int_list("0-999,1000", "--seeds")
+        request.parse_int_list("0-999,1000", "--seeds")
     with pytest.raises(BenchError, match="below 1; expected positive integers"):
-        cli.parse_int_list("0,8", "--steps", minimum=1)
+        request.parse_int_list("0,8", "--steps", minimum=1)
 
 
 def test_memory_steps_must_be_positive(fake_cli, tmp_path, capsys):
@@ -88,12 +88,18 @@ def test_threads_are_pinned_to_one_by_default():
 
 def test_threads_auto_leaves_the_frameworks_their_own(fake_registry, tmp_path):
     from bench.results import RunDirectory
+    from bench.session import RunSession
 
     parser = cli.build_parser()
     run_dir = RunDirectory.create(tmp_path / "r")
-    assert cli._runner(parser.parse_args(["run"]), fake_registry, run_dir).threads == 1
+
+    def runner(args):
+        req = cli.run_request(args, fake_registry)
+        return RunSession(fake_registry, req, FAKE_ONLY).runner(run_dir)
+
+    assert runner(parser.parse_args(["run"])).threads == 1
     auto = parser.parse_args(["run", "--threads", "auto"])
-    assert cli._runner(auto, fake_registry, run_dir).threads is None
+    assert runner(auto).threads is None
 
 
 # -- suite options ----------------------------------------------------------------------------
@@ -164,13 +170,13 @@ def test_list_shows_option_types_choices_help_and_budget_tolerances(monkeypatch,
 
 
 def test_suite_all_means_the_suites_that_have_the_budget(fake_registry, capsys):
-    suites = cli._suites_with_budget(fake_registry, sorted(fake_registry.suites), "smoke")
+    suites = request.suites_with_budget(fake_registry, sorted(fake_registry.suites), "smoke")
     assert "memory-scaling" not in suites and "linear" in suites
     err = capsys.readouterr().err
     assert "--suite all: left out memory-scaling (no budget 'smoke': memory-scaling has measure)" \
         in err
     with pytest.raises(BenchError, match="Valid choices: measure, quick, smoke"):
-        cli._suites_with_budget(fake_registry, sorted(fake_registry.suites), "paper")
+        request.suites_with_budget(fake_registry, sorted(fake_registry.suites), "paper")
 
 
 def test_suite_all_runs_and_an_explicit_suite_without_the_budget_errors(fake_cli, tmp_path,

@@ -1,0 +1,112 @@
+"""One cell's result row (:class:`ResultRow`) and its JSON form; units are in the field names."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ResultRow:
+    """One cell's outcome. Units are in the field names; ``None`` means not measured."""
+
+    cell_id: str
+    suite: str
+    backend: str
+    framework: str
+    gradient_method: str
+    solver: str
+    device: str
+    seed: int
+    budget: str
+    status: str
+    error: str = ""
+    #: The suite's headline metric name (also a key of ``metrics``) and whether lower is better.
+    metric_name: str = ""
+    metric_direction: str = "lower"
+    #: The suite's metrics under their own names (``test_error_pct``, ``nll_nats``, ``mse``, ...).
+    metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    #: The suite options the cell ran with (``--set key=value``), also spread into columns.
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: Means per training iteration.
+    nfe_forward: float | None = None
+    nfe_backward: float | None = None
+    steps_accepted: float | None = None
+    steps_rejected: float | None = None
+    train_steps: int | None = None
+    #: Median over steady-state steps (all but the first), synchronised.
+    train_step_time_s: float | None = None
+    #: Extra time of the first step over the steady-state median (JIT compilation, allocations).
+    compile_time_s: float | None = None
+    #: Time of the final evaluation.
+    eval_time_s: float | None = None
+    #: Whole cell, including set-up (data, model building) and evaluation.
+    total_time_s: float | None = None
+    #: Steady-state peak (the largest of the memory steps, run after the final evaluation) and
+    #: the first step's own peak, both above the memory in use before the phase;
+    #: ``peak_memory_method`` says how they were measured.
+    peak_memory_bytes: int | None = None
+    peak_memory_first_step_bytes: int | None = None
+    peak_memory_method: str = ""
+    #: Measured in the memory steps (the same steps as ``peak_memory_bytes``), never in a timed one.
+    saved_for_backward_bytes: int | None = None
+    #: NFE of the memory steps (the largest over them), beside the memory they measured: an
+    #: adaptive solver may take another number of steps there than in the mean training step.
+    memory_step_nfe_forward: float | None = None
+    memory_step_nfe_backward: float | None = None
+    params: int | None = None
+    device_name: str = ""
+    #: The host's 1-minute load average when the cell finished: CPU timings taken while it
+    #: exceeds the core count are contaminated by other work.
+    host_load_1m: float | None = None
+    #: Mean cores kept busy by other processes while the cell ran (host CPU busy time minus the
+    #: cell's own, from /proc, sampled by the parent).
+    host_busy_cores_other: float | None = None
+    #: The timings may not be comparable: the host was loaded beyond the cores the cell left
+    #: free, or the steady step times spread far above usual; ``timing_warning`` says which.
+    timing_flag: bool = False
+    timing_warning: str = ""
+    #: Solver tolerances the cell ran with (None: a fixed-step solve), and the adjoint's reverse
+    #: solve's; a suite budget's tolerances win over the backend's.
+    rtol: float | None = None
+    atol: float | None = None
+    adjoint_rtol: float | None = None
+    adjoint_atol: float | None = None
+    notes: str = ""
+    finished_at: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), default=json_default, allow_nan=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ResultRow:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def flat(self) -> dict[str, Any]:
+        """The row as flat columns: ``metrics`` spread into their own columns."""
+        data = dataclasses.asdict(self)
+        for nested in ("metrics", "options"):
+            for key, value in data.pop(nested).items():
+                data.setdefault(key, value)
+        return data
+
+    @property
+    def metric(self) -> float | None:
+        return self.metrics.get(self.metric_name)
+
+
+def json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} in a result row")
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
