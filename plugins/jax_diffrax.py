@@ -33,7 +33,7 @@ counters in tests/test_jax_backends.py):
     first stage) plus the evaluations of f that recompute steps from checkpoints (6 per
     backward-loop iteration; the number of iterations comes from replaying equinox's checkpoint
     schedule for n steps in a toy loop,
-    :func:`bench.plugins.jax_common.checkpoint_backward_iterations`,
+    :func:`bench.frameworks.jax.checkpoint_backward_iterations`,
     run after the step's clock stopped: ``JaxBackend.complete_step_stats``). Extras
     ``nfe_backward_vjp``, ``nfe_backward_recomputed``.
   - rknet: VJPs of f, 4 n (the forward's stages are stored, nothing is recomputed).
@@ -45,11 +45,12 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from bench.plugins.fixed_grid import steps_in_interval
-from bench.plugins.jax_common import JaxBackend, checkpoint_backward_iterations, current_recorder
+from bench.frameworks.fixed_grid import steps_in_interval
+from bench.frameworks.jax import JaxBackend, checkpoint_backward_iterations, current_recorder
 
 import bench
 from bench.errors import BenchError
+from bench.interfaces import AbstractBackend, Tolerances
 
 #: diffrax's default bound on the number of steps; RecursiveCheckpointAdjoint derives its number
 #: of checkpoints from it.
@@ -198,13 +199,9 @@ class DiffraxBackend(JaxBackend):
             self.gradient_method = "recursive-checkpoint"
             how = ("backprop through the solver with diffrax's RecursiveCheckpointAdjoint "
                    "(binomial checkpointing)")
-            self.nfe_notes = ("nfe_backward = VJPs of f + evaluations of f recomputing steps "
-                              "from checkpoints (schedule replayed in an untimed toy loop)")
         else:
             self.gradient_method = "adjoint"
             how = "the continuous adjoint (diffrax BacksolveAdjoint, reverse-time solve)"
-            self.nfe_notes = ("nfe_backward = evaluations of the augmented dynamics (f and its "
-                              "VJP) in the reverse solve, from its own statistics")
         self.description = (f"diffrax Dopri5, PID rtol={rtol} atol={atol}, first step "
                              f"{first_step}; gradients by {how}")
 
@@ -225,14 +222,16 @@ class DiffraxBackend(JaxBackend):
         return diffrax.BacksolveAdjoint(**kwargs)
 
     def solve(self, f: Callable[[Any, Any, Any], Any], params: Any, y0: Any, t0: float,
-              t1: float, *, ts: Any = None, fixed_steps: int | None = None
-              ) -> tuple[Any, dict[str, Any]]:
+              t1: float, *, ts: Any = None, fixed_steps: int | None = None,
+              tolerances: Tolerances | None = None) -> tuple[Any, dict[str, Any]]:
         import diffrax
         import jax
         import jax.numpy as jnp
 
         recorder = current_recorder()
         probe = None if recorder is None else recorder.probe
+        rtol, atol = ((self.rtol, self.atol) if tolerances is None
+                      else (tolerances.rtol, tolerances.atol))
         term = diffrax.ODETerm(lambda t, y, args: f(t, y, args[0]))
         saveat = diffrax.SaveAt(t1=True) if ts is None else diffrax.SaveAt(ts=ts)
         solver = diffrax.Dopri5()
@@ -251,8 +250,7 @@ class DiffraxBackend(JaxBackend):
             reverse_controller = diffrax.StepTo(ts=grid[::-1])
             dt0, max_steps, init_evals = None, steps, 1
         else:
-            controller = diffrax.PIDController(rtol=self.rtol, atol=self.atol,
-                                               norm=torchdiffeq_norm)
+            controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=torchdiffeq_norm)
             max_steps = self.max_steps
             dt0, init_evals = None, 1
         # The first stage of the first step, f(t0, y0), is evaluated here and handed to the
@@ -261,7 +259,7 @@ class DiffraxBackend(JaxBackend):
         f0 = f(t0, y0, params)
         if fixed_steps is None and self.first_step == "torchdiffeq":
             h = torchdiffeq_first_step(lambda t, y: f(t, y, params), t0, y0,
-                                       jax.lax.stop_gradient(f0), 4, self.rtol, self.atol)
+                                       jax.lax.stop_gradient(f0), 4, rtol, atol)
             dt0 = jax.lax.stop_gradient(h)
             init_evals = 2
         if self.adjoint == "backsolve":  # its forward pass is not differentiated
@@ -321,7 +319,6 @@ class JaxRkNetBackend(JaxBackend):
 
     solver = "rk4"
     gradient_method = "backprop"
-    nfe_notes = "nfe_backward = VJPs of f through the stored RK4 stages (4 per step)"
 
     def __init__(self, name: str = "jax-rknet", steps: int = 6, tableau: str = "classical"):
         if tableau not in ("classical", "3/8"):
@@ -340,8 +337,8 @@ class JaxRkNetBackend(JaxBackend):
         _diffrax_parts()
 
     def solve(self, f: Callable[[Any, Any, Any], Any], params: Any, y0: Any, t0: float,
-              t1: float, *, ts: Any = None, fixed_steps: int | None = None
-              ) -> tuple[Any, dict[str, Any]]:
+              t1: float, *, ts: Any = None, fixed_steps: int | None = None,
+              tolerances: Tolerances | None = None) -> tuple[Any, dict[str, Any]]:
         """``steps`` (or ``fixed_steps``) equal steps over [t0, t1]. With ``ts`` (concrete, not
         traced: the step counts are static), as torch's rknet: each interval between consecutive
         times of (t0, *ts) gets ceil(length / step) equal steps, step = (t1 - t0) / steps; an
@@ -453,6 +450,6 @@ def backends() -> list[JaxBackend]:
 
 
 @bench.hookimpl
-def bench_register_backends(register):
+def bench_register_backends(register: Callable[[AbstractBackend], None]) -> None:
     for backend in backends():
         register(backend)

@@ -45,6 +45,7 @@ from bench.interfaces import (
     CellContext,
     OptionSpec,
     Support,
+    Tolerances,
     option_defaults,
 )
 
@@ -180,6 +181,8 @@ class CnfData:
             raise UnknownNameError("trace estimator", str(trace_estimator), TRACE_ESTIMATORS)
         self.trace_estimator = trace_estimator
         self.settings = {**_PAPER, **settings}
+        #: the budget's tolerances replace the backend's (recorded in the row)
+        self.tolerances = Tolerances.from_settings(self.settings)
         self.seed = int(seed)
         s = self.settings
         self.batch_size = int(s["batch_size"])
@@ -291,7 +294,7 @@ class CnfSuite(AbstractSuite):
     options = option_defaults(option_specs)
 
     def supports(self, backend: AbstractBackend) -> Support:
-        if not getattr(backend, "continuous_time", False):
+        if not backend.continuous_time:
             return Support.no(
                 f"backend {backend.name!r} has no continuous time: a CNF integrates the "
                 "log-density along a flow that must be run forwards (density) and backwards "
@@ -315,9 +318,6 @@ class CnfSuite(AbstractSuite):
         else:
             raise BenchError(f"suite cnf has no {framework} model (it has: "
                              f"{', '.join(self.frameworks)})")
-        # the budget's tolerances replace the backend's (recorded in the row)
-        task.tolerances = {"rtol": float(data.settings["rtol"]),
-                           "atol": float(data.settings["atol"])}
         return task
 
 

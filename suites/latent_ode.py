@@ -72,6 +72,7 @@ from bench.interfaces import (
     Evaluation,
     OptionSpec,
     Support,
+    Tolerances,
     in_unit_interval,
     option_defaults,
 )
@@ -244,6 +245,8 @@ class LatentOdeData:
                  observed_fraction: float = 0.5, encoder: str = "rnn"):
         self.dataset = dataset
         self.settings = s = resolve_settings(dataset, budget_settings)
+        #: the budget's (or the dataset's paper) tolerances replace the backend's (in the row)
+        self.tolerances = Tolerances.from_settings(s)
         try:
             fraction = float(observed_fraction)
         except (TypeError, ValueError):
@@ -457,7 +460,7 @@ class LatentOdeSuite(AbstractSuite):
         return super().budget_tolerances(budget)
 
     def supports(self, backend: AbstractBackend) -> Support:
-        if not getattr(backend, "continuous_time", False):
+        if not backend.continuous_time:
             return Support.no(
                 f"backend {backend.name!r} has no continuous time: a latent ODE must output the "
                 "latent state at every (irregular) observation time; use an ODE backend (e.g. "
@@ -481,9 +484,6 @@ class LatentOdeSuite(AbstractSuite):
         else:
             raise BenchError(f"suite latent-ode has no {framework} model (it has: "
                              f"{', '.join(self.frameworks)})")
-        # the budget's (or the dataset's paper) tolerances replace the backend's (in the row)
-        task.tolerances = {"rtol": float(data.settings["rtol"]),
-                           "atol": float(data.settings["atol"])}
         return task
 
 

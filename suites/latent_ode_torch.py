@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from bench.plugins.torch_common import TorchTask
+from bench.frameworks.torch import TorchTask, load_weights, run_train_step
 from bench.suites.latent_ode import (
     Batch,
     LatentOdeData,
@@ -103,13 +103,12 @@ class Decoder(nn.Module):
 class LatentOdeModel(nn.Module):
     def __init__(self, backend: Any, data: LatentOdeData):
         super().__init__()
-        s = data.settings
         sizes = data.sizes
         self.encoder = RecognitionRnn(sizes)
         self.__dict__["_dynamics"] = LatentDynamics(sizes)
         grid, self.offset = data.solve_times()
         self.block = backend.ode_block(self._make_dynamics, 0.0, float(grid[-1]),
-                                       rtol=float(s["rtol"]), atol=float(s["atol"]))
+                                       tolerances=data.tolerances)
         self.decoder = Decoder(sizes)
         self.register_buffer("grid", torch.from_numpy(np.asarray(grid, np.float32)))
         self.register_buffer("times", torch.from_numpy(np.asarray(data.times, np.float32)))
@@ -120,7 +119,7 @@ class LatentOdeModel(nn.Module):
         if sizes.encoder == "ode-rnn":
             self.__dict__["_encoder_ode"] = EncoderDynamics(sizes)
             self.encoder_block = backend.ode_block(lambda td: self.encoder_ode, 0.0, 1.0,
-                                                   rtol=float(s["rtol"]), atol=float(s["atol"]))
+                                                   tolerances=data.tolerances)
             self.register_buffer("gaps", torch.from_numpy(data.encoder_gaps()))
         for block, module in ((self.block, self.dynamics), (self.encoder_block, self.encoder_ode)):
             if block is not None and ({id(p) for p in block.parameters()}
@@ -177,17 +176,7 @@ class LatentOdeModel(nn.Module):
                  **{f"decoder.{k}": v for k, v in self.decoder.named_parameters()}}
         if self.encoder_ode is not None:
             named.update({f"encoder.ode.{k}": v for k, v in self.encoder_ode.named_parameters()})
-        if set(named) != set(weights):
-            raise BenchError("latent-ODE model and initial weights disagree: missing "
-                             f"{sorted(set(weights) - set(named))}, unexpected "
-                             f"{sorted(set(named) - set(weights))}")
-        with torch.no_grad():
-            for name, p in named.items():
-                value = torch.from_numpy(np.asarray(weights[name]))
-                if tuple(p.shape) != tuple(value.shape):
-                    raise BenchError(f"{name}: model shape {tuple(p.shape)}, initial weights "
-                                     f"{tuple(value.shape)}")
-                p.copy_(value)
+        load_weights(named, weights, "latent-ODE")
 
 
 def build_model(backend: Any, data: LatentOdeData, seed: int) -> LatentOdeModel:
@@ -198,9 +187,9 @@ def build_model(backend: Any, data: LatentOdeData, seed: int) -> LatentOdeModel:
 
 class LatentOdeTorchTask(TorchTask):
     def __init__(self, ctx: CellContext, data: LatentOdeData):
-        from bench.plugins.torch_common import run_train_step
 
         self._run_train_step = run_train_step
+        self.tolerances = data.tolerances
         torch.manual_seed(ctx.seed)
         self.data = data
         self.backend_name = ctx.backend.name

@@ -18,10 +18,10 @@ class JaxMemoryTask(AbstractTask):
     eval_every = None
 
     def __init__(self, ctx: CellContext):
-        self.solver = getattr(ctx.backend, "fixed_step_solver", None)
+        self.solver = ctx.backend.fixed_step_solver
         import jax
         import jax.numpy as jnp
-        from bench.plugins.jax_common import CompiledStep, jax_device
+        from bench.frameworks.jax import CompiledStep, jax_device
 
         options = ctx.options
         self.num_train_steps = int(ctx.budget.settings["steps"])

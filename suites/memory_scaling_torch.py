@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from bench.plugins.torch_common import TorchTask
+from bench.frameworks.torch import TorchTask, run_train_step
 from bench.suites.memory_scaling import initial_state, initial_weights
 from torch import nn
 
@@ -23,8 +23,7 @@ class TorchMemoryTask(TorchTask):
     eval_every = None
 
     def __init__(self, ctx: CellContext):
-        self.solver = getattr(ctx.backend, "fixed_step_solver", None)
-        from bench.plugins.torch_common import run_train_step
+        self.solver = ctx.backend.fixed_step_solver
 
         self._run_train_step = run_train_step
         options = ctx.options

@@ -35,6 +35,7 @@ from bench.interfaces import (
     Budget,
     CellContext,
     OptionSpec,
+    Tolerances,
     option_defaults,
 )
 
@@ -187,6 +188,8 @@ class MnistPipeline:
     def __init__(self, arrays: Any, settings: Mapping[str, Any], seed: int):
         s = {**_PAPER, **settings}
         self.settings = s
+        #: the budget's solver tolerances (None: none set, each backend keeps its own)
+        self.tolerances = Tolerances.from_settings(s)
         self.seed = int(seed)
         self._totals = (len(arrays.train_images), len(arrays.test_images))
         n_train = _size(s["train_subset"], len(arrays.train_images))

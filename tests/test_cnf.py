@@ -350,14 +350,23 @@ def test_jax_field_matches_the_torch_field(jax_backends):
 
 
 def test_jax_tolerances_come_from_the_budget(jax_backends):
-    from bench.suites.cnf_jax import with_tolerances
+    """The budget's tolerances reach the solve as one argument; the backend keeps its own."""
+    import jax.numpy as jnp
+
+    from bench.interfaces import Tolerances
 
     backend = jax_backends.get("diffrax-checkpoint")
     if backend is None:
         pytest.skip("diffrax-checkpoint is not registered")
-    tuned = with_tolerances(backend, 1e-5, 2e-5)
-    assert (tuned.rtol, tuned.atol) == (1e-5, 2e-5) and backend.rtol != 1e-5
-    assert tuned.name == backend.name
+    data = CnfData("8gaussians", {**BUDGETS["smoke"].settings, "rtol": 1e-5, "atol": 2e-5}, 0)
+    assert data.tolerances == Tolerances(1e-5, 2e-5) and backend.rtol != 1e-5
+
+    def solve(tolerances):
+        _, stats = backend.solve(lambda t, y, p: p * y, jnp.float32(-1.5), jnp.ones(3), 0.0, 1.0,
+                                 tolerances=tolerances)
+        return int(stats["num_steps"])
+
+    assert solve(data.tolerances) > solve(None)
 
 
 @pytest.mark.slow

@@ -479,9 +479,9 @@ def test_jax_ode_rnn_posterior_matches_torch(backends, jax_backends):
     if "diffrax-backsolve" not in jax_backends:
         pytest.skip("diffrax-backsolve is not registered")
     backend = jax_backends["diffrax-backsolve"]
-    from bench.plugins.jax_common import with_tolerances
+    from bench.interfaces import Tolerances
 
-    lj_backend = with_tolerances(backend, 1e-7, 1e-9)
+    tolerances = Tolerances(1e-7, 1e-9)
     data = _ode_rnn()
     torch_model = _model(_backend(backends, "torch-direct"), data)
     jax_model = lj.load_neutral_weights(lj.LatentOdeModel(data.sizes),
@@ -491,7 +491,8 @@ def test_jax_ode_rnn_posterior_matches_torch(backends, jax_backends):
 
     def evolve(h, i):
         state = jnp.concatenate([h, jnp.full((h.shape[0], 1), float(gaps[i]))], axis=1)
-        out, _ = lj_backend.solve(lj.encoder_field, jax_model.encoder_ode(), state, 0.0, 1.0)
+        out, _ = backend.solve(lj.encoder_field, jax_model.encoder_ode(), state, 0.0, 1.0,
+                               tolerances=tolerances)
         return out[:, :-1]
 
     with torch.no_grad():

@@ -37,7 +37,7 @@ def _arrays(n_train: int = 40, n_test: int = 10) -> MnistArrays:
 def backends():
     """The registered torch backends (the tests using them skip without torch)."""
     pytest.importorskip("torch")
-    pytest.importorskip("bench.plugins.torch_common")
+    pytest.importorskip("bench.frameworks.torch")
     from bench.registry import PluginSelection, Registry
 
     registry = Registry.load(PluginSelection(entry_points=False))

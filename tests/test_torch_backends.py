@@ -1,5 +1,5 @@
 """The four torch backends (torch-adjoint, torch-direct, rknet, resnet) against the contract of
-``plugins/torch_common.py``: counts checked against independent counters and the solver's step
+``bench.frameworks.torch``: counts checked against independent counters and the solver's step
 counts, gradients against central finite differences, RK4 against its exact update, trajectories
 against matrix exponentials, saved-for-backward bytes against depth, devices and availability."""
 
@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchdiffeq")
 
-from bench.plugins.torch_common import (  # noqa: E402
+from bench.frameworks.torch import (  # noqa: E402
     CudaAllocatorTracker,
     StepCounts,
     TorchBackend,
@@ -350,8 +350,8 @@ def test_trajectories_match_the_exact_solution_and_resnet_refuses_times(backends
 
 def test_rknet_float32_output_times_get_whole_steps(backends):
     """linspace(0, 1, 4) in float32 gives intervals of 1/3 +- 3e-8: two steps of 1/6 each, as the
-    JAX twin (bench.plugins.fixed_grid), not a third step for the rounding."""
-    from bench.plugins.fixed_grid import steps_in_interval
+    JAX twin (bench.frameworks.fixed_grid), not a third step for the rounding."""
+    from bench.frameworks.fixed_grid import steps_in_interval
 
     assert [steps_in_interval(x, 1 / 6, 6) for x in (1 / 3 + 3e-8, 1 / 3 - 3e-8, 0.34, 0.0)] == \
         [2, 2, 3, 1]
