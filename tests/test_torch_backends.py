@@ -25,7 +25,7 @@ from bench.frameworks.torch import (  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bench.errors import BenchError  # noqa: E402
-from bench.interfaces import StepStats  # noqa: E402
+from bench.interfaces import StepStats, Tolerances  # noqa: E402
 from bench.registry import PluginSelection, Registry  # noqa: E402
 
 TORCH_PLUGINS = ("bench.plugins.torch_adjoint", "bench.plugins.torch_direct", "bench.plugins.rknet",
@@ -191,7 +191,7 @@ def test_bad_settings_are_refused(backends):
 @pytest.mark.parametrize("name", ["torch-adjoint", "torch-direct"])
 def test_dopri5_counts_match_step_counts_and_independent_counters(backends, name):
     f = Mlp()
-    block = backends[name].ode_block(lambda td: f, 0.0, 1.5, rtol=1e-5, atol=1e-5)
+    block = backends[name].ode_block(lambda td: f, 0.0, 1.5, tolerances=Tolerances(1e-5, 1e-5))
     y0 = torch.randn(2, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
     loss = block(y0).pow(2).sum()
     forward = block.pop_stats()
@@ -220,8 +220,8 @@ def test_rejected_steps_are_counted_and_first_step_skips_the_probe():
     from bench.plugins.torch_direct import TorchDirectBackend
 
     a = [[-30.0, 1.0], [0.0, -0.5]]
-    block = TorchDirectBackend(first_step=1.0).ode_block(lambda td: Linear(a), rtol=1e-6,
-                                                         atol=1e-8)
+    block = TorchDirectBackend(first_step=1.0).ode_block(lambda td: Linear(a),
+                                                         tolerances=Tolerances(1e-6, 1e-8))
     block(torch.ones(1, 2, dtype=F64))
     counts = block.pop_stats()
     assert counts.steps_rejected > 0
@@ -268,7 +268,7 @@ def test_fixed_steps_gives_exactly_L_steps_on_every_backend(backends, dtype):
 @pytest.mark.parametrize("name, tol", [("torch-adjoint", 1e-6), ("torch-direct", 1e-7),
                                        ("rknet", 1e-7), ("resnet", 1e-7)])
 def test_gradients_match_central_finite_differences(backends, name, tol):
-    kwargs = {"rtol": 1e-10, "atol": 1e-10} if name.startswith("torch-") else {}
+    kwargs = {"tolerances": Tolerances(1e-10, 1e-10)} if name.startswith("torch-") else {}
     block = backends[name].ode_block(lambda td: Mlp(seed=1), 0.0, 0.5, **kwargs)
     y0 = torch.randn(2, 3, dtype=F64, generator=torch.Generator().manual_seed(2),
                      requires_grad=True)
@@ -335,8 +335,8 @@ def test_trajectories_match_the_exact_solution_and_resnet_refuses_times(backends
     y0 = torch.tensor([[1.0, 0.5], [0.0, -1.0]], dtype=F64)
     times = torch.tensor([0.0, 0.13, 0.4, 1.1, 2.0], dtype=F64)
     exact = torch.stack([y0 @ torch.linalg.matrix_exp(a * t).T for t in times])
-    for name, kwargs, tol in (("torch-adjoint", {"rtol": 1e-8, "atol": 1e-8}, 1e-6),
-                              ("torch-direct", {"rtol": 1e-8, "atol": 1e-8}, 1e-6),
+    for name, kwargs, tol in (("torch-adjoint", {"tolerances": Tolerances(1e-8, 1e-8)}, 1e-6),
+                              ("torch-direct", {"tolerances": Tolerances(1e-8, 1e-8)}, 1e-6),
                               ("rknet", {"fixed_steps": 40}, 1e-6)):
         block = backends[name].ode_block(lambda td: Linear(a), 0.0, 2.0, **kwargs)
         ys = block(y0, times=times)
