@@ -423,8 +423,11 @@ class AbstractSuite(abc.ABC):
     #: Name of the headline metric, with its unit (e.g. ``test_error_pct``, ``nll_nats``).
     metric_name: str
     metric_direction: MetricDirection = "lower"
-    #: Frameworks this suite has models for.
-    frameworks: tuple[str, ...] = ()
+    #: The task of each framework: framework -> ``"module:Class"`` (e.g. ``{"torch":
+    #: "bench.suites.mnist_torch:MnistTorchTask"}``), imported by :meth:`build_task` only when a
+    #: cell of that framework is built. ``Class(ctx, inputs)`` builds the task, ``inputs`` being
+    #: :meth:`task_inputs`.
+    tasks: Mapping[str, str] = {}
     budgets: Mapping[str, Budget]
     #: Options a user may set (``--set key=value``) and their defaults. Unknown keys raise.
     #: A suite that declares :attr:`option_specs` sets this to ``option_defaults(option_specs)``.
@@ -436,14 +439,37 @@ class AbstractSuite(abc.ABC):
     #: left out of cell ids, so a resumed run may find its data elsewhere.
     location_options: tuple[str, ...] = ()
 
+    @property
+    def frameworks(self) -> tuple[str, ...]:
+        """Frameworks this suite has models for: the keys of :attr:`tasks`."""
+        return tuple(self.tasks)
+
     def supports(self, backend: AbstractBackend) -> Support:
         """Whether this suite can run on ``backend`` beyond the framework check (e.g. a CNF
         cannot use an untied-weight ResNet)."""
         return Support.yes()
 
-    @abc.abstractmethod
     def build_task(self, ctx: CellContext) -> AbstractTask:
-        """Build the model, data and optimiser for one cell."""
+        """Build the model, data and optimiser for one cell. Default: the task class of the
+        backend's framework in :attr:`tasks`, called as ``Class(ctx, self.task_inputs(ctx))``."""
+        import importlib
+
+        from bench.errors import BenchError
+
+        inputs = self.task_inputs(ctx)  # checks the options first
+        framework = ctx.backend.framework
+        if framework not in self.tasks:
+            raise BenchError(f"suite {self.name} has no {framework} model (it has: "
+                             f"{', '.join(self.frameworks) or 'none'})")
+        module, _, name = self.tasks[framework].partition(":")
+        task_class = getattr(importlib.import_module(module), name)
+        return task_class(ctx, inputs)
+
+    def task_inputs(self, ctx: CellContext) -> Any:
+        """The framework-neutral inputs that every framework's task of a cell is built from (its
+        data, batches, settings), made once by the suite. Default: the cell's options
+        (:meth:`cell_options`)."""
+        return self.cell_options(ctx)
 
     def option_spec(self, name: str) -> OptionSpec:
         """The spec of option ``name`` (one made from its default when the suite declares none)."""

@@ -61,8 +61,8 @@ def _build(suite_name: str, backend_name: str, tmp_path: Path) -> tuple[Any, Any
     if suite_name != "mnist":
         return backend, suite.build_task(ctx)
     # MNIST's smoke settings on synthetic images of MNIST's shape (no download)
-    from bench.suites.mnist import MnistPipeline
-    from bench.suites.mnist_data import MnistArrays
+    from bench.suites.mnist_data import MnistPipeline
+    from bench.suites.mnist_files import MnistArrays
     from bench.suites.mnist_torch import MnistTorchTask
 
     rng = np.random.default_rng(0)

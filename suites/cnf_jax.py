@@ -1,10 +1,11 @@
-"""The JAX (equinox) model and task of the CNF suite (imported lazily by :mod:`bench.suites.cnf`).
+"""The JAX (equinox) model and task of the CNF suite (named in :mod:`bench.suites.cnf`'s tasks).
 
 The same flow as :mod:`bench.suites.cnf_torch`: 3x64 concatsquash tanh dynamics, rescaled time
 s in [0, 1] with a learned end time T = sqrt_end_time^2, state (z, dlogp) integrated by
-``backend.solve``. Initial weights come from :func:`bench.suites.cnf.initial_weights` under the same
-names (torch layout: linear weights (out, in)), and the batches, test samples and Hutchinson probes
-from the same :class:`bench.suites.cnf.CnfData`, so a JAX cell starts from the torch cell's arrays.
+``backend.solve``. Initial weights come from :func:`bench.suites.cnf_data.initial_weights` under
+the same names (torch layout: linear weights (out, in)), and the batches, test samples and
+Hutchinson probes from the same :class:`bench.suites.cnf_data.CnfData`, so a JAX cell starts from
+the torch cell's arrays.
 
 - exact trace: ``jax.linearize`` of the velocity at the batch, applied to the two basis tangents
   (each row's Jacobian is independent of the other rows), tr = (J e1)_1 + (J e2)_2;
@@ -15,8 +16,8 @@ from the same :class:`bench.suites.cnf.CnfData`, so a JAX cell starts from the t
 - the training step (forward, backward, Adam with torch's L2 weight decay) is one XLA program
   compiled at the first step (:class:`bench.frameworks.jax.CompiledStep`).
 
-The solver tolerances of a budget (``rtol``/``atol``) are set on a shallow copy of the backend:
-``backend.solve`` takes none (see the suite's notes).
+The solver tolerances of a budget (``rtol``/``atol``) reach every ``backend.solve`` as one
+:class:`bench.interfaces.Tolerances` argument (``CnfData.tolerances``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from bench.frameworks.jax import SolveBackend, load_weights
-from bench.suites.cnf import HIDDEN, CnfData, initial_weights, layer_dims, plot_flow
+from bench.suites.cnf_data import HIDDEN, CnfData, initial_weights, layer_dims, plot_flow
 
 from bench.interfaces import AbstractTask, CellContext, Evaluation, StepStats, Tolerances
 

@@ -5,7 +5,7 @@ The flow is two blocks of the backend sharing one dynamics module: ``forward_blo
 (sampling). The state is one (B, 3) tensor [z, dlogp]; the dynamics computes the trace of the 2x2
 Jacobian with ``torch.autograd.grad`` under ``torch.enable_grad()`` (the adjoint runs its forward
 solve under ``no_grad``), with ``create_graph=True`` only when a gradient is being taken.
-Initial weights come from :func:`bench.suites.cnf.initial_weights`, keyed by parameter name.
+Initial weights come from :func:`bench.suites.cnf_data.initial_weights`, keyed by parameter name.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from bench.frameworks.torch import TorchTask, load_weights, run_train_step
-from bench.suites.cnf import DIM, HIDDEN, CnfData, initial_weights, layer_dims, plot_flow
+from bench.suites.cnf_data import DIM, HIDDEN, CnfData, initial_weights, layer_dims, plot_flow
 from torch import nn
 
 from bench.errors import BenchError

@@ -1,13 +1,13 @@
-"""The JAX (equinox) model and task of the latent-ODE suite (imported lazily by
-:mod:`bench.suites.latent_ode`).
+"""The JAX (equinox) model and task of the latent-ODE suite (named in
+:mod:`bench.suites.latent_ode`'s tasks).
 
 Layer for layer the model of :mod:`bench.suites.latent_ode_torch`, with its arrays under torch's
-names and
-layout (linear weight (out, in)), loaded from :func:`bench.suites.latent_ode.initial_weights`; the
-batches, masks and reparametrisation noise come from the same
-:class:`bench.suites.latent_ode.LatentOdeData`. The encoder's backward pass over the window is a
-``lax.scan``; the latent ODE is one ``backend.solve`` to every time of the series. The training step
-(forward, backward, Adam as torch.optim.Adam) is one XLA program, compiled at the first step. """
+names and layout (linear weight (out, in)), loaded from
+:func:`bench.suites.latent_ode_data.initial_weights`; the batches, masks and reparametrisation noise
+come from the same :class:`bench.suites.latent_ode_data.LatentOdeData`. The encoder's backward pass
+over the window is a ``lax.scan``; the latent ODE is one ``backend.solve`` to every time of the
+series. The training step (forward, backward, Adam as torch.optim.Adam) is one XLA program,
+compiled at the first step. """
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from bench.frameworks.jax import load_weights
-from bench.suites.latent_ode import (
+from bench.suites.latent_ode_data import (
     Batch,
     LatentOdeData,
     Sizes,
@@ -46,7 +46,7 @@ class Linear(eqx.Module):
 
 
 class LatentOdeModel(eqx.Module):
-    """Every layer, keyed as in :func:`bench.suites.latent_ode.layer_shapes` (``encoder.i2h``
+    """Every layer, keyed as in :func:`bench.suites.latent_ode_data.layer_shapes` (``encoder.i2h``
     ...)."""
 
     layers: dict[str, Linear]

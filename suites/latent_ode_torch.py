@@ -3,7 +3,7 @@
 
 The backend's block integrates the latent dynamics from t = 0 to every time of the series
 (``block(z0, times=...)``); the encoder and decoder are plain modules. Initial weights come from
-:func:`bench.suites.latent_ode.initial_weights`, keyed by parameter name.
+:func:`bench.suites.latent_ode_data.initial_weights`, keyed by parameter name.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from bench.frameworks.torch import TorchTask, load_weights, run_train_step
-from bench.suites.latent_ode import (
+from bench.suites.latent_ode_data import (
     Batch,
     LatentOdeData,
     Sizes,

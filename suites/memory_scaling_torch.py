@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from bench.frameworks.torch import TorchTask, run_train_step
-from bench.suites.memory_scaling import initial_state, initial_weights
+from bench.suites.memory_scaling_data import initial_state, initial_weights
 from torch import nn
 
 from bench.interfaces import CellContext, Evaluation, StepStats
@@ -22,11 +25,10 @@ class MlpDynamics(nn.Module):
 class TorchMemoryTask(TorchTask):
     eval_every = None
 
-    def __init__(self, ctx: CellContext):
+    def __init__(self, ctx: CellContext, options: Mapping[str, Any]):
         self.solver = ctx.backend.fixed_step_solver
 
         self._run_train_step = run_train_step
-        options = ctx.options
         self.num_train_steps = int(ctx.budget.settings["steps"])
         steps, width, batch = int(options["steps"]), int(options["width"]), int(options["batch"])
         weights = initial_weights(width, ctx.seed)

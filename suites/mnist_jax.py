@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from bench.frameworks.jax import SolveBackend, load_weights
-from bench.suites.mnist import CHANNELS, NUM_CLASSES, MnistPipeline, model_weights
+from bench.suites.mnist_data import CHANNELS, NUM_CLASSES, MnistPipeline, model_weights
 
 from bench.errors import BenchError
 from bench.interfaces import AbstractTask, CellContext, Evaluation, StepStats, Tolerances
@@ -230,9 +230,8 @@ def _split(name: str) -> tuple[Any, str]:
 
 
 def neutral_parameters(model: MnistNet) -> dict[str, jax.Array]:
-    """The model's arrays under the torch names of :func:`bench.suites.mnist.parameter_specs`, in
-    torch's
-    layout (convolution weights OIHW)."""
+    """The model's arrays under the torch names of :func:`bench.suites.mnist_data.parameter_specs`,
+    in torch's layout (convolution weights OIHW)."""
     out = {}
     for layer, where in _LOCATIONS.items():
         module = where(model)

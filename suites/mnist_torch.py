@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from bench.frameworks.torch import OdeBlockBackend, TorchTask, load_weights, run_train_step
-from bench.suites.mnist import CHANNELS, NUM_CLASSES, MnistPipeline, model_weights
+from bench.suites.mnist_data import CHANNELS, NUM_CLASSES, MnistPipeline, model_weights
 from torch import nn
 
 from bench.errors import BenchError
@@ -110,7 +110,7 @@ class MnistNet(nn.Module):
 
     def neutral_parameters(self) -> dict[str, nn.Parameter]:
         """Parameters under the framework-neutral names of
-        :func:`bench.suites.mnist.parameter_specs`."""
+        :func:`bench.suites.mnist_data.parameter_specs`."""
         named = {f"downsampling.{n}": p for n, p in self.downsampling.named_parameters()}
         named.update({f"head.{n}": p for n, p in self.head.named_parameters()})
         for i, module in enumerate(self.dynamics):
