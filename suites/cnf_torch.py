@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from bench.frameworks.torch import TorchTask, load_weights, run_train_step
+from bench.frameworks.torch import OdeBlockBackend, TorchTask, load_weights, run_train_step
 from bench.suites.cnf_data import DIM, HIDDEN, CnfData, initial_weights, layer_dims, plot_flow
 from torch import nn
 
@@ -119,7 +119,7 @@ class CnfDynamics(nn.Module):
 class CnfFlow(nn.Module):
     """The backend's forward and inverse blocks around one :class:`CnfDynamics`."""
 
-    def __init__(self, backend: Any, settings: dict[str, Any]):
+    def __init__(self, backend: OdeBlockBackend, settings: dict[str, Any]):
         super().__init__()
         self.__dict__["_dynamics"] = CnfDynamics(
             HIDDEN, float(settings["time_length"]), bool(settings["train_end_time"]))
@@ -159,7 +159,7 @@ class CnfFlow(nn.Module):
         load_weights(dict(self.dynamics.named_parameters()), weights, "CNF")
 
 
-def build_flow(backend: Any, settings: dict[str, Any], seed: int) -> CnfFlow:
+def build_flow(backend: OdeBlockBackend, settings: dict[str, Any], seed: int) -> CnfFlow:
     """The flow for ``backend`` with the framework-neutral initial weights of ``seed``."""
     flow = CnfFlow(backend, settings)
     flow.load_neutral_weights(initial_weights(seed, float(settings["time_length"])))

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from bench.frameworks.torch import TorchTask, load_weights, run_train_step
+from bench.frameworks.torch import OdeBlockBackend, TorchTask, load_weights, run_train_step
 from bench.suites.latent_ode_data import (
     Batch,
     LatentOdeData,
@@ -101,7 +101,7 @@ class Decoder(nn.Module):
 
 
 class LatentOdeModel(nn.Module):
-    def __init__(self, backend: Any, data: LatentOdeData):
+    def __init__(self, backend: OdeBlockBackend, data: LatentOdeData):
         super().__init__()
         sizes = data.sizes
         self.encoder = RecognitionRnn(sizes)
@@ -179,7 +179,7 @@ class LatentOdeModel(nn.Module):
         load_weights(named, weights, "latent-ODE")
 
 
-def build_model(backend: Any, data: LatentOdeData, seed: int) -> LatentOdeModel:
+def build_model(backend: OdeBlockBackend, data: LatentOdeData, seed: int) -> LatentOdeModel:
     model = LatentOdeModel(backend, data)
     model.load_neutral_weights(initial_weights(seed, data.sizes))
     return model

@@ -47,6 +47,7 @@ from bench.frameworks.jax._backend import (
     missing_modules,
 )
 from bench.frameworks.jax._checkpoint import checkpoint_backward_iterations
+from bench.frameworks.jax._solvers import rk4_solvers, torchdiffeq_first_step, torchdiffeq_norm
 from bench.frameworks.jax._step import (
     CompiledStep,
     CompileOnce,
@@ -61,5 +62,6 @@ __all__ = [
     "INSTALL_HINT", "PROBE_FIELDS", "REQUIRED_MODULES", "CompileOnce", "CompiledStep",
     "JaxBackend", "JaxGpuPeakTracker", "SolveBackend", "adam_init", "adam_update",
     "checkpoint_backward_iterations", "current_recorder", "jax_device", "load_weights",
-    "missing_modules", "sgd_momentum_init", "sgd_momentum_update",
+    "missing_modules", "rk4_solvers", "sgd_momentum_init", "sgd_momentum_update",
+    "torchdiffeq_first_step", "torchdiffeq_norm",
 ]
