@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import bench
 from bench.frameworks.torch import TorchdiffeqBackend
+
+import bench
 from bench.interfaces import AbstractBackend
 
 
