@@ -133,8 +133,6 @@ class JaxBackend(AbstractBackend):
     """
 
     framework = "jax"
-    #: Integrates a continuous-time model (the ResNet, with untied weights, has no JAX backend).
-    continuous_time = True
     rtol: float | None = 1e-3
     atol: float | None = 1e-3
 

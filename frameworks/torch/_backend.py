@@ -71,13 +71,11 @@ class CudaAllocatorTracker(MemoryTracker):
 
 
 class TorchBackend(AbstractBackend):
-    """Base of the torch backends: device handling, synchronisation, memory, blocks."""
+    """Base of the torch backends: device handling, synchronisation, memory, blocks
+    (``continuous_time`` False: a block cannot return the state at arbitrary times, e.g. resnet).
+    """
 
     framework = "torch"
-    #: True when a block can return the state at arbitrary times (False: resnet).
-    continuous_time: bool = True
-    #: What the literature claims for this backend's training memory in the number of steps.
-    memory_claim: str | None = None
     #: Modules this backend needs (rknet and resnet need torch only).
     required_modules: tuple[str, ...] = ("torch", "torchdiffeq")
 
