@@ -7,7 +7,7 @@ and the budgets are framework-neutral, in :mod:`bench.suites.cnf_data`, so every
 the very same initial weights for a given seed. The eight generators are in
 :mod:`bench.suites.cnf_densities`.
 
-The model follows FFJORD's ``train_toy.py`` (shared/REFERENCE.md, "Continuous normalizing flows"):
+The model follows FFJORD's ``train_toy.py``:
 
 - dynamics f(t, z): ConcatSquashLinear 2->64, tanh, 64->64, tanh, 64->64, tanh, 64->2, where
   ConcatSquashLinear(t, x) = (W x + b) * sigmoid(G t + g) + B t (FFJORD's ``concatsquash`` layer);
@@ -21,8 +21,8 @@ The model follows FFJORD's ``train_toy.py`` (shared/REFERENCE.md, "Continuous no
 - Adam, lr 1e-3, weight decay 1e-5 (``train_toy.py``'s default), batch 100, dopri5 at
   rtol = atol = 1e-5 for training and test, test NLL on 1000 fresh samples.
 
-REFERENCE.md lists "Adam 1e-3" only; the weight decay 1e-5 and the learned T = 0.5 are FFJORD's
-script defaults and are kept in every budget (options of the budget settings).
+The weight decay 1e-5 and the learned T = 0.5 are FFJORD's script defaults and are kept in every
+budget (options of the budget settings).
 """
 
 from __future__ import annotations

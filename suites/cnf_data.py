@@ -26,7 +26,7 @@ _STREAM_TEST = 2
 _STREAM_PROBES = 3
 _STREAM_PLOT = 4
 
-#: FFJORD toy settings (shared/REFERENCE.md; train_toy.py defaults where the reference is silent).
+#: FFJORD toy settings (Grathwohl et al. 2019; train_toy.py defaults where the paper is silent).
 _PAPER: dict[str, Any] = {
     "steps": 10_000, "batch_size": 100, "test_size": 1000, "lr": 1e-3, "weight_decay": 1e-5,
     "rtol": 1e-5, "atol": 1e-5, "time_length": 0.5, "train_end_time": True,

@@ -6,7 +6,7 @@ scales and noise levels are FFJORD's; where FFJORD called scikit-learn (swissrol
 the same construction is written out here, and where FFJORD returned fewer than ``n`` points
 (pinwheel: a multiple of 5; 2spirals: an even number) the counts are spread so that exactly ``n``
 come back. 8gaussians has a known density, :func:`eight_gaussians_log_density`: the exact NLL of the
-generating mixture bounds every model from below (shared/REFERENCE.md).
+generating mixture bounds every model from below.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Procedural time series of the latent-ODE suite (numpy only, seeded by the caller's generator).
 
-- :func:`spirals`: the 2-D spirals of Chen et al. 2018, Sec. 5.1 (shared/REFERENCE.md, "Latent ODE
-  for time series"): two base spirals over t in [0, 6 pi] on a grid of 1000 points, a clockwise
+- :func:`spirals`: the 2-D spirals of Chen et al. 2018, Sec. 5.1 ("Latent ODE for time
+  series"): two base spirals over t in [0, 6 pi] on a grid of 1000 points, a clockwise
   one ``r = a + b 50 / z`` centred at (-5, 0) with ``z = 6 pi + 1 - t`` and a counter-clockwise one
   ``r = a + b z`` centred at (5, 0) with ``z = t`` (a = 0, b = 0.3); each series is a window of
   consecutive grid points starting at a random index, half of the series clockwise, with Gaussian
