@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from bench.frameworks.torch import TorchTask, run_train_step
+from bench.frameworks.torch import TorchTask, load_weights, run_train_step
 from bench.suites.memory_scaling_data import initial_state, initial_weights
 from torch import nn
 
@@ -40,7 +40,7 @@ class TorchMemoryTask(TorchTask):
             # resnet builds L untied blocks: the first gets the seed's weights, the others
             # their own draws (deterministic too)
             source = weights if built == 0 else initial_weights(width, ctx.seed + built)
-            module.load_state_dict({k: torch.from_numpy(v) for k, v in source.items()})
+            load_weights(dict(module.named_parameters()), source, "memory-scaling")
             built += 1
             return module
 
