@@ -2,8 +2,8 @@
 
 The core never imports a numerical framework. A backend says which framework it belongs to
 (``"torch"``, ``"jax"``, ``"numpy"``, ...); a suite builds a :class:`AbstractTask` for that
-framework, using whatever framework-specific API the backend exposes (for torch backends see
-``plugins/torch_common.py``). The core only drives the task: it times steps, synchronises the
+framework, using the framework layer's API that the backend implements (``bench.frameworks.torch``,
+``bench.frameworks.jax``). The core only drives the task: it times steps, synchronises the
 device through the backend, and measures memory through a :class:`MemoryTracker`.
 """
 
@@ -58,31 +58,60 @@ class Budget:
 FIXED_STEP_SOLVERS = ("euler", "midpoint", "rk4", "rk4-3/8", "explicit_adams", "resnet")
 
 
-def solver_settings(backend: Any, task: Any) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class Tolerances:
+    """Solver tolerances a task passes to its solves in place of the backend's own (e.g. a suite
+    budget's): the forward solve's ``rtol``/``atol`` and, for the adjoint's reverse solve,
+    ``adjoint_rtol``/``adjoint_atol`` (None: the forward ones, torchdiffeq's and diffrax's
+    default). Fixed-step solvers have none and ignore them."""
+
+    rtol: float
+    atol: float
+    adjoint_rtol: float | None = None
+    adjoint_atol: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("rtol", "atol", "adjoint_rtol", "adjoint_atol"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, float(value))
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> Tolerances | None:
+        """The ``rtol``/``atol`` of a budget's settings, or None when it sets neither."""
+        if "rtol" not in settings and "atol" not in settings:
+            return None
+        return cls(float(settings["rtol"]), float(settings["atol"]),
+                   settings.get("adjoint_rtol"), settings.get("adjoint_atol"))
+
+
+def solver_settings(backend: AbstractBackend, task: AbstractTask) -> dict[str, Any]:
     """The solver settings a cell ran with, for its row: ``rtol``/``atol`` (None for a fixed-step
     solve) and, for the adjoint, ``adjoint_rtol``/``adjoint_atol`` of the reverse solve.
 
-    Precedence: the task's :attr:`AbstractTask.tolerances` (a suite budget's tolerances, e.g. the
-    cnf and latent-ode budgets) over the backend's own ``rtol``/``atol``. The adjoint's reverse
-    solve uses the forward tolerances unless the backend sets ``adjoint_rtol``/``adjoint_atol``
-    (torchdiffeq's and diffrax's default)."""
-    solver = getattr(task, "solver", None) or getattr(backend, "solver", "")
-    adaptive = getattr(backend, "adaptive", None)
+    Precedence: the task's :attr:`AbstractTask.tolerances` (the :class:`Tolerances` it passed to
+    its solves, e.g. a cnf or latent-ode budget's) over the backend's own ``rtol``/``atol``. The
+    adjoint's reverse solve uses the forward tolerances unless set (the task's, else the
+    backend's ``adjoint_rtol``/``adjoint_atol``)."""
+    solver = task.solver or backend.solver
+    adaptive = backend.adaptive
     if adaptive is None:
-        adaptive = (getattr(backend, "rtol", None) is not None
+        adaptive = (backend.rtol is not None
                     and solver not in FIXED_STEP_SOLVERS and "fixed steps" not in solver)
     if not adaptive:
         return {"rtol": None, "atol": None, "adjoint_rtol": None, "adjoint_atol": None}
-    tolerances = dict(getattr(task, "tolerances", None) or {})
-    rtol = tolerances.get("rtol", getattr(backend, "rtol", None))
-    atol = tolerances.get("atol", getattr(backend, "atol", None))
+    tolerances = task.tolerances
+    rtol = backend.rtol if tolerances is None else tolerances.rtol
+    atol = backend.atol if tolerances is None else tolerances.atol
     settings: dict[str, Any] = {"rtol": _float_or_none(rtol), "atol": _float_or_none(atol),
                                 "adjoint_rtol": None, "adjoint_atol": None}
-    if getattr(backend, "gradient_method", "") == "adjoint":
-        settings["adjoint_rtol"] = _float_or_none(tolerances.get(
-            "adjoint_rtol", getattr(backend, "adjoint_rtol", None) or rtol))
-        settings["adjoint_atol"] = _float_or_none(tolerances.get(
-            "adjoint_atol", getattr(backend, "adjoint_atol", None) or atol))
+    if backend.gradient_method == "adjoint":
+        adjoint_rtol = None if tolerances is None else tolerances.adjoint_rtol
+        adjoint_atol = None if tolerances is None else tolerances.adjoint_atol
+        settings["adjoint_rtol"] = _float_or_none(
+            adjoint_rtol if adjoint_rtol is not None else backend.adjoint_rtol or rtol)
+        settings["adjoint_atol"] = _float_or_none(
+            adjoint_atol if adjoint_atol is not None else backend.adjoint_atol or atol)
     return settings
 
 
@@ -143,11 +172,10 @@ class AbstractTask(abc.ABC):
     #: ``peak_memory_bytes`` and ``saved_for_backward_bytes`` (each its own phase; their metrics
     #: and times are not used). 0: no memory measurement.
     memory_steps: int = 2
-    #: Solver tolerances this task runs with in place of the backend's own (``rtol``, ``atol``,
-    #: optionally ``adjoint_rtol``, ``adjoint_atol``), e.g. a suite budget's; empty: the
-    #: backend's. A budget's tolerances win over the backend's; the row records what was used
-    #: (see :func:`solver_settings`).
-    tolerances: Mapping[str, float] = {}
+    #: Solver tolerances this task passes to its solves in place of the backend's own (e.g. a
+    #: suite budget's); None: the backend's. The row records what was used (see
+    #: :func:`solver_settings`).
+    tolerances: Tolerances | None = None
 
     @abc.abstractmethod
     def train_step(self, step: int) -> StepStats:
@@ -195,9 +223,29 @@ class AbstractBackend(abc.ABC):
 
     name: str
     framework: str
-    gradient_method: str
-    solver: str
+    #: How gradients are computed (``"adjoint"``, ``"backprop"``, ...).
+    gradient_method: str = ""
+    #: The solver of the backend's own solves (e.g. ``"dopri5"``), recorded in the row.
+    solver: str = ""
     description: str = ""
+    #: True when the backend integrates in continuous time: a solve can return the state at
+    #: arbitrary times and run backwards (False: a ResNet's discrete blocks). Suites that need
+    #: either refuse such a backend in :meth:`AbstractSuite.supports`.
+    continuous_time: bool = True
+    #: What the literature claims for this backend's training memory in the number of solver
+    #: steps (e.g. ``"O(1)"``, ``"O(L)"``); shown beside the measured fit by ``bench memory``.
+    memory_claim: str | None = None
+    #: The solver a forced fixed-step solve uses (the memory-scaling study's ``fixed_steps``),
+    #: recorded as the row's ``solver``; None: the backend's own ``solver`` (already fixed-step).
+    fixed_step_solver: str | None = None
+    #: The backend's own solver tolerances (None: a fixed-step solver has none), and those of the
+    #: adjoint's reverse solve (None: the forward ones).
+    rtol: float | None = None
+    atol: float | None = None
+    adjoint_rtol: float | None = None
+    adjoint_atol: float | None = None
+    #: Whether the solver adapts its step (None: decided from ``rtol`` and ``solver``).
+    adaptive: bool | None = None
 
     def check_available(self) -> str | None:
         """Return None when the backend's dependencies are importable, else the reason and the
@@ -254,8 +302,11 @@ class AbstractSuite(abc.ABC):
     #: Name of the headline metric, with its unit (e.g. ``test_error_pct``, ``nll_nats``).
     metric_name: str
     metric_direction: MetricDirection = "lower"
-    #: Frameworks this suite has models for.
-    frameworks: tuple[str, ...] = ()
+    #: The task of each framework: framework -> ``"module:Class"`` (e.g. ``{"torch":
+    #: "bench.suites.mnist_torch:MnistTorchTask"}``), imported by :meth:`build_task` only when a
+    #: cell of that framework is built. ``Class(ctx, inputs)`` builds the task, ``inputs`` being
+    #: :meth:`task_inputs`.
+    tasks: Mapping[str, str] = {}
     budgets: Mapping[str, Budget]
     #: Options a user may set (``--set key=value``) and their defaults. Unknown keys raise.
     #: A suite that declares :attr:`option_specs` sets this to ``option_defaults(option_specs)``.
@@ -267,14 +318,37 @@ class AbstractSuite(abc.ABC):
     #: left out of cell ids, so a resumed run may find its data elsewhere.
     location_options: tuple[str, ...] = ()
 
+    @property
+    def frameworks(self) -> tuple[str, ...]:
+        """Frameworks this suite has models for: the keys of :attr:`tasks`."""
+        return tuple(self.tasks)
+
     def supports(self, backend: AbstractBackend) -> Support:
         """Whether this suite can run on ``backend`` beyond the framework check (e.g. a CNF
         cannot use an untied-weight ResNet)."""
         return Support.yes()
 
-    @abc.abstractmethod
     def build_task(self, ctx: CellContext) -> AbstractTask:
-        """Build the model, data and optimiser for one cell."""
+        """Build the model, data and optimiser for one cell. Default: the task class of the
+        backend's framework in :attr:`tasks`, called as ``Class(ctx, self.task_inputs(ctx))``."""
+        import importlib
+
+        from bench.errors import BenchError
+
+        inputs = self.task_inputs(ctx)  # checks the options first
+        framework = ctx.backend.framework
+        if framework not in self.tasks:
+            raise BenchError(f"suite {self.name} has no {framework} model (it has: "
+                             f"{', '.join(self.frameworks) or 'none'})")
+        module, _, name = self.tasks[framework].partition(":")
+        task_class = getattr(importlib.import_module(module), name)
+        return task_class(ctx, inputs)
+
+    def task_inputs(self, ctx: CellContext) -> Any:
+        """The framework-neutral inputs that every framework's task of a cell is built from (its
+        data, batches, settings), made once by the suite. Default: the cell's options
+        (:meth:`cell_options`)."""
+        return self.cell_options(ctx)
 
     def option_spec(self, name: str) -> OptionSpec:
         """The spec of option ``name`` (one made from its default when the suite declares none)."""

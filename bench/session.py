@@ -167,7 +167,7 @@ class RunSession:
         path = outcome.run_dir.path
         frame = rows_to_frame(outcome.rows)
         frame.to_csv(path / "memory_measurements.csv", index=False)
-        claims = {name: getattr(self.registry.backends[name], "memory_claim", None)
+        claims = {name: self.registry.backends[name].memory_claim
                   for name in self.request.backends}
         table = scaling_table(frame, {k: v for k, v in claims.items() if v})
         table.to_csv(path / "memory_scaling.csv", index=False)

@@ -64,8 +64,8 @@ def _build(suite_name: str, backend_name: str, tmp_path: Path) -> tuple[Any, Any
     if suite_name != "mnist":
         return backend, suite.build_task(ctx)
     # MNIST's smoke settings on synthetic images of MNIST's shape (no download)
-    from bench.suites.mnist import MnistPipeline
-    from bench.suites.mnist_data import MnistArrays
+    from bench.suites.mnist_data import MnistPipeline
+    from bench.suites.mnist_files import MnistArrays
     from bench.suites.mnist_torch import MnistTorchTask
 
     rng = np.random.default_rng(0)
@@ -79,7 +79,7 @@ def _build(suite_name: str, backend_name: str, tmp_path: Path) -> tuple[Any, Any
 
 def _strip_counters(module: Any) -> None:
     """Replace every torchdiffeq block's counting wrapper by the dynamics it wraps."""
-    from bench.plugins.torch_blocks import CountedDynamics, TorchdiffeqBlock
+    from bench.frameworks.torch import CountedDynamics, TorchdiffeqBlock
 
     for block in module.modules():
         if isinstance(block, TorchdiffeqBlock) and isinstance(block.func, CountedDynamics):
@@ -129,7 +129,7 @@ def _bare_jax_cnf(task: Any) -> Any:
     import equinox as eqx
     import jax
     import jax.numpy as jnp
-    from bench.plugins.jax_common import adam_update
+    from bench.frameworks.jax import adam_update
     from bench.suites.cnf_jax import log_prob
 
     backend, s = task.backend, task.data.settings

@@ -33,7 +33,7 @@ counters in tests/test_jax_backends.py):
     first stage) plus the evaluations of f that recompute steps from checkpoints (6 per
     backward-loop iteration; the number of iterations comes from replaying equinox's checkpoint
     schedule for n steps in a toy loop,
-    :func:`bench.plugins.jax_common.checkpoint_backward_iterations`,
+    :func:`bench.frameworks.jax.checkpoint_backward_iterations`,
     run after the step's clock stopped: ``JaxBackend.complete_step_stats``). Extras
     ``nfe_backward_vjp``, ``nfe_backward_recomputed``.
   - rknet: VJPs of f, 4 n (the forward's stages are stored, nothing is recomputed).
@@ -45,51 +45,25 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from bench.plugins.fixed_grid import steps_in_interval
-from bench.plugins.jax_common import JaxBackend, checkpoint_backward_iterations, current_recorder
+from bench.frameworks.fixed_grid import steps_in_interval
+from bench.frameworks.jax import (
+    JaxBackend,
+    checkpoint_backward_iterations,
+    current_recorder,
+    rk4_solvers,
+    torchdiffeq_first_step,
+    torchdiffeq_norm,
+)
 
 import bench
 from bench.errors import BenchError
+from bench.interfaces import AbstractBackend, Tolerances
 
 #: diffrax's default bound on the number of steps; RecursiveCheckpointAdjoint derives its number
 #: of checkpoints from it.
 MAX_STEPS = 4096
 
 FIRST_STEP_CHOICES = ("torchdiffeq", "diffrax")
-
-
-def torchdiffeq_norm(tree: Any) -> Any:
-    """torchdiffeq's error norm: RMS of one tensor; for several, the maximum of their RMS."""
-    import jax
-    import jax.numpy as jnp
-
-    leaves = jax.tree_util.tree_leaves(tree)
-    norms = [jnp.sqrt(jnp.mean(jnp.square(jnp.abs(x)))) for x in leaves]
-    return functools.reduce(jnp.maximum, norms)
-
-
-def torchdiffeq_first_step(f: Callable[[Any, Any], Any], t0: Any, y0: Any, f0: Any, order: int,
-                           rtol: float, atol: float) -> Any:
-    """torchdiffeq's ``_select_initial_step`` (one more evaluation of f, at t0 + h0).
-
-    :param order: as torchdiffeq passes it: the solver's order minus one (4 for dopri5).
-    """
-    import jax
-    import jax.numpy as jnp
-
-    tm = jax.tree_util.tree_map
-    scale = tm(lambda y: atol + jnp.abs(y) * rtol, y0)
-    d0 = torchdiffeq_norm(tm(lambda y, s: y / s, y0, scale))
-    d1 = torchdiffeq_norm(tm(lambda k, s: k / s, f0, scale))
-    small = (d0 < 1e-5) | (d1 < 1e-5)
-    h0 = jnp.abs(jnp.where(small, 1e-6, 0.01 * d0 / jnp.where(small, 1.0, d1)))
-    y1 = tm(lambda y, k: y + h0 * k, y0, f0)
-    f1 = f(t0 + h0, y1)
-    d2 = jnp.abs(torchdiffeq_norm(tm(lambda a, b, s: (a - b) / s, f1, f0, scale)) / h0)
-    flat = (d1 <= 1e-15) & (d2 <= 1e-15)
-    dmax = jnp.where(flat, 1.0, jnp.maximum(d1, d2))
-    h1 = jnp.where(flat, jnp.maximum(1e-6, h0 * 1e-3), (0.01 / dmax) ** (1.0 / (order + 1)))
-    return jnp.minimum(100 * h0, jnp.abs(h1))
 
 
 @functools.cache
@@ -101,32 +75,6 @@ def _diffrax_parts() -> Any:
     import equinox as eqx
     import equinox.internal as eqxi
     import jax.numpy as jnp
-    import numpy as np
-
-    class ClassicalRK4(diffrax.AbstractERK):
-        """The classical 4th-order Runge-Kutta method (1/6, 1/3, 1/3, 1/6), from its Butcher
-        tableau; no embedded error estimate (fixed steps only)."""
-
-        tableau = diffrax.ButcherTableau(
-            c=np.array([0.5, 0.5, 1.0]),
-            b_sol=np.array([1 / 6, 1 / 3, 1 / 3, 1 / 6]),
-            b_error=np.zeros(4),
-            a_lower=(np.array([0.5]), np.array([0.0, 0.5]), np.array([0.0, 0.0, 1.0])),
-        )
-        interpolation_cls = diffrax.ThirdOrderHermitePolynomialInterpolation.from_k
-
-        def order(self, terms: Any) -> int:
-            return 4
-
-    class ThreeEighthsRK4(ClassicalRK4):
-        """Kutta's 3/8 rule (torchdiffeq's ``method="rk4"``)."""
-
-        tableau = diffrax.ButcherTableau(
-            c=np.array([1 / 3, 2 / 3, 1.0]),
-            b_sol=np.array([1 / 8, 3 / 8, 3 / 8, 1 / 8]),
-            b_error=np.zeros(4),
-            a_lower=(np.array([1 / 3]), np.array([-1 / 3, 1.0]), np.array([1.0, -1.0, 1.0])),
-        )
 
     class ReverseCountingAdjoint(diffrax.AbstractAdjoint):
         """Runs the reverse (adjoint) solve of BacksolveAdjoint, as its default would without
@@ -162,8 +110,7 @@ def _diffrax_parts() -> Any:
                                       replace_fn=add_counts)
             return final_state, aux_stats
 
-    return types.SimpleNamespace(ClassicalRK4=ClassicalRK4, ThreeEighthsRK4=ThreeEighthsRK4,
-                                 ReverseCountingAdjoint=ReverseCountingAdjoint)
+    return types.SimpleNamespace(ReverseCountingAdjoint=ReverseCountingAdjoint)
 
 
 def _int32(x: Any) -> Any:
@@ -198,18 +145,15 @@ class DiffraxBackend(JaxBackend):
             self.gradient_method = "recursive-checkpoint"
             how = ("backprop through the solver with diffrax's RecursiveCheckpointAdjoint "
                    "(binomial checkpointing)")
-            self.nfe_notes = ("nfe_backward = VJPs of f + evaluations of f recomputing steps "
-                              "from checkpoints (schedule replayed in an untimed toy loop)")
         else:
             self.gradient_method = "adjoint"
             how = "the continuous adjoint (diffrax BacksolveAdjoint, reverse-time solve)"
-            self.nfe_notes = ("nfe_backward = evaluations of the augmented dynamics (f and its "
-                              "VJP) in the reverse solve, from its own statistics")
         self.description = (f"diffrax Dopri5, PID rtol={rtol} atol={atol}, first step "
                              f"{first_step}; gradients by {how}")
 
     def import_modules(self) -> None:
         super().import_modules()
+        rk4_solvers()
         _diffrax_parts()
 
     def _adjoint(self, counting: bool, reverse_controller: Any = None) -> Any:
@@ -225,14 +169,16 @@ class DiffraxBackend(JaxBackend):
         return diffrax.BacksolveAdjoint(**kwargs)
 
     def solve(self, f: Callable[[Any, Any, Any], Any], params: Any, y0: Any, t0: float,
-              t1: float, *, ts: Any = None, fixed_steps: int | None = None
-              ) -> tuple[Any, dict[str, Any]]:
+              t1: float, *, ts: Any = None, fixed_steps: int | None = None,
+              tolerances: Tolerances | None = None) -> tuple[Any, dict[str, Any]]:
         import diffrax
         import jax
         import jax.numpy as jnp
 
         recorder = current_recorder()
         probe = None if recorder is None else recorder.probe
+        rtol, atol = ((self.rtol, self.atol) if tolerances is None
+                      else (tolerances.rtol, tolerances.atol))
         term = diffrax.ODETerm(lambda t, y, args: f(t, y, args[0]))
         saveat = diffrax.SaveAt(t1=True) if ts is None else diffrax.SaveAt(ts=ts)
         solver = diffrax.Dopri5()
@@ -251,8 +197,7 @@ class DiffraxBackend(JaxBackend):
             reverse_controller = diffrax.StepTo(ts=grid[::-1])
             dt0, max_steps, init_evals = None, steps, 1
         else:
-            controller = diffrax.PIDController(rtol=self.rtol, atol=self.atol,
-                                               norm=torchdiffeq_norm)
+            controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=torchdiffeq_norm)
             max_steps = self.max_steps
             dt0, init_evals = None, 1
         # The first stage of the first step, f(t0, y0), is evaluated here and handed to the
@@ -261,7 +206,7 @@ class DiffraxBackend(JaxBackend):
         f0 = f(t0, y0, params)
         if fixed_steps is None and self.first_step == "torchdiffeq":
             h = torchdiffeq_first_step(lambda t, y: f(t, y, params), t0, y0,
-                                       jax.lax.stop_gradient(f0), 4, self.rtol, self.atol)
+                                       jax.lax.stop_gradient(f0), 4, rtol, atol)
             dt0 = jax.lax.stop_gradient(h)
             init_evals = 2
         if self.adjoint == "backsolve":  # its forward pass is not differentiated
@@ -321,7 +266,6 @@ class JaxRkNetBackend(JaxBackend):
 
     solver = "rk4"
     gradient_method = "backprop"
-    nfe_notes = "nfe_backward = VJPs of f through the stored RK4 stages (4 per step)"
 
     def __init__(self, name: str = "jax-rknet", steps: int = 6, tableau: str = "classical"):
         if tableau not in ("classical", "3/8"):
@@ -337,11 +281,12 @@ class JaxRkNetBackend(JaxBackend):
 
     def import_modules(self) -> None:
         super().import_modules()
+        rk4_solvers()
         _diffrax_parts()
 
     def solve(self, f: Callable[[Any, Any, Any], Any], params: Any, y0: Any, t0: float,
-              t1: float, *, ts: Any = None, fixed_steps: int | None = None
-              ) -> tuple[Any, dict[str, Any]]:
+              t1: float, *, ts: Any = None, fixed_steps: int | None = None,
+              tolerances: Tolerances | None = None) -> tuple[Any, dict[str, Any]]:
         """``steps`` (or ``fixed_steps``) equal steps over [t0, t1]. With ``ts`` (concrete, not
         traced: the step counts are static), as torch's rknet: each interval between consecutive
         times of (t0, *ts) gets ceil(length / step) equal steps, step = (t1 - t0) / steps; an
@@ -352,8 +297,8 @@ class JaxRkNetBackend(JaxBackend):
         import jax.numpy as jnp
         import numpy as np
 
-        parts = _diffrax_parts()
-        cls = parts.ClassicalRK4 if self.tableau == "classical" else parts.ThreeEighthsRK4
+        tableaux = rk4_solvers()
+        cls = tableaux.ClassicalRK4 if self.tableau == "classical" else tableaux.ThreeEighthsRK4
         # "bounded": the stage loop becomes a plain differentiable loop whose stages are stored
         # (the default, a checkpointed loop, would recompute every stage in the backward pass)
         solver = cls(scan_kind="bounded")
@@ -453,6 +398,6 @@ def backends() -> list[JaxBackend]:
 
 
 @bench.hookimpl
-def bench_register_backends(register):
+def bench_register_backends(register: Callable[[AbstractBackend], None]) -> None:
     for backend in backends():
         register(backend)

@@ -8,9 +8,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bench.plugins.torch_common import TorchBackend, positive_int
+from bench.frameworks.torch import TorchBackend, positive_int
 
 import bench
+from bench.interfaces import AbstractBackend, Tolerances
 
 
 class ResNetBackend(TorchBackend):
@@ -27,16 +28,16 @@ class ResNetBackend(TorchBackend):
                             "backpropagation (no ODE solver)")
 
     def ode_block(self, make_dynamics: Callable[[bool], Any], t0: float = 0.0, t1: float = 1.0,
-                  *, fixed_steps: int | None = None, rtol: float | None = None,
-                  atol: float | None = None) -> Any:
+                  *, fixed_steps: int | None = None,
+                  tolerances: Tolerances | None = None) -> Any:
         """See :meth:`TorchBackend.ode_block`: ``make_dynamics(False)`` is called L times
-        (``blocks``, or ``fixed_steps``); t0, t1, rtol and atol are ignored."""
-        from bench.plugins.torch_blocks import ResNetBlock
+        (``blocks``, or ``fixed_steps``); t0, t1 and tolerances are ignored."""
+        from bench.frameworks.torch import ResNetBlock
 
         blocks = self.blocks if fixed_steps is None else positive_int(fixed_steps, "fixed_steps")
         return ResNetBlock(make_dynamics, blocks)
 
 
 @bench.hookimpl
-def bench_register_backends(register):
+def bench_register_backends(register: Callable[[AbstractBackend], None]) -> None:
     register(ResNetBackend())

@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bench.plugins.torch_common import TorchBackend, positive_int
+from bench.frameworks.torch import TorchBackend, positive_int
 
 import bench
+from bench.interfaces import AbstractBackend, Tolerances
 
 
 class RKNetBackend(TorchBackend):
@@ -33,17 +34,17 @@ class RKNetBackend(TorchBackend):
                             "evaluations), backpropagation through the steps")
 
     def ode_block(self, make_dynamics: Callable[[bool], Any], t0: float = 0.0, t1: float = 1.0,
-                  *, fixed_steps: int | None = None, rtol: float | None = None,
-                  atol: float | None = None) -> Any:
+                  *, fixed_steps: int | None = None,
+                  tolerances: Tolerances | None = None) -> Any:
         """See :meth:`TorchBackend.ode_block`: ``steps`` (or ``fixed_steps``) classical RK4 steps
-        over [t0, t1]; rtol/atol are ignored (fixed step). With output ``times``, each interval
+        over [t0, t1]; tolerances are ignored (fixed step). With output ``times``, each interval
         between them gets ceil(length / step) equal steps, so every output is an RK4 state."""
-        from bench.plugins.torch_blocks import RK4Block
+        from bench.frameworks.torch import RK4Block
 
         steps = self.steps if fixed_steps is None else positive_int(fixed_steps, "fixed_steps")
         return RK4Block(make_dynamics(True), t0, t1, steps)
 
 
 @bench.hookimpl
-def bench_register_backends(register):
+def bench_register_backends(register: Callable[[AbstractBackend], None]) -> None:
     register(RKNetBackend())

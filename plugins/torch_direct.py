@@ -3,11 +3,13 @@ operation of the solver (the graph of all steps is kept: memory O(steps x stages
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from bench.plugins.torch_adjoint import TorchdiffeqBackend
+from bench.frameworks.torch import TorchdiffeqBackend
 
 import bench
+from bench.interfaces import AbstractBackend
 
 
 class TorchDirectBackend(TorchdiffeqBackend):
@@ -23,5 +25,5 @@ class TorchDirectBackend(TorchdiffeqBackend):
 
 
 @bench.hookimpl
-def bench_register_backends(register):
+def bench_register_backends(register: Callable[[AbstractBackend], None]) -> None:
     register(TorchDirectBackend())

@@ -1,13 +1,13 @@
 """Continuous normalizing flows on 2-D toy densities (FFJORD, Grathwohl et al. 2019): test NLL in
 nats.
 
-This module is framework-neutral (numpy only): the data streams, the Hutchinson probe vectors, the
-initial weights and the budgets live here, so every framework's model (torch in
-:mod:`bench.suites.cnf_torch`) trains on the very same batches from the very same initial weights
-for a
-given seed. The eight generators are in :mod:`bench.suites.cnf_data`.
+This module declares the suite. The data streams, the Hutchinson probe vectors, the initial weights
+and the budgets are framework-neutral, in :mod:`bench.suites.cnf_data`, so every framework's model
+(:mod:`bench.suites.cnf_torch`, :mod:`bench.suites.cnf_jax`) trains on the very same batches from
+the very same initial weights for a given seed. The eight generators are in
+:mod:`bench.suites.cnf_densities`.
 
-The model follows FFJORD's ``train_toy.py`` (Grathwohl et al. 2019):
+The model follows FFJORD's ``train_toy.py``:
 
 - dynamics f(t, z): ConcatSquashLinear 2->64, tanh, 64->64, tanh, 64->64, tanh, 64->2, where
   ConcatSquashLinear(t, x) = (W x + b) * sigmoid(G t + g) + B t (FFJORD's ``concatsquash`` layer);
@@ -21,251 +21,25 @@ The model follows FFJORD's ``train_toy.py`` (Grathwohl et al. 2019):
 - Adam, lr 1e-3, weight decay 1e-5 (``train_toy.py``'s default), batch 100, dopri5 at
   rtol = atol = 1e-5 for training and test, test NLL on 1000 fresh samples.
 
-The paper gives "Adam 1e-3" only; the weight decay 1e-5 and the learned T = 0.5 are FFJORD's
-script defaults and are kept in every budget (options of the budget settings).
+The weight decay 1e-5 and the learned T = 0.5 are FFJORD's script defaults and are kept in every
+budget (options of the budget settings).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable
 
-import numpy as np
-from bench.suites import cnf_data
+from bench.suites.cnf_data import BUDGETS, TRACE_ESTIMATORS, CnfData
+from bench.suites.cnf_densities import GENERATORS
 
 import bench
-from bench.errors import BenchError, UnknownNameError
 from bench.interfaces import (
     AbstractBackend,
     AbstractSuite,
-    AbstractTask,
-    Budget,
     CellContext,
     Support,
 )
 from bench.options import OptionSpec, option_defaults
-
-DIM = 2
-HIDDEN = (64, 64, 64)
-TRACE_ESTIMATORS = ("exact", "hutchinson")
-
-# Independent random streams derived from the seed: np.random.default_rng([seed, stream, ...]).
-_STREAM_INIT = 0
-_STREAM_TRAIN = 1
-_STREAM_TEST = 2
-_STREAM_PROBES = 3
-_STREAM_PLOT = 4
-
-#: FFJORD toy settings (Grathwohl et al. 2019; train_toy.py defaults where the paper is silent).
-_PAPER: dict[str, Any] = {
-    "steps": 10_000, "batch_size": 100, "test_size": 1000, "lr": 1e-3, "weight_decay": 1e-5,
-    "rtol": 1e-5, "atol": 1e-5, "time_length": 0.5, "train_end_time": True,
-    "eval_every": 500, "eval_subset": None, "plot_samples": 2000, "plot_grid": 100,
-}
-
-BUDGETS: dict[str, Budget] = {
-    "smoke": Budget(
-        "smoke",
-        "CI check, seconds: 4 Adam steps of batch 64 at dopri5 rtol=atol=1e-3, periodic evaluation "
-        "after step 2 on 64 test samples, final NLL on 256; 30x30 density grid",
-        {**_PAPER, "steps": 4, "batch_size": 64, "test_size": 256, "eval_every": 2,
-         "eval_subset": 64, "rtol": 1e-3, "atol": 1e-3, "plot_samples": 500, "plot_grid": 30},
-    ),
-    "quick": Budget(
-        "quick",
-        "CPU-friendly, a few minutes per backend on 2 cores: 400 Adam steps (lr 1e-3) of batch "
-        "100 at dopri5 rtol=atol=1e-4, periodic evaluation every 100 steps on 200 test samples, "
-        "final NLL on 1000 fresh samples (measured figures: results/cnf-quick-cpu)",
-        {**_PAPER, "steps": 400, "rtol": 1e-4, "atol": 1e-4, "eval_every": 100,
-         "eval_subset": 200},
-    ),
-    "paper": Budget(
-        "paper",
-        "FFJORD toy setup: 10,000 Adam steps (lr 1e-3, weight decay 1e-5) of batch 100, 3x64 "
-        "concatsquash tanh dynamics, exact trace, learned T (initially 0.5), dopri5 at "
-        "rtol=atol=1e-5 (training and test), test NLL on 1000 fresh samples; evaluation every "
-        "500 steps",
-        dict(_PAPER),
-    ),
-}
-
-
-# -------------------------------------------------------------------------------------------------
-# Initial weights (framework-neutral)
-# -------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ParamSpec:
-    """One parameter: its name and shape (torch layout: linear weight (out, in)) and how it is
-    initialised (``uniform`` in +-1/sqrt(fan_in), torch's nn.Linear default; ``const``)."""
-
-    name: str
-    shape: tuple[int, ...]
-    init: str
-    fan_in: int = 0
-    value: float = 0.0
-
-
-def layer_dims(hidden: tuple[int, ...] = HIDDEN) -> list[tuple[int, int]]:
-    dims = [DIM, *hidden, DIM]
-    return list(zip(dims[:-1], dims[1:], strict=False))
-
-
-def parameter_specs(time_length: float, hidden: tuple[int, ...] = HIDDEN) -> list[ParamSpec]:
-    """All parameters of the dynamics, in the fixed order their initial values are drawn.
-
-    Layer i (a ConcatSquashLinear d_in -> d_out): ``layers.{i}.linear.weight`` (d_out, d_in),
-    ``layers.{i}.linear.bias`` (d_out,), ``layers.{i}.hyper_gate.weight`` (d_out, 1),
-    ``layers.{i}.hyper_gate.bias`` (d_out,), ``layers.{i}.hyper_bias.weight`` (d_out, 1);
-    then ``sqrt_end_time`` (a scalar, sqrt(time_length)).
-    """
-    specs: list[ParamSpec] = []
-    for i, (d_in, d_out) in enumerate(layer_dims(hidden)):
-        p = f"layers.{i}"
-        specs += [ParamSpec(f"{p}.linear.weight", (d_out, d_in), "uniform", d_in),
-                  ParamSpec(f"{p}.linear.bias", (d_out,), "uniform", d_in),
-                  ParamSpec(f"{p}.hyper_gate.weight", (d_out, 1), "uniform", 1),
-                  ParamSpec(f"{p}.hyper_gate.bias", (d_out,), "uniform", 1),
-                  ParamSpec(f"{p}.hyper_bias.weight", (d_out, 1), "uniform", 1)]
-    specs.append(ParamSpec("sqrt_end_time", (), "const", value=math.sqrt(float(time_length))))
-    return specs
-
-
-def initial_weights(seed: int, time_length: float = 0.5, hidden: tuple[int, ...] = HIDDEN
-                    ) -> dict[str, np.ndarray]:
-    """float32 arrays keyed by parameter name, drawn in :func:`parameter_specs` order from
-    ``np.random.default_rng([seed, 0])``; the same for every backend and framework of a seed."""
-    rng = np.random.default_rng([int(seed), _STREAM_INIT])
-    weights: dict[str, np.ndarray] = {}
-    for spec in parameter_specs(time_length, hidden):
-        if spec.init == "uniform":
-            bound = 1.0 / math.sqrt(spec.fan_in)
-            value = rng.uniform(-bound, bound, size=spec.shape)
-        elif spec.init == "const":
-            value = np.full(spec.shape, spec.value)
-        else:
-            raise ValueError(f"unknown init {spec.init!r} for {spec.name}")
-        weights[spec.name] = np.asarray(value, dtype=np.float32)
-    return weights
-
-
-# -------------------------------------------------------------------------------------------------
-# Data and probe vectors (framework-neutral)
-# -------------------------------------------------------------------------------------------------
-
-
-def standard_normal_log_density(z: np.ndarray) -> np.ndarray:
-    """log N(z; 0, I) in nats, per row."""
-    z = np.asarray(z, dtype=np.float64)
-    return -0.5 * (z ** 2).sum(-1) - 0.5 * z.shape[-1] * math.log(2.0 * math.pi)
-
-
-class CnfData:
-    """Training batches, test samples, probe vectors and plot inputs for one dataset and seed.
-
-    Step ``k``'s batch is drawn from ``default_rng([seed, 1, k])`` (so it does not depend on what
-    ran before), the test set once from ``default_rng([seed, 2])`` (fresh samples, never trained
-    on), the Hutchinson probes of step ``k`` from ``default_rng([seed, 3, k])``.
-    """
-
-    def __init__(self, dataset: str, settings: Mapping[str, Any], seed: int,
-                 trace_estimator: str = "exact"):
-        self.dataset = dataset
-        self.generator = cnf_data.generator(dataset)
-        if trace_estimator not in TRACE_ESTIMATORS:
-            raise UnknownNameError("trace estimator", str(trace_estimator), TRACE_ESTIMATORS)
-        self.trace_estimator = trace_estimator
-        self.settings = {**_PAPER, **settings}
-        self.seed = int(seed)
-        s = self.settings
-        self.batch_size = int(s["batch_size"])
-        self.num_train_steps = int(s["steps"])
-        self.eval_every: int | None = int(s["eval_every"]) if s.get("eval_every") else None
-        self.test_size = int(s["test_size"])
-        self.eval_size = self.test_size if s.get("eval_subset") is None else min(
-            int(s["eval_subset"]), self.test_size)
-        self.test = self.generator(np.random.default_rng([self.seed, _STREAM_TEST]),
-                                   self.test_size)
-        self.true_log_density = cnf_data.TRUE_LOG_DENSITIES.get(dataset)
-
-    def train_batch(self, step: int) -> np.ndarray:
-        """The (batch_size, 2) float32 training batch of iteration ``step``."""
-        return self.generator(np.random.default_rng([self.seed, _STREAM_TRAIN, int(step)]),
-                              self.batch_size)
-
-    def probes(self, step: int) -> np.ndarray | None:
-        """Hutchinson's probe vectors of iteration ``step`` (batch_size, 2), float32 standard
-        normal (FFJORD's default, not Rademacher); None for the exact trace."""
-        if self.trace_estimator == "exact":
-            return None
-        rng = np.random.default_rng([self.seed, _STREAM_PROBES, int(step)])
-        return rng.standard_normal((self.batch_size, DIM)).astype(np.float32)
-
-    def test_samples(self, final: bool) -> np.ndarray:
-        """All test samples (final) or the first ``eval_subset`` of them."""
-        return self.test if final else self.test[:self.eval_size]
-
-    def nll_metrics(self, x: np.ndarray, log_px: np.ndarray) -> dict[str, float]:
-        """``nll_nats`` (the mean of -log p_model), and for a known density ``true_nll_nats``
-        and ``nll_gap_nats`` on the same samples."""
-        nll = float(-np.mean(np.asarray(log_px, dtype=np.float64)))
-        metrics = {"nll_nats": nll}
-        if self.true_log_density is not None:
-            true = float(-np.mean(self.true_log_density(x)))
-            metrics["true_nll_nats"] = true
-            metrics["nll_gap_nats"] = nll - true
-        return metrics
-
-    def eval_notes(self, final: bool) -> str:
-        n = self.test_size if final else self.eval_size
-        which = (f"all {n} test samples" if n == self.test_size
-                 else f"the first {n} of {self.test_size} test samples")
-        trace = ("exact trace" if self.trace_estimator == "exact"
-                 else "trained with Hutchinson's estimator, evaluated with the exact trace")
-        return f"{self.dataset}: NLL on {which} (fresh, never trained on); {trace}"
-
-    def plot_inputs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(data samples, base samples, grid xs, grid ys) for :meth:`AbstractTask.finish`."""
-        n = int(self.settings["plot_samples"])
-        data = self.generator(np.random.default_rng([self.seed, _STREAM_PLOT, 0]), n)
-        base = np.random.default_rng([self.seed, _STREAM_PLOT, 1]).standard_normal(
-            (n, DIM)).astype(np.float32)
-        side = np.linspace(-4.0, 4.0, int(self.settings["plot_grid"]), dtype=np.float32)
-        xs, ys = np.meshgrid(side, side)
-        return data, base, xs, ys
-
-
-def plot_flow(path: Any, data: np.ndarray, samples: np.ndarray, xs: np.ndarray, ys: np.ndarray,
-              log_density: np.ndarray, title: str = "") -> None:
-    """One PNG: data samples, model samples (the inverse flow of base samples) and the learned
-    density exp(log p) on the grid (xs, ys)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10.5, 3.6))
-    axes = fig.subplots(1, 3)
-    lo, hi = float(xs.min()), float(xs.max())
-    for ax, points, name in ((axes[0], data, "data samples"),
-                             (axes[1], samples, "model samples (inverse flow)")):
-        finite = points[np.isfinite(points).all(1)]
-        ax.hist2d(finite[:, 0], finite[:, 1], bins=80, range=[[lo, hi], [lo, hi]], cmap="viridis")
-        ax.set_title(name, fontsize=9)
-    density = np.exp(np.where(np.isfinite(log_density), log_density, -np.inf))
-    axes[2].pcolormesh(xs, ys, density, cmap="viridis", shading="auto")
-    axes[2].set_title("learned density", fontsize=9)
-    for ax in axes:
-        ax.set_xlim(lo, hi)
-        ax.set_ylim(lo, hi)
-        ax.set_aspect("equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-
 
 # -------------------------------------------------------------------------------------------------
 # The suite
@@ -278,10 +52,11 @@ class CnfSuite(AbstractSuite):
                    "3x64 concatsquash tanh dynamics, exact trace, test NLL in nats")
     metric_name = "nll_nats"
     metric_direction = "lower"
-    frameworks = ("torch", "jax")
+    tasks = {"torch": "bench.suites.cnf_torch:CnfTorchTask",
+             "jax": "bench.suites.cnf_jax:CnfJaxTask"}
     budgets = BUDGETS
     option_specs = (
-        OptionSpec("dataset", str, "8gaussians", choices=tuple(cnf_data.GENERATORS),
+        OptionSpec("dataset", str, "8gaussians", choices=tuple(GENERATORS),
                    help="the 2-D density to learn"),
         OptionSpec("trace_estimator", str, "exact", choices=TRACE_ESTIMATORS,
                    help="training trace of df/dz: exact, or Hutchinson's estimate (one Gaussian "
@@ -290,36 +65,19 @@ class CnfSuite(AbstractSuite):
     options = option_defaults(option_specs)
 
     def supports(self, backend: AbstractBackend) -> Support:
-        if not getattr(backend, "continuous_time", False):
+        if not backend.continuous_time:
             return Support.no(
                 f"backend {backend.name!r} has no continuous time: a CNF integrates the "
                 "log-density along a flow that must be run forwards (density) and backwards "
                 "(sampling) in time; use an ODE backend (e.g. torch-adjoint, torch-direct, rknet)")
         return Support.yes()
 
-    def build_task(self, ctx: CellContext) -> AbstractTask:
+    def task_inputs(self, ctx: CellContext) -> CnfData:
         options = self.cell_options(ctx)
-        data = CnfData(str(options["dataset"]), ctx.budget.settings, ctx.seed,
+        return CnfData(str(options["dataset"]), ctx.budget.settings, ctx.seed,
                        str(options["trace_estimator"]))
-        framework = ctx.backend.framework
-        task: AbstractTask
-        if framework == "torch":
-            from bench.suites.cnf_torch import CnfTorchTask
-
-            task = CnfTorchTask(ctx, data)
-        elif framework == "jax":
-            from bench.suites.cnf_jax import CnfJaxTask
-
-            task = CnfJaxTask(ctx, data)
-        else:
-            raise BenchError(f"suite cnf has no {framework} model (it has: "
-                             f"{', '.join(self.frameworks)})")
-        # the budget's tolerances replace the backend's (recorded in the row)
-        task.tolerances = {"rtol": float(data.settings["rtol"]),
-                           "atol": float(data.settings["atol"])}
-        return task
 
 
 @bench.hookimpl
-def bench_register_suites(register):
+def bench_register_suites(register: Callable[[AbstractSuite], None]) -> None:
     register(CnfSuite())

@@ -1,170 +1,237 @@
-"""The eight procedural 2-D densities of FFJORD's toy experiments (Grathwohl et al. 2019,
-``lib/toy_data.py``), drawn from a numpy ``Generator`` passed in (never the global random state).
-
-Each generator ``f(rng, n)`` returns ``n`` samples as a float32 array of shape (n, 2). The shapes,
-scales and noise levels are FFJORD's; where FFJORD called scikit-learn (swissroll, circles, moons)
-the same construction is written out here, and where FFJORD returned fewer than ``n`` points
-(pinwheel: a multiple of 5; 2spirals: an even number) the counts are spread so that exactly ``n``
-come back. 8gaussians has a known density, :func:`eight_gaussians_log_density`: the exact NLL of the
-generating mixture bounds every model from below.
-"""
+"""The CNF suite's framework-neutral part (numpy only): budgets, initial weights, the data
+streams and probe vectors of a cell (:class:`CnfData`) and the plot; every framework's task
+(:mod:`bench.suites.cnf_torch`, :mod:`bench.suites.cnf_jax`) imports it."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
+from bench.suites import cnf_densities
 
 from bench.errors import UnknownNameError
+from bench.interfaces import Budget, Tolerances
 
-Generator = Callable[[np.random.Generator, int], np.ndarray]
+DIM = 2
+HIDDEN = (64, 64, 64)
+TRACE_ESTIMATORS = ("exact", "hutchinson")
 
-# -- 8gaussians: an equal-weight mixture of 8 isotropic Gaussians --------------------------------
-#: FFJORD divides the samples by 1.414 (not by sqrt(2)): kept, so the density below is exact.
-_EIGHT_DIVISOR = 1.414
-_EIGHT_SCALE = 4.0
-_EIGHT_STD = 0.5
-_S = 1.0 / math.sqrt(2.0)
-_EIGHT_DIRECTIONS = np.array([(1, 0), (-1, 0), (0, 1), (0, -1), (_S, _S), (_S, -_S), (-_S, _S),
-                              (-_S, -_S)], dtype=np.float64)
-#: Component means and standard deviation of the generating mixture, in data units.
-EIGHT_GAUSSIANS_MEANS = _EIGHT_SCALE * _EIGHT_DIRECTIONS / _EIGHT_DIVISOR
-EIGHT_GAUSSIANS_STD = _EIGHT_STD / _EIGHT_DIVISOR
+# Independent random streams derived from the seed: np.random.default_rng([seed, stream, ...]).
+_STREAM_INIT = 0
+_STREAM_TRAIN = 1
+_STREAM_TEST = 2
+_STREAM_PROBES = 3
+_STREAM_PLOT = 4
+
+#: FFJORD toy settings (Grathwohl et al. 2019; train_toy.py defaults where the paper is silent).
+_PAPER: dict[str, Any] = {
+    "steps": 10_000, "batch_size": 100, "test_size": 1000, "lr": 1e-3, "weight_decay": 1e-5,
+    "rtol": 1e-5, "atol": 1e-5, "time_length": 0.5, "train_end_time": True,
+    "eval_every": 500, "eval_subset": None, "plot_samples": 2000, "plot_grid": 100,
+}
+
+BUDGETS: dict[str, Budget] = {
+    "smoke": Budget(
+        "smoke",
+        "CI check, seconds: 4 Adam steps of batch 64 at dopri5 rtol=atol=1e-3, periodic evaluation "
+        "after step 2 on 64 test samples, final NLL on 256; 30x30 density grid",
+        {**_PAPER, "steps": 4, "batch_size": 64, "test_size": 256, "eval_every": 2,
+         "eval_subset": 64, "rtol": 1e-3, "atol": 1e-3, "plot_samples": 500, "plot_grid": 30},
+    ),
+    "quick": Budget(
+        "quick",
+        "CPU-friendly, a few minutes per backend on 2 cores: 400 Adam steps (lr 1e-3) of batch "
+        "100 at dopri5 rtol=atol=1e-4, periodic evaluation every 100 steps on 200 test samples, "
+        "final NLL on 1000 fresh samples (measured figures: results/cnf-quick-cpu)",
+        {**_PAPER, "steps": 400, "rtol": 1e-4, "atol": 1e-4, "eval_every": 100,
+         "eval_subset": 200},
+    ),
+    "paper": Budget(
+        "paper",
+        "FFJORD toy setup: 10,000 Adam steps (lr 1e-3, weight decay 1e-5) of batch 100, 3x64 "
+        "concatsquash tanh dynamics, exact trace, learned T (initially 0.5), dopri5 at "
+        "rtol=atol=1e-5 (training and test), test NLL on 1000 fresh samples; evaluation every "
+        "500 steps",
+        dict(_PAPER),
+    ),
+}
 
 
-def eight_gaussians(rng: np.random.Generator, n: int) -> np.ndarray:
-    """(4 c_k + 0.5 e) / 1.414, k uniform in the 8 unit directions c_k, e ~ N(0, I)."""
-    k = rng.integers(0, 8, size=n)
-    points = rng.standard_normal((n, 2)) * _EIGHT_STD + _EIGHT_SCALE * _EIGHT_DIRECTIONS[k]
-    return (points / _EIGHT_DIVISOR).astype(np.float32)
+# -------------------------------------------------------------------------------------------------
+# Initial weights (framework-neutral)
+# -------------------------------------------------------------------------------------------------
 
 
-def eight_gaussians_log_density(x: np.ndarray) -> np.ndarray:
-    """Exact log-density (nats) of the 8gaussians generator at the points ``x`` (n, 2):
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+    """One parameter: its name and shape (torch layout: linear weight (out, in)) and how it is
+    initialised (``uniform`` in +-1/sqrt(fan_in), torch's nn.Linear default; ``const``)."""
 
-    log p(x) = log( (1/8) sum_k N(x; mu_k, s^2 I) )
-             = logsumexp_k( -|x - mu_k|^2 / (2 s^2) ) - log 8 - log(2 pi s^2),
+    name: str
+    shape: tuple[int, ...]
+    init: str
+    fan_in: int = 0
+    value: float = 0.0
 
-    with mu_k = 4 c_k / 1.414 and s = 0.5 / 1.414. Computed in float64.
+
+def layer_dims(hidden: tuple[int, ...] = HIDDEN) -> list[tuple[int, int]]:
+    dims = [DIM, *hidden, DIM]
+    return list(zip(dims[:-1], dims[1:], strict=False))
+
+
+def parameter_specs(time_length: float, hidden: tuple[int, ...] = HIDDEN) -> list[ParamSpec]:
+    """All parameters of the dynamics, in the fixed order their initial values are drawn.
+
+    Layer i (a ConcatSquashLinear d_in -> d_out): ``layers.{i}.linear.weight`` (d_out, d_in),
+    ``layers.{i}.linear.bias`` (d_out,), ``layers.{i}.hyper_gate.weight`` (d_out, 1),
+    ``layers.{i}.hyper_gate.bias`` (d_out,), ``layers.{i}.hyper_bias.weight`` (d_out, 1);
+    then ``sqrt_end_time`` (a scalar, sqrt(time_length)).
     """
-    x = np.asarray(x, dtype=np.float64)
-    s2 = EIGHT_GAUSSIANS_STD ** 2
-    sq = ((x[:, None, :] - EIGHT_GAUSSIANS_MEANS[None, :, :]) ** 2).sum(-1)  # (n, 8)
-    a = -sq / (2.0 * s2)
-    top = a.max(axis=1, keepdims=True)
-    lse = top[:, 0] + np.log(np.exp(a - top).sum(axis=1))
-    return lse - math.log(8.0) - math.log(2.0 * math.pi * s2)
+    specs: list[ParamSpec] = []
+    for i, (d_in, d_out) in enumerate(layer_dims(hidden)):
+        p = f"layers.{i}"
+        specs += [ParamSpec(f"{p}.linear.weight", (d_out, d_in), "uniform", d_in),
+                  ParamSpec(f"{p}.linear.bias", (d_out,), "uniform", d_in),
+                  ParamSpec(f"{p}.hyper_gate.weight", (d_out, 1), "uniform", 1),
+                  ParamSpec(f"{p}.hyper_gate.bias", (d_out,), "uniform", 1),
+                  ParamSpec(f"{p}.hyper_bias.weight", (d_out, 1), "uniform", 1)]
+    specs.append(ParamSpec("sqrt_end_time", (), "const", value=math.sqrt(float(time_length))))
+    return specs
 
 
-# -- the others ------------------------------------------------------------------------------------
+def initial_weights(seed: int, time_length: float = 0.5, hidden: tuple[int, ...] = HIDDEN
+                    ) -> dict[str, np.ndarray]:
+    """float32 arrays keyed by parameter name, drawn in :func:`parameter_specs` order from
+    ``np.random.default_rng([seed, 0])``; the same for every backend and framework of a seed."""
+    rng = np.random.default_rng([int(seed), _STREAM_INIT])
+    weights: dict[str, np.ndarray] = {}
+    for spec in parameter_specs(time_length, hidden):
+        if spec.init == "uniform":
+            bound = 1.0 / math.sqrt(spec.fan_in)
+            value = rng.uniform(-bound, bound, size=spec.shape)
+        elif spec.init == "const":
+            value = np.full(spec.shape, spec.value)
+        else:
+            raise ValueError(f"unknown init {spec.init!r} for {spec.name}")
+        weights[spec.name] = np.asarray(value, dtype=np.float32)
+    return weights
 
 
-def two_spirals(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Two interleaved spiral arms; FFJORD's second arm is the mirror image -d of the first."""
-    m = (n + 1) // 2
-    r = np.sqrt(rng.random((m, 1))) * 540.0 * (2.0 * np.pi) / 360.0
-    dx = -np.cos(r) * r + rng.random((m, 1)) * 0.5
-    dy = np.sin(r) * r + rng.random((m, 1)) * 0.5
-    arm = np.hstack((dx, dy))
-    x = np.vstack((arm, -arm))[:n] / 3.0
-    x = x + rng.standard_normal(x.shape) * 0.1
-    return x.astype(np.float32)
+# -------------------------------------------------------------------------------------------------
+# Data and probe vectors (framework-neutral)
+# -------------------------------------------------------------------------------------------------
 
 
-def checkerboard(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Uniform on the 8 black squares of a 4x4 checkerboard of side 8, centred at the origin."""
-    x1 = rng.random(n) * 4.0 - 2.0
-    x2 = rng.random(n) - rng.integers(0, 2, size=n) * 2.0
-    x2 = x2 + np.floor(x1) % 2
-    return (np.stack([x1, x2], axis=1) * 2.0).astype(np.float32)
+def standard_normal_log_density(z: np.ndarray) -> np.ndarray:
+    """log N(z; 0, I) in nats, per row."""
+    z = np.asarray(z, dtype=np.float64)
+    return -0.5 * (z ** 2).sum(-1) - 0.5 * z.shape[-1] * math.log(2.0 * math.pi)
 
 
-def _shuffle_and_noise(rng: np.random.Generator, x: np.ndarray, noise: float) -> np.ndarray:
-    x = x[rng.permutation(len(x))]
-    return x + rng.normal(scale=noise, size=x.shape)
+class CnfData:
+    """Training batches, test samples, probe vectors and plot inputs for one dataset and seed.
+
+    Step ``k``'s batch is drawn from ``default_rng([seed, 1, k])`` (so it does not depend on what
+    ran before), the test set once from ``default_rng([seed, 2])`` (fresh samples, never trained
+    on), the Hutchinson probes of step ``k`` from ``default_rng([seed, 3, k])``.
+    """
+
+    def __init__(self, dataset: str, settings: Mapping[str, Any], seed: int,
+                 trace_estimator: str = "exact"):
+        self.dataset = dataset
+        self.generator = cnf_densities.generator(dataset)
+        if trace_estimator not in TRACE_ESTIMATORS:
+            raise UnknownNameError("trace estimator", str(trace_estimator), TRACE_ESTIMATORS)
+        self.trace_estimator = trace_estimator
+        self.settings = {**_PAPER, **settings}
+        #: the budget's tolerances replace the backend's (recorded in the row)
+        self.tolerances = Tolerances.from_settings(self.settings)
+        self.seed = int(seed)
+        s = self.settings
+        self.batch_size = int(s["batch_size"])
+        self.num_train_steps = int(s["steps"])
+        self.eval_every: int | None = int(s["eval_every"]) if s.get("eval_every") else None
+        self.test_size = int(s["test_size"])
+        self.eval_size = self.test_size if s.get("eval_subset") is None else min(
+            int(s["eval_subset"]), self.test_size)
+        self.test = self.generator(np.random.default_rng([self.seed, _STREAM_TEST]),
+                                   self.test_size)
+        self.true_log_density = cnf_densities.TRUE_LOG_DENSITIES.get(dataset)
+
+    def train_batch(self, step: int) -> np.ndarray:
+        """The (batch_size, 2) float32 training batch of iteration ``step``."""
+        return self.generator(np.random.default_rng([self.seed, _STREAM_TRAIN, int(step)]),
+                              self.batch_size)
+
+    def probes(self, step: int) -> np.ndarray | None:
+        """Hutchinson's probe vectors of iteration ``step`` (batch_size, 2), float32 standard
+        normal (FFJORD's default, not Rademacher); None for the exact trace."""
+        if self.trace_estimator == "exact":
+            return None
+        rng = np.random.default_rng([self.seed, _STREAM_PROBES, int(step)])
+        return rng.standard_normal((self.batch_size, DIM)).astype(np.float32)
+
+    def test_samples(self, final: bool) -> np.ndarray:
+        """All test samples (final) or the first ``eval_subset`` of them."""
+        return self.test if final else self.test[:self.eval_size]
+
+    def nll_metrics(self, x: np.ndarray, log_px: np.ndarray) -> dict[str, float]:
+        """``nll_nats`` (the mean of -log p_model), and for a known density ``true_nll_nats``
+        and ``nll_gap_nats`` on the same samples."""
+        nll = float(-np.mean(np.asarray(log_px, dtype=np.float64)))
+        metrics = {"nll_nats": nll}
+        if self.true_log_density is not None:
+            true = float(-np.mean(self.true_log_density(x)))
+            metrics["true_nll_nats"] = true
+            metrics["nll_gap_nats"] = nll - true
+        return metrics
+
+    def eval_notes(self, final: bool) -> str:
+        n = self.test_size if final else self.eval_size
+        which = (f"all {n} test samples" if n == self.test_size
+                 else f"the first {n} of {self.test_size} test samples")
+        trace = ("exact trace" if self.trace_estimator == "exact"
+                 else "trained with Hutchinson's estimator, evaluated with the exact trace")
+        return f"{self.dataset}: NLL on {which} (fresh, never trained on); {trace}"
+
+    def plot_inputs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(data samples, base samples, grid xs, grid ys) for :meth:`AbstractTask.finish`."""
+        n = int(self.settings["plot_samples"])
+        data = self.generator(np.random.default_rng([self.seed, _STREAM_PLOT, 0]), n)
+        base = np.random.default_rng([self.seed, _STREAM_PLOT, 1]).standard_normal(
+            (n, DIM)).astype(np.float32)
+        side = np.linspace(-4.0, 4.0, int(self.settings["plot_grid"]), dtype=np.float32)
+        xs, ys = np.meshgrid(side, side)
+        return data, base, xs, ys
 
 
-def circles(rng: np.random.Generator, n: int) -> np.ndarray:
-    """scikit-learn's make_circles(n, factor=0.5, noise=0.08), times 3."""
-    n_out = n // 2
-    n_in = n - n_out
-    a_out = np.linspace(0.0, 2.0 * np.pi, n_out, endpoint=False)
-    a_in = np.linspace(0.0, 2.0 * np.pi, n_in, endpoint=False)
-    x = np.vstack([np.stack([np.cos(a_out), np.sin(a_out)], 1),
-                   0.5 * np.stack([np.cos(a_in), np.sin(a_in)], 1)])
-    return (_shuffle_and_noise(rng, x, 0.08) * 3.0).astype(np.float32)
+def plot_flow(path: Any, data: np.ndarray, samples: np.ndarray, xs: np.ndarray, ys: np.ndarray,
+              log_density: np.ndarray, title: str = "") -> None:
+    """One PNG: data samples, model samples (the inverse flow of base samples) and the learned
+    density exp(log p) on the grid (xs, ys)."""
+    from matplotlib.figure import Figure
 
-
-def moons(rng: np.random.Generator, n: int) -> np.ndarray:
-    """scikit-learn's make_moons(n, noise=0.1), times 2, shifted by (-1, -0.2)."""
-    n_out = n // 2
-    n_in = n - n_out
-    a_out = np.linspace(0.0, np.pi, n_out)
-    a_in = np.linspace(0.0, np.pi, n_in)
-    x = np.vstack([np.stack([np.cos(a_out), np.sin(a_out)], 1),
-                   np.stack([1.0 - np.cos(a_in), 1.0 - np.sin(a_in) - 0.5], 1)])
-    x = _shuffle_and_noise(rng, x, 0.1)
-    return (x * 2.0 + np.array([-1.0, -0.2])).astype(np.float32)
-
-
-def pinwheel(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Five curved blades: radial std 0.3, tangential std 0.1, rate 0.25, times 2."""
-    num_classes, rate = 5, 0.25
-    rads = np.linspace(0.0, 2.0 * np.pi, num_classes, endpoint=False)
-    labels = np.sort(np.arange(n) % num_classes)
-    features = rng.standard_normal((n, 2)) * np.array([0.3, 0.1])
-    features[:, 0] += 1.0
-    angles = rads[labels] + rate * np.exp(features[:, 0])
-    rotations = np.stack([np.cos(angles), -np.sin(angles), np.sin(angles), np.cos(angles)])
-    rotations = np.reshape(rotations.T, (-1, 2, 2))
-    x = np.einsum("ti,tij->tj", features, rotations)
-    return (2.0 * rng.permutation(x)).astype(np.float32)
-
-
-def rings(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Four concentric rings of radii 3, 2.25, 1.5, 0.75; Gaussian noise 0.08."""
-    n4 = n3 = n2 = n // 4
-    n1 = n - n4 - n3 - n2
-    parts = []
-    for count, radius in ((n4, 1.0), (n3, 0.75), (n2, 0.5), (n1, 0.25)):
-        a = np.linspace(0.0, 2.0 * np.pi, count, endpoint=False)
-        parts.append(radius * np.stack([np.cos(a), np.sin(a)], 1))
-    x = np.vstack(parts) * 3.0
-    return _shuffle_and_noise(rng, x, 0.08).astype(np.float32)
-
-
-def swissroll(rng: np.random.Generator, n: int) -> np.ndarray:
-    """scikit-learn's make_swiss_roll(n, noise=1.0), coordinates (x, z), divided by 5."""
-    t = 1.5 * np.pi * (1.0 + 2.0 * rng.random(n))
-    x = np.stack([t * np.cos(t), t * np.sin(t)], 1) + rng.standard_normal((n, 2))
-    return (x / 5.0).astype(np.float32)
-
-
-GENERATORS: dict[str, Generator] = {
-    "8gaussians": eight_gaussians,
-    "2spirals": two_spirals,
-    "checkerboard": checkerboard,
-    "circles": circles,
-    "moons": moons,
-    "pinwheel": pinwheel,
-    "rings": rings,
-    "swissroll": swissroll,
-}
-
-#: Datasets whose generating density is known exactly.
-TRUE_LOG_DENSITIES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "8gaussians": eight_gaussians_log_density,
-}
-
-
-def generator(name: str) -> Generator:
-    """The generator called ``name``; unknown names raise with the valid choices."""
-    if name not in GENERATORS:
-        raise UnknownNameError("cnf dataset", str(name), GENERATORS)
-    return GENERATORS[name]
-
-
-def sample(name: str, rng: np.random.Generator, n: int) -> np.ndarray:
-    """``n`` samples (float32, shape (n, 2)) of dataset ``name`` drawn from ``rng``."""
-    return generator(name)(rng, int(n))
+    fig = Figure(figsize=(10.5, 3.6))
+    axes = fig.subplots(1, 3)
+    lo, hi = float(xs.min()), float(xs.max())
+    for ax, points, name in ((axes[0], data, "data samples"),
+                             (axes[1], samples, "model samples (inverse flow)")):
+        finite = points[np.isfinite(points).all(1)]
+        ax.hist2d(finite[:, 0], finite[:, 1], bins=80, range=[[lo, hi], [lo, hi]], cmap="viridis")
+        ax.set_title(name, fontsize=9)
+    density = np.exp(np.where(np.isfinite(log_density), log_density, -np.inf))
+    axes[2].pcolormesh(xs, ys, density, cmap="viridis", shading="auto")
+    axes[2].set_title("learned density", fontsize=9)
+    for ax in axes:
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)

@@ -1,10 +1,11 @@
-"""The JAX (equinox) model and task of the CNF suite (imported lazily by :mod:`bench.suites.cnf`).
+"""The JAX (equinox) model and task of the CNF suite (named in :mod:`bench.suites.cnf`'s tasks).
 
 The same flow as :mod:`bench.suites.cnf_torch`: 3x64 concatsquash tanh dynamics, rescaled time
 s in [0, 1] with a learned end time T = sqrt_end_time^2, state (z, dlogp) integrated by
-``backend.solve``. Initial weights come from :func:`bench.suites.cnf.initial_weights` under the same
-names (torch layout: linear weights (out, in)), and the batches, test samples and Hutchinson probes
-from the same :class:`bench.suites.cnf.CnfData`, so a JAX cell starts from the torch cell's arrays.
+``backend.solve``. Initial weights come from :func:`bench.suites.cnf_data.initial_weights` under
+the same names (torch layout: linear weights (out, in)), and the batches, test samples and
+Hutchinson probes from the same :class:`bench.suites.cnf_data.CnfData`, so a JAX cell starts from
+the torch cell's arrays.
 
 - exact trace: ``jax.linearize`` of the velocity at the batch, applied to the two basis tangents
   (each row's Jacobian is independent of the other rows), tr = (J e1)_1 + (J e2)_2;
@@ -13,10 +14,10 @@ from the same :class:`bench.suites.cnf.CnfData`, so a JAX cell starts from the t
 - sampling integrates the time-reversed system w(u) = y(1 - u) over u in [0, 1] (every JAX backend
   integrates forwards in time);
 - the training step (forward, backward, Adam with torch's L2 weight decay) is one XLA program
-  compiled at the first step (:class:`bench.plugins.jax_common.CompiledStep`).
+  compiled at the first step (:class:`bench.frameworks.jax.CompiledStep`).
 
-The solver tolerances of a budget (``rtol``/``atol``) are set on a shallow copy of the backend:
-``backend.solve`` takes none (see the suite's notes).
+The solver tolerances of a budget (``rtol``/``atol``) reach every ``backend.solve`` as one
+:class:`bench.interfaces.Tolerances` argument (``CnfData.tolerances``).
 """
 
 from __future__ import annotations
@@ -29,11 +30,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench.plugins.jax_common import with_tolerances
-from bench.suites.cnf import HIDDEN, CnfData, initial_weights, layer_dims, plot_flow
+from bench.frameworks.jax import SolveBackend, load_weights
+from bench.suites.cnf_data import HIDDEN, CnfData, initial_weights, layer_dims, plot_flow
 
-from bench.errors import BenchError
-from bench.interfaces import AbstractTask, CellContext, Evaluation, StepStats
+from bench.interfaces import AbstractTask, CellContext, Evaluation, StepStats, Tolerances
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -99,23 +99,16 @@ def neutral_parameters(model: CnfDynamics) -> dict[str, jax.Array]:
     return out
 
 
+def _field(index: int, field: str) -> Any:
+    return lambda m: getattr(m.layers[index], field)
+
+
 def load_neutral_weights(model: CnfDynamics, weights: dict[str, np.ndarray]) -> CnfDynamics:
-    current = neutral_parameters(model)
-    if set(current) != set(weights):
-        raise BenchError("CNF JAX model and initial weights disagree: missing "
-                         f"{sorted(set(weights) - set(current))}, unexpected "
-                         f"{sorted(set(current) - set(weights))}")
-    for name, value in weights.items():
-        if tuple(current[name].shape) != tuple(np.shape(value)):
-            raise BenchError(f"{name}: model shape {current[name].shape}, initial weights "
-                             f"{np.shape(value)}")
-        if name == "sqrt_end_time":
-            get: Any = lambda m: m.sqrt_end_time  # noqa: E731
-        else:
-            _, index, rest = name.split(".", 2)
-            get = (lambda i, f: lambda m: getattr(m.layers[i], f))(int(index), _FIELDS[rest])
-        model = eqx.tree_at(get, model, jnp.asarray(value, jnp.float32))
-    return model
+    where: dict[str, Any] = {"sqrt_end_time": lambda m: m.sqrt_end_time}
+    for i in range(len(model.layers)):
+        for name, field in _FIELDS.items():
+            where[f"layers.{i}.{name}"] = _field(i, field)
+    return load_weights(model, where, weights, "CNF JAX")
 
 
 def build_dynamics(settings: dict[str, Any], seed: int) -> CnfDynamics:
@@ -160,19 +153,19 @@ def standard_normal_logprob(z: jax.Array) -> jax.Array:
 EVAL_CHUNK = 5000
 
 
-def log_prob(model: CnfDynamics, x: jax.Array, backend: Any, probes: Any = None
-             ) -> tuple[jax.Array, dict[str, Any]]:
+def log_prob(model: CnfDynamics, x: jax.Array, backend: SolveBackend, probes: Any = None,
+             tolerances: Tolerances | None = None) -> tuple[jax.Array, dict[str, Any]]:
     """(log p_model(x) per row, solver stats)."""
     (z, dl), stats = backend.solve(flow_field, (model, probes), (x, jnp.zeros(x.shape[0])),
-                                   0.0, 1.0)
+                                   0.0, 1.0, tolerances=tolerances)
     return standard_normal_logprob(z) - dl, stats
 
 
-def sample(model: CnfDynamics, z: jax.Array, backend: Any
-           ) -> tuple[jax.Array, jax.Array, dict[str, Any]]:
+def sample(model: CnfDynamics, z: jax.Array, backend: SolveBackend,
+           tolerances: Tolerances | None = None) -> tuple[jax.Array, jax.Array, dict[str, Any]]:
     """(x, log p_model(x), stats) for base samples z."""
     (x, dl), stats = backend.solve(reversed_field, (model, None), (z, jnp.zeros(z.shape[0])),
-                                   0.0, 1.0)
+                                   0.0, 1.0, tolerances=tolerances)
     return x, standard_normal_logprob(z) + dl, stats
 
 
@@ -185,7 +178,7 @@ class CnfJaxTask(AbstractTask):
     """The CNF on a JAX backend: one compiled step per training iteration."""
 
     def __init__(self, ctx: CellContext, data: CnfData):
-        from bench.plugins.jax_common import (
+        from bench.frameworks.jax import (
             CompiledStep,
             CompileOnce,
             adam_init,
@@ -194,7 +187,8 @@ class CnfJaxTask(AbstractTask):
         )
 
         s = data.settings
-        self.backend = backend = with_tolerances(ctx.backend, s["rtol"], s["atol"])
+        self.tolerances = tolerances = data.tolerances
+        self.backend = backend = ctx.backend
         self.backend_name = ctx.backend.name
         self.data = data
         self.device = jax_device(ctx.device)
@@ -207,7 +201,7 @@ class CnfJaxTask(AbstractTask):
         train_end_time = model.train_end_time
 
         def loss_fn(model: CnfDynamics, x: jax.Array, probes: Any) -> jax.Array:
-            logp, _ = log_prob(model, x, backend, probes)
+            logp, _ = log_prob(model, x, backend, probes, tolerances)
             return -jnp.mean(logp)
 
         value_and_grad = backend.value_and_grad(loss_fn)
@@ -224,9 +218,9 @@ class CnfJaxTask(AbstractTask):
             return model, opt_state, loss, counts
 
         self.step = CompiledStep(train)
-        self._log_prob = jax.jit(lambda m, x: log_prob(m, x, backend))
+        self._log_prob = jax.jit(lambda m, x: log_prob(m, x, backend, None, tolerances))
         self._compile_once = CompileOnce()
-        self._sample = jax.jit(lambda m, z: sample(m, z, backend))
+        self._sample = jax.jit(lambda m, z: sample(m, z, backend, tolerances))
 
     def _put(self, array: np.ndarray | None) -> Any:
         return None if array is None else jax.device_put(np.asarray(array, np.float32),

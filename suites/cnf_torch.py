@@ -5,7 +5,7 @@ The flow is two blocks of the backend sharing one dynamics module: ``forward_blo
 (sampling). The state is one (B, 3) tensor [z, dlogp]; the dynamics computes the trace of the 2x2
 Jacobian with ``torch.autograd.grad`` under ``torch.enable_grad()`` (the adjoint runs its forward
 solve under ``no_grad``), with ``create_graph=True`` only when a gradient is being taken.
-Initial weights come from :func:`bench.suites.cnf.initial_weights`, keyed by parameter name.
+Initial weights come from :func:`bench.suites.cnf_data.initial_weights`, keyed by parameter name.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from bench.plugins.torch_common import TorchTask
-from bench.suites.cnf import DIM, HIDDEN, CnfData, initial_weights, layer_dims, plot_flow
+from bench.frameworks.torch import OdeBlockBackend, TorchTask, load_weights, run_train_step
+from bench.suites.cnf_data import DIM, HIDDEN, CnfData, initial_weights, layer_dims, plot_flow
 from torch import nn
 
 from bench.errors import BenchError
-from bench.interfaces import CellContext, Evaluation, StepStats
+from bench.interfaces import CellContext, Evaluation, StepStats, Tolerances
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -119,13 +119,15 @@ class CnfDynamics(nn.Module):
 class CnfFlow(nn.Module):
     """The backend's forward and inverse blocks around one :class:`CnfDynamics`."""
 
-    def __init__(self, backend: Any, settings: dict[str, Any]):
+    def __init__(self, backend: OdeBlockBackend, settings: dict[str, Any]):
         super().__init__()
         self.__dict__["_dynamics"] = CnfDynamics(
             HIDDEN, float(settings["time_length"]), bool(settings["train_end_time"]))
-        tolerances = {"rtol": float(settings["rtol"]), "atol": float(settings["atol"])}
-        self.forward_block = backend.ode_block(self._make_dynamics, 0.0, 1.0, **tolerances)
-        self.inverse_block = backend.ode_block(self._make_dynamics, 1.0, 0.0, **tolerances)
+        tolerances = Tolerances.from_settings(settings)
+        self.forward_block = backend.ode_block(self._make_dynamics, 0.0, 1.0,
+                                               tolerances=tolerances)
+        self.inverse_block = backend.ode_block(self._make_dynamics, 1.0, 0.0,
+                                               tolerances=tolerances)
         own = {id(p) for p in self.parameters()}
         if own != {id(p) for p in self.dynamics.parameters()}:
             raise BenchError(f"backend {backend.name!r}: its blocks have parameters of their own "
@@ -154,21 +156,10 @@ class CnfFlow(nn.Module):
         return out[:, :DIM], standard_normal_logprob(z) + out[:, DIM]
 
     def load_neutral_weights(self, weights: dict[str, np.ndarray]) -> None:
-        named = dict(self.dynamics.named_parameters())
-        if set(named) != set(weights):
-            raise BenchError("CNF model and initial weights disagree: missing "
-                             f"{sorted(set(weights) - set(named))}, unexpected "
-                             f"{sorted(set(named) - set(weights))}")
-        with torch.no_grad():
-            for name, p in named.items():
-                value = torch.from_numpy(np.asarray(weights[name]))
-                if tuple(p.shape) != tuple(value.shape):
-                    raise BenchError(f"{name}: model shape {tuple(p.shape)}, initial weights "
-                                     f"{tuple(value.shape)}")
-                p.copy_(value)
+        load_weights(dict(self.dynamics.named_parameters()), weights, "CNF")
 
 
-def build_flow(backend: Any, settings: dict[str, Any], seed: int) -> CnfFlow:
+def build_flow(backend: OdeBlockBackend, settings: dict[str, Any], seed: int) -> CnfFlow:
     """The flow for ``backend`` with the framework-neutral initial weights of ``seed``."""
     flow = CnfFlow(backend, settings)
     flow.load_neutral_weights(initial_weights(seed, float(settings["time_length"])))
@@ -182,9 +173,9 @@ def build_flow(backend: Any, settings: dict[str, Any], seed: int) -> CnfFlow:
 
 class CnfTorchTask(TorchTask):
     def __init__(self, ctx: CellContext, data: CnfData):
-        from bench.plugins.torch_common import run_train_step
 
         self._run_train_step = run_train_step
+        self.tolerances = data.tolerances
         torch.manual_seed(ctx.seed)
         self.data = data
         self.backend_name = ctx.backend.name

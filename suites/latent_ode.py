@@ -1,12 +1,11 @@
 """Latent ODEs on irregularly sampled time series (Chen et al. 2018, Sec. 5.1; Rubanova et al.
 2019): mean squared error of interpolation and extrapolation.
 
-This module is framework-neutral (numpy only): data, observation masks, reparametrisation noise,
-initial weights, metrics and budgets live here, so that every framework's model (torch in
-:mod:`bench.suites.latent_ode_torch`, JAX in :mod:`bench.suites.latent_ode_jax`) trains on the very
-same batches
-from the very same initial weights for a given seed. The generators are in
-:mod:`bench.suites.latent_ode_data`.
+This module declares the suite. Data, observation masks, reparametrisation noise, initial weights,
+metrics and budgets are framework-neutral, in :mod:`bench.suites.latent_ode_data`, so that every
+framework's model (torch in :mod:`bench.suites.latent_ode_torch`, JAX in
+:mod:`bench.suites.latent_ode_jax`) trains on the very same batches from the very same initial
+weights for a given seed. The generators are in :mod:`bench.suites.latent_ode_series`.
 
 The task. Every series has T time points shared by all series (spirals: equally spaced; periodic:
 irregular). The first half of the points is the *observation window*, the second half the
@@ -53,374 +52,25 @@ with two hidden layers of 100, and claims no Rubanova number.
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
-import numpy as np
-from bench.suites import latent_ode_data
+from bench.suites.latent_ode_data import (
+    BUDGETS,
+    DATASET_SETTINGS,
+    DATASETS,
+    ENCODERS,
+    LatentOdeData,
+)
 
 import bench
-from bench.errors import BenchError, UnknownNameError
 from bench.interfaces import (
     AbstractBackend,
     AbstractSuite,
-    AbstractTask,
     Budget,
     CellContext,
-    Evaluation,
     Support,
 )
 from bench.options import OptionSpec, in_unit_interval, option_defaults
-
-DATASETS = tuple(latent_ode_data.GENERATORS)
-TABLE2_OBSERVED = (30, 50, 100)  # Chen et al. 2018, Table 2: observed points out of 100
-ENCODERS = ("rnn", "ode-rnn")
-
-# Independent random streams derived from the seed: np.random.default_rng([seed, stream, ...]).
-_STREAM_INIT = 0
-_STREAM_DATA = 1
-_STREAM_TRAIN = 2
-_STREAM_TEST_MASK = 3
-
-#: Per dataset: generator arguments, architecture, likelihood noise and the paper's settings.
-DATASET_SETTINGS: dict[str, dict[str, Any]] = {
-    "spirals": {
-        "data": {"num_series": 1000, "num_points": 200, "noise_std": 0.3},
-        # Sec. 5.1: "f with a one-hidden-layer network with 20 hidden units" (the example code
-        # latent_ode.py has two; the paper's Table 2 is the claim, so its text is followed)
-        "latent_dim": 4, "rnn_hidden": 25, "hidden": 20, "dynamics_layers": 1, "obs_std": 0.3,
-        # Chen et al.'s latent_ode.py: 2000 Adam iterations (lr 0.01) on all spirals at once,
-        # torchdiffeq's default tolerances (rtol 1e-7, atol 1e-9)
-        "paper": {"steps": 2000, "batch_size": None, "lr": 0.01, "rtol": 1e-7, "atol": 1e-9},
-    },
-    "periodic": {
-        "data": {"num_series": 1000, "num_points": 100, "noise_std": 0.01},
-        "latent_dim": 10, "rnn_hidden": 20, "hidden": 100, "dynamics_layers": 2, "obs_std": 0.01,
-        # Rubanova et al.: 500 epochs of 16 batches of 50 (800 training series), lr 0.01,
-        # dopri5 rtol 1e-3, atol 1e-4
-        "paper": {"steps": 8000, "batch_size": 50, "lr": 0.01, "rtol": 1e-3, "atol": 1e-4},
-    },
-}
-
-_COMMON = {"test_fraction": 0.2, "eval_every": 500, "eval_subset": None, "plot_series": 3}
-
-BUDGETS: dict[str, Budget] = {
-    "smoke": Budget(
-        "smoke",
-        "CI check, seconds: 40 series, 3 Adam steps of batch 8 at dopri5 rtol=1e-3, atol=1e-4, "
-        "evaluation after step 2 on 4 test series, final on all 8",
-        {**_COMMON, "num_series": 40, "steps": 3, "batch_size": 8, "lr": 0.01, "rtol": 1e-3,
-         "atol": 1e-4, "eval_every": 2, "eval_subset": 4},
-    ),
-    "quick": Budget(
-        "quick",
-        "CPU-friendly: 1000 series (800 train / 200 test), 300 Adam steps (lr 0.01) of batch "
-        "100 at dopri5 rtol=1e-3, atol=1e-4; evaluation every 100 steps on 50 test series, final "
-        "on all 200 (spirals: 199 output intervals, so the adjoint makes 199 reverse solves a "
-        "step; measured figures: results/latent-ode-quick-cpu)",
-        {**_COMMON, "steps": 300, "batch_size": 100, "lr": 0.01, "rtol": 1e-3, "atol": 1e-4,
-         "eval_every": 100, "eval_subset": 50},
-    ),
-    "paper": Budget(
-        "paper",
-        "the reference settings of each dataset: spirals as Chen et al. 2018 (2000 Adam steps, "
-        "lr 0.01, all 800 training series per step, dopri5 rtol=1e-7, atol=1e-9); periodic as "
-        "Rubanova et al. 2019 (8000 steps = 500 epochs of batch 50, lr 0.01, dopri5 rtol=1e-3, "
-        "atol=1e-4); evaluation every 500 steps",
-        {**_COMMON, "paper": True},
-    ),
-}
-
-
-def resolve_settings(dataset: str, budget_settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The flat settings of one dataset under one budget (the paper budget takes the dataset's
-    reference settings)."""
-    if dataset not in DATASET_SETTINGS:
-        raise UnknownNameError("latent-ode dataset", dataset, DATASETS)
-    spec = DATASET_SETTINGS[dataset]
-    settings: dict[str, Any] = {k: v for k, v in spec.items() if k not in ("data", "paper")}
-    settings["data"] = dict(spec["data"])
-    budget = dict(budget_settings)
-    if budget.pop("paper", False):
-        budget = {**budget, **spec["paper"]}
-    for key in ("num_series", "num_points"):  # a budget may shrink the dataset (tests, smoke)
-        if key in budget:
-            settings["data"][key] = int(budget.pop(key))
-    settings.update(budget)
-    return settings
-
-
-# -------------------------------------------------------------------------------------------------
-# Initial weights (framework-neutral)
-# -------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Sizes:
-    obs_dim: int
-    latent_dim: int
-    rnn_hidden: int
-    hidden: int
-    dynamics_layers: int = 1  # hidden layers of the latent dynamics
-    encoder: str = "rnn"  # or "ode-rnn": the RNN's hidden state also follows an ODE between times
-
-
-def layer_shapes(sizes: Sizes) -> list[tuple[str, int, int]]:
-    """(prefix, fan_in, fan_out) of every linear layer, in the order their weights are drawn:
-    ``encoder.i2h`` ([x, t, h] -> h), ``encoder.h2o`` (h -> [mu, logvar]), ``dynamics.fc1`` ..
-    ``dynamics.fc{n+1}`` (n = ``dynamics_layers`` hidden layers), ``decoder.fc1..2``, and for
-    the ODE-RNN encoder last ``encoder.ode.fc1..2`` (so the other layers' weights do not depend on
-    the encoder). Each has ``.weight`` (out, in) and ``.bias`` (out,)."""
-    d, z, r, u = sizes.obs_dim, sizes.latent_dim, sizes.rnn_hidden, sizes.hidden
-    n = int(sizes.dynamics_layers)
-    if n < 1:
-        raise BenchError(f"the latent dynamics needs at least one hidden layer, not {n}")
-    dynamics = [(f"dynamics.fc{i + 1}", z if i == 0 else u, z if i == n else u)
-                for i in range(n + 1)]
-    shapes = [("encoder.i2h", d + 1 + r, r), ("encoder.h2o", r, 2 * z), *dynamics,
-              ("decoder.fc1", z, u), ("decoder.fc2", u, d)]
-    if sizes.encoder == "ode-rnn":
-        shapes += [("encoder.ode.fc1", r, u), ("encoder.ode.fc2", u, r)]
-    elif sizes.encoder != "rnn":
-        raise UnknownNameError("latent-ode encoder", sizes.encoder, ENCODERS)
-    return shapes
-
-
-def initial_weights(seed: int, sizes: Sizes) -> dict[str, np.ndarray]:
-    """float32 arrays keyed by parameter name (torch layout), uniform in +-1/sqrt(fan_in)
-    (torch.nn.Linear's default), drawn in :func:`layer_shapes` order (weight, then bias) from
-    ``np.random.default_rng([seed, 0])``: the same for every backend and framework."""
-    rng = np.random.default_rng([int(seed), _STREAM_INIT])
-    weights: dict[str, np.ndarray] = {}
-    for prefix, fan_in, fan_out in layer_shapes(sizes):
-        bound = 1.0 / math.sqrt(fan_in)
-        weights[f"{prefix}.weight"] = rng.uniform(-bound, bound, (fan_out, fan_in)).astype(
-            np.float32)
-        weights[f"{prefix}.bias"] = rng.uniform(-bound, bound, (fan_out,)).astype(np.float32)
-    return weights
-
-
-# -------------------------------------------------------------------------------------------------
-# Data, masks and metrics (framework-neutral)
-# -------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Batch:
-    """What one forward pass needs: ``values`` (B, T, D) noisy series, ``mask`` (B, T) with 1 at
-    the points the encoder sees (window points only), ``eps`` (B, latent) standard normal noise of
-    the reparametrisation (zeros: z0 = the posterior mean)."""
-
-    values: np.ndarray
-    mask: np.ndarray
-    eps: np.ndarray
-
-
-def observation_mask(rng: np.random.Generator, num_series: int, num_points: int, window: int,
-                     observed: int) -> np.ndarray:
-    """(num_series, num_points) float32: ``observed`` distinct random window points per series."""
-    if not 1 <= observed <= window:
-        raise BenchError(f"cannot observe {observed} of a window of {window} points")
-    mask = np.zeros((num_series, num_points), np.float32)
-    for i in range(num_series):
-        mask[i, rng.choice(window, size=observed, replace=False)] = 1.0
-    return mask
-
-
-class LatentOdeData:
-    """Series, splits, masks and noise for one dataset and seed; metrics of predictions.
-
-    The dataset is drawn from ``default_rng([seed, 1])``; the last ``test_fraction`` of the series
-    are the test set. Step ``k``'s batch (series indices, masks, reparametrisation noise) comes
-    from ``default_rng([seed, 2, k])``, the test masks from ``default_rng([seed, 3, n])`` (n: the
-    number of observed points), so nothing depends on what ran before.
-    """
-
-    def __init__(self, dataset: str, budget_settings: Mapping[str, Any], seed: int,
-                 observed_fraction: float = 0.5, encoder: str = "rnn"):
-        self.dataset = dataset
-        self.settings = s = resolve_settings(dataset, budget_settings)
-        try:
-            fraction = float(observed_fraction)
-        except (TypeError, ValueError):
-            fraction = float("nan")
-        if not 0.0 < fraction <= 1.0:
-            raise BenchError(f"observed_fraction must be in (0, 1], not {observed_fraction!r}")
-        self.observed_fraction = fraction
-        if encoder not in ENCODERS:
-            raise UnknownNameError("latent-ode encoder", str(encoder), ENCODERS)
-        self.encoder = str(encoder)
-        self.seed = int(seed)
-        generator = latent_ode_data.GENERATORS[dataset]
-        self.series = generator(np.random.default_rng([self.seed, _STREAM_DATA]), **s["data"])
-        n = self.series.num_series
-        self.num_test = max(1, int(round(n * float(s["test_fraction"]))))
-        self.num_train = n - self.num_test
-        if self.num_train < 1:
-            raise BenchError(f"{n} series leave none for training")
-        self.times = self.series.times
-        self.num_points = self.series.num_points
-        self.window = self.num_points // 2
-        self.observed = max(1, int(round(fraction * self.window)))
-        self.sizes = Sizes(self.series.dim, int(s["latent_dim"]), int(s["rnn_hidden"]),
-                           int(s["hidden"]), int(s["dynamics_layers"]), self.encoder)
-        self.obs_std = float(s["obs_std"])
-        batch = s.get("batch_size")
-        self.batch_size = self.num_train if batch is None else min(int(batch), self.num_train)
-        self.num_train_steps = int(s["steps"])
-        self.eval_every: int | None = int(s["eval_every"]) if s.get("eval_every") else None
-        subset = s.get("eval_subset")
-        self.eval_size = self.num_test if subset is None else min(int(subset), self.num_test)
-
-    # ---- solving -------------------------------------------------------------------------------
-
-    def solve_times(self) -> tuple[np.ndarray, int]:
-        """(times to integrate to, starting at t0 = 0, strictly increasing; how many leading
-        entries to drop to get the series' times)."""
-        if float(self.times[0]) > 0.0:
-            return np.concatenate([[0.0], self.times]).astype(np.float32), 1
-        return self.times, 0
-
-    def encoder_gaps(self) -> np.ndarray:
-        """(window - 1,) float32: ``gaps[i] = t[i + 1] - t[i]``, the span the ODE-RNN encoder's
-        hidden state is integrated over between window times i + 1 and i (backwards in time)."""
-        return np.diff(self.times[:self.window]).astype(np.float32)
-
-    # ---- batches -------------------------------------------------------------------------------
-
-    def train_batch(self, step: int) -> Batch:
-        rng = np.random.default_rng([self.seed, _STREAM_TRAIN, int(step)])
-        if self.batch_size == self.num_train:
-            index = np.arange(self.num_train)
-        else:
-            index = rng.choice(self.num_train, size=self.batch_size, replace=False)
-        mask = observation_mask(rng, len(index), self.num_points, self.window, self.observed)
-        eps = rng.standard_normal((len(index), self.sizes.latent_dim)).astype(np.float32)
-        return Batch(self.series.noisy[index], mask, eps)
-
-    def _test_slice(self, final: bool) -> slice:
-        count = self.num_test if final else self.eval_size
-        return slice(self.num_train, self.num_train + count)
-
-    def test_batch(self, final: bool, observed: int | None = None) -> tuple[Batch, np.ndarray]:
-        """(batch with zero noise, clean targets) of the test series (all, or the first
-        ``eval_subset`` when not final), ``observed`` window points seen (default: the option's)."""
-        part = self._test_slice(final)
-        values, clean = self.series.noisy[part], self.series.clean[part]
-        n = self.observed if observed is None else int(observed)
-        rng = np.random.default_rng([self.seed, _STREAM_TEST_MASK, n])
-        mask = observation_mask(rng, self.num_test, self.num_points, self.window, n)
-        mask = mask[:len(values)]
-        eps = np.zeros((len(values), self.sizes.latent_dim), np.float32)
-        return Batch(values, mask, eps), clean
-
-    # ---- metrics -------------------------------------------------------------------------------
-
-    def errors(self, prediction: np.ndarray, clean: np.ndarray, mask: np.ndarray
-               ) -> dict[str, float]:
-        """``mse_interp``, ``mse_extrap`` and ``mse`` (see the module doc)."""
-        sq = ((np.asarray(prediction, np.float64) - clean) ** 2).mean(axis=2)  # (N, T)
-        window = np.zeros(self.num_points, bool)
-        window[:self.window] = True
-        unseen = mask < 0.5
-        interp = unseen & window if self.observed < self.window else np.broadcast_to(
-            window, unseen.shape)
-        return {"mse_interp": float(sq[interp].mean()),
-                "mse_extrap": float(sq[:, ~window].mean()),
-                "mse": float(sq[unseen].mean())}
-
-    def evaluate(self, predict: Callable[[Batch], tuple[np.ndarray, float]], final: bool
-                 ) -> Evaluation:
-        """Metrics of ``predict(batch) -> (prediction (N, T, D), forward NFE)`` on the test set."""
-        batch, clean = self.test_batch(final)
-        prediction, nfe = predict(batch)
-        metrics = self.errors(prediction, clean, batch.mask)
-        metrics["nfe_eval_forward"] = float(nfe)
-        if self.dataset == "spirals" and self.window == 100:
-            for n in TABLE2_OBSERVED:
-                b, c = self.test_batch(final, observed=n)
-                p, _ = predict(b)
-                err = (np.asarray(p, np.float64)[:, :self.window] - c[:, :self.window]) ** 2
-                metrics[f"rmse_obs{n}"] = float(np.sqrt(err.mean()))
-        return Evaluation(metrics, notes=self.eval_notes(final))
-
-    def eval_notes(self, final: bool) -> str:
-        count = self.num_test if final else self.eval_size
-        which = (f"all {count} test series" if count == self.num_test
-                 else f"the first {count} of {self.num_test} test series")
-        interp = ("mse_interp on the unobserved window points" if self.observed < self.window
-                  else "mse_interp is the window's reconstruction error (all points observed)")
-        notes = (f"{self.dataset}: {which}; {self.observed} of {self.window} window points "
-                 f"observed, {self.num_points - self.window} future points; {interp}; errors "
-                 "against the noiseless series, z0 = posterior mean")
-        if self.encoder != "rnn":
-            notes += f"; {self.encoder} encoder"
-        if self.dataset == "spirals" and self.window == 100:
-            notes += (f"; rmse_obs30/50/100 from the one model trained with {self.observed} "
-                      "observed points (Chen et al. trained one model per count)")
-        return notes
-
-    def plot(self, work_dir: Any, predict: Callable[[Batch], tuple[np.ndarray, float]],
-             trace: Mapping[str, Any], backend_name: str) -> None:
-        """``latent_ode_<dataset>.png`` in ``work_dir``: the first few test series."""
-        from pathlib import Path
-
-        n = int(self.settings["plot_series"])
-        batch, clean = self.test_batch(final=True)
-        batch, clean = Batch(batch.values[:n], batch.mask[:n], batch.eps[:n]), clean[:n]
-        prediction, _ = predict(batch)
-        final = [e for e in trace.get("evaluations", []) if e.get("final")]
-        mse = final[-1].get("mse") if final else None
-        title = f"latent-ode {self.dataset}, {backend_name}"
-        if mse is not None and math.isfinite(mse):
-            title += f": test MSE {mse:.4g}"
-        plot_series(Path(work_dir) / f"latent_ode_{self.dataset}.png", self, batch, clean,
-                    prediction, title)
-
-
-def gaussian_log_constant(obs_std: float) -> float:
-    """The constant of log N(x; m, s^2) per point: -log(s) - log(2 pi) / 2."""
-    return -math.log(obs_std) - 0.5 * math.log(2.0 * math.pi)
-
-
-def plot_series(path: Any, data: LatentOdeData, batch: Batch, clean: np.ndarray,
-                prediction: np.ndarray, title: str = "") -> None:
-    """One PNG: a few test series with their observed points, the truth and the model's
-    reconstruction (window) and extrapolation (future)."""
-    from matplotlib.figure import Figure
-
-    n = len(prediction)
-    fig = Figure(figsize=(4.0 * n, 3.6))
-    axes = np.atleast_1d(fig.subplots(1, n))
-    t, w = data.times, data.window
-    for i, ax in enumerate(axes):
-        seen = batch.mask[i] > 0.5
-        if data.series.dim == 2:
-            ax.plot(clean[i, :, 0], clean[i, :, 1], color="0.7", lw=1, label="truth")
-            ax.plot(prediction[i, :w, 0], prediction[i, :w, 1], color="C0", label="reconstruction")
-            ax.plot(prediction[i, w - 1:, 0], prediction[i, w - 1:, 1], color="C3", ls="--",
-                    label="extrapolation")
-            ax.scatter(batch.values[i, seen, 0], batch.values[i, seen, 1], s=8, color="k",
-                       label="observed", zorder=3)
-            ax.set_aspect("equal", adjustable="datalim")
-        else:
-            ax.plot(t, clean[i, :, 0], color="0.7", lw=1, label="truth")
-            ax.plot(t[:w], prediction[i, :w, 0], color="C0", label="reconstruction")
-            ax.plot(t[w - 1:], prediction[i, w - 1:, 0], color="C3", ls="--",
-                    label="extrapolation")
-            ax.scatter(t[seen], batch.values[i, seen, 0], s=8, color="k", label="observed",
-                       zorder=3)
-            ax.axvline(float(t[w - 1]), color="0.85", lw=0.8)
-            ax.set_xlabel("t")
-        ax.set_title(f"test series {i}", fontsize=9)
-    axes[0].legend(fontsize=7, loc="best")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-
 
 # -------------------------------------------------------------------------------------------------
 # The suite
@@ -433,7 +83,8 @@ class LatentOdeSuite(AbstractSuite):
                    "sampled procedural series: interpolation and extrapolation MSE")
     metric_name = "mse"
     metric_direction = "lower"
-    frameworks = ("torch", "jax")
+    tasks = {"torch": "bench.suites.latent_ode_torch:LatentOdeTorchTask",
+             "jax": "bench.suites.latent_ode_jax:LatentOdeJaxTask"}
     budgets = BUDGETS
     option_specs = (
         OptionSpec("dataset", str, "spirals", choices=DATASETS,
@@ -455,36 +106,19 @@ class LatentOdeSuite(AbstractSuite):
         return super().budget_tolerances(budget)
 
     def supports(self, backend: AbstractBackend) -> Support:
-        if not getattr(backend, "continuous_time", False):
+        if not backend.continuous_time:
             return Support.no(
                 f"backend {backend.name!r} has no continuous time: a latent ODE must output the "
                 "latent state at every (irregular) observation time; use an ODE backend (e.g. "
                 "torch-adjoint, torch-direct, rknet)")
         return Support.yes()
 
-    def build_task(self, ctx: CellContext) -> AbstractTask:
+    def task_inputs(self, ctx: CellContext) -> LatentOdeData:
         options = self.cell_options(ctx)
-        data = LatentOdeData(str(options["dataset"]), ctx.budget.settings, ctx.seed,
+        return LatentOdeData(str(options["dataset"]), ctx.budget.settings, ctx.seed,
                              options["observed_fraction"], str(options["encoder"]))
-        framework = ctx.backend.framework
-        task: AbstractTask
-        if framework == "torch":
-            from bench.suites.latent_ode_torch import LatentOdeTorchTask
-
-            task = LatentOdeTorchTask(ctx, data)
-        elif framework == "jax":
-            from bench.suites.latent_ode_jax import LatentOdeJaxTask
-
-            task = LatentOdeJaxTask(ctx, data)
-        else:
-            raise BenchError(f"suite latent-ode has no {framework} model (it has: "
-                             f"{', '.join(self.frameworks)})")
-        # the budget's (or the dataset's paper) tolerances replace the backend's (in the row)
-        task.tolerances = {"rtol": float(data.settings["rtol"]),
-                           "atol": float(data.settings["atol"])}
-        return task
 
 
 @bench.hookimpl
-def bench_register_suites(register):
+def bench_register_suites(register: Callable[[AbstractSuite], None]) -> None:
     register(LatentOdeSuite())

@@ -1,13 +1,13 @@
-"""The JAX (equinox) model and task of the latent-ODE suite (imported lazily by
-:mod:`bench.suites.latent_ode`).
+"""The JAX (equinox) model and task of the latent-ODE suite (named in
+:mod:`bench.suites.latent_ode`'s tasks).
 
 Layer for layer the model of :mod:`bench.suites.latent_ode_torch`, with its arrays under torch's
-names and
-layout (linear weight (out, in)), loaded from :func:`bench.suites.latent_ode.initial_weights`; the
-batches, masks and reparametrisation noise come from the same
-:class:`bench.suites.latent_ode.LatentOdeData`. The encoder's backward pass over the window is a
-``lax.scan``; the latent ODE is one ``backend.solve`` to every time of the series. The training step
-(forward, backward, Adam as torch.optim.Adam) is one XLA program, compiled at the first step. """
+names and layout (linear weight (out, in)), loaded from
+:func:`bench.suites.latent_ode_data.initial_weights`; the batches, masks and reparametrisation noise
+come from the same :class:`bench.suites.latent_ode_data.LatentOdeData`. The encoder's backward pass
+over the window is a ``lax.scan``; the latent ODE is one ``backend.solve`` to every time of the
+series. The training step (forward, backward, Adam as torch.optim.Adam) is one XLA program,
+compiled at the first step. """
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench.suites.latent_ode import (
+from bench.frameworks.jax import load_weights
+from bench.suites.latent_ode_data import (
     Batch,
     LatentOdeData,
     Sizes,
@@ -27,7 +28,6 @@ from bench.suites.latent_ode import (
     layer_shapes,
 )
 
-from bench.errors import BenchError
 from bench.interfaces import AbstractTask, CellContext, Evaluation, StepStats
 
 
@@ -46,7 +46,7 @@ class Linear(eqx.Module):
 
 
 class LatentOdeModel(eqx.Module):
-    """Every layer, keyed as in :func:`bench.suites.latent_ode.layer_shapes` (``encoder.i2h``
+    """Every layer, keyed as in :func:`bench.suites.latent_ode_data.layer_shapes` (``encoder.i2h``
     ...)."""
 
     layers: dict[str, Linear]
@@ -110,37 +110,24 @@ def encoder_field(t: Any, state: jax.Array, layers: dict[str, Linear]) -> jax.Ar
 
 def load_neutral_weights(model: LatentOdeModel, weights: dict[str, np.ndarray]
                          ) -> LatentOdeModel:
-    names = {f"{p}.{f}" for p in model.layers for f in ("weight", "bias")}
-    if names != set(weights):
-        raise BenchError("latent-ODE JAX model and initial weights disagree: missing "
-                         f"{sorted(set(weights) - names)}, unexpected "
-                         f"{sorted(names - set(weights))}")
-    layers = {}
-    for prefix, layer in model.layers.items():
-        for field in ("weight", "bias"):
-            value = np.asarray(weights[f"{prefix}.{field}"], np.float32)
-            if tuple(getattr(layer, field).shape) != value.shape:
-                raise BenchError(f"{prefix}.{field}: model shape {getattr(layer, field).shape}, "
-                                 f"initial weights {value.shape}")
-        layers[prefix] = eqx.tree_at(lambda m: (m.weight, m.bias), layer,
-                                     (jnp.asarray(weights[f"{prefix}.weight"]),
-                                      jnp.asarray(weights[f"{prefix}.bias"])))
-    return eqx.tree_at(lambda m: m.layers, model, layers)
+    where = {f"{prefix}.{field}": (lambda p, f: lambda m: getattr(m.layers[p], f))(prefix, field)
+             for prefix in model.layers for field in ("weight", "bias")}
+    return load_weights(model, where, weights, "latent-ODE JAX")
 
 
 class LatentOdeJaxTask(AbstractTask):
     def __init__(self, ctx: CellContext, data: LatentOdeData):
-        from bench.plugins.jax_common import (
+        from bench.frameworks.jax import (
             CompiledStep,
             CompileOnce,
             adam_init,
             adam_update,
             jax_device,
-            with_tolerances,
         )
 
         s = data.settings
-        self.backend = backend = with_tolerances(ctx.backend, s["rtol"], s["atol"])
+        self.tolerances = tolerances = data.tolerances
+        self.backend = backend = ctx.backend
         self.backend_name = ctx.backend.name
         self.data = data
         self.device = jax_device(ctx.device)
@@ -170,7 +157,8 @@ class LatentOdeJaxTask(AbstractTask):
                 if gap <= 0.0:  # two observations at one time
                     return h
                 state = jnp.concatenate([h, jnp.full((h.shape[0], 1), gap, h.dtype)], axis=1)
-                out, stats = backend.solve(encoder_field, model.encoder_ode(), state, 0.0, 1.0)
+                out, stats = backend.solve(encoder_field, model.encoder_ode(), state, 0.0, 1.0,
+                                           tolerances=tolerances)
                 nfe.append(stats["nfe_forward"])
                 return out[:, :-1]
 
@@ -179,7 +167,7 @@ class LatentOdeJaxTask(AbstractTask):
 
         def decode(model: LatentOdeModel, z0: jax.Array) -> tuple[jax.Array, Any]:
             zs, stats = backend.solve(latent_field, model.dynamics(), z0, 0.0,
-                                      float(grid[-1]), ts=grid)
+                                      float(grid[-1]), ts=grid, tolerances=tolerances)
             return jnp.swapaxes(model.decode(zs[offset:]), 0, 1), stats
 
         def negative_elbo(model: LatentOdeModel, values: jax.Array, mask: jax.Array,

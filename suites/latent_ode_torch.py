@@ -3,7 +3,7 @@
 
 The backend's block integrates the latent dynamics from t = 0 to every time of the series
 (``block(z0, times=...)``); the encoder and decoder are plain modules. Initial weights come from
-:func:`bench.suites.latent_ode.initial_weights`, keyed by parameter name.
+:func:`bench.suites.latent_ode_data.initial_weights`, keyed by parameter name.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from bench.plugins.torch_common import TorchTask
-from bench.suites.latent_ode import (
+from bench.frameworks.torch import OdeBlockBackend, TorchTask, load_weights, run_train_step
+from bench.suites.latent_ode_data import (
     Batch,
     LatentOdeData,
     Sizes,
@@ -101,15 +101,14 @@ class Decoder(nn.Module):
 
 
 class LatentOdeModel(nn.Module):
-    def __init__(self, backend: Any, data: LatentOdeData):
+    def __init__(self, backend: OdeBlockBackend, data: LatentOdeData):
         super().__init__()
-        s = data.settings
         sizes = data.sizes
         self.encoder = RecognitionRnn(sizes)
         self.__dict__["_dynamics"] = LatentDynamics(sizes)
         grid, self.offset = data.solve_times()
         self.block = backend.ode_block(self._make_dynamics, 0.0, float(grid[-1]),
-                                       rtol=float(s["rtol"]), atol=float(s["atol"]))
+                                       tolerances=data.tolerances)
         self.decoder = Decoder(sizes)
         self.register_buffer("grid", torch.from_numpy(np.asarray(grid, np.float32)))
         self.register_buffer("times", torch.from_numpy(np.asarray(data.times, np.float32)))
@@ -120,7 +119,7 @@ class LatentOdeModel(nn.Module):
         if sizes.encoder == "ode-rnn":
             self.__dict__["_encoder_ode"] = EncoderDynamics(sizes)
             self.encoder_block = backend.ode_block(lambda td: self.encoder_ode, 0.0, 1.0,
-                                                   rtol=float(s["rtol"]), atol=float(s["atol"]))
+                                                   tolerances=data.tolerances)
             self.register_buffer("gaps", torch.from_numpy(data.encoder_gaps()))
         for block, module in ((self.block, self.dynamics), (self.encoder_block, self.encoder_ode)):
             if block is not None and ({id(p) for p in block.parameters()}
@@ -177,20 +176,10 @@ class LatentOdeModel(nn.Module):
                  **{f"decoder.{k}": v for k, v in self.decoder.named_parameters()}}
         if self.encoder_ode is not None:
             named.update({f"encoder.ode.{k}": v for k, v in self.encoder_ode.named_parameters()})
-        if set(named) != set(weights):
-            raise BenchError("latent-ODE model and initial weights disagree: missing "
-                             f"{sorted(set(weights) - set(named))}, unexpected "
-                             f"{sorted(set(named) - set(weights))}")
-        with torch.no_grad():
-            for name, p in named.items():
-                value = torch.from_numpy(np.asarray(weights[name]))
-                if tuple(p.shape) != tuple(value.shape):
-                    raise BenchError(f"{name}: model shape {tuple(p.shape)}, initial weights "
-                                     f"{tuple(value.shape)}")
-                p.copy_(value)
+        load_weights(named, weights, "latent-ODE")
 
 
-def build_model(backend: Any, data: LatentOdeData, seed: int) -> LatentOdeModel:
+def build_model(backend: OdeBlockBackend, data: LatentOdeData, seed: int) -> LatentOdeModel:
     model = LatentOdeModel(backend, data)
     model.load_neutral_weights(initial_weights(seed, data.sizes))
     return model
@@ -198,9 +187,9 @@ def build_model(backend: Any, data: LatentOdeData, seed: int) -> LatentOdeModel:
 
 class LatentOdeTorchTask(TorchTask):
     def __init__(self, ctx: CellContext, data: LatentOdeData):
-        from bench.plugins.torch_common import run_train_step
 
         self._run_train_step = run_train_step
+        self.tolerances = data.tolerances
         torch.manual_seed(ctx.seed)
         self.data = data
         self.backend_name = ctx.backend.name

@@ -11,14 +11,12 @@ pre-step baseline.
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Callable
 
 import bench
 from bench.interfaces import (
     AbstractSuite,
-    AbstractTask,
     Budget,
-    CellContext,
 )
 from bench.options import OptionSpec, option_defaults, positive
 
@@ -33,45 +31,19 @@ OPTION_SPECS = (
 SHAPE_OPTIONS = option_defaults(OPTION_SPECS)
 
 
-def initial_weights(width: int, seed: int) -> dict[str, np.ndarray]:
-    """The dynamics' weights, framework-neutral (torch Linear's default distributions)."""
-    rng = np.random.default_rng(seed)
-    bound = 1.0 / np.sqrt(width)
-    return {
-        "net.0.weight": rng.uniform(-bound, bound, (width, width)).astype(np.float32),
-        "net.0.bias": rng.uniform(-bound, bound, (width,)).astype(np.float32),
-        "net.2.weight": rng.uniform(-bound, bound, (width, width)).astype(np.float32),
-        "net.2.bias": rng.uniform(-bound, bound, (width,)).astype(np.float32),
-    }
-
-
-def initial_state(batch: int, width: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed + 10_000).standard_normal((batch, width)).astype(np.float32)
-
-
 class MemoryScalingSuite(AbstractSuite):
     name = "memory-scaling"
     description = "one training step of an MLP ODE with exactly L fixed steps (bench memory)"
     metric_name = "loss"
     metric_direction = "lower"
-    frameworks = ("torch", "jax")
+    tasks = {"torch": "bench.suites.memory_scaling_torch:TorchMemoryTask",
+             "jax": "bench.suites.memory_scaling_jax:JaxMemoryTask"}
     budgets = {"measure": Budget("measure", "1 warm-up step and 1 timed step, then 2 memory steps "
                                             "(each its own phase)", {"steps": 2})}
     option_specs = OPTION_SPECS
     options = SHAPE_OPTIONS
 
-    def build_task(self, ctx: CellContext) -> AbstractTask:
-        if ctx.backend.framework == "torch":
-            from bench.suites.memory_scaling_torch import TorchMemoryTask
-
-            return TorchMemoryTask(ctx)
-        if ctx.backend.framework == "jax":
-            from bench.suites.memory_scaling_jax import JaxMemoryTask
-
-            return JaxMemoryTask(ctx)
-        raise bench.BenchError(f"no {ctx.backend.framework} model in suite {self.name!r}")
-
 
 @bench.hookimpl
-def bench_register_suites(register):
+def bench_register_suites(register: Callable[[AbstractSuite], None]) -> None:
     register(MemoryScalingSuite())

@@ -7,9 +7,10 @@ memory analysis (temporary buffers) of that program.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from bench.suites.memory_scaling import initial_state, initial_weights
+from bench.suites.memory_scaling_data import initial_state, initial_weights
 
 from bench.interfaces import AbstractTask, CellContext, Evaluation, StepStats
 
@@ -17,13 +18,12 @@ from bench.interfaces import AbstractTask, CellContext, Evaluation, StepStats
 class JaxMemoryTask(AbstractTask):
     eval_every = None
 
-    def __init__(self, ctx: CellContext):
-        self.solver = getattr(ctx.backend, "fixed_step_solver", None)
+    def __init__(self, ctx: CellContext, options: Mapping[str, Any]):
+        self.solver = ctx.backend.fixed_step_solver
         import jax
         import jax.numpy as jnp
-        from bench.plugins.jax_common import CompiledStep, jax_device
+        from bench.frameworks.jax import CompiledStep, jax_device
 
-        options = ctx.options
         self.num_train_steps = int(ctx.budget.settings["steps"])
         steps, width, batch = int(options["steps"]), int(options["width"]), int(options["batch"])
         self.backend = backend = ctx.backend

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
-from bench.plugins.torch_common import TorchTask
-from bench.suites.memory_scaling import initial_state, initial_weights
+from bench.frameworks.torch import TorchTask, load_weights, run_train_step
+from bench.suites.memory_scaling_data import initial_state, initial_weights
 from torch import nn
 
 from bench.interfaces import CellContext, Evaluation, StepStats
@@ -22,12 +25,10 @@ class MlpDynamics(nn.Module):
 class TorchMemoryTask(TorchTask):
     eval_every = None
 
-    def __init__(self, ctx: CellContext):
-        self.solver = getattr(ctx.backend, "fixed_step_solver", None)
-        from bench.plugins.torch_common import run_train_step
+    def __init__(self, ctx: CellContext, options: Mapping[str, Any]):
+        self.solver = ctx.backend.fixed_step_solver
 
         self._run_train_step = run_train_step
-        options = ctx.options
         self.num_train_steps = int(ctx.budget.settings["steps"])
         steps, width, batch = int(options["steps"]), int(options["width"]), int(options["batch"])
         weights = initial_weights(width, ctx.seed)
@@ -39,7 +40,7 @@ class TorchMemoryTask(TorchTask):
             # resnet builds L untied blocks: the first gets the seed's weights, the others
             # their own draws (deterministic too)
             source = weights if built == 0 else initial_weights(width, ctx.seed + built)
-            module.load_state_dict({k: torch.from_numpy(v) for k, v in source.items()})
+            load_weights(dict(module.named_parameters()), source, "memory-scaling")
             built += 1
             return module
 

@@ -1,11 +1,10 @@
 """MNIST classification (Chen et al. 2018, Table 1): ODE-Net, RK-Net and ResNet.
 
-This module is framework-neutral (numpy only): data, batch order, augmentation offsets, initial
-weights, learning-rate schedule and budgets live here, so that every framework's model (torch in
-:mod:`bench.suites.mnist_torch`; a JAX one can follow) trains on the very same batches from the
-very same
-initial weights for a given seed. The architecture and the paper's settings follow the authors'
-``torchdiffeq/examples/odenet_mnist.py`` (Chen et al. 2018, Sec. 3):
+This module declares the suite. Data, batch order, augmentation offsets, initial weights,
+learning-rate schedule and budgets are framework-neutral, in :mod:`bench.suites.mnist_data`, so
+that every framework's model (:mod:`bench.suites.mnist_torch`, :mod:`bench.suites.mnist_jax`)
+trains on the very same batches from the very same initial weights for a given seed. The
+architecture and the paper's settings follow the authors' ``torchdiffeq/examples/odenet_mnist.py``:
 
 - downsampling: Conv(1->64, 3x3), GN, ReLU, Conv(64->64, 4x4, s2, p1), GN, ReLU,
   Conv(64->64, 4x4, s2, p1): 28x28 -> 26x26 -> 13x13 -> 6x6 (the ODE state is 64 x 6 x 6);
@@ -20,267 +19,18 @@ GroupNorm is GroupNorm(min(32, C), C). ODE-Net: 208,266 parameters; ResNet: 576,
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
+from bench.suites.mnist_data import BUDGETS, MnistPipeline
 
 import bench
 from bench.errors import BenchError
 from bench.interfaces import (
     AbstractSuite,
-    AbstractTask,
-    Budget,
     CellContext,
 )
 from bench.options import OptionSpec, option_defaults
-
-CHANNELS = 64
-NUM_CLASSES = 10
-NUM_RESIDUAL_BLOCKS = 6
-
-# Independent random streams derived from the seed (the initial weights use the seed alone).
-_STREAM_BATCHES = 1
-
-#: Paper settings (torchdiffeq examples/odenet_mnist.py defaults).
-_PAPER = {
-    "epochs": 160, "batch_size": 128, "test_batch_size": 1000, "lr": 0.1, "momentum": 0.9,
-    "lr_milestones_epochs": (60, 100, 140), "lr_decay": 0.1, "crop_padding": 4,
-    "train_subset": None, "test_subset": None, "eval_subset": None, "eval_every_epochs": 1,
-}
-
-BUDGETS: dict[str, Budget] = {
-    "smoke": Budget(
-        "smoke",
-        "CI check, seconds: 6 steps of batch 32 on the first 256 training images, evaluated on "
-        "the first 200 test images (periodic evaluation every 3 steps on the first 100)",
-        {**_PAPER, "epochs": None, "steps": 6, "batch_size": 32, "test_batch_size": 200,
-         "train_subset": 256, "test_subset": 200, "eval_subset": 100, "eval_every_epochs": None,
-         "eval_every": 3, "lr_milestones_epochs": ()},
-    ),
-    "quick": Budget(
-        "quick",
-        "CPU-friendly, a few minutes per backend on 2 idle cores: 150 SGD steps of batch 128 "
-        "(0.32 epoch of all 60,000 training images, crop augmentation), lr 0.1, then 0.01 for "
-        "the last 50 steps; periodic evaluation every 25 steps on the first 1000 test images; "
-        "final test error on all 10,000. After a third of an epoch the error is far from "
-        "converged and moves with the seed and the CPU: compare NFE, time and memory here, test "
-        "error with the paper budget (measured figures and their spread: "
-        "results/mnist-quick-cpu)",
-        {**_PAPER, "epochs": None, "steps": 150, "lr_milestones_steps": (100,),
-         "lr_milestones_epochs": (), "eval_every_epochs": None, "eval_every": 25,
-         "eval_subset": 1000},
-    ),
-    "paper": Budget(
-        "paper",
-        "Chen et al. 2018 / torchdiffeq odenet_mnist.py: 160 epochs, batch 128, SGD momentum 0.9, "
-        "lr 0.1 x0.1 at epochs 60/100/140, RandomCrop(28, padding=4), test batch 1000, "
-        "evaluation every epoch on all 10,000 test images (needs a GPU: ~12 min/epoch on CPU)",
-        dict(_PAPER),
-    ),
-}
-
-
-# -------------------------------------------------------------------------------------------------
-# Initial weights (framework-neutral)
-# -------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ParamSpec:
-    """One parameter: its torch name and shape (torch layout: conv OIHW, linear (out, in)) and how
-    torch initialises it by default (``uniform`` in +-1/sqrt(fan_in), ``ones``, ``zeros``)."""
-
-    name: str
-    shape: tuple[int, ...]
-    init: str
-    fan_in: int = 0
-
-
-def _conv(name: str, c_in: int, c_out: int, k: int, bias: bool = True) -> list[ParamSpec]:
-    fan_in = c_in * k * k
-    specs = [ParamSpec(f"{name}.weight", (c_out, c_in, k, k), "uniform", fan_in)]
-    if bias:
-        specs.append(ParamSpec(f"{name}.bias", (c_out,), "uniform", fan_in))
-    return specs
-
-
-def _norm(name: str, c: int = CHANNELS) -> list[ParamSpec]:
-    return [ParamSpec(f"{name}.weight", (c,), "ones"), ParamSpec(f"{name}.bias", (c,), "zeros")]
-
-
-def parameter_specs(time_dependent: bool, num_dynamics: int) -> list[ParamSpec]:
-    """All parameters of a model, in the fixed order their initial values are drawn.
-
-    The shared layers (downsampling, then head) come first, so they get the same values for every
-    backend of a seed; then ``dynamics.{i}.*`` for each dynamics module in creation order (one for
-    ODE-Net and RK-Net, six for the ResNet).
-    """
-    c = CHANNELS
-    specs = (_conv("downsampling.0", 1, c, 3) + _norm("downsampling.1")
-             + _conv("downsampling.3", c, c, 4) + _norm("downsampling.4")
-             + _conv("downsampling.6", c, c, 4)
-             + _norm("head.0") + [ParamSpec("head.4.weight", (NUM_CLASSES, c), "uniform", c),
-                                  ParamSpec("head.4.bias", (NUM_CLASSES,), "uniform", c)])
-    for i in range(num_dynamics):
-        p = f"dynamics.{i}"
-        if time_dependent:  # ConcatConv2d: one more input channel (t), with bias
-            specs += (_norm(f"{p}.norm1") + _conv(f"{p}.conv1", c + 1, c, 3) + _norm(f"{p}.norm2")
-                      + _conv(f"{p}.conv2", c + 1, c, 3) + _norm(f"{p}.norm3"))
-        else:  # the authors' ResBlock: conv3x3 without bias, no final norm
-            specs += (_norm(f"{p}.norm1") + _conv(f"{p}.conv1", c, c, 3, bias=False)
-                      + _norm(f"{p}.norm2") + _conv(f"{p}.conv2", c, c, 3, bias=False))
-    return specs
-
-
-def initial_weights(specs: list[ParamSpec], seed: int) -> dict[str, np.ndarray]:
-    """float32 arrays keyed by name, drawn in ``specs`` order from ``np.random.default_rng(seed)``,
-    with torch's default distributions (Conv2d/Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for
-    weight and bias; GroupNorm: weight 1, bias 0)."""
-    rng = np.random.default_rng(seed)
-    weights: dict[str, np.ndarray] = {}
-    for spec in specs:
-        if spec.init == "uniform":
-            bound = 1.0 / math.sqrt(spec.fan_in)
-            value = rng.uniform(-bound, bound, size=spec.shape)
-        elif spec.init == "ones":
-            value = np.ones(spec.shape)
-        elif spec.init == "zeros":
-            value = np.zeros(spec.shape)
-        else:
-            raise ValueError(f"unknown init {spec.init!r} for {spec.name}")
-        weights[spec.name] = value.astype(np.float32)
-    return weights
-
-
-def model_weights(continuous: bool, seed: int, num_dynamics: int | None = None
-                  ) -> dict[str, np.ndarray]:
-    """Initial weights of ODE-Net/RK-Net (``continuous``: one dynamics module) or of the ResNet
-    (six residual blocks), unless ``num_dynamics`` says otherwise."""
-    if num_dynamics is None:
-        num_dynamics = 1 if continuous else NUM_RESIDUAL_BLOCKS
-    return initial_weights(parameter_specs(continuous, num_dynamics), seed)
-
-
-# -------------------------------------------------------------------------------------------------
-# Data, batch order, augmentation and learning rate (framework-neutral)
-# -------------------------------------------------------------------------------------------------
-
-
-def _size(value: Any, total: int) -> int:
-    return total if value is None else min(int(value), total)
-
-
-class MnistPipeline:
-    """Batches as numpy arrays (images float32 (B, 1, 28, 28) in [0, 1], labels int64), the number
-    of steps, the evaluation period and the learning rate of each step, for one budget and seed.
-
-    Each epoch visits the (subset of the) training set in a permutation drawn from
-    ``np.random.default_rng([seed, 1, epoch])``, dropping the last incomplete batch (as the
-    authors' DataLoader); the same generator then draws each image's crop offsets (dy, dx) in
-    [0, 2 * padding] for RandomCrop(28, padding): zero-pad to 36x36 and cut a 28x28 window.
-    """
-
-    def __init__(self, arrays: Any, settings: Mapping[str, Any], seed: int):
-        s = {**_PAPER, **settings}
-        self.settings = s
-        self.seed = int(seed)
-        self._totals = (len(arrays.train_images), len(arrays.test_images))
-        n_train = _size(s["train_subset"], len(arrays.train_images))
-        self.train_images = arrays.train_images[:n_train]
-        self.train_labels = arrays.train_labels[:n_train].astype(np.int64)
-        n_test = _size(s["test_subset"], len(arrays.test_images))
-        self.test_images = arrays.test_images[:n_test]
-        self.test_labels = arrays.test_labels[:n_test].astype(np.int64)
-        self.eval_size = _size(s["eval_subset"], n_test)
-        self.batch_size = int(s["batch_size"])
-        self.test_batch_size = int(s["test_batch_size"])
-        self.padding = int(s["crop_padding"] or 0)
-        self.steps_per_epoch = n_train // self.batch_size
-        if self.steps_per_epoch < 1:
-            raise BenchError(f"MNIST: {n_train} training images are fewer than one batch of "
-                             f"{self.batch_size}")
-        if s.get("steps") is not None:
-            self.num_train_steps = int(s["steps"])
-        else:
-            self.num_train_steps = int(round(float(s["epochs"]) * self.steps_per_epoch))
-        if s.get("eval_every_epochs"):
-            self.eval_every: int | None = int(s["eval_every_epochs"] * self.steps_per_epoch)
-        else:
-            self.eval_every = s.get("eval_every")
-        self._milestones = sorted(
-            [int(e * self.steps_per_epoch) for e in s.get("lr_milestones_epochs", ())]
-            + [int(m) for m in s.get("lr_milestones_steps", ())])
-        self._epoch: tuple[int, np.ndarray, np.ndarray] | None = None
-
-    # -- training ------------------------------------------------------------------------------
-    def learning_rate(self, step: int) -> float:
-        """``lr`` times ``lr_decay`` per milestone reached (the authors' learning_rate_with_decay:
-        milestone epochs become iteration numbers ``int(batches_per_epoch * epoch)``)."""
-        passed = sum(step >= m for m in self._milestones)
-        return float(self.settings["lr"]) * float(self.settings["lr_decay"]) ** passed
-
-    def epoch_plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(order, offsets) of an epoch: training indices in visiting order (a whole number of
-        batches) and each visit's crop offsets (dy, dx), shape (n, 2)."""
-        if self._epoch is None or self._epoch[0] != epoch:
-            rng = np.random.default_rng([self.seed, _STREAM_BATCHES, epoch])
-            n = self.steps_per_epoch * self.batch_size
-            order = rng.permutation(len(self.train_images))[:n]
-            offsets = rng.integers(0, 2 * self.padding + 1, size=(n, 2))
-            self._epoch = (epoch, order, offsets)
-        return self._epoch[1], self._epoch[2]
-
-    def batch_indices(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """Training indices and crop offsets of training step ``step``."""
-        epoch, i = divmod(step, self.steps_per_epoch)
-        order, offsets = self.epoch_plan(epoch)
-        sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
-        return order[sl], offsets[sl]
-
-    def train_batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """Images (B, 1, 28, 28) float32, augmented, and labels (B,) int64 of step ``step``."""
-        idx, offsets = self.batch_indices(step)
-        images = self.train_images[idx]
-        if self.padding:
-            images = random_crop(images, offsets, self.padding)
-        return _to_float(images), self.train_labels[idx]
-
-    # -- evaluation ----------------------------------------------------------------------------
-    def test_batches(self, final: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The test set (final) or its first ``eval_subset`` images, in batches."""
-        n = len(self.test_images) if final else self.eval_size
-        for start in range(0, n, self.test_batch_size):
-            stop = min(start + self.test_batch_size, n)
-            yield _to_float(self.test_images[start:stop]), self.test_labels[start:stop]
-
-    def eval_notes(self, final: bool) -> str:
-        """What an evaluation measured on, and what the model was trained on."""
-        n_train, n_test = len(self.train_images), len(self.test_images) if final else self.eval_size
-        total_train, total_test = self._totals
-        test = (f"all {n_test} test images" if n_test == total_test
-                else f"the first {n_test} of {total_test} test images")
-        train = (f"all {n_train} training images" if n_train == total_train
-                 else f"the first {n_train} of {total_train} training images")
-        crop = f", random crop with padding {self.padding}" if self.padding else ""
-        return f"test error on {test}; trained on {train}{crop}"
-
-
-def random_crop(images: np.ndarray, offsets: np.ndarray, padding: int) -> np.ndarray:
-    """RandomCrop(28, padding): zero-pad each (H, W) image by ``padding`` and cut the window at
-    (dy, dx) = ``offsets[k]``."""
-    n, h, w = images.shape
-    padded = np.pad(images, ((0, 0), (padding, padding), (padding, padding)))
-    rows = offsets[:, 0, None] + np.arange(h)  # (n, h)
-    cols = offsets[:, 1, None] + np.arange(w)  # (n, w)
-    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
-
-
-def _to_float(images: np.ndarray) -> np.ndarray:
-    return (images.astype(np.float32) / np.float32(255.0))[:, None, :, :]
-
 
 # -------------------------------------------------------------------------------------------------
 # The suite
@@ -304,7 +54,8 @@ class MnistSuite(AbstractSuite):
                    "or ResNet (6 residual blocks) between conv downsampling and a linear head")
     metric_name = "test_error_pct"
     metric_direction = "lower"
-    frameworks = ("torch", "jax")
+    tasks = {"torch": "bench.suites.mnist_torch:MnistTorchTask",
+             "jax": "bench.suites.mnist_jax:MnistJaxTask"}
     budgets = BUDGETS
     option_specs = (
         OptionSpec("data_dir", str, None, nullable=True, valid="a folder",
@@ -320,7 +71,7 @@ class MnistSuite(AbstractSuite):
         the cache), so that a missing dataset is one message before any cell starts."""
         import sys
 
-        from bench.suites.mnist_data import MnistDataError, resolve_mnist_dir
+        from bench.suites.mnist_files import MnistDataError, resolve_mnist_dir
 
         values = {**self.options, **options}
         try:
@@ -330,27 +81,16 @@ class MnistSuite(AbstractSuite):
             return f"suite mnist: {exc}"
         return None
 
-    def build_task(self, ctx: CellContext) -> AbstractTask:
+    def task_inputs(self, ctx: CellContext) -> MnistPipeline:
         options = self.cell_options(ctx)
-        from bench.suites.mnist_data import load_mnist
+        from bench.suites.mnist_files import load_mnist
 
         arrays = load_mnist(options["data_dir"], _as_bool(options["download"], "download"),
                             log=ctx.log)
         ctx.log(f"mnist: data from {arrays.source}")
-        pipeline = MnistPipeline(arrays, ctx.budget.settings, ctx.seed)
-        framework = ctx.backend.framework
-        if framework == "torch":
-            from bench.suites.mnist_torch import MnistTorchTask
-
-            return MnistTorchTask(ctx, pipeline)
-        if framework == "jax":
-            from bench.suites.mnist_jax import MnistJaxTask
-
-            return MnistJaxTask(ctx, pipeline)
-        raise BenchError(f"suite mnist has no {framework} model (it has: "
-                         f"{', '.join(self.frameworks)})")
+        return MnistPipeline(arrays, ctx.budget.settings, ctx.seed)
 
 
 @bench.hookimpl
-def bench_register_suites(register):
+def bench_register_suites(register: Callable[[AbstractSuite], None]) -> None:
     register(MnistSuite())

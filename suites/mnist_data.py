@@ -1,282 +1,261 @@
-"""MNIST in IDX format: read, check, find, download.
-
-Framework-neutral (numpy only). :func:`load_mnist` finds the four standard files (each with or
-without ``.gz``), in this order:
-
-1. the suite option ``data_dir`` (CLI ``--data-dir``);
-2. the environment variable ``BENCH_MNIST_DIR``;
-3. the cache, ``$XDG_CACHE_HOME/neural-ode-bench/mnist`` (default ``~/.cache/...``).
-
-A folder named explicitly (1 or 2) is used as it is: if it lacks a file, that is an error rather
-than a silent fall-back to other data. Without an explicit folder, missing files are downloaded
-into the cache (when downloads are allowed), from the first mirror that answers, and kept only if
-their md5 is the known one. Files found locally are not checked against the md5 (a local copy may
-hold the same images in another order), but every file's IDX header, size and counts are.
-"""
+"""The MNIST suite's framework-neutral part (numpy only): budgets, the parameter specs and
+initial weights, and the batches, crops and learning rates of a cell (:class:`MnistPipeline`);
+every framework's task imports it. The IDX files are read by :mod:`bench.suites.mnist_files`."""
 
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import hashlib
-import os
-import tempfile
-import urllib.request
-import zlib
-from collections.abc import Callable, Sequence
-from pathlib import Path
+import math
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
 from bench.errors import BenchError
+from bench.interfaces import Budget, Tolerances
 
-ENV_VAR = "BENCH_MNIST_DIR"
-IMAGES_MAGIC = 2051
-LABELS_MAGIC = 2049
-IMAGE_SHAPE = (28, 28)
+CHANNELS = 64
 NUM_CLASSES = 10
+NUM_RESIDUAL_BLOCKS = 6
 
-#: Role -> standard base name (each may also be stored with a ``.gz`` suffix).
-FILES: dict[str, str] = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
+# Independent random streams derived from the seed (the initial weights use the seed alone).
+_STREAM_BATCHES = 1
+
+#: Paper settings (torchdiffeq examples/odenet_mnist.py defaults).
+_PAPER = {
+    "epochs": 160, "batch_size": 128, "test_batch_size": 1000, "lr": 0.1, "momentum": 0.9,
+    "lr_milestones_epochs": (60, 100, 140), "lr_decay": 0.1, "crop_padding": 4,
+    "train_subset": None, "test_subset": None, "eval_subset": None, "eval_every_epochs": 1,
 }
-#: md5 of the standard ``.gz`` downloads (checked only for files this module downloads).
-MD5: dict[str, str] = {
-    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+
+BUDGETS: dict[str, Budget] = {
+    "smoke": Budget(
+        "smoke",
+        "CI check, seconds: 6 steps of batch 32 on the first 256 training images, evaluated on "
+        "the first 200 test images (periodic evaluation every 3 steps on the first 100)",
+        {**_PAPER, "epochs": None, "steps": 6, "batch_size": 32, "test_batch_size": 200,
+         "train_subset": 256, "test_subset": 200, "eval_subset": 100, "eval_every_epochs": None,
+         "eval_every": 3, "lr_milestones_epochs": ()},
+    ),
+    "quick": Budget(
+        "quick",
+        "CPU-friendly, a few minutes per backend on 2 idle cores: 150 SGD steps of batch 128 "
+        "(0.32 epoch of all 60,000 training images, crop augmentation), lr 0.1, then 0.01 for "
+        "the last 50 steps; periodic evaluation every 25 steps on the first 1000 test images; "
+        "final test error on all 10,000. After a third of an epoch the error is far from "
+        "converged and moves with the seed and the CPU: compare NFE, time and memory here, test "
+        "error with the paper budget (measured figures and their spread: "
+        "results/mnist-quick-cpu)",
+        {**_PAPER, "epochs": None, "steps": 150, "lr_milestones_steps": (100,),
+         "lr_milestones_epochs": (), "eval_every_epochs": None, "eval_every": 25,
+         "eval_subset": 1000},
+    ),
+    "paper": Budget(
+        "paper",
+        "Chen et al. 2018 / torchdiffeq odenet_mnist.py: 160 epochs, batch 128, SGD momentum 0.9, "
+        "lr 0.1 x0.1 at epochs 60/100/140, RandomCrop(28, padding=4), test batch 1000, "
+        "evaluation every epoch on all 10,000 test images (needs a GPU: ~12 min/epoch on CPU)",
+        dict(_PAPER),
+    ),
 }
-MIRRORS: tuple[str, ...] = (
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
-)
-DOWNLOAD_TIMEOUT_S = 60.0
-
-#: The function used to open URLs (tests replace it).
-urlopen: Callable[..., Any] = urllib.request.urlopen
-
-# IDX element types: code -> big-endian numpy dtype.
-_IDX_DTYPES: dict[int, str] = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
-                               0x0E: ">f8"}
-_GZIP_MAGIC = b"\x1f\x8b"
 
 
-class MnistDataError(BenchError):
-    """Missing, truncated or malformed MNIST files, or a failed download."""
+# -------------------------------------------------------------------------------------------------
+# Initial weights (framework-neutral)
+# -------------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
-class MnistArrays:
-    """The four arrays, as stored: images uint8 (N, 28, 28), labels uint8 (N,)."""
+class ParamSpec:
+    """One parameter: its torch name and shape (torch layout: conv OIHW, linear (out, in)) and how
+    torch initialises it by default (``uniform`` in +-1/sqrt(fan_in), ``ones``, ``zeros``)."""
 
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-    source: Path
-
-
-# -------------------------------------------------------------------------------------------------
-# IDX files
-# -------------------------------------------------------------------------------------------------
+    name: str
+    shape: tuple[int, ...]
+    init: str
+    fan_in: int = 0
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's content, decompressed when it starts with the gzip magic bytes."""
-    raw = path.read_bytes()
-    if not raw.startswith(_GZIP_MAGIC):
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (EOFError, OSError, zlib.error) as exc:
-        raise MnistDataError(f"{path}: corrupt or truncated gzip data ({exc})") from None
+def _conv(name: str, c_in: int, c_out: int, k: int, bias: bool = True) -> list[ParamSpec]:
+    fan_in = c_in * k * k
+    specs = [ParamSpec(f"{name}.weight", (c_out, c_in, k, k), "uniform", fan_in)]
+    if bias:
+        specs.append(ParamSpec(f"{name}.bias", (c_out,), "uniform", fan_in))
+    return specs
 
 
-def read_idx(path: str | os.PathLike[str], magic: int | None = None) -> np.ndarray:
-    """Read an IDX file (gzip-compressed or not, told by its first bytes, not by its name).
+def _norm(name: str, c: int = CHANNELS) -> list[ParamSpec]:
+    return [ParamSpec(f"{name}.weight", (c,), "ones"), ParamSpec(f"{name}.bias", (c,), "zeros")]
 
-    :param path: the file.
-    :param magic: the expected magic number (2051 for MNIST images, 2049 for labels), or None.
-    :raises MnistDataError: wrong magic number, unknown element type, or a size that does not
-        match the header (a truncated file names the expected and the actual size).
+
+def parameter_specs(time_dependent: bool, num_dynamics: int) -> list[ParamSpec]:
+    """All parameters of a model, in the fixed order their initial values are drawn.
+
+    The shared layers (downsampling, then head) come first, so they get the same values for every
+    backend of a seed; then ``dynamics.{i}.*`` for each dynamics module in creation order (one for
+    ODE-Net and RK-Net, six for the ResNet).
     """
-    path = Path(path)
-    data = _read_bytes(path)
-    if len(data) < 4:
-        raise MnistDataError(f"{path}: {len(data)} bytes, too short for an IDX header")
-    found = int.from_bytes(data[:4], "big")
-    if magic is not None and found != magic:
-        raise MnistDataError(f"{path}: magic number {found}, expected {magic} "
-                             f"({'images' if magic == IMAGES_MAGIC else 'labels'} file)")
-    if data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise MnistDataError(f"{path}: not an IDX file (magic number {found})")
-    dtype = np.dtype(_IDX_DTYPES[data[2]])
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise MnistDataError(f"{path}: truncated header: expected {header} bytes, "
-                             f"got {len(data)}")
-    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(data) != expected:
-        what = "truncated" if len(data) < expected else "too long"
-        raise MnistDataError(
-            f"{path}: {what}: header says shape {shape}, so expected {expected} bytes "
-            f"(uncompressed), got {len(data)}")
-    # A native-order, writable copy (the decompressed bytes can then be freed).
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(
-        dtype.newbyteorder("="))
+    c = CHANNELS
+    specs = (_conv("downsampling.0", 1, c, 3) + _norm("downsampling.1")
+             + _conv("downsampling.3", c, c, 4) + _norm("downsampling.4")
+             + _conv("downsampling.6", c, c, 4)
+             + _norm("head.0") + [ParamSpec("head.4.weight", (NUM_CLASSES, c), "uniform", c),
+                                  ParamSpec("head.4.bias", (NUM_CLASSES,), "uniform", c)])
+    for i in range(num_dynamics):
+        p = f"dynamics.{i}"
+        if time_dependent:  # ConcatConv2d: one more input channel (t), with bias
+            specs += (_norm(f"{p}.norm1") + _conv(f"{p}.conv1", c + 1, c, 3) + _norm(f"{p}.norm2")
+                      + _conv(f"{p}.conv2", c + 1, c, 3) + _norm(f"{p}.norm3"))
+        else:  # the authors' ResBlock: conv3x3 without bias, no final norm
+            specs += (_norm(f"{p}.norm1") + _conv(f"{p}.conv1", c, c, 3, bias=False)
+                      + _norm(f"{p}.norm2") + _conv(f"{p}.conv2", c, c, 3, bias=False))
+    return specs
 
 
-def write_idx(path: str | os.PathLike[str], array: np.ndarray, gzip: bool = False) -> Path:
-    """Write ``array`` as an IDX file (for tests and tiny fixtures); returns the path."""
-    array = np.asarray(array)
-    codes = {np.dtype(v).newbyteorder("="): k for k, v in _IDX_DTYPES.items()}
-    code = codes.get(array.dtype.newbyteorder("="))
-    if code is None:
-        raise ValueError(f"IDX cannot store dtype {array.dtype}")
-    big = array.astype(np.dtype(_IDX_DTYPES[code]), copy=False)
-    header = bytes([0, 0, code, array.ndim]) + b"".join(
-        int(n).to_bytes(4, "big") for n in array.shape)
-    payload = header + big.tobytes()
-    if gzip:
-        import gzip as _gzip
+def initial_weights(specs: list[ParamSpec], seed: int) -> dict[str, np.ndarray]:
+    """float32 arrays keyed by name, drawn in ``specs`` order from ``np.random.default_rng(seed)``,
+    with torch's default distributions (Conv2d/Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for
+    weight and bias; GroupNorm: weight 1, bias 0)."""
+    rng = np.random.default_rng(seed)
+    weights: dict[str, np.ndarray] = {}
+    for spec in specs:
+        if spec.init == "uniform":
+            bound = 1.0 / math.sqrt(spec.fan_in)
+            value = rng.uniform(-bound, bound, size=spec.shape)
+        elif spec.init == "ones":
+            value = np.ones(spec.shape)
+        elif spec.init == "zeros":
+            value = np.zeros(spec.shape)
+        else:
+            raise ValueError(f"unknown init {spec.init!r} for {spec.name}")
+        weights[spec.name] = value.astype(np.float32)
+    return weights
 
-        payload = _gzip.compress(payload, mtime=0)
-    path = Path(path)
-    path.write_bytes(payload)
-    return path
+
+def model_weights(continuous: bool, seed: int, num_dynamics: int | None = None
+                  ) -> dict[str, np.ndarray]:
+    """Initial weights of ODE-Net/RK-Net (``continuous``: one dynamics module) or of the ResNet
+    (six residual blocks), unless ``num_dynamics`` says otherwise."""
+    if num_dynamics is None:
+        num_dynamics = 1 if continuous else NUM_RESIDUAL_BLOCKS
+    return initial_weights(parameter_specs(continuous, num_dynamics), seed)
 
 
 # -------------------------------------------------------------------------------------------------
-# Finding, downloading and loading
+# Data, batch order, augmentation and learning rate (framework-neutral)
 # -------------------------------------------------------------------------------------------------
 
 
-def cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/neural-ode-bench/mnist`` (default ``~/.cache/neural-ode-bench/mnist``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "neural-ode-bench" / "mnist"
+def _size(value: Any, total: int) -> int:
+    return total if value is None else min(int(value), total)
 
 
-def find_files(folder: Path) -> dict[str, Path | None]:
-    """Role -> the file in ``folder`` (the raw name preferred over ``.gz``), or None."""
-    found: dict[str, Path | None] = {}
-    for role, base in FILES.items():
-        found[role] = next((folder / name for name in (base, base + ".gz")
-                            if (folder / name).is_file()), None)
-    return found
+class MnistPipeline:
+    """Batches as numpy arrays (images float32 (B, 1, 28, 28) in [0, 1], labels int64), the number
+    of steps, the evaluation period and the learning rate of each step, for one budget and seed.
+
+    Each epoch visits the (subset of the) training set in a permutation drawn from
+    ``np.random.default_rng([seed, 1, epoch])``, dropping the last incomplete batch (as the
+    authors' DataLoader); the same generator then draws each image's crop offsets (dy, dx) in
+    [0, 2 * padding] for RandomCrop(28, padding): zero-pad to 36x36 and cut a 28x28 window.
+    """
+
+    def __init__(self, arrays: Any, settings: Mapping[str, Any], seed: int):
+        s = {**_PAPER, **settings}
+        self.settings = s
+        #: the budget's solver tolerances (None: none set, each backend keeps its own)
+        self.tolerances = Tolerances.from_settings(s)
+        self.seed = int(seed)
+        self._totals = (len(arrays.train_images), len(arrays.test_images))
+        n_train = _size(s["train_subset"], len(arrays.train_images))
+        self.train_images = arrays.train_images[:n_train]
+        self.train_labels = arrays.train_labels[:n_train].astype(np.int64)
+        n_test = _size(s["test_subset"], len(arrays.test_images))
+        self.test_images = arrays.test_images[:n_test]
+        self.test_labels = arrays.test_labels[:n_test].astype(np.int64)
+        self.eval_size = _size(s["eval_subset"], n_test)
+        self.batch_size = int(s["batch_size"])
+        self.test_batch_size = int(s["test_batch_size"])
+        self.padding = int(s["crop_padding"] or 0)
+        self.steps_per_epoch = n_train // self.batch_size
+        if self.steps_per_epoch < 1:
+            raise BenchError(f"MNIST: {n_train} training images are fewer than one batch of "
+                             f"{self.batch_size}")
+        if s.get("steps") is not None:
+            self.num_train_steps = int(s["steps"])
+        else:
+            self.num_train_steps = int(round(float(s["epochs"]) * self.steps_per_epoch))
+        if s.get("eval_every_epochs"):
+            self.eval_every: int | None = int(s["eval_every_epochs"] * self.steps_per_epoch)
+        else:
+            self.eval_every = s.get("eval_every")
+        self._milestones = sorted(
+            [int(e * self.steps_per_epoch) for e in s.get("lr_milestones_epochs", ())]
+            + [int(m) for m in s.get("lr_milestones_steps", ())])
+        self._epoch: tuple[int, np.ndarray, np.ndarray] | None = None
+
+    # -- training ------------------------------------------------------------------------------
+    def learning_rate(self, step: int) -> float:
+        """``lr`` times ``lr_decay`` per milestone reached (the authors' learning_rate_with_decay:
+        milestone epochs become iteration numbers ``int(batches_per_epoch * epoch)``)."""
+        passed = sum(step >= m for m in self._milestones)
+        return float(self.settings["lr"]) * float(self.settings["lr_decay"]) ** passed
+
+    def epoch_plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(order, offsets) of an epoch: training indices in visiting order (a whole number of
+        batches) and each visit's crop offsets (dy, dx), shape (n, 2)."""
+        if self._epoch is None or self._epoch[0] != epoch:
+            rng = np.random.default_rng([self.seed, _STREAM_BATCHES, epoch])
+            n = self.steps_per_epoch * self.batch_size
+            order = rng.permutation(len(self.train_images))[:n]
+            offsets = rng.integers(0, 2 * self.padding + 1, size=(n, 2))
+            self._epoch = (epoch, order, offsets)
+        return self._epoch[1], self._epoch[2]
+
+    def batch_indices(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """Training indices and crop offsets of training step ``step``."""
+        epoch, i = divmod(step, self.steps_per_epoch)
+        order, offsets = self.epoch_plan(epoch)
+        sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+        return order[sl], offsets[sl]
+
+    def train_batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """Images (B, 1, 28, 28) float32, augmented, and labels (B,) int64 of step ``step``."""
+        idx, offsets = self.batch_indices(step)
+        images = self.train_images[idx]
+        if self.padding:
+            images = random_crop(images, offsets, self.padding)
+        return _to_float(images), self.train_labels[idx]
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def test_batches(self, final: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The test set (final) or its first ``eval_subset`` images, in batches."""
+        n = len(self.test_images) if final else self.eval_size
+        for start in range(0, n, self.test_batch_size):
+            stop = min(start + self.test_batch_size, n)
+            yield _to_float(self.test_images[start:stop]), self.test_labels[start:stop]
+
+    def eval_notes(self, final: bool) -> str:
+        """What an evaluation measured on, and what the model was trained on."""
+        n_train, n_test = len(self.train_images), len(self.test_images) if final else self.eval_size
+        total_train, total_test = self._totals
+        test = (f"all {n_test} test images" if n_test == total_test
+                else f"the first {n_test} of {total_test} test images")
+        train = (f"all {n_train} training images" if n_train == total_train
+                 else f"the first {n_train} of {total_train} training images")
+        crop = f", random crop with padding {self.padding}" if self.padding else ""
+        return f"test error on {test}; trained on {train}{crop}"
 
 
-def _missing(folder: Path) -> list[str]:
-    return [FILES[role] for role, p in find_files(folder).items() if p is None]
+def random_crop(images: np.ndarray, offsets: np.ndarray, padding: int) -> np.ndarray:
+    """RandomCrop(28, padding): zero-pad each (H, W) image by ``padding`` and cut the window at
+    (dy, dx) = ``offsets[k]``."""
+    n, h, w = images.shape
+    padded = np.pad(images, ((0, 0), (padding, padding), (padding, padding)))
+    rows = offsets[:, 0, None] + np.arange(h)  # (n, h)
+    cols = offsets[:, 1, None] + np.arange(w)  # (n, w)
+    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def download_file(name: str, dest_dir: Path, mirrors: Sequence[str] = MIRRORS,
-                  log: Callable[[str], None] = print) -> Path:
-    """Download ``name`` (a ``.gz`` file) into ``dest_dir`` from the first mirror that gives the
-    known md5. Written to a temporary file first, renamed when verified."""
-    expected = MD5[name]
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    problems: list[str] = []
-    for mirror in mirrors:
-        url = mirror + name
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest_dir)
-        tmp = Path(tmp_name)
-        try:
-            digest = hashlib.md5(usedforsecurity=False)
-            with os.fdopen(fd, "wb") as out, urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
-                while chunk := resp.read(1 << 16):
-                    digest.update(chunk)
-                    out.write(chunk)
-            if digest.hexdigest() != expected:
-                problems.append(f"{url}: md5 {digest.hexdigest()}, expected {expected}")
-                continue
-            final = dest_dir / name
-            os.replace(tmp, final)
-            log(f"mnist: downloaded {url} -> {final}")
-            return final
-        except OSError as exc:  # URLError and HTTPError are OSErrors
-            problems.append(f"{url}: {exc}")
-        finally:
-            tmp.unlink(missing_ok=True)
-    raise MnistDataError(f"could not download {name}: " + "; ".join(problems))
-
-
-def _how_to_supply() -> str:
-    return (f"Put the four files ({', '.join(FILES.values())}, each optionally .gz) in a folder "
-            f"and pass it with --data-dir DIR (or --set data_dir=DIR), or set {ENV_VAR}=DIR, "
-            f"or copy them into the cache {cache_dir()}.")
-
-
-def resolve_mnist_dir(data_dir: str | os.PathLike[str] | None = None, download: bool = True,
-                      log: Callable[[str], None] = print) -> Path:
-    """The folder holding the four MNIST files, downloading them into the cache if needed."""
-    explicit = [(Path(data_dir).expanduser(), "data_dir option (--data-dir)")] if data_dir else []
-    if not explicit and os.environ.get(ENV_VAR):
-        explicit = [(Path(os.environ[ENV_VAR]).expanduser(), f"environment variable {ENV_VAR}")]
-    if explicit:
-        folder, origin = explicit[0]
-        missing = _missing(folder)
-        if not missing:
-            return folder
-        state = "does not exist" if not folder.is_dir() else f"lacks {', '.join(missing)}"
-        raise MnistDataError(f"MNIST folder {folder} (from the {origin}) {state}. "
-                             + _how_to_supply())
-    cache = cache_dir()
-    missing = _missing(cache)
-    if not missing:
-        return cache
-    if not download:
-        raise MnistDataError(
-            f"MNIST files not found: no --data-dir given, {ENV_VAR} not set, and the cache "
-            f"{cache} lacks {', '.join(missing)}; downloads are disabled (download=False). "
-            + _how_to_supply())
-    try:
-        for base in missing:
-            download_file(base + ".gz", cache, log=log)
-    except MnistDataError as exc:
-        raise MnistDataError(
-            f"MNIST files not found: no --data-dir given, {ENV_VAR} not set, the cache {cache} "
-            f"lacks {', '.join(missing)}, and the download failed ({exc}). "
-            + _how_to_supply()) from None
-    return cache
-
-
-def load_folder(folder: str | os.PathLike[str]) -> MnistArrays:
-    """Read and check the four files in ``folder``."""
-    folder = Path(folder)
-    paths = find_files(folder)
-    missing = [FILES[r] for r, p in paths.items() if p is None]
-    if missing:
-        raise MnistDataError(f"{folder} lacks {', '.join(missing)}. " + _how_to_supply())
-    arrays: dict[str, np.ndarray] = {}
-    for split in ("train", "test"):
-        ipath, lpath = paths[f"{split}_images"], paths[f"{split}_labels"]
-        assert ipath is not None and lpath is not None
-        images = read_idx(ipath, IMAGES_MAGIC)
-        labels = read_idx(lpath, LABELS_MAGIC)
-        if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
-            raise MnistDataError(f"{ipath}: expected uint8 images of shape (N, 28, 28), "
-                                 f"got {images.dtype} {images.shape}")
-        if labels.dtype != np.uint8 or labels.ndim != 1:
-            raise MnistDataError(f"{lpath}: expected uint8 labels of shape (N,), "
-                                 f"got {labels.dtype} {labels.shape}")
-        if len(images) != len(labels):
-            raise MnistDataError(f"{ipath} holds {len(images)} images but {lpath} holds "
-                                 f"{len(labels)} labels")
-        if labels.size and int(labels.max()) >= NUM_CLASSES:
-            raise MnistDataError(f"{lpath}: label {int(labels.max())} is not a digit 0-9")
-        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
-    return MnistArrays(source=folder, **arrays)
-
-
-def load_mnist(data_dir: str | os.PathLike[str] | None = None, download: bool = True,
-               log: Callable[[str], None] = print) -> MnistArrays:
-    """Find (or download) and read MNIST. See the module docstring for the lookup order."""
-    return load_folder(resolve_mnist_dir(data_dir, download, log))
+def _to_float(images: np.ndarray) -> np.ndarray:
+    return (images.astype(np.float32) / np.float32(255.0))[:, None, :, :]

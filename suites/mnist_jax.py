@@ -13,7 +13,7 @@ same
 batches as a torch cell of the same seed.
 
 The training step (forward, backward, SGD with momentum as torch.optim.SGD) is one XLA program,
-compiled at the first step (:class:`bench.plugins.jax_common.CompiledStep`).
+compiled at the first step (:class:`bench.frameworks.jax.CompiledStep`).
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench.suites.mnist import CHANNELS, NUM_CLASSES, MnistPipeline, model_weights
+from bench.frameworks.jax import SolveBackend, load_weights
+from bench.suites.mnist_data import CHANNELS, NUM_CLASSES, MnistPipeline, model_weights
 
 from bench.errors import BenchError
-from bench.interfaces import AbstractTask, CellContext, Evaluation, StepStats
+from bench.interfaces import AbstractTask, CellContext, Evaluation, StepStats, Tolerances
 
 GN_EPS = 1e-5  # torch.nn.GroupNorm's default
 
@@ -194,8 +195,10 @@ class MnistNet(eqx.Module):
         h = jnp.mean(jax.nn.relu(self.head_norm(h)), axis=(1, 2))
         return self.head_linear(h)
 
-    def __call__(self, x: jax.Array, backend: Any) -> tuple[jax.Array, dict[str, Any]]:
-        h, stats = backend.solve(_dynamics, self.dynamics, self.downsample(x), 0.0, 1.0)
+    def __call__(self, x: jax.Array, backend: SolveBackend, tolerances: Tolerances | None = None
+                 ) -> tuple[jax.Array, dict[str, Any]]:
+        h, stats = backend.solve(_dynamics, self.dynamics, self.downsample(x), 0.0, 1.0,
+                                 tolerances=tolerances)
         return self.head(h), stats
 
 
@@ -227,9 +230,8 @@ def _split(name: str) -> tuple[Any, str]:
 
 
 def neutral_parameters(model: MnistNet) -> dict[str, jax.Array]:
-    """The model's arrays under the torch names of :func:`bench.suites.mnist.parameter_specs`, in
-    torch's
-    layout (convolution weights OIHW)."""
+    """The model's arrays under the torch names of :func:`bench.suites.mnist_data.parameter_specs`,
+    in torch's layout (convolution weights OIHW)."""
     out = {}
     for layer, where in _LOCATIONS.items():
         module = where(model)
@@ -241,19 +243,13 @@ def neutral_parameters(model: MnistNet) -> dict[str, jax.Array]:
 
 def load_neutral_weights(model: MnistNet, weights: dict[str, np.ndarray]) -> MnistNet:
     """A copy of ``model`` holding ``weights`` (torch names and layout; shapes checked)."""
-    current = neutral_parameters(model)
-    if set(current) != set(weights):
-        raise BenchError("MNIST JAX model and initial weights disagree: missing "
-                         f"{sorted(set(weights) - set(current))}, unexpected "
-                         f"{sorted(set(current) - set(weights))}")
-    for name, value in weights.items():
-        if current[name].shape != value.shape:
-            raise BenchError(f"{name}: model shape {current[name].shape}, initial weights "
-                             f"{value.shape}")
+    where, convert = {}, {}
+    for name in neutral_parameters(model):
         get, field = _split(name)
-        array = from_torch_layout(value) if field == "kernel" else jnp.asarray(value, jnp.float32)
-        model = eqx.tree_at(get, model, array)
-    return model
+        where[name] = get
+        if field == "kernel":
+            convert[name] = from_torch_layout
+    return load_weights(model, where, weights, "MNIST JAX", convert)
 
 
 def build_model(seed: int, conv_impl: str = "xla") -> MnistNet:
@@ -276,7 +272,7 @@ class MnistJaxTask(AbstractTask):
     """ODE-Net / RK-Net on a JAX backend: one compiled step per training iteration."""
 
     def __init__(self, ctx: CellContext, data: MnistPipeline):
-        from bench.plugins.jax_common import (
+        from bench.frameworks.jax import (
             CompiledStep,
             CompileOnce,
             jax_device,
@@ -285,11 +281,12 @@ class MnistJaxTask(AbstractTask):
         )
 
         backend = ctx.backend
-        if not getattr(backend, "continuous_time", False):
+        if not backend.continuous_time:
             raise BenchError(f"backend {backend.name!r}: the JAX MNIST model needs a "
                              "continuous-time backend (ODE-Net / RK-Net)")
         self.backend = backend
         self.data = data
+        self.tolerances = tolerances = data.tolerances
         self.device = jax_device(ctx.device)
         self.num_train_steps = data.num_train_steps
         self.eval_every = data.eval_every
@@ -301,7 +298,7 @@ class MnistJaxTask(AbstractTask):
         momentum = float(data.settings["momentum"])
 
         def loss_fn(model: MnistNet, x: jax.Array, y: jax.Array) -> jax.Array:
-            logits, _ = model(x, backend)
+            logits, _ = model(x, backend, tolerances)
             return cross_entropy(logits, y)
 
         value_and_grad = backend.value_and_grad(loss_fn)
@@ -318,7 +315,7 @@ class MnistJaxTask(AbstractTask):
         self.step = CompiledStep(train, donate_argnums=donate)
 
         def evaluate_batch(model: MnistNet, x: jax.Array, y: jax.Array) -> tuple[jax.Array, ...]:
-            logits, stats = model(x, backend)
+            logits, stats = model(x, backend, tolerances)
             logp = jax.nn.log_softmax(logits, axis=-1)
             loss_sum = -jnp.sum(jnp.take_along_axis(logp, y[:, None], axis=-1))
             wrong = jnp.sum(jnp.argmax(logits, axis=-1) != y)

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench.plugins.torch_common import TorchTask
-from bench.suites.mnist import CHANNELS, NUM_CLASSES, MnistPipeline, model_weights
+from bench.frameworks.torch import OdeBlockBackend, TorchTask, load_weights, run_train_step
+from bench.suites.mnist_data import CHANNELS, NUM_CLASSES, MnistPipeline, model_weights
 from torch import nn
 
 from bench.errors import BenchError
-from bench.interfaces import CellContext, Evaluation, StepStats
+from bench.interfaces import CellContext, Evaluation, StepStats, Tolerances
 
 
 def norm(channels: int) -> nn.GroupNorm:
@@ -79,7 +79,7 @@ def make_dynamics(time_dependent: bool) -> nn.Module:
 class MnistNet(nn.Module):
     """Downsampling, the backend's block, head."""
 
-    def __init__(self, backend: Any):
+    def __init__(self, backend: OdeBlockBackend, tolerances: Tolerances | None = None):
         super().__init__()
         c = CHANNELS
         self.downsampling = nn.Sequential(
@@ -91,7 +91,7 @@ class MnistNet(nn.Module):
         #: they are submodules of ``block``).
         self.dynamics: list[nn.Module] = []
         self.time_dependent: bool | None = None
-        self.block = backend.ode_block(self._make_dynamics)
+        self.block = backend.ode_block(self._make_dynamics, tolerances=tolerances)
         self.head = nn.Sequential(norm(c), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                   nn.Linear(c, NUM_CLASSES))
         if not self.dynamics:
@@ -110,7 +110,7 @@ class MnistNet(nn.Module):
 
     def neutral_parameters(self) -> dict[str, nn.Parameter]:
         """Parameters under the framework-neutral names of
-        :func:`bench.suites.mnist.parameter_specs`."""
+        :func:`bench.suites.mnist_data.parameter_specs`."""
         named = {f"downsampling.{n}": p for n, p in self.downsampling.named_parameters()}
         named.update({f"head.{n}": p for n, p in self.head.named_parameters()})
         for i, module in enumerate(self.dynamics):
@@ -119,26 +119,17 @@ class MnistNet(nn.Module):
 
     def load_neutral_weights(self, weights: dict[str, np.ndarray]) -> None:
         named = self.neutral_parameters()
-        if set(named) != set(weights):
-            raise BenchError("MNIST model and initial weights disagree: missing "
-                             f"{sorted(set(weights) - set(named))}, unexpected "
-                             f"{sorted(set(named) - set(weights))}")
         own = {id(p) for p in self.parameters()}
-        if own != {id(p) for p in named.values()}:
+        if set(named) == set(weights) and own != {id(p) for p in named.values()}:
             raise BenchError("the backend's block has parameters of its own; the MNIST suite "
                              "initialises only the dynamics it created")
-        with torch.no_grad():
-            for name, p in named.items():
-                value = torch.from_numpy(weights[name])
-                if tuple(p.shape) != tuple(value.shape):
-                    raise BenchError(f"{name}: model shape {tuple(p.shape)}, initial weights "
-                                     f"{tuple(value.shape)}")
-                p.copy_(value)
+        load_weights(named, weights, "MNIST")
 
 
-def build_model(backend: Any, seed: int) -> MnistNet:
+def build_model(backend: OdeBlockBackend, seed: int, tolerances: Tolerances | None = None
+                ) -> MnistNet:
     """The model for ``backend`` with the framework-neutral initial weights of ``seed``."""
-    model = MnistNet(backend)
+    model = MnistNet(backend, tolerances)
     model.load_neutral_weights(
         model_weights(bool(model.time_dependent), seed, num_dynamics=len(model.dynamics)))
     return model
@@ -146,13 +137,13 @@ def build_model(backend: Any, seed: int) -> MnistNet:
 
 class MnistTorchTask(TorchTask):
     def __init__(self, ctx: CellContext, data: MnistPipeline):
-        from bench.plugins.torch_common import run_train_step
 
         self._run_train_step = run_train_step
         torch.manual_seed(ctx.seed)
         self.data = data
         self.device = torch.device(ctx.device)
-        self.model = build_model(ctx.backend, ctx.seed).to(self.device)
+        self.tolerances = data.tolerances
+        self.model = build_model(ctx.backend, ctx.seed, data.tolerances).to(self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.blocks = [self.model.block]
         s = data.settings

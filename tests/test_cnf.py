@@ -8,8 +8,9 @@ import math
 
 import numpy as np
 import pytest
-from bench.suites import cnf_data
-from bench.suites.cnf import BUDGETS, CnfData, CnfSuite, initial_weights, parameter_specs
+from bench.suites import cnf_densities
+from bench.suites.cnf import CnfSuite
+from bench.suites.cnf_data import BUDGETS, CnfData, initial_weights, parameter_specs
 
 from bench.cell import CellSpec, run_cell
 from bench.errors import BenchError, UnknownNameError
@@ -47,12 +48,12 @@ def _backend(backends, name):
 # -- generators and the exact density -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(cnf_data.GENERATORS))
+@pytest.mark.parametrize("name", sorted(cnf_densities.GENERATORS))
 @pytest.mark.parametrize("n", [1, 7, 100])
 def test_generators_seeded_shaped_finite(name, n):
-    a = cnf_data.sample(name, np.random.default_rng(3), n)
-    b = cnf_data.sample(name, np.random.default_rng(3), n)
-    c = cnf_data.sample(name, np.random.default_rng(4), n)
+    a = cnf_densities.sample(name, np.random.default_rng(3), n)
+    b = cnf_densities.sample(name, np.random.default_rng(3), n)
+    c = cnf_densities.sample(name, np.random.default_rng(4), n)
     assert a.shape == (n, 2) and a.dtype == np.float32
     assert np.isfinite(a).all()
     np.testing.assert_array_equal(a, b)
@@ -62,14 +63,14 @@ def test_generators_seeded_shaped_finite(name, n):
 
 def test_generators_leave_the_global_random_state_alone():
     state = np.random.get_state()
-    for name in cnf_data.GENERATORS:
-        cnf_data.sample(name, np.random.default_rng(0), 10)
+    for name in cnf_densities.GENERATORS:
+        cnf_densities.sample(name, np.random.default_rng(0), 10)
     assert np.array_equal(np.random.get_state()[1], state[1])
 
 
 def test_unknown_dataset_lists_the_choices():
     with pytest.raises(UnknownNameError) as info:
-        cnf_data.generator("8gausians")
+        cnf_densities.generator("8gausians")
     assert "8gaussians" in str(info.value) and "swissroll" in str(info.value)
     with pytest.raises(UnknownNameError):
         CnfData("nope", BUDGETS["smoke"].settings, 0)
@@ -81,20 +82,20 @@ def test_unknown_dataset_lists_the_choices():
 def test_eight_gaussians_density_integrates_to_one():
     side = np.linspace(-5.0, 5.0, 501)
     xs, ys = np.meshgrid(side, side)
-    logp = cnf_data.eight_gaussians_log_density(np.stack([xs.ravel(), ys.ravel()], 1))
+    logp = cnf_densities.eight_gaussians_log_density(np.stack([xs.ravel(), ys.ravel()], 1))
     h = side[1] - side[0]
     assert np.exp(logp).sum() * h * h == pytest.approx(1.0, abs=1e-6)
 
 
 def test_eight_gaussians_density_matches_its_samples():
     """The mean of log p over many samples is minus the entropy; a shifted density scores worse."""
-    x = cnf_data.eight_gaussians(np.random.default_rng(0), 20000)
-    nll = -cnf_data.eight_gaussians_log_density(x).mean()
+    x = cnf_densities.eight_gaussians(np.random.default_rng(0), 20000)
+    nll = -cnf_densities.eight_gaussians_log_density(x).mean()
     # entropy of 8 well-separated Gaussians: log 8 + log(2 pi e s^2)
-    s2 = cnf_data.EIGHT_GAUSSIANS_STD ** 2
+    s2 = cnf_densities.EIGHT_GAUSSIANS_STD ** 2
     assert nll == pytest.approx(math.log(8) + math.log(2 * math.pi * math.e * s2), abs=0.03)
-    assert -cnf_data.eight_gaussians_log_density(x * 1.05).mean() > nll + 0.05
-    radii = np.linalg.norm(cnf_data.EIGHT_GAUSSIANS_MEANS, axis=1)
+    assert -cnf_densities.eight_gaussians_log_density(x * 1.05).mean() > nll + 0.05
+    radii = np.linalg.norm(cnf_densities.EIGHT_GAUSSIANS_MEANS, axis=1)
     np.testing.assert_allclose(radii, 4 / 1.414)
 
 
@@ -153,7 +154,7 @@ def _flow(backend, tol=1e-5, seed=0):
 
 def test_zero_dynamics_flow_has_the_base_density(backends):
     import torch
-    from bench.suites.cnf import standard_normal_log_density
+    from bench.suites.cnf_data import standard_normal_log_density
 
     flow = _flow(_backend(backends, "torch-direct"))
     with torch.no_grad():
@@ -188,7 +189,7 @@ def test_hutchinson_probes_reach_the_dynamics_and_are_cleared(backends):
     import torch
 
     flow = _flow(_backend(backends, "torch-direct"), tol=1e-3)
-    x = torch.from_numpy(cnf_data.moons(np.random.default_rng(0), 8))
+    x = torch.from_numpy(cnf_densities.moons(np.random.default_rng(0), 8))
     with torch.no_grad():
         exact = flow.log_prob(x)
         flow.dynamics.probes = torch.ones(8, 2)
@@ -203,7 +204,7 @@ def test_sampling_inverts_the_flow(backends, name):
 
     backend = _backend(backends, name)
     flow = _flow(backend, tol=1e-7)
-    x = torch.from_numpy(cnf_data.eight_gaussians(np.random.default_rng(1), 16))
+    x = torch.from_numpy(cnf_densities.eight_gaussians(np.random.default_rng(1), 16))
     with torch.no_grad():
         state = flow.forward_block(torch.cat([x, torch.zeros(16, 1)], 1))
         z = state[:, :2]
@@ -230,7 +231,7 @@ def test_adjoint_and_direct_gradients_agree(backends):
     import torch
 
     grads = []
-    x = torch.from_numpy(cnf_data.eight_gaussians(np.random.default_rng(2), 16))
+    x = torch.from_numpy(cnf_densities.eight_gaussians(np.random.default_rng(2), 16))
     for name in ("torch-direct", "torch-adjoint"):
         flow = _flow(_backend(backends, name), tol=1e-6)
         loss = -flow.log_prob(x).mean()
@@ -350,14 +351,23 @@ def test_jax_field_matches_the_torch_field(jax_backends):
 
 
 def test_jax_tolerances_come_from_the_budget(jax_backends):
-    from bench.suites.cnf_jax import with_tolerances
+    """The budget's tolerances reach the solve as one argument; the backend keeps its own."""
+    import jax.numpy as jnp
+
+    from bench.interfaces import Tolerances
 
     backend = jax_backends.get("diffrax-checkpoint")
     if backend is None:
         pytest.skip("diffrax-checkpoint is not registered")
-    tuned = with_tolerances(backend, 1e-5, 2e-5)
-    assert (tuned.rtol, tuned.atol) == (1e-5, 2e-5) and backend.rtol != 1e-5
-    assert tuned.name == backend.name
+    data = CnfData("8gaussians", {**BUDGETS["smoke"].settings, "rtol": 1e-5, "atol": 2e-5}, 0)
+    assert data.tolerances == Tolerances(1e-5, 2e-5) and backend.rtol != 1e-5
+
+    def solve(tolerances):
+        _, stats = backend.solve(lambda t, y, p: p * y, jnp.float32(-1.5), jnp.ones(3), 0.0, 1.0,
+                                 tolerances=tolerances)
+        return int(stats["num_steps"])
+
+    assert solve(data.tolerances) > solve(None)
 
 
 @pytest.mark.slow

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bench.frameworks.jax import INSTALL_HINT, JaxBackend
 from bench.plugins import jax_diffrax
-from bench.plugins.jax_common import INSTALL_HINT, JaxBackend
 
 from bench.cell import CellSpec, check_support, run_cell
 from bench.errors import BenchError
@@ -67,7 +67,7 @@ def test_backends_are_registered_with_their_methods():
 
 
 def test_plugin_modules_do_not_import_jax():
-    code = ("import sys, bench.plugins.jax_diffrax, bench.plugins.jax_common; "
+    code = ("import sys, bench.plugins.jax_diffrax, bench.frameworks.jax; "
             "print(sorted(m for m in ('jax', 'diffrax', 'equinox') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          timeout=120)
@@ -125,7 +125,7 @@ def test_gpu_device_memory_and_solve():
         jax.devices("gpu")
     except RuntimeError:
         pytest.skip("jax sees no GPU (CPU-only jaxlib)")
-    from bench.plugins.jax_common import jax_device
+    from bench.frameworks.jax import jax_device
 
     for name in NAMES:
         b = backend(name)
@@ -227,7 +227,7 @@ def _run_case(name: str, kwargs: dict, steps: int = 3) -> dict:
     """Forward-only solve and ``steps`` compiled training steps of one backend, counted."""
     import jax
     import jax.numpy as jnp
-    from bench.plugins.jax_common import CompiledStep, sgd_momentum_init, sgd_momentum_update
+    from bench.frameworks.jax import CompiledStep, sgd_momentum_init, sgd_momentum_update
 
     b = backend(name)
     f, counter = counted_dynamics()
@@ -375,7 +375,7 @@ def test_xla_memory_analysis_is_reported(counted):
 
 def test_compiled_step_refuses_other_shapes_instead_of_recompiling(counted):
     import jax.numpy as jnp
-    from bench.plugins.jax_common import sgd_momentum_init
+    from bench.frameworks.jax import sgd_momentum_init
 
     params = {"W": jnp.zeros((4, 4)), "b": jnp.zeros(4)}
     with pytest.raises(TypeError):
@@ -510,7 +510,7 @@ def test_nfe_counts_with_output_times(name):
 
 def test_checkpoint_schedule_replay_without_recomputation():
     pytest.importorskip("jax")
-    from bench.plugins.jax_common import checkpoint_backward_iterations
+    from bench.frameworks.jax import checkpoint_backward_iterations
 
     # 90 checkpoints for max_steps=4096: short solves store every step
     assert [checkpoint_backward_iterations(n, 4096) for n in (0, 1, 5, 30)] == [0, 1, 5, 30]
@@ -525,7 +525,7 @@ class JaxToyTask(AbstractTask):
     def __init__(self, ctx: CellContext):
         import jax
         import jax.numpy as jnp
-        from bench.plugins.jax_common import CompiledStep, jax_device
+        from bench.frameworks.jax import CompiledStep, jax_device
 
         self.backend = ctx.backend
         self.num_train_steps = int(ctx.budget.settings["steps"])
@@ -566,7 +566,7 @@ def _rknet_output_times_case():
     (0, 1, 1, 2, 1, 1, 1, 2 steps of at most 1/3), then 30 more equal ones (1 step each)."""
     import jax
     import jax.numpy as jnp
-    from bench.plugins.fixed_grid import steps_in_interval
+    from bench.frameworks.fixed_grid import steps_in_interval
 
     b = backend("jax-rknet")
     params_np, y0_np = _problem()

@@ -14,8 +14,9 @@ import pytest
 pytest.importorskip("jax")
 pytest.importorskip("equinox")
 
-from bench.suites.mnist import BUDGETS, MnistPipeline, MnistSuite, model_weights  # noqa: E402
-from bench.suites.mnist_data import MnistArrays  # noqa: E402
+from bench.suites.mnist import MnistSuite  # noqa: E402
+from bench.suites.mnist_data import BUDGETS, MnistPipeline, model_weights  # noqa: E402
+from bench.suites.mnist_files import MnistArrays  # noqa: E402
 
 from bench.interfaces import Budget, CellContext  # noqa: E402
 
@@ -72,7 +73,7 @@ def _torch_rk4_backend(steps: int = RK4_STEPS):
     class Backend:
         name = "torch-rk4-inline"
 
-        def ode_block(self, make_dynamics):
+        def ode_block(self, make_dynamics, tolerances=None):
             return Rk4Block(make_dynamics(True))
 
     return Backend()
@@ -279,13 +280,13 @@ def test_dopri5_tasks_train(tmp_path, name):
 @pytest.mark.slow
 def test_mnist_suite_runs_a_jax_cell(tmp_path, monkeypatch):
     """Through the suite and the core (needs "jax" in MnistSuite.frameworks)."""
-    if "jax" not in MnistSuite.frameworks:
+    if "jax" not in MnistSuite().frameworks:
         pytest.skip("suites/mnist.py does not dispatch to the JAX model yet")
-    from bench.suites import mnist_data
+    from bench.suites import mnist_files
 
     from bench.cell import CellSpec, run_cell
 
-    monkeypatch.setattr(mnist_data, "load_mnist", lambda *a, **k: _arrays())
+    monkeypatch.setattr(mnist_files, "load_mnist", lambda *a, **k: _arrays())
     suite = MnistSuite()
     monkeypatch.setattr(suite, "budgets", {**suite.budgets, "tiny": TINY})
     backend = _jax_backend("jax-rknet")

@@ -9,11 +9,11 @@ import math
 
 import numpy as np
 import pytest
-from bench.suites import latent_ode_data
-from bench.suites.latent_ode import (
+from bench.suites import latent_ode_series
+from bench.suites.latent_ode import LatentOdeSuite
+from bench.suites.latent_ode_data import (
     BUDGETS,
     LatentOdeData,
-    LatentOdeSuite,
     initial_weights,
     layer_shapes,
     observation_mask,
@@ -65,9 +65,9 @@ def _backend(backends, name):
 # -- generators, masks, splits, metrics ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(latent_ode_data.GENERATORS))
+@pytest.mark.parametrize("name", sorted(latent_ode_series.GENERATORS))
 def test_generators_seeded_shaped_finite(name):
-    make = latent_ode_data.GENERATORS[name]
+    make = latent_ode_series.GENERATORS[name]
     a = make(np.random.default_rng(5), num_series=7, num_points=30)
     b = make(np.random.default_rng(5), num_series=7, num_points=30)
     c = make(np.random.default_rng(6), num_series=7, num_points=30)
@@ -81,7 +81,7 @@ def test_generators_seeded_shaped_finite(name):
 
 
 def test_periodic_times_are_irregular_in_zero_to_five_and_series_are_sinusoids():
-    s = latent_ode_data.periodic(np.random.default_rng(0), num_series=50, num_points=100)
+    s = latent_ode_series.periodic(np.random.default_rng(0), num_series=50, num_points=100)
     assert 0.0 < s.times[0] and s.times[-1] < 5.0
     gaps = np.diff(s.times)
     assert gaps.std() > 0.3 * gaps.mean()  # irregular, not a grid
@@ -93,7 +93,7 @@ def test_periodic_times_are_irregular_in_zero_to_five_and_series_are_sinusoids()
 
 
 def test_spirals_are_chen_windows_both_directions():
-    s = latent_ode_data.spirals(np.random.default_rng(0), num_series=200, num_points=100)
+    s = latent_ode_series.spirals(np.random.default_rng(0), num_series=200, num_points=100)
     assert 0.3 < s.info["clockwise"].mean() < 0.7
     step = 6 * np.pi / 999
     np.testing.assert_allclose(np.diff(s.times), step, rtol=1e-4)
@@ -101,7 +101,7 @@ def test_spirals_are_chen_windows_both_directions():
     centre = s.clean[:, :, 0].mean(1)
     assert np.all(centre[~s.info["clockwise"]] > 0) and np.all(centre[s.info["clockwise"]] < 0)
     with pytest.raises(ValueError, match="num_points"):
-        latent_ode_data.spirals(np.random.default_rng(0), num_points=1001)
+        latent_ode_series.spirals(np.random.default_rng(0), num_points=1001)
 
 
 def test_observation_mask_sees_exactly_n_window_points():
@@ -479,9 +479,9 @@ def test_jax_ode_rnn_posterior_matches_torch(backends, jax_backends):
     if "diffrax-backsolve" not in jax_backends:
         pytest.skip("diffrax-backsolve is not registered")
     backend = jax_backends["diffrax-backsolve"]
-    from bench.plugins.jax_common import with_tolerances
+    from bench.interfaces import Tolerances
 
-    lj_backend = with_tolerances(backend, 1e-7, 1e-9)
+    tolerances = Tolerances(1e-7, 1e-9)
     data = _ode_rnn()
     torch_model = _model(_backend(backends, "torch-direct"), data)
     jax_model = lj.load_neutral_weights(lj.LatentOdeModel(data.sizes),
@@ -491,7 +491,8 @@ def test_jax_ode_rnn_posterior_matches_torch(backends, jax_backends):
 
     def evolve(h, i):
         state = jnp.concatenate([h, jnp.full((h.shape[0], 1), float(gaps[i]))], axis=1)
-        out, _ = lj_backend.solve(lj.encoder_field, jax_model.encoder_ode(), state, 0.0, 1.0)
+        out, _ = backend.solve(lj.encoder_field, jax_model.encoder_ode(), state, 0.0, 1.0,
+                               tolerances=tolerances)
         return out[:, :-1]
 
     with torch.no_grad():

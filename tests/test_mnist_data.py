@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bench.suites import mnist_data
-from bench.suites.mnist_data import (
+from bench.suites import mnist_files
+from bench.suites.mnist_files import (
     FILES,
     MnistDataError,
     load_folder,
@@ -41,12 +41,12 @@ def write_mnist(folder: Path, n_train: int = 12, n_test: int = 6, gz: bool = Fal
 def _isolated(monkeypatch, tmp_path):
     """No real cache, no environment variable, no network."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-    monkeypatch.delenv(mnist_data.ENV_VAR, raising=False)
+    monkeypatch.delenv(mnist_files.ENV_VAR, raising=False)
 
     def no_network(url, timeout=None):
         raise urllib.error.URLError("network disabled in tests")
 
-    monkeypatch.setattr(mnist_data, "urlopen", no_network)
+    monkeypatch.setattr(mnist_files, "urlopen", no_network)
 
 
 @pytest.mark.parametrize("gz", [False, True])
@@ -116,11 +116,11 @@ def test_image_label_count_mismatch(tmp_path):
 def test_lookup_order_option_then_env_then_cache(tmp_path, monkeypatch):
     option_dir = write_mnist(tmp_path / "option", n_test=1)
     env_dir = write_mnist(tmp_path / "env", n_test=2)
-    cache = write_mnist(mnist_data.cache_dir(), n_test=3)
-    monkeypatch.setenv(mnist_data.ENV_VAR, str(env_dir))
+    cache = write_mnist(mnist_files.cache_dir(), n_test=3)
+    monkeypatch.setenv(mnist_files.ENV_VAR, str(env_dir))
     assert len(load_mnist(option_dir, log=lambda m: None).test_labels) == 1
     assert len(load_mnist(None, log=lambda m: None).test_labels) == 2
-    monkeypatch.delenv(mnist_data.ENV_VAR)
+    monkeypatch.delenv(mnist_files.ENV_VAR)
     assert load_mnist(None, log=lambda m: None).source == cache
 
 
@@ -136,7 +136,7 @@ def test_offline_error_says_where_it_looked_and_what_to_do(tmp_path):
     with pytest.raises(BenchError) as info:
         load_mnist(None, download=True, log=lambda m: None)
     message = str(info.value)
-    for needle in (str(mnist_data.cache_dir()), "--data-dir", mnist_data.ENV_VAR,
+    for needle in (str(mnist_files.cache_dir()), "--data-dir", mnist_files.ENV_VAR,
                    "network disabled", "train-images-idx3-ubyte"):
         assert needle in message
     with pytest.raises(BenchError, match="downloads are disabled"):
@@ -165,18 +165,18 @@ def _fake_mirror(tmp_path: Path, corrupt: set[str]) -> tuple[dict, list[str]]:
 
 def test_download_into_cache_with_md5_check(tmp_path, monkeypatch):
     mirror, requested = _fake_mirror(tmp_path, corrupt=set())
-    monkeypatch.setattr(mnist_data, "MD5", mirror["md5"])
+    monkeypatch.setattr(mnist_files, "MD5", mirror["md5"])
 
     def opener(url, timeout=None):
         requested.append(url)
         return _FakeResponse(mirror["payloads"][url.rsplit("/", 1)[1]])
 
-    monkeypatch.setattr(mnist_data, "urlopen", opener)
+    monkeypatch.setattr(mnist_files, "urlopen", opener)
     data = load_mnist(None, download=True, log=lambda m: None)
-    assert data.source == mnist_data.cache_dir()
+    assert data.source == mnist_files.cache_dir()
     assert len(data.train_labels) == 12
     assert sorted(p.name for p in data.source.iterdir()) == sorted(mirror["payloads"])
-    assert len(requested) == 4 and all(u.startswith(mnist_data.MIRRORS[0]) for u in requested)
+    assert len(requested) == 4 and all(u.startswith(mnist_files.MIRRORS[0]) for u in requested)
     load_mnist(None, download=True)  # cached: no new request
     assert len(requested) == 4
 
@@ -185,36 +185,36 @@ def test_corrupted_download_is_rejected_and_next_mirror_tried(tmp_path, monkeypa
     name = FILES["train_images"] + ".gz"
     mirror, requested = _fake_mirror(tmp_path, corrupt={name})
     good = _fake_mirror(tmp_path / "good", corrupt=set())[0]["payloads"]
-    monkeypatch.setattr(mnist_data, "MD5", mirror["md5"])
+    monkeypatch.setattr(mnist_files, "MD5", mirror["md5"])
 
     def opener(url, timeout=None):
         requested.append(url)
-        first = url.startswith(mnist_data.MIRRORS[0])
+        first = url.startswith(mnist_files.MIRRORS[0])
         return _FakeResponse((mirror if first else {"payloads": good})["payloads"][
             url.rsplit("/", 1)[1]])
 
-    monkeypatch.setattr(mnist_data, "urlopen", opener)
+    monkeypatch.setattr(mnist_files, "urlopen", opener)
     load_mnist(None, log=lambda m: None)
-    assert [u for u in requested if u.endswith(name)] == [m + name for m in mnist_data.MIRRORS]
+    assert [u for u in requested if u.endswith(name)] == [m + name for m in mnist_files.MIRRORS]
     # no stray temporary files in the cache
-    assert not [p for p in mnist_data.cache_dir().iterdir() if p.name.endswith(".part")]
+    assert not [p for p in mnist_files.cache_dir().iterdir() if p.name.endswith(".part")]
 
 
 def test_corrupted_download_everywhere_is_an_error(tmp_path, monkeypatch):
     name = FILES["test_labels"] + ".gz"
     mirror, _ = _fake_mirror(tmp_path, corrupt={name})
-    monkeypatch.setattr(mnist_data, "MD5", mirror["md5"])
-    monkeypatch.setattr(mnist_data, "urlopen", lambda url, timeout=None: _FakeResponse(
+    monkeypatch.setattr(mnist_files, "MD5", mirror["md5"])
+    monkeypatch.setattr(mnist_files, "urlopen", lambda url, timeout=None: _FakeResponse(
         mirror["payloads"][url.rsplit("/", 1)[1]]))
     with pytest.raises(BenchError, match=f"{name}: md5 .*, expected {mirror['md5'][name]}"):
         load_mnist(None, log=lambda m: None)
-    assert not (mnist_data.cache_dir() / name).exists()
-    assert not [p for p in mnist_data.cache_dir().iterdir() if p.name.endswith(".part")]
+    assert not (mnist_files.cache_dir() / name).exists()
+    assert not [p for p in mnist_files.cache_dir().iterdir() if p.name.endswith(".part")]
 
 
 def test_known_md5_table_matches_the_standard_files():
-    assert mnist_data.MD5["t10k-images-idx3-ubyte.gz"] == "9fb629c4189551a2d022fa330f9573f3"
-    assert set(mnist_data.MD5) == {base + ".gz" for base in FILES.values()}
+    assert mnist_files.MD5["t10k-images-idx3-ubyte.gz"] == "9fb629c4189551a2d022fa330f9573f3"
+    assert set(mnist_files.MD5) == {base + ".gz" for base in FILES.values()}
 
 
 SHARED = Path("/work/shared/data/mnist")
@@ -224,7 +224,7 @@ SHARED = Path("/work/shared/data/mnist")
 def test_shared_copy_test_files_have_the_known_md5():
     for base in (FILES["test_images"], FILES["test_labels"]):
         digest = hashlib.md5((SHARED / (base + ".gz")).read_bytes(), usedforsecurity=False)
-        assert digest.hexdigest() == mnist_data.MD5[base + ".gz"]
+        assert digest.hexdigest() == mnist_files.MD5[base + ".gz"]
     labels = read_idx(SHARED / (FILES["test_labels"] + ".gz"), magic=2049)
     assert labels.shape == (10000,)
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bench.suites import mnist
-from bench.suites.mnist import BUDGETS, MnistPipeline, MnistSuite, model_weights, parameter_specs
-from bench.suites.mnist_data import MnistArrays
+from bench.suites import mnist_data
+from bench.suites.mnist import MnistSuite
+from bench.suites.mnist_data import BUDGETS, MnistPipeline, model_weights, parameter_specs
+from bench.suites.mnist_files import MnistArrays
 from test_mnist_data import write_mnist
 
 from bench.cell import CellSpec, run_cell
@@ -37,7 +38,7 @@ def _arrays(n_train: int = 40, n_test: int = 10) -> MnistArrays:
 def backends():
     """The registered torch backends (the tests using them skip without torch)."""
     pytest.importorskip("torch")
-    pytest.importorskip("bench.plugins.torch_common")
+    pytest.importorskip("bench.frameworks.torch")
     from bench.registry import PluginSelection, Registry
 
     registry = Registry.load(PluginSelection(entry_points=False))
@@ -105,9 +106,9 @@ def test_batch_order_and_crops_depend_only_on_seed():
 
 def test_random_crop_shifts_with_zero_padding():
     image = np.arange(1, 28 * 28 + 1).reshape(1, 28, 28) % 251 + 1
-    out = mnist.random_crop(image, np.array([[4, 4]]), 4)
+    out = mnist_data.random_crop(image, np.array([[4, 4]]), 4)
     np.testing.assert_array_equal(out, image)  # centre: no shift
-    out = mnist.random_crop(image, np.array([[0, 8]]), 4)  # down 4, left 4
+    out = mnist_data.random_crop(image, np.array([[0, 8]]), 4)  # down 4, left 4
     np.testing.assert_array_equal(out[0, 4:, :24], image[0, :24, 4:])
     assert (out[0, :4] == 0).all() and (out[0, :, 24:] == 0).all()
     x, _ = MnistPipeline(_arrays(), BUDGETS["smoke"].settings | {"train_subset": 40,
@@ -231,14 +232,14 @@ def test_same_batches_across_backends(backends, tmp_path, monkeypatch):
     from bench.suites import mnist_torch
 
     seen: dict[str, list] = {}
-    original = mnist.MnistPipeline.train_batch
+    original = mnist_data.MnistPipeline.train_batch
 
     def spy(self, step):
         x, y = original(self, step)
         seen.setdefault(current, []).append((x.copy(), y.copy()))
         return x, y
 
-    monkeypatch.setattr(mnist.MnistPipeline, "train_batch", spy)
+    monkeypatch.setattr(mnist_data.MnistPipeline, "train_batch", spy)
     data_dir = write_mnist(tmp_path / "mnist", n_train=16, n_test=8)
     for current in ("torch-direct", "resnet"):
         (tmp_path / current).mkdir()

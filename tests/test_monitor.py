@@ -12,7 +12,7 @@ from conftest import FAKE_ONLY
 from fake_plugins import LinearSuite, NumpyEulerBackend
 
 from bench.cell import CellSpec, run_cell
-from bench.interfaces import solver_settings
+from bench.interfaces import Tolerances, solver_settings
 from bench.monitor import CellMonitor, step_time_spread, timing_warning
 from bench.request import expand
 from bench.results import RunDirectory
@@ -84,7 +84,7 @@ def test_timing_warning_reasons():
 
 class _Task:
     solver = None
-    tolerances: dict = {}
+    tolerances: Tolerances | None = None
 
 
 def test_solver_settings_budget_wins_over_backend():
@@ -92,7 +92,7 @@ def test_solver_settings_budget_wins_over_backend():
     backend.solver, backend.rtol, backend.atol = "dopri5", 1e-3, 1e-3
     task = _Task()
     assert solver_settings(backend, task)["rtol"] == 1e-3
-    task.tolerances = {"rtol": 1e-4, "atol": 1e-5}
+    task.tolerances = Tolerances(1e-4, 1e-5)
     assert solver_settings(backend, task) == {"rtol": 1e-4, "atol": 1e-5, "adjoint_rtol": None,
                                               "adjoint_atol": None}
     backend.gradient_method = "adjoint"
@@ -110,7 +110,7 @@ def test_run_cell_records_the_tolerances_the_task_ran_with(tmp_path):
     class TolerantSuite(LinearSuite):
         def build_task(self, ctx):
             task = super().build_task(ctx)
-            task.tolerances = {"rtol": 1e-4, "atol": 1e-6}
+            task.tolerances = Tolerances(1e-4, 1e-6)
             return task
 
     backend = NumpyEulerBackend("adaptive")

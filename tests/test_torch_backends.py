@@ -1,5 +1,5 @@
 """The four torch backends (torch-adjoint, torch-direct, rknet, resnet) against the contract of
-``plugins/torch_common.py``: counts checked against independent counters and the solver's step
+``bench.frameworks.torch``: counts checked against independent counters and the solver's step
 counts, gradients against central finite differences, RK4 against its exact update, trajectories
 against matrix exponentials, saved-for-backward bytes against depth, devices and availability."""
 
@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchdiffeq")
 
-from bench.plugins.torch_common import (  # noqa: E402
+from bench.frameworks.torch import (  # noqa: E402
     CudaAllocatorTracker,
     StepCounts,
     TorchBackend,
@@ -25,7 +25,7 @@ from bench.plugins.torch_common import (  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bench.errors import BenchError  # noqa: E402
-from bench.interfaces import StepStats  # noqa: E402
+from bench.interfaces import StepStats, Tolerances  # noqa: E402
 from bench.registry import PluginSelection, Registry  # noqa: E402
 
 TORCH_PLUGINS = ("bench.plugins.torch_adjoint", "bench.plugins.torch_direct", "bench.plugins.rknet",
@@ -191,7 +191,7 @@ def test_bad_settings_are_refused(backends):
 @pytest.mark.parametrize("name", ["torch-adjoint", "torch-direct"])
 def test_dopri5_counts_match_step_counts_and_independent_counters(backends, name):
     f = Mlp()
-    block = backends[name].ode_block(lambda td: f, 0.0, 1.5, rtol=1e-5, atol=1e-5)
+    block = backends[name].ode_block(lambda td: f, 0.0, 1.5, tolerances=Tolerances(1e-5, 1e-5))
     y0 = torch.randn(2, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
     loss = block(y0).pow(2).sum()
     forward = block.pop_stats()
@@ -220,8 +220,8 @@ def test_rejected_steps_are_counted_and_first_step_skips_the_probe():
     from bench.plugins.torch_direct import TorchDirectBackend
 
     a = [[-30.0, 1.0], [0.0, -0.5]]
-    block = TorchDirectBackend(first_step=1.0).ode_block(lambda td: Linear(a), rtol=1e-6,
-                                                         atol=1e-8)
+    block = TorchDirectBackend(first_step=1.0).ode_block(lambda td: Linear(a),
+                                                         tolerances=Tolerances(1e-6, 1e-8))
     block(torch.ones(1, 2, dtype=F64))
     counts = block.pop_stats()
     assert counts.steps_rejected > 0
@@ -268,7 +268,7 @@ def test_fixed_steps_gives_exactly_L_steps_on_every_backend(backends, dtype):
 @pytest.mark.parametrize("name, tol", [("torch-adjoint", 1e-6), ("torch-direct", 1e-7),
                                        ("rknet", 1e-7), ("resnet", 1e-7)])
 def test_gradients_match_central_finite_differences(backends, name, tol):
-    kwargs = {"rtol": 1e-10, "atol": 1e-10} if name.startswith("torch-") else {}
+    kwargs = {"tolerances": Tolerances(1e-10, 1e-10)} if name.startswith("torch-") else {}
     block = backends[name].ode_block(lambda td: Mlp(seed=1), 0.0, 0.5, **kwargs)
     y0 = torch.randn(2, 3, dtype=F64, generator=torch.Generator().manual_seed(2),
                      requires_grad=True)
@@ -335,8 +335,8 @@ def test_trajectories_match_the_exact_solution_and_resnet_refuses_times(backends
     y0 = torch.tensor([[1.0, 0.5], [0.0, -1.0]], dtype=F64)
     times = torch.tensor([0.0, 0.13, 0.4, 1.1, 2.0], dtype=F64)
     exact = torch.stack([y0 @ torch.linalg.matrix_exp(a * t).T for t in times])
-    for name, kwargs, tol in (("torch-adjoint", {"rtol": 1e-8, "atol": 1e-8}, 1e-6),
-                              ("torch-direct", {"rtol": 1e-8, "atol": 1e-8}, 1e-6),
+    for name, kwargs, tol in (("torch-adjoint", {"tolerances": Tolerances(1e-8, 1e-8)}, 1e-6),
+                              ("torch-direct", {"tolerances": Tolerances(1e-8, 1e-8)}, 1e-6),
                               ("rknet", {"fixed_steps": 40}, 1e-6)):
         block = backends[name].ode_block(lambda td: Linear(a), 0.0, 2.0, **kwargs)
         ys = block(y0, times=times)
@@ -350,8 +350,8 @@ def test_trajectories_match_the_exact_solution_and_resnet_refuses_times(backends
 
 def test_rknet_float32_output_times_get_whole_steps(backends):
     """linspace(0, 1, 4) in float32 gives intervals of 1/3 +- 3e-8: two steps of 1/6 each, as the
-    JAX twin (bench.plugins.fixed_grid), not a third step for the rounding."""
-    from bench.plugins.fixed_grid import steps_in_interval
+    JAX twin (bench.frameworks.fixed_grid), not a third step for the rounding."""
+    from bench.frameworks.fixed_grid import steps_in_interval
 
     assert [steps_in_interval(x, 1 / 6, 6) for x in (1 / 3 + 3e-8, 1 / 3 - 3e-8, 0.34, 0.0)] == \
         [2, 2, 3, 1]

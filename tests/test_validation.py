@@ -202,15 +202,15 @@ def no_mnist(monkeypatch, tmp_path):
     """No MNIST anywhere and no network."""
     import urllib.error
 
-    from bench.suites import mnist_data
+    from bench.suites import mnist_files
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-    monkeypatch.delenv(mnist_data.ENV_VAR, raising=False)
+    monkeypatch.delenv(mnist_files.ENV_VAR, raising=False)
 
     def no_network(url, timeout=None):
         raise urllib.error.URLError("network disabled in tests")
 
-    monkeypatch.setattr(mnist_data.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(mnist_files.urllib.request, "urlopen", no_network)
 
 
 def test_mnist_check_data_finds_files_or_says_how_to_supply_them(builtin_registry, no_mnist,

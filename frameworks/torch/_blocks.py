@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from bench.plugins.fixed_grid import steps_in_interval
-from bench.plugins.torch_common import StepCounts
+from bench.frameworks.fixed_grid import steps_in_interval
+from bench.frameworks.torch._training import StepCounts
 from torch import nn
 
 from bench.errors import BenchError
@@ -116,7 +116,8 @@ class TorchdiffeqBlock(OdeBlock):
     """torchdiffeq ``odeint`` (direct backpropagation) or ``odeint_adjoint``."""
 
     def __init__(self, dynamics: nn.Module, t0: float, t1: float, *, adjoint: bool, method: str,
-                 rtol: float, atol: float, options: dict | None):
+                 rtol: float, atol: float, options: dict | None,
+                 adjoint_rtol: float | None = None, adjoint_atol: float | None = None):
         # imported here, when the task is built, never inside the first timed step: importing
         # torchdiffeq (it pulls in scipy) took 1.2 s, counted as compile_time_s
         import torchdiffeq  # noqa: F401
@@ -129,6 +130,10 @@ class TorchdiffeqBlock(OdeBlock):
         self.adjoint, self.method, self.rtol, self.atol = adjoint, method, rtol, atol
         self.options = dict(options or {})
         self.counts_steps = adaptive
+        # the reverse solve's own tolerances (None: torchdiffeq's default, the forward ones)
+        self.adjoint_tolerances = {k: float(v) for k, v in (("adjoint_rtol", adjoint_rtol),
+                                                             ("adjoint_atol", adjoint_atol))
+                                   if v is not None}
 
     def _integrate(self, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         import torchdiffeq
@@ -138,7 +143,7 @@ class TorchdiffeqBlock(OdeBlock):
         if self.adjoint:
             return torchdiffeq.odeint_adjoint(self.func, y0, t,
                                               adjoint_params=tuple(self.func.parameters()),
-                                              **kwargs)
+                                              **self.adjoint_tolerances, **kwargs)
         return torchdiffeq.odeint(self.func, y0, t, **kwargs)
 
 

@@ -1,47 +1,15 @@
-"""Shared code of the JAX backends (:mod:`bench.plugins.jax_diffrax`) and the API that JAX suites
-call.
-
-Importing this module never imports jax: the base class must be usable to report "jax is not
-installed". Everything numerical imports jax inside the function that needs it.
-
-The API a JAX suite uses (the counterpart of ``plugins/torch_common.py``)::
-
-    y, stats = backend.solve(f, params, y0, t0, t1)        # f(t, y, params) -> dy/dt
-    ys, stats = backend.solve(f, params, y0, t0, t1, ts=ts)  # y at each time of ts
-    y, stats = backend.solve(f, params, y0, t0, t1, fixed_steps=L)  # exactly L fixed steps
-
-    vg = backend.value_and_grad(loss_fn, has_aux=True)     # loss_fn(params, *args) calls solve
-    (loss, aux), grads, counts = vg(params, *args)         # inside jax.jit
-    step = CompiledStep(fn)                                # fn(*args) -> (state, loss, counts)
-    state, loss, counts = step(*args)                      # compiled at the first call; blocks
-    stats = backend.step_stats(loss, counts, extra={"xla_temp_bytes": step.xla_temp_bytes})
-
-``solve`` works inside ``jax.jit`` and ``jax.grad``. ``stats`` is a dict of int32 arrays read from
-the solver (never from host callbacks): ``num_steps`` (accepted + rejected), ``num_accepted_steps``,
-``num_rejected_steps``, ``nfe_forward`` and what the backward count needs. Inside
-``value_and_grad`` every solve call also records its stats in ``counts`` (call ``solve`` at the top
-level of ``loss_fn``, not inside ``lax.scan``/``vmap`` bodies, whose tracers cannot leave them), and
-the backsolve backend reads the reverse solves' statistics through ``counts["probe"]`` (see
-:mod:`bench.plugins.jax_diffrax`). :meth:`JaxBackend.step_stats` turns the counts into a
-:class:`bench.interfaces.StepStats` on the host; what each number counts is in the backend's
-``nfe_notes``.
-
-Blocking: JAX dispatches asynchronously. :class:`CompiledStep` blocks on every output of the step
-(new parameters, optimiser state, loss, counts) before returning, so a task's ``train_step`` returns
-only when the step's work has finished; :meth:`JaxBackend.synchronize` additionally blocks on every
-live array and on pending effects, so nothing queued can leak into the next clock reading.
-"""
+"""The JAX backend base: availability (without importing jax), devices, synchronisation, memory,
+and the solve / value_and_grad / step_stats contract a JAX suite asks of a backend."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib.util
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from bench.errors import BenchError
-from bench.interfaces import AbstractBackend, MemoryTracker, StepStats
+from bench.interfaces import AbstractBackend, MemoryTracker, StepStats, Tolerances
 
 REQUIRED_MODULES = ("jax", "diffrax", "equinox")
 INSTALL_HINT = "pip install 'neural-ode-bench[jax]'"
@@ -165,12 +133,8 @@ class JaxBackend(AbstractBackend):
     """
 
     framework = "jax"
-    #: Integrates a continuous-time model (the ResNet, with untied weights, has no JAX backend).
-    continuous_time = True
-    rtol: float = 1e-3
-    atol: float = 1e-3
-    #: What each NFE number counts, for the results' notes.
-    nfe_notes: str = ""
+    rtol: float | None = 1e-3
+    atol: float | None = 1e-3
 
     # -- environment ----------------------------------------------------------------------------
     def check_available(self) -> str | None:
@@ -227,8 +191,8 @@ class JaxBackend(AbstractBackend):
         import equinox  # noqa: F401
 
     def solve(self, f: Callable[[Any, Any, Any], Any], params: Any, y0: Any, t0: float,
-              t1: float, *, ts: Any = None, fixed_steps: int | None = None
-              ) -> tuple[Any, dict[str, Any]]:
+              t1: float, *, ts: Any = None, fixed_steps: int | None = None,
+              tolerances: Tolerances | None = None) -> tuple[Any, dict[str, Any]]:
         """Integrate dy/dt = f(t, y, params) from t0 to t1; usable inside ``jax.jit``/``grad``.
 
         :param f: the dynamics, ``f(t, y, params) -> dy/dt`` (same pytree structure as y).
@@ -238,6 +202,8 @@ class JaxBackend(AbstractBackend):
             the states at those times, stacked along a new leading axis.
         :param fixed_steps: take exactly this many equal steps over [t0, t1] (no step-size
             control), e.g. for the memory-scaling study.
+        :param tolerances: replace the backend's own tolerances (adaptive solvers; a fixed-step
+            solve has none and ignores them); None: the backend's.
         :returns: ``(y, stats)``; ``stats`` holds int32 arrays (see the module docstring).
         """
         raise NotImplementedError
@@ -325,200 +291,18 @@ class JaxBackend(AbstractBackend):
         raise NotImplementedError
 
 
-# -------------------------------------------------------------------------------------------------
-# Counting the recomputation of diffrax's checkpointed loop
-# -------------------------------------------------------------------------------------------------
+@runtime_checkable
+class SolveBackend(Protocol):
+    """What a JAX suite asks of a backend (:class:`JaxBackend` implements it)."""
 
+    def solve(self, f: Callable[[Any, Any, Any], Any], params: Any, y0: Any, t0: float,
+              t1: float, *, ts: Any = None, fixed_steps: int | None = None,
+              tolerances: Tolerances | None = None) -> tuple[Any, dict[str, Any]]: ...
 
-@functools.cache
-def _checkpoint_replay(max_steps: int, checkpoints: int | None) -> Callable[[int], int]:
-    """A compiled toy loop run by equinox's real checkpointed while loop (the one diffrax's
-    RecursiveCheckpointAdjoint uses), differentiated, with a host counter in its body: returns
-    a function n -> number of body evaluations the backward pass makes after n forward steps.
+    def value_and_grad(self, loss_fn: Callable[..., Any], has_aux: bool = False
+                       ) -> Callable[..., tuple[Any, Any, dict[str, Any]]]: ...
 
-    This is an instrumented replay of the checkpointing schedule only (it is a function of n,
-    max_steps and checkpoints, never of the data), run outside the compiled training step.
-    """
-    import equinox.internal as eqxi
-    import jax
-    import jax.numpy as jnp
+    def step_stats(self, loss: Any, counts: Mapping[str, Any],
+                   extra: Mapping[str, float] | None = None) -> StepStats: ...
 
-    calls = [0]
-
-    def tick() -> None:
-        calls[0] += 1
-
-    def body(carry: tuple[Any, Any]) -> tuple[Any, Any]:
-        i, x = carry
-        jax.debug.callback(tick)
-        return i + 1, x * 1.5
-
-    def run(x: Any, n: Any) -> Any:
-        _, out = eqxi.while_loop(lambda c: c[0] < n, body, (jnp.int32(0), x),
-                                 max_steps=max_steps, kind="checkpointed",
-                                 checkpoints=checkpoints)
-        return out
-
-    forward = jax.jit(lambda x, n: jax.vjp(lambda x_: run(x_, n), x))
-    backward = jax.jit(lambda vjp_fn, ct: vjp_fn(ct))
-
-    @functools.cache
-    def backward_iterations(n: int) -> int:
-        x = jnp.float32(1.0)
-        calls[0] = 0
-        _, vjp_fn = forward(x, jnp.int32(n))
-        jax.block_until_ready(vjp_fn)
-        jax.effects_barrier()
-        if calls[0] != n:
-            raise RuntimeError(f"checkpoint replay: {calls[0]} forward steps, expected {n}")
-        calls[0] = 0
-        jax.block_until_ready(backward(vjp_fn, jnp.float32(1.0)))
-        jax.effects_barrier()
-        return calls[0]
-
-    return backward_iterations
-
-
-def checkpoint_backward_iterations(num_steps: int, max_steps: int,
-                                   checkpoints: int | None = None) -> int:
-    """Loop-body evaluations in the backward pass of diffrax's RecursiveCheckpointAdjoint after
-    ``num_steps`` forward steps: each evaluation recomputes one solver step from a checkpoint,
-    either to move forward to the step being differentiated or to linearise it for its VJP."""
-    if num_steps <= 0:
-        return 0
-    return _checkpoint_replay(int(max_steps), checkpoints)(int(num_steps))
-
-
-# -------------------------------------------------------------------------------------------------
-# A whole training step, compiled once
-# -------------------------------------------------------------------------------------------------
-
-
-class CompiledStep:
-    """``fn`` compiled ahead of time at its first call (so compilation falls in the first,
-    warm-up step), then called through ``jax.jit``'s dispatch, which reuses that executable:
-    arguments of another shape or dtype raise TypeError (after jax has compiled them: the error is
-    for a task's bug, not a path to take). Every call blocks until all outputs are ready.
-
-    Calling the ``jax.stages.Compiled`` object itself takes a slower Python path: 1.5 ms more per
-    step on the CNF (10.9 against 9.4 ms for diffrax-checkpoint), which a plain training loop
-    calling a jitted function does not pay.
-
-    ``xla_temp_bytes`` is XLA's compiled memory analysis of the step (temporary buffers).
-    """
-
-    def __init__(self, fn: Callable[..., Any], donate_argnums: tuple[int, ...] = ()):
-        self.fn = fn
-        self.donate_argnums = donate_argnums
-        self.compiled: Any = None
-        self.xla_temp_bytes: int | None = None
-        self.calls = 0
-        self._jitted: Any = None
-
-    def lower(self, *args: Any) -> Any:
-        import jax
-
-        if self._jitted is None:
-            self._jitted = jax.jit(self.fn, donate_argnums=self.donate_argnums)
-        return self._jitted.lower(*args)
-
-    def __call__(self, *args: Any) -> Any:
-        import jax
-
-        if self.compiled is None:
-            self.compiled = self.lower(*args).compile()
-            try:
-                analysis = self.compiled.memory_analysis()
-                self.xla_temp_bytes = int(analysis.temp_size_in_bytes)
-            except Exception:  # not every platform reports it
-                self.xla_temp_bytes = None
-        out = self._jitted(*args)
-        self.calls += 1
-        cache_size = getattr(self._jitted, "_cache_size", None)
-        if cache_size is not None and cache_size() > 1:
-            raise TypeError("a compiled training step was called with arguments of another "
-                            "shape or dtype than at its first call, which made jax compile it "
-                            "again (a task must keep its shapes fixed)")
-        return jax.block_until_ready(out)
-
-    def extra(self) -> dict[str, float]:
-        """``{"xla_temp_bytes": ...}`` for :class:`StepStats`, when known."""
-        return {} if self.xla_temp_bytes is None else {"xla_temp_bytes": float(self.xla_temp_bytes)}
-
-
-# -------------------------------------------------------------------------------------------------
-# Optimisers (plain pytrees; no optax dependency)
-# -------------------------------------------------------------------------------------------------
-
-
-class CompileOnce:
-    """For ``prepare_evaluation``: run a jitted call once per input-shape key, so that each shape
-    is compiled before the evaluation's clock starts and no later evaluation runs it again."""
-
-    def __init__(self) -> None:
-        self._done: set[Any] = set()
-
-    def __call__(self, key: Any, call: Callable[[], Any]) -> None:
-        if key in self._done:
-            return
-        self._done.add(key)
-        import jax
-
-        jax.block_until_ready(call())
-
-
-def with_tolerances(backend: Any, rtol: float, atol: float) -> Any:
-    """``backend`` with a suite budget's tolerances: a shallow copy with ``rtol``/``atol`` set
-    (adaptive backends); a fixed-step backend, which has none, is returned as it is."""
-    import copy
-
-    if not hasattr(backend, "rtol"):
-        return backend
-    tuned = copy.copy(backend)
-    tuned.rtol, tuned.atol = float(rtol), float(atol)
-    return tuned
-
-
-def sgd_momentum_init(params: Any) -> Any:
-    """Momentum buffers of :func:`sgd_momentum_update` (zeros like the float leaves)."""
-    import jax
-    import jax.numpy as jnp
-
-    return jax.tree_util.tree_map(jnp.zeros_like, params)
-
-
-def sgd_momentum_update(params: Any, grads: Any, buffers: Any, lr: Any, momentum: float
-                        ) -> tuple[Any, Any]:
-    """torch.optim.SGD(momentum=m) without dampening, Nesterov or weight decay:
-    ``b = m * b + g; p = p - lr * b`` (torch's first step sets b = g, the same as b = 0 here)."""
-    import jax
-
-    buffers = jax.tree_util.tree_map(lambda b, g: momentum * b + g, buffers, grads)
-    params = jax.tree_util.tree_map(lambda p, b: p - lr * b, params, buffers)
-    return params, buffers
-
-
-def adam_init(params: Any) -> Any:
-    """(step, first moments, second moments) for :func:`adam_update`."""
-    import jax
-    import jax.numpy as jnp
-
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    return jnp.int32(0), zeros, zeros
-
-
-def adam_update(params: Any, grads: Any, state: Any, lr: Any, b1: float = 0.9,
-                b2: float = 0.999, eps: float = 1e-8) -> tuple[Any, Any]:
-    """torch.optim.Adam (no weight decay, no amsgrad)."""
-    import jax
-    import jax.numpy as jnp
-
-    step, m, v = state
-    step = step + 1
-    m = jax.tree_util.tree_map(lambda m_, g: b1 * m_ + (1 - b1) * g, m, grads)
-    v = jax.tree_util.tree_map(lambda v_, g: b2 * v_ + (1 - b2) * g * g, v, grads)
-    c1 = 1 - b1 ** step.astype(jnp.float32)
-    c2 = 1 - b2 ** step.astype(jnp.float32)
-    params = jax.tree_util.tree_map(
-        lambda p, m_, v_: p - lr * (m_ / c1) / (jnp.sqrt(v_ / c2) + eps), params, m, v)
-    return params, (step, m, v)
+    def complete_step_stats(self, stats: StepStats) -> StepStats: ...

@@ -1,0 +1,67 @@
+"""The JAX framework layer: what JAX backends implement (:mod:`bench.plugins.jax_diffrax`) and
+JAX suites call.
+
+Importing this package never imports jax: the base class must be usable to report "jax is not
+installed". Everything numerical imports jax inside the function that needs it.
+
+The API a JAX suite uses (the counterpart of :mod:`bench.frameworks.torch`)::
+
+    y, stats = backend.solve(f, params, y0, t0, t1)        # f(t, y, params) -> dy/dt
+    ys, stats = backend.solve(f, params, y0, t0, t1, ts=ts)  # y at each time of ts
+    y, stats = backend.solve(f, params, y0, t0, t1, fixed_steps=L)  # exactly L fixed steps
+    y, stats = backend.solve(f, params, y0, t0, t1, tolerances=Tolerances(1e-5, 1e-5))
+
+    vg = backend.value_and_grad(loss_fn, has_aux=True)     # loss_fn(params, *args) calls solve
+    (loss, aux), grads, counts = vg(params, *args)         # inside jax.jit
+    step = CompiledStep(fn)                                # fn(*args) -> (state, loss, counts)
+    state, loss, counts = step(*args)                      # compiled at the first call; blocks
+    stats = backend.step_stats(loss, counts, extra={"xla_temp_bytes": step.xla_temp_bytes})
+
+``solve`` works inside ``jax.jit`` and ``jax.grad``. ``stats`` is a dict of int32 arrays read from
+the solver (never from host callbacks): ``num_steps`` (accepted + rejected), ``num_accepted_steps``,
+``num_rejected_steps``, ``nfe_forward`` and what the backward count needs. Inside
+``value_and_grad`` every solve call also records its stats in ``counts`` (call ``solve`` at the top
+level of ``loss_fn``, not inside ``lax.scan``/``vmap`` bodies, whose tracers cannot leave them), and
+the backsolve backend reads the reverse solves' statistics through ``counts["probe"]`` (see
+:mod:`bench.plugins.jax_diffrax`). :meth:`JaxBackend.step_stats` turns the counts into a
+:class:`bench.interfaces.StepStats` on the host; what each number counts is in the backend
+module's docstring. ``load_weights(model, where, weights)`` loads a suite's neutral numpy weights.
+
+Blocking: JAX dispatches asynchronously. :class:`CompiledStep` blocks on every output of the step
+(new parameters, optimiser state, loss, counts) before returning, so a task's ``train_step`` returns
+only when the step's work has finished; :meth:`JaxBackend.synchronize` additionally blocks on every
+live array and on pending effects, so nothing queued can leak into the next clock reading.
+"""
+
+from __future__ import annotations
+
+from bench.frameworks.jax._backend import (
+    INSTALL_HINT,
+    PROBE_FIELDS,
+    REQUIRED_MODULES,
+    JaxBackend,
+    JaxGpuPeakTracker,
+    SolveBackend,
+    current_recorder,
+    jax_device,
+    missing_modules,
+)
+from bench.frameworks.jax._checkpoint import checkpoint_backward_iterations
+from bench.frameworks.jax._solvers import rk4_solvers, torchdiffeq_first_step, torchdiffeq_norm
+from bench.frameworks.jax._step import (
+    CompiledStep,
+    CompileOnce,
+    adam_init,
+    adam_update,
+    sgd_momentum_init,
+    sgd_momentum_update,
+)
+from bench.frameworks.jax._weights import load_weights
+
+__all__ = [
+    "INSTALL_HINT", "PROBE_FIELDS", "REQUIRED_MODULES", "CompileOnce", "CompiledStep",
+    "JaxBackend", "JaxGpuPeakTracker", "SolveBackend", "adam_init", "adam_update",
+    "checkpoint_backward_iterations", "current_recorder", "jax_device", "load_weights",
+    "missing_modules", "rk4_solvers", "sgd_momentum_init", "sgd_momentum_update",
+    "torchdiffeq_first_step", "torchdiffeq_norm",
+]

@@ -1,0 +1,79 @@
+"""diffrax building blocks that match torchdiffeq (for backends comparing the two frameworks):
+torchdiffeq's error norm and initial-step heuristic, and the fixed-step RK4 tableaux."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+
+def torchdiffeq_norm(tree: Any) -> Any:
+    """torchdiffeq's error norm: RMS of one tensor; for several, the maximum of their RMS."""
+    import jax
+    import jax.numpy as jnp
+
+    leaves = jax.tree_util.tree_leaves(tree)
+    norms = [jnp.sqrt(jnp.mean(jnp.square(jnp.abs(x)))) for x in leaves]
+    return functools.reduce(jnp.maximum, norms)
+
+
+def torchdiffeq_first_step(f: Callable[[Any, Any], Any], t0: Any, y0: Any, f0: Any, order: int,
+                           rtol: float, atol: float) -> Any:
+    """torchdiffeq's ``_select_initial_step`` (one more evaluation of f, at t0 + h0).
+
+    :param order: as torchdiffeq passes it: the solver's order minus one (4 for dopri5).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    tm = jax.tree_util.tree_map
+    scale = tm(lambda y: atol + jnp.abs(y) * rtol, y0)
+    d0 = torchdiffeq_norm(tm(lambda y, s: y / s, y0, scale))
+    d1 = torchdiffeq_norm(tm(lambda k, s: k / s, f0, scale))
+    small = (d0 < 1e-5) | (d1 < 1e-5)
+    h0 = jnp.abs(jnp.where(small, 1e-6, 0.01 * d0 / jnp.where(small, 1.0, d1)))
+    y1 = tm(lambda y, k: y + h0 * k, y0, f0)
+    f1 = f(t0 + h0, y1)
+    d2 = jnp.abs(torchdiffeq_norm(tm(lambda a, b, s: (a - b) / s, f1, f0, scale)) / h0)
+    flat = (d1 <= 1e-15) & (d2 <= 1e-15)
+    dmax = jnp.where(flat, 1.0, jnp.maximum(d1, d2))
+    h1 = jnp.where(flat, jnp.maximum(1e-6, h0 * 1e-3), (0.01 / dmax) ** (1.0 / (order + 1)))
+    return jnp.minimum(100 * h0, jnp.abs(h1))
+
+
+@functools.cache
+def rk4_solvers() -> Any:
+    """``ClassicalRK4`` and ``ThreeEighthsRK4``: diffrax explicit Runge-Kutta solvers from their
+    Butcher tableaux (diffrax has neither), built on first use (they need diffrax)."""
+    import types
+
+    import diffrax
+    import numpy as np
+
+    class ClassicalRK4(diffrax.AbstractERK):
+        """The classical 4th-order Runge-Kutta method (1/6, 1/3, 1/3, 1/6), from its Butcher
+        tableau; no embedded error estimate (fixed steps only)."""
+
+        tableau = diffrax.ButcherTableau(
+            c=np.array([0.5, 0.5, 1.0]),
+            b_sol=np.array([1 / 6, 1 / 3, 1 / 3, 1 / 6]),
+            b_error=np.zeros(4),
+            a_lower=(np.array([0.5]), np.array([0.0, 0.5]), np.array([0.0, 0.0, 1.0])),
+        )
+        interpolation_cls = diffrax.ThirdOrderHermitePolynomialInterpolation.from_k
+
+        def order(self, terms: Any) -> int:
+            return 4
+
+    class ThreeEighthsRK4(ClassicalRK4):
+        """Kutta's 3/8 rule (torchdiffeq's ``method="rk4"``)."""
+
+        tableau = diffrax.ButcherTableau(
+            c=np.array([1 / 3, 2 / 3, 1.0]),
+            b_sol=np.array([1 / 8, 3 / 8, 3 / 8, 1 / 8]),
+            b_error=np.zeros(4),
+            a_lower=(np.array([1 / 3]), np.array([-1 / 3, 1.0]), np.array([1.0, -1.0, 1.0])),
+        )
+
+    return types.SimpleNamespace(ClassicalRK4=ClassicalRK4, ThreeEighthsRK4=ThreeEighthsRK4)
