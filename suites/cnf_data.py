@@ -14,17 +14,14 @@ from bench.suites import cnf_densities
 
 from bench.errors import UnknownNameError
 from bench.interfaces import Budget, Tolerances
+from bench.seeding import stream
 
 DIM = 2
 HIDDEN = (64, 64, 64)
 TRACE_ESTIMATORS = ("exact", "hutchinson")
 
-# Independent random streams derived from the seed: np.random.default_rng([seed, stream, ...]).
-_STREAM_INIT = 0
-_STREAM_TRAIN = 1
-_STREAM_TEST = 2
-_STREAM_PROBES = 3
-_STREAM_PLOT = 4
+#: The suite's random streams (bench.seeding: one numpy stream per seed, purpose and keys).
+STREAMS = ("weights", "train_batches", "test_set", "probes", "plot")
 
 #: FFJORD toy settings (Grathwohl et al. 2019; train_toy.py defaults where the paper is silent).
 _PAPER: dict[str, Any] = {
@@ -106,7 +103,7 @@ def initial_weights(seed: int, time_length: float = 0.5, hidden: tuple[int, ...]
                     ) -> dict[str, np.ndarray]:
     """float32 arrays keyed by parameter name, drawn in :func:`parameter_specs` order from
     ``np.random.default_rng([seed, 0])``; the same for every backend and framework of a seed."""
-    rng = np.random.default_rng([int(seed), _STREAM_INIT])
+    rng = stream(seed, STREAMS, "weights")
     weights: dict[str, np.ndarray] = {}
     for spec in parameter_specs(time_length, hidden):
         if spec.init == "uniform":
@@ -157,13 +154,13 @@ class CnfData:
         self.test_size = int(s["test_size"])
         self.eval_size = self.test_size if s.get("eval_subset") is None else min(
             int(s["eval_subset"]), self.test_size)
-        self.test = self.generator(np.random.default_rng([self.seed, _STREAM_TEST]),
+        self.test = self.generator(stream(self.seed, STREAMS, "test_set"),
                                    self.test_size)
         self.true_log_density = cnf_densities.TRUE_LOG_DENSITIES.get(dataset)
 
     def train_batch(self, step: int) -> np.ndarray:
         """The (batch_size, 2) float32 training batch of iteration ``step``."""
-        return self.generator(np.random.default_rng([self.seed, _STREAM_TRAIN, int(step)]),
+        return self.generator(stream(self.seed, STREAMS, "train_batches", step),
                               self.batch_size)
 
     def probes(self, step: int) -> np.ndarray | None:
@@ -171,7 +168,7 @@ class CnfData:
         normal (FFJORD's default, not Rademacher); None for the exact trace."""
         if self.trace_estimator == "exact":
             return None
-        rng = np.random.default_rng([self.seed, _STREAM_PROBES, int(step)])
+        rng = stream(self.seed, STREAMS, "probes", step)
         return rng.standard_normal((self.batch_size, DIM)).astype(np.float32)
 
     def test_samples(self, final: bool) -> np.ndarray:
@@ -200,8 +197,8 @@ class CnfData:
     def plot_inputs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(data samples, base samples, grid xs, grid ys) for :meth:`AbstractTask.finish`."""
         n = int(self.settings["plot_samples"])
-        data = self.generator(np.random.default_rng([self.seed, _STREAM_PLOT, 0]), n)
-        base = np.random.default_rng([self.seed, _STREAM_PLOT, 1]).standard_normal(
+        data = self.generator(stream(self.seed, STREAMS, "plot", 0), n)
+        base = stream(self.seed, STREAMS, "plot", 1).standard_normal(
             (n, DIM)).astype(np.float32)
         side = np.linspace(-4.0, 4.0, int(self.settings["plot_grid"]), dtype=np.float32)
         xs, ys = np.meshgrid(side, side)

@@ -14,16 +14,14 @@ from bench.suites import latent_ode_series
 
 from bench.errors import BenchError, UnknownNameError
 from bench.interfaces import Budget, Evaluation, Tolerances
+from bench.seeding import stream
 
 DATASETS = tuple(latent_ode_series.GENERATORS)
 TABLE2_OBSERVED = (30, 50, 100)  # Chen et al. 2018, Table 2: observed points out of 100
 ENCODERS = ("rnn", "ode-rnn")
 
-# Independent random streams derived from the seed: np.random.default_rng([seed, stream, ...]).
-_STREAM_INIT = 0
-_STREAM_DATA = 1
-_STREAM_TRAIN = 2
-_STREAM_TEST_MASK = 3
+#: The suite's random streams (bench.seeding: one numpy stream per seed, purpose and keys).
+STREAMS = ("weights", "dataset", "train_batches", "test_masks")
 
 #: Per dataset: generator arguments, architecture, likelihood noise and the paper's settings.
 DATASET_SETTINGS: dict[str, dict[str, Any]] = {
@@ -133,7 +131,7 @@ def initial_weights(seed: int, sizes: Sizes) -> dict[str, np.ndarray]:
     """float32 arrays keyed by parameter name (torch layout), uniform in +-1/sqrt(fan_in)
     (torch.nn.Linear's default), drawn in :func:`layer_shapes` order (weight, then bias) from
     ``np.random.default_rng([seed, 0])``: the same for every backend and framework."""
-    rng = np.random.default_rng([int(seed), _STREAM_INIT])
+    rng = stream(seed, STREAMS, "weights")
     weights: dict[str, np.ndarray] = {}
     for prefix, fan_in, fan_out in layer_shapes(sizes):
         bound = 1.0 / math.sqrt(fan_in)
@@ -197,7 +195,7 @@ class LatentOdeData:
         self.encoder = str(encoder)
         self.seed = int(seed)
         generator = latent_ode_series.GENERATORS[dataset]
-        self.series = generator(np.random.default_rng([self.seed, _STREAM_DATA]), **s["data"])
+        self.series = generator(stream(self.seed, STREAMS, "dataset"), **s["data"])
         n = self.series.num_series
         self.num_test = max(1, int(round(n * float(s["test_fraction"]))))
         self.num_train = n - self.num_test
@@ -234,7 +232,7 @@ class LatentOdeData:
     # ---- batches -------------------------------------------------------------------------------
 
     def train_batch(self, step: int) -> Batch:
-        rng = np.random.default_rng([self.seed, _STREAM_TRAIN, int(step)])
+        rng = stream(self.seed, STREAMS, "train_batches", step)
         if self.batch_size == self.num_train:
             index = np.arange(self.num_train)
         else:
@@ -253,7 +251,7 @@ class LatentOdeData:
         part = self._test_slice(final)
         values, clean = self.series.noisy[part], self.series.clean[part]
         n = self.observed if observed is None else int(observed)
-        rng = np.random.default_rng([self.seed, _STREAM_TEST_MASK, n])
+        rng = stream(self.seed, STREAMS, "test_masks", n)
         mask = observation_mask(rng, self.num_test, self.num_points, self.window, n)
         mask = mask[:len(values)]
         eps = np.zeros((len(values), self.sizes.latent_dim), np.float32)

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from bench.seeding import stream
 
-def initial_weights(width: int, seed: int) -> dict[str, np.ndarray]:
-    """The dynamics' weights, framework-neutral (torch Linear's default distributions)."""
-    rng = np.random.default_rng(seed)
+#: The suite's random streams (bench.seeding: one numpy stream per seed, purpose and keys).
+STREAMS = ("weights", "initial_state")
+
+
+def initial_weights(width: int, seed: int, block: int = 0) -> dict[str, np.ndarray]:
+    """The weights of dynamics block ``block`` (the ODE backends have one; resnet one per
+    residual block, untied), framework-neutral (torch Linear's default distributions)."""
+    rng = stream(seed, STREAMS, "weights", block)
     bound = 1.0 / np.sqrt(width)
     return {
         "net.0.weight": rng.uniform(-bound, bound, (width, width)).astype(np.float32),
@@ -19,4 +25,5 @@ def initial_weights(width: int, seed: int) -> dict[str, np.ndarray]:
 
 
 def initial_state(batch: int, width: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed + 10_000).standard_normal((batch, width)).astype(np.float32)
+    return stream(seed, STREAMS, "initial_state").standard_normal((batch, width)).astype(
+        np.float32)

@@ -39,7 +39,7 @@ class TorchMemoryTask(TorchTask):
             module = MlpDynamics(width)
             # resnet builds L untied blocks: the first gets the seed's weights, the others
             # their own draws (deterministic too)
-            source = weights if built == 0 else initial_weights(width, ctx.seed + built)
+            source = weights if built == 0 else initial_weights(width, ctx.seed, block=built)
             load_weights(dict(module.named_parameters()), source, "memory-scaling")
             built += 1
             return module

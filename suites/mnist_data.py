@@ -13,13 +13,14 @@ import numpy as np
 
 from bench.errors import BenchError
 from bench.interfaces import Budget, Tolerances
+from bench.seeding import stream
 
 CHANNELS = 64
 NUM_CLASSES = 10
 NUM_RESIDUAL_BLOCKS = 6
 
-# Independent random streams derived from the seed (the initial weights use the seed alone).
-_STREAM_BATCHES = 1
+#: The suite's random streams (bench.seeding: one numpy stream per seed, purpose and keys).
+STREAMS = ("weights", "batches")
 
 #: Paper settings (torchdiffeq examples/odenet_mnist.py defaults).
 _PAPER = {
@@ -113,10 +114,10 @@ def parameter_specs(time_dependent: bool, num_dynamics: int) -> list[ParamSpec]:
 
 
 def initial_weights(specs: list[ParamSpec], seed: int) -> dict[str, np.ndarray]:
-    """float32 arrays keyed by name, drawn in ``specs`` order from ``np.random.default_rng(seed)``,
+    """float32 arrays keyed by name, drawn in ``specs`` order from the seed's ``weights`` stream,
     with torch's default distributions (Conv2d/Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for
     weight and bias; GroupNorm: weight 1, bias 0)."""
-    rng = np.random.default_rng(seed)
+    rng = stream(seed, STREAMS, "weights")
     weights: dict[str, np.ndarray] = {}
     for spec in specs:
         if spec.init == "uniform":
@@ -205,7 +206,7 @@ class MnistPipeline:
         """(order, offsets) of an epoch: training indices in visiting order (a whole number of
         batches) and each visit's crop offsets (dy, dx), shape (n, 2)."""
         if self._epoch is None or self._epoch[0] != epoch:
-            rng = np.random.default_rng([self.seed, _STREAM_BATCHES, epoch])
+            rng = stream(self.seed, STREAMS, "batches", epoch)
             n = self.steps_per_epoch * self.batch_size
             order = rng.permutation(len(self.train_images))[:n]
             offsets = rng.integers(0, 2 * self.padding + 1, size=(n, 2))

@@ -49,3 +49,22 @@ def test_the_scheme_is_default_rng_of_seed_purpose_and_keys():
     """Documented and stable: the stream is numpy's generator of [seed, purpose index, *keys]."""
     np.testing.assert_array_equal(_draw(5, PURPOSES, "noise", 2),
                                   np.random.default_rng([5, 2, 2]).standard_normal(8))
+
+
+def test_memory_scaling_blocks_of_one_seed_are_not_blocks_of_another():
+    """Once ``initial_weights(width, seed + k)``: resnet block k of seed s was block 0 of s + k."""
+    from bench.suites.memory_scaling_data import initial_state, initial_weights
+
+    block1_seed0 = initial_weights(8, seed=0, block=1)["net.0.weight"]
+    block0_seed1 = initial_weights(8, seed=1, block=0)["net.0.weight"]
+    assert not np.allclose(block1_seed0, block0_seed1)
+    assert not np.allclose(initial_state(4, 8, seed=0), initial_state(4, 8, seed=1))
+
+
+def test_every_suite_names_its_streams():
+    """Each built-in suite's data module declares the purposes it draws for (one scheme)."""
+    import importlib
+
+    for name in ("cnf_data", "latent_ode_data", "mnist_data", "memory_scaling_data"):
+        streams = importlib.import_module(f"bench.suites.{name}").STREAMS
+        assert streams[0] == "weights" and len(set(streams)) == len(streams)
