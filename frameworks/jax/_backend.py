@@ -4,10 +4,10 @@ and the solve / value_and_grad / step_stats contract a JAX suite asks of a backe
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
+from bench.availability import missing_modules as find_missing
 from bench.errors import BenchError
 from bench.interfaces import AbstractBackend, MemoryTracker, StepStats, Tolerances
 
@@ -17,15 +17,7 @@ INSTALL_HINT = "pip install 'neural-ode-bench[jax]'"
 
 def missing_modules() -> list[str]:
     """The modules of the ``jax`` extra that cannot be found (without importing them)."""
-    missing = []
-    for name in REQUIRED_MODULES:
-        try:
-            spec = importlib.util.find_spec(name)
-        except (ImportError, ValueError):
-            spec = None
-        if spec is None:
-            missing.append(name)
-    return missing
+    return find_missing(REQUIRED_MODULES)
 
 
 def jax_device(device: str) -> Any:

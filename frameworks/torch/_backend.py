@@ -4,11 +4,11 @@ memory trackers, and the ODE-block contract a torch suite asks of a backend
 
 from __future__ import annotations
 
-import importlib.util
 import numbers
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from bench.availability import missing_modules as find_missing
 from bench.errors import BenchError
 from bench.interfaces import AbstractBackend, MemoryTracker, Tolerances
 
@@ -19,15 +19,8 @@ INSTALL_HINT = "pip install torch==2.13.0 torchdiffeq (or pip install 'neural-od
 
 
 def missing_modules(names: Sequence[str] = ("torch", "torchdiffeq")) -> list[str]:
-    missing = []
-    for name in names:
-        try:
-            spec = importlib.util.find_spec(name)
-        except (ImportError, ValueError):
-            spec = None
-        if spec is None:
-            missing.append(name)
-    return missing
+    """The ``names`` (default: the torch extra's modules) that cannot be found."""
+    return find_missing(names)
 
 
 def missing_message(missing: Sequence[str]) -> str:
