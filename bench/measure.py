@@ -177,5 +177,5 @@ def cpu_count() -> int:
     """CPUs this process may run on (its affinity: 1 under ``taskset -c 0``)."""
     try:
         return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
         return os.cpu_count() or 1

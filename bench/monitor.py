@@ -100,13 +100,6 @@ def host_busy_cpu_seconds() -> float | None:
     return busy / _clock_ticks()
 
 
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 @dataclasses.dataclass
 class CellMonitor:
     """Polled by the runner while a cell runs: resident memory against the limit, and the CPU

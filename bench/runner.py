@@ -20,7 +20,8 @@ from typing import Any
 
 from bench.cell import CellSpec, base_row, check_support
 from bench.cell_process import cell_process_main
-from bench.monitor import CellMonitor, timing_warning, trace_step_times, usable_cores
+from bench.measure import cpu_count
+from bench.monitor import CellMonitor, timing_warning, trace_step_times
 from bench.registry import PluginSelection, Registry
 from bench.results import RunDirectory, safe_name
 from bench.rows import ResultRow
@@ -158,7 +159,7 @@ class Runner:
         if row.status != "ok":
             return dataclasses.replace(row, host_busy_cores_other=other)
         times, evaluations = trace_step_times(work_dir)
-        warning = timing_warning(other, cell, self.threads, usable_cores(), times, evaluations)
+        warning = timing_warning(other, cell, self.threads, cpu_count(), times, evaluations)
         return dataclasses.replace(row, host_busy_cores_other=other, timing_flag=bool(warning),
                                    timing_warning=warning)
 
