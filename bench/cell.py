@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.backend_grid import BackendChoice
 from bench.errors import BenchError
 from bench.interfaces import (
     AbstractBackend,
@@ -44,11 +45,23 @@ class CellSpec:
     options: tuple[tuple[str, Any], ...] = ()
     #: Options that say where to find things (e.g. ``data_dir``), left out of the cell id.
     unidentifying: tuple[str, ...] = ()
+    #: The backend parameters the user set (:class:`bench.backend_grid.BackendChoice`).
+    backend_params: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def choice(self) -> BackendChoice:
+        return BackendChoice(self.backend, self.backend_params)
+
+    @property
+    def backend_label(self) -> str:
+        """``backend`` or ``backend[key=value,...]`` with the parameters set."""
+        return self.choice.label
 
     @property
     def cell_id(self) -> str:
-        """Unique within a run: suite/backend/budget/seed/device[/key=value,...]."""
-        base = f"{self.suite}/{self.backend}/{self.budget}/seed{self.seed}/{self.device}"
+        """Unique within a run: suite/backend[params]/budget/seed/device[/key=value,...]."""
+        base = (f"{self.suite}/{self.backend_label}/{self.budget}/seed{self.seed}/"
+                f"{self.device}")
         shown = [(k, v) for k, v in self.options if k not in self.unidentifying]
         if shown:
             base += "/" + ",".join(f"{k}={v}" for k, v in shown)
@@ -61,7 +74,9 @@ def base_row(spec: CellSpec, backend: AbstractBackend | None, suite: AbstractSui
     return ResultRow(
         cell_id=spec.cell_id,
         suite=spec.suite,
-        backend=spec.backend,
+        backend=spec.backend_label,
+        backend_name=spec.backend,
+        backend_params=dict(spec.backend_params),
         framework=getattr(backend, "framework", ""),
         gradient_method=getattr(backend, "gradient_method", ""),
         solver=fields.pop("solver", None) or getattr(backend, "solver", ""),
@@ -84,6 +99,25 @@ def _load_average() -> float | None:
         return round(os.getloadavg()[0], 2)
     except OSError:
         return None
+
+
+#: Declared backend parameters that have their own row column (the others are in
+#: ``backend_config``).
+CONFIG_COLUMNS = ("adjoint_norm", "checkpoints", "first_step", "fixed_steps")
+
+
+def configuration_columns(backend: AbstractBackend) -> dict[str, Any]:
+    """The row's configuration columns: every declared parameter's effective value in
+    ``backend_config``, and those of :data:`CONFIG_COLUMNS` in their own columns."""
+    config = backend.configuration()
+    columns: dict[str, Any] = {"backend_config": config}
+    for name in CONFIG_COLUMNS:
+        if name in config:
+            value = config[name]
+            columns[name] = value if value is None or name != "first_step" else str(value)
+    if "fixed_steps" not in config and "steps" in config:  # rknet's, jax-rknet's
+        columns["fixed_steps"] = config["steps"]
+    return columns
 
 
 def check_support(backend: AbstractBackend, suite: AbstractSuite) -> str | None:
@@ -132,7 +166,8 @@ def run_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite, wor
         task = suite.build_task(ctx)
         if getattr(task, "solver", None):  # e.g. a fixed-step method instead of the default
             fields["solver"] = task.solver
-        fields.update(solver_settings(backend, task))  # effective rtol/atol (budget's win)
+        fields.update(solver_settings(backend, task))  # effective rtol/atol and their source
+        fields.update(configuration_columns(backend))
         fields["params"] = task.num_params()
         status, error = _train_and_evaluate(task, backend, device, work_dir, fields, progress)
     except Exception as exc:  # the row keeps what was measured before the failure

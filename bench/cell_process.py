@@ -15,6 +15,7 @@ import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from bench.backend_grid import configured_backend
 from bench.cell import CellSpec, base_row, run_cell
 from bench.registry import PluginSelection, Registry
 from bench.rows import now_iso
@@ -70,7 +71,7 @@ def cell_process_main(conn: Connection, spec: CellSpec, selection: PluginSelecti
 
     try:
         registry = Registry.load(selection)
-        backend = registry.backend(spec.backend)
+        backend = configured_backend(registry, spec.choice)
         suite = registry.suite(spec.suite)
         row = run_cell(spec, backend, suite, path, log=log, progress=progress)
     except BaseException as exc:  # noqa: BLE001 - always answer the parent

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.backend_grid import describe_parameters
 from bench.compare import Thresholds, compare_runs, format_findings
 from bench.errors import BenchError
 from bench.html_report import PAGE_NAME, report_page
@@ -37,6 +38,7 @@ from bench.request import (
     timeout_problem,
 )
 from bench.results_index import update_index_if_generated, write_index
+from bench.run_config import load_run_config
 from bench.session import RunOutcome, RunSession
 
 
@@ -99,14 +101,23 @@ def build_parser() -> argparse.ArgumentParser:
     p_list.set_defaults(func=cmd_list)
 
     p_run = sub.add_parser("run", help="run suites x backends x seeds, one process per cell")
-    p_run.add_argument("--suite", default="all", help="suite name(s), comma-separated, or 'all'")
-    p_run.add_argument("--backends", "--plugins", dest="backends", default="all",
-                       help="backend name(s), comma-separated, or 'all' (default); --plugins "
-                       "is the same option")
-    p_run.add_argument("--budget", default=DEFAULT_BUDGET,
+    p_run.add_argument("--suite", default=None, help="suite name(s), comma-separated, or 'all' "
+                       "(default)")
+    p_run.add_argument("--backends", "--plugins", dest="backends", default=None,
+                       help="backend name(s), comma-separated, or 'all' (default), each with "
+                       "parameters if wanted: 'torch-adjoint[solver=bosh3,rtol=1e-6]'; a list "
+                       "makes a grid: 'torch-direct[rtol=[1e-3,1e-5]]' (see `bench list`); "
+                       "--plugins is the same option")
+    p_run.add_argument("--backend-set", dest="backend_set", action="append", default=None,
+                       metavar="KEY=VALUE", help="set a backend parameter on every selected "
+                       "backend that has it (a list [v1,v2] makes a grid); repeatable")
+    p_run.add_argument("--config", type=Path, default=None, metavar="FILE",
+                       help="a run file (TOML: suites, backends with parameter grids, budget, "
+                       "seeds, options); arguments given here win over it")
+    p_run.add_argument("--budget", default=None,
                        help=f"budget name, e.g. smoke, quick, paper (default {DEFAULT_BUDGET})")
-    p_run.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    p_run.add_argument("--seeds", default="0", help="seeds: 0,1,2 or 0-4 (default 0)")
+    p_run.add_argument("--device", default=None, help="cpu (default), cuda or auto")
+    p_run.add_argument("--seeds", default=None, help="seeds: 0,1,2 or 0-4 (default 0)")
     p_run.add_argument("--out", type=Path, default=None,
                        help="run directory (default: a new one under ./runs)")
     p_run.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
@@ -115,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="per-cell limit on resident memory (the cell process and its "
                        f"children) in MiB, at least {MIN_MEMORY_MB:g}; a cell over it is stopped "
                        "and marked failed")
-    p_run.add_argument("--threads", type=_threads, default=1,
+    p_run.add_argument("--threads", type=_threads, default=None,
                        help="CPU threads per cell (OMP/MKL for torch, XLA's pool for JAX); "
                        "default 1, pinned for comparable CPU timings; auto (or 0): the "
                        "frameworks' own")
@@ -132,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_mem.add_argument("--backends", "--plugins", dest="backends", default="all",
                        help="backend name(s), comma-separated, or 'all' (default); --plugins "
                        "is the same option")
+    p_mem.add_argument("--backend-set", dest="backend_set", action="append", default=[],
+                       metavar="KEY=VALUE", help="set a backend parameter on every selected "
+                       "backend that has it; repeatable")
     p_mem.add_argument("--steps", default=",".join(map(str, DEFAULT_MEMORY_STEPS)),
                        help="solver steps L to measure: positive integers, 8,16,32 or a range "
                        "(default 8,16,...,512)")
@@ -196,11 +210,18 @@ def run_request(args: argparse.Namespace, registry: Registry, check: bool = True
                 ) -> RunRequest:
     """``bench run``'s arguments as a checked request (nothing is written or run); ``check``:
     the suites' data too."""
-    return RunRequest.for_run(
-        registry, suites=args.suite, backends=args.backends, budget=args.budget,
-        seeds=args.seeds, device=args.device, options=args.options, data_dir=args.data_dir,
-        out=args.out, resume=args.resume, timeout_s=args.timeout,
-        max_memory_mb=args.max_memory_mb, threads=args.threads, check=check)
+    settings: dict[str, Any] = {"suites": "all", "backends": "all", "budget": DEFAULT_BUDGET,
+                                "seeds": "0", "device": "cpu", "threads": 1}
+    if getattr(args, "config", None) is not None:
+        settings.update(load_run_config(args.config))
+    given = {"suites": args.suite, "backends": args.backends, "budget": args.budget,
+             "seeds": args.seeds, "device": args.device, "threads": args.threads,
+             "data_dir": args.data_dir, "out": args.out, "timeout_s": args.timeout,
+             "max_memory_mb": args.max_memory_mb, "backend_set": args.backend_set}
+    settings.update({key: value for key, value in given.items() if value is not None})
+    # suite options: the file's, then --set's over them
+    settings["options"] = [*settings.get("options", []), *args.options]
+    return RunRequest.for_run(registry, resume=args.resume, check=check, **settings)
 
 
 def memory_request(args: argparse.Namespace, registry: Registry, check: bool = True
@@ -209,7 +230,8 @@ def memory_request(args: argparse.Namespace, registry: Registry, check: bool = T
     return RunRequest.for_memory(
         registry, backends=args.backends, steps=args.steps, device=args.device,
         options=args.options, out=args.out, resume=args.resume, timeout_s=args.timeout,
-        max_memory_mb=args.max_memory_mb, threads=args.threads, check=check)
+        max_memory_mb=args.max_memory_mb, threads=args.threads, check=check,
+        backend_set=args.backend_set)
 
 
 def _finish(outcome: RunOutcome, results_line: str) -> int:
@@ -247,6 +269,8 @@ def cmd_list(args: argparse.Namespace, registry: Registry) -> int:
         print(f"  {name:<22} {b.framework:<6} {b.gradient_method:<22} {b.solver:<8}{state}")
         if b.description:
             print(f"  {'':<22} {b.description}")
+        for line in describe_parameters(b):
+            print(f"    parameter {line}")
     print("Suites:")
     if not registry.suites:
         print("  (none)")

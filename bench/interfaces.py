@@ -17,6 +17,12 @@ from typing import Any, Literal
 
 from bench.measure import MemoryTracker
 from bench.options import OptionSpec
+from bench.tolerances import (  # noqa: F401 - re-exported: the framework layers' import point
+    FIXED_STEP_SOLVERS,
+    Tolerances,
+    effective_tolerances,
+    solver_settings,
+)
 
 MetricDirection = Literal["lower", "higher"]
 
@@ -52,71 +58,6 @@ class Budget:
     name: str
     description: str
     settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-
-
-#: Solvers that take a fixed number of steps: tolerances do not apply to them.
-FIXED_STEP_SOLVERS = ("euler", "midpoint", "rk4", "rk4-3/8", "explicit_adams", "resnet")
-
-
-@dataclasses.dataclass(frozen=True)
-class Tolerances:
-    """Solver tolerances a task passes to its solves in place of the backend's own (e.g. a suite
-    budget's): the forward solve's ``rtol``/``atol`` and, for the adjoint's reverse solve,
-    ``adjoint_rtol``/``adjoint_atol`` (None: the forward ones, torchdiffeq's and diffrax's
-    default). Fixed-step solvers have none and ignore them."""
-
-    rtol: float
-    atol: float
-    adjoint_rtol: float | None = None
-    adjoint_atol: float | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("rtol", "atol", "adjoint_rtol", "adjoint_atol"):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, float(value))
-
-    @classmethod
-    def from_settings(cls, settings: Mapping[str, Any]) -> Tolerances | None:
-        """The ``rtol``/``atol`` of a budget's settings, or None when it sets neither."""
-        if "rtol" not in settings and "atol" not in settings:
-            return None
-        return cls(float(settings["rtol"]), float(settings["atol"]),
-                   settings.get("adjoint_rtol"), settings.get("adjoint_atol"))
-
-
-def solver_settings(backend: AbstractBackend, task: AbstractTask) -> dict[str, Any]:
-    """The solver settings a cell ran with, for its row: ``rtol``/``atol`` (None for a fixed-step
-    solve) and, for the adjoint, ``adjoint_rtol``/``adjoint_atol`` of the reverse solve.
-
-    Precedence: the task's :attr:`AbstractTask.tolerances` (the :class:`Tolerances` it passed to
-    its solves, e.g. a cnf or latent-ode budget's) over the backend's own ``rtol``/``atol``. The
-    adjoint's reverse solve uses the forward tolerances unless set (the task's, else the
-    backend's ``adjoint_rtol``/``adjoint_atol``)."""
-    solver = task.solver or backend.solver
-    adaptive = backend.adaptive
-    if adaptive is None:
-        adaptive = (backend.rtol is not None
-                    and solver not in FIXED_STEP_SOLVERS and "fixed steps" not in solver)
-    if not adaptive:
-        return {"rtol": None, "atol": None, "adjoint_rtol": None, "adjoint_atol": None}
-    tolerances = task.tolerances
-    rtol = backend.rtol if tolerances is None else tolerances.rtol
-    atol = backend.atol if tolerances is None else tolerances.atol
-    settings: dict[str, Any] = {"rtol": _float_or_none(rtol), "atol": _float_or_none(atol),
-                                "adjoint_rtol": None, "adjoint_atol": None}
-    if backend.gradient_method == "adjoint":
-        adjoint_rtol = None if tolerances is None else tolerances.adjoint_rtol
-        adjoint_atol = None if tolerances is None else tolerances.adjoint_atol
-        settings["adjoint_rtol"] = _float_or_none(
-            adjoint_rtol if adjoint_rtol is not None else backend.adjoint_rtol or rtol)
-        settings["adjoint_atol"] = _float_or_none(
-            adjoint_atol if adjoint_atol is not None else backend.adjoint_atol or atol)
-    return settings
-
-
-def _float_or_none(value: Any) -> float | None:
-    return None if value is None else float(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,6 +187,32 @@ class AbstractBackend(abc.ABC):
     adjoint_atol: float | None = None
     #: Whether the solver adapts its step (None: decided from ``rtol`` and ``solver``).
     adaptive: bool | None = None
+    #: What a user may set per cell (``--backends 'name[key=value,key=[v1,v2]]'``,
+    #: ``--backend-set key=value``): each parameter's type, default, valid values and help,
+    #: checked in the parent before any cell starts and shown by ``bench list``. A built-in and a
+    #: third-party backend declare them the same way; :meth:`configure` applies them.
+    parameters: Sequence[OptionSpec] = ()
+    #: Other names a user may write for a parameter (e.g. torchdiffeq's ``method`` for
+    #: ``solver``).
+    parameter_aliases: Mapping[str, str] = {}
+    #: The parameters the user set on this instance (empty: the registered configuration).
+    user_parameters: Mapping[str, Any] = {}
+
+    def configure(self, values: Mapping[str, Any]) -> AbstractBackend:
+        """This backend with the parameters ``values`` set (already converted and checked by
+        their specs; the others keep their defaults). Default: ``type(self)(**values)``, so a
+        backend whose constructor takes its parameters as keywords needs nothing more; override
+        it otherwise. Raise :class:`bench.errors.BenchError` for a combination that cannot run
+        (checked in the parent, before any cell starts)."""
+        backend = type(self)(**values) if values else self
+        if values:
+            backend.user_parameters = dict(values)
+        return backend
+
+    def configuration(self) -> dict[str, Any]:
+        """The effective value of every declared parameter (for the row's ``backend_config``).
+        Default: the attribute of that name, else the declared default."""
+        return {spec.name: getattr(self, spec.name, spec.default) for spec in self.parameters}
 
     def check_available(self) -> str | None:
         """Return None when the backend's dependencies are importable, else the reason and the

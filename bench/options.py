@@ -5,6 +5,7 @@ before any cell starts."""
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -43,15 +44,22 @@ class OptionSpec:
                     str: "a string"}.get(self.type, self.type.__name__)
         return text + (" (or none)" if self.nullable else "")
 
-    def parse(self, value: Any, suite: str = "") -> Any:
+    def parse(self, value: Any, owner: str = "", what: str = "option") -> Any:
         """``value`` converted to the option's type and checked; a bad one raises
-        :class:`bench.errors.BenchError` naming the option and the valid values."""
-        where = f" of suite {suite}" if suite else ""
+        :class:`bench.errors.BenchError` naming the option (``what``: ``option`` of a suite,
+        ``parameter`` of a backend), its ``owner`` (``suite cnf``, ``backend torch-adjoint``;
+        a bare name is a suite's), the valid values and the closest valid choice."""
+        where = "" if not owner else f" of {owner}" if " " in owner else f" of suite {owner}"
 
         def bad(problem: str = "") -> BenchError:
             detail = f" ({problem})" if problem else ""
-            return BenchError(f"option {self.name}={value!r}{where} is not valid{detail}; "
-                              f"valid: {self.describe_valid()}")
+            hint = ""
+            if self.choices is not None:
+                close = difflib.get_close_matches(str(value), [str(c) for c in self.choices],
+                                                  n=1, cutoff=0.5)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+            return BenchError(f"{what} {self.name}={value!r}{where} is not valid{detail}; "
+                              f"valid: {self.describe_valid()}.{hint}")
 
         if value is None or (self.nullable and str(value).strip().lower() in ("none", "")):
             if self.nullable:
@@ -97,6 +105,11 @@ def _convert(value: Any, kind: type) -> Any:
     if kind is str:
         return value if isinstance(value, str) else None
     return value if isinstance(value, kind) else None
+
+
+def non_negative(value: Any) -> str | None:
+    """A validator: the value must be zero or more."""
+    return None if value >= 0 else "must not be negative"
 
 
 def positive(value: Any) -> str | None:

@@ -31,6 +31,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "bench.plugins.rknet",
     "bench.plugins.resnet",
     "bench.plugins.jax_diffrax",
+    "bench.plugins.jax_rknet",
     "bench.suites.mnist",
     "bench.suites.cnf",
     "bench.suites.latent_ode",

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.backend_grid import BackendChoice, expand_backends
 from bench.cell import CellSpec
 from bench.errors import BenchError, UnknownNameError
 from bench.registry import LOAD_PLUGINS_ENV, Registry
@@ -150,11 +151,13 @@ def recorded_data_dir(run: Path) -> str | None:
 # -- expansion ------------------------------------------------------------------------------------
 
 
-def expand(registry: Registry, suites: Sequence[str], backends: Sequence[str], budget: str,
-           seeds: Sequence[int], device: str, options: dict[str, Any] | None = None
-           ) -> list[CellSpec]:
+def expand(registry: Registry, suites: Sequence[str],
+           backends: Sequence[str | BackendChoice], budget: str, seeds: Sequence[int],
+           device: str, options: dict[str, Any] | None = None) -> list[CellSpec]:
     """The cells of a run, suite-major. The one check of the device, the names, the budget and
-    the options (each converted by its suite); unknown ones raise with the choices."""
+    the options (each converted by its suite); unknown ones raise with the choices. A backend is
+    a name or a :class:`BackendChoice` (a name with parameters, see :mod:`bench.backend_grid`).
+    """
     if device not in DEVICES:
         raise UnknownNameError("device", device, DEVICES)
     if not suites:
@@ -162,8 +165,9 @@ def expand(registry: Registry, suites: Sequence[str], backends: Sequence[str], b
     if not backends:
         raise BenchError("no backend selected")
     suite_objs = [registry.suite(name) for name in suites]
-    for name in backends:
-        registry.backend(name)
+    choices = [b if isinstance(b, BackendChoice) else BackendChoice(b) for b in backends]
+    for choice in choices:
+        registry.backend(choice.name)
     for suite in suite_objs:
         if budget not in suite.budgets:
             raise UnknownNameError(f"budget for suite {suite.name!r}", budget, suite.budgets)
@@ -178,10 +182,11 @@ def expand(registry: Registry, suites: Sequence[str], backends: Sequence[str], b
         # each option is converted and checked here, in the parent, before any cell starts
         given = suite.validate_options({k: v for k, v in options.items() if k in suite.options})
         suite_options = tuple(sorted(given.items()))
-        for backend in backends:
+        for choice in choices:
             for seed in seeds:
-                cells.append(CellSpec(suite.name, backend, budget, int(seed), device,
-                                      suite_options, tuple(suite.location_options)))
+                cells.append(CellSpec(suite.name, choice.name, budget, int(seed), device,
+                                      suite_options, tuple(suite.location_options),
+                                      choice.params))
     return cells
 
 
@@ -226,6 +231,8 @@ class RunRequest:
     max_memory_mb: float | None = None
     threads: int = 1
     steps: tuple[int, ...] = ()
+    #: The ``--backend-set`` assignments (already applied to ``cells``), for config.json.
+    backend_set: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for problem in (timeout_problem(self.timeout_s), memory_problem(self.max_memory_mb),
@@ -246,14 +253,16 @@ class RunRequest:
                 options: Mapping[str, Any] | Sequence[tuple[str, Any]] = (),
                 data_dir: Path | None = None, out: Path | None = None, resume: bool = False,
                 timeout_s: float | None = None, max_memory_mb: float | None = None,
-                threads: int = 1, check: bool = True,
+                threads: int = 1, check: bool = True, backend_set: Sequence[str] = (),
                 echo: Callable[[str], None] = _stderr) -> RunRequest:
         """``bench run``'s request: names, seeds and options checked and expanded into cells;
-        with ``check``, each suite's data too (nothing is written or run)."""
+        with ``check``, each suite's data too (nothing is written or run). ``backends``:
+        ``--backends`` text with parameter grids (:func:`bench.backend_grid.expand_backends`),
+        ``backend_set`` the ``--backend-set key=value`` assignments."""
         suite_names = parse_names(suites, "suite", sorted(registry.suites))
         if isinstance(suites, str) and suites.strip() == "all":
             suite_names = suites_with_budget(registry, suite_names, budget, echo)
-        backend_names = parse_names(backends, "backend", sorted(registry.backends))
+        choices = expand_backends(registry, backends, backend_set, echo)
         given = dict(options)
         if data_dir is not None:
             given["data_dir"] = str(data_dir)
@@ -263,11 +272,12 @@ class RunRequest:
                 given["data_dir"] = earlier
         seed_list = (parse_int_list(seeds, "--seeds", minimum=0) if isinstance(seeds, str)
                      else [int(s) for s in seeds])
-        cells = expand(registry, suite_names, backend_names, budget, seed_list, device, given)
+        cells = expand(registry, suite_names, choices, budget, seed_list, device, given)
         if check:
             check_data(registry, cells)
-        return cls("run", tuple(suite_names), tuple(backend_names), budget, tuple(seed_list),
-                   device, given, tuple(cells), out, resume, timeout_s, max_memory_mb, threads)
+        return cls("run", tuple(suite_names), tuple(c.label for c in choices), budget,
+                   tuple(seed_list), device, given, tuple(cells), out, resume, timeout_s,
+                   max_memory_mb, threads, backend_set=tuple(backend_set))
 
     @classmethod
     def for_memory(cls, registry: Registry, *, backends: str | Sequence[str] = "all",
@@ -275,23 +285,24 @@ class RunRequest:
                    options: Mapping[str, Any] | Sequence[tuple[str, Any]] = (),
                    out: Path | None = None, resume: bool = False,
                    timeout_s: float | None = None, max_memory_mb: float | None = None,
-                   threads: int = 1, check: bool = True) -> RunRequest:
+                   threads: int = 1, check: bool = True, backend_set: Sequence[str] = ()
+                   ) -> RunRequest:
         """``bench memory``'s request: the memory-scaling suite at every L for every backend."""
         if MEMORY_SUITE not in registry.suites:
             raise BenchError(f"the {MEMORY_SUITE!r} suite is not loaded (see `bench list`); it "
                              "comes with the built-in plugins (bench.suites.memory_scaling)")
         budget = next(iter(registry.suite(MEMORY_SUITE).budgets))
-        backend_names = parse_names(backends, "backend", sorted(registry.backends))
+        choices = expand_backends(registry, backends, backend_set)
         step_list = (parse_int_list(steps, "--steps", minimum=1) if isinstance(steps, str)
                      else [int(s) for s in steps])
         given = dict(options)
         if "steps" in given:
             raise BenchError("set L with --steps, not --set steps=...")
         cells = [cell for L in step_list for cell in expand(
-            registry, [MEMORY_SUITE], backend_names, budget, [0], device, {**given, "steps": L})]
-        cells.sort(key=lambda c: (dict(c.options)["steps"], c.backend))  # interleave backends
+            registry, [MEMORY_SUITE], choices, budget, [0], device, {**given, "steps": L})]
+        cells.sort(key=lambda c: (dict(c.options)["steps"], c.backend_label))  # interleave backends
         if check:
             check_data(registry, cells)
-        return cls("memory", (MEMORY_SUITE,), tuple(backend_names), budget, (0,), device, given,
-                   tuple(cells), out, resume, timeout_s, max_memory_mb, threads,
-                   tuple(step_list))
+        return cls("memory", (MEMORY_SUITE,), tuple(c.label for c in choices), budget, (0,),
+                   device, given, tuple(cells), out, resume, timeout_s, max_memory_mb, threads,
+                   tuple(step_list), tuple(backend_set))

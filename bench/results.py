@@ -232,7 +232,9 @@ def _row_problem(data: Any) -> str:
     if not isinstance(data, dict):
         return f"not a JSON object but {type(data).__name__}"
     for field in dataclasses.fields(ResultRow):
-        if field.default is dataclasses.MISSING and field.name not in data:
+        required = (field.default is dataclasses.MISSING
+                    and field.default_factory is dataclasses.MISSING)
+        if required and field.name not in data:
             return f"field {field.name!r} is missing"
     for name in ("metrics", "options"):
         if name in data and not isinstance(data[name], dict):
@@ -344,7 +346,7 @@ def rows_to_frame(rows: Iterable[ResultRow]):  # -> pandas.DataFrame
     import pandas as pd
 
     columns = [f.name for f in dataclasses.fields(ResultRow)
-               if f.name not in ("metrics", "options")]
+               if f.name not in ("metrics", "options", "backend_params")]
     flat = [row.flat() for row in rows]
     frame = pd.DataFrame(flat)
     if frame.empty:

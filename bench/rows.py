@@ -16,6 +16,8 @@ class ResultRow:
 
     cell_id: str
     suite: str
+    #: The backend as the cell ran it: its name, with the parameters the user set in brackets
+    #: (``torch-adjoint[rtol=1e-06]``); ``backend_name`` is the registered name alone.
     backend: str
     framework: str
     gradient_method: str
@@ -76,6 +78,21 @@ class ResultRow:
     atol: float | None = None
     adjoint_rtol: float | None = None
     adjoint_atol: float | None = None
+    #: Where rtol/atol came from: ``user`` (a backend parameter), ``budget`` (the suite's),
+    #: ``backend`` (its default); None for a fixed-step solve.
+    tolerance_source: str | None = None
+    #: The error norm of the adjoint's reverse solve (``default``; ``seminorm``: Kidger et al.
+    #: 2021), the checkpoints of a checkpointed backprop (None: the library's default), the
+    #: first step rule or size, and the fixed steps of a fixed-step solver (None: adaptive).
+    adjoint_norm: str | None = None
+    checkpoints: int | None = None
+    first_step: str | None = None
+    fixed_steps: int | None = None
+    #: The registered backend name, the parameters the user set, and the effective value of
+    #: every parameter the backend declares (its full configuration).
+    backend_name: str = ""
+    backend_params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    backend_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     notes: str = ""
     finished_at: str = ""
 
@@ -90,6 +107,10 @@ class ResultRow:
     def flat(self) -> dict[str, Any]:
         """The row as flat columns: ``metrics`` spread into their own columns."""
         data = dataclasses.asdict(self)
+        data.pop("backend_params")  # in the backend label (and in backend_config)
+        config = data["backend_config"]
+        if isinstance(config, Mapping):  # a published CSV's row holds the text already
+            data["backend_config"] = ",".join(f"{k}={_show(v)}" for k, v in config.items())
         for nested in ("metrics", "options"):
             for key, value in data.pop(nested).items():
                 data.setdefault(key, value)
@@ -98,6 +119,12 @@ class ResultRow:
     @property
     def metric(self) -> float | None:
         return self.metrics.get(self.metric_name)
+
+
+def _show(value: Any) -> str:
+    from bench.backend_grid import format_value
+
+    return format_value(value)
 
 
 def json_default(obj: Any) -> Any:

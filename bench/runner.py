@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.backend_grid import configured_backend
 from bench.cell import CellSpec, base_row, check_support
 from bench.cell_process import cell_process_main
 from bench.measure import cpu_count
@@ -89,8 +90,11 @@ class Runner:
 
     # -- one cell ---------------------------------------------------------------------------------
     def _run_one(self, spec: CellSpec, index: int, total: int) -> ResultRow:
-        backend = self.registry.backend(spec.backend)
         suite = self.registry.suite(spec.suite)
+        try:
+            backend = configured_backend(self.registry, spec.choice)
+        except Exception as exc:  # checked before the run; a resumed run's plugin may differ
+            return base_row(spec, None, suite, "failed", f"{type(exc).__name__}: {exc}")
         reason = check_support(backend, suite)
         if reason:  # no process needed to say so
             return base_row(spec, backend, suite, "unsupported", reason)

@@ -91,7 +91,8 @@ class RunSession:
                                  else {"seeds": list(request.seeds)})
         config = {
             "command": request.command, "suites": list(request.suites),
-            "backends": list(request.backends), "budget": request.budget,
+            "backends": list(request.backends), "backend_set": list(request.backend_set),
+            "budget": request.budget,
             "device": request.device, "timeout_s": request.timeout_s,
             "max_memory_mb": request.max_memory_mb, "threads": request.threads,
             "plugins_loaded": [p.name for p in self.registry.plugins if not p.error],
@@ -167,8 +168,8 @@ class RunSession:
         path = outcome.run_dir.path
         frame = rows_to_frame(outcome.rows)
         frame.to_csv(path / "memory_measurements.csv", index=False)
-        claims = {name: self.registry.backends[name].memory_claim
-                  for name in self.request.backends}
+        claims = {cell.backend_label: self.registry.backends[cell.backend].memory_claim
+                  for cell in self.request.cells}
         table = scaling_table(frame, {k: v for k, v in claims.items() if v})
         table.to_csv(path / "memory_scaling.csv", index=False)
         text = render(table, "markdown") if not table.empty else "(no successful measurements)\n"

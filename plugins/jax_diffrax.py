@@ -42,14 +42,14 @@ counters in tests/test_jax_backends.py):
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from bench.frameworks.fixed_grid import steps_in_interval
 from bench.frameworks.jax import (
     JaxBackend,
     checkpoint_backward_iterations,
     current_recorder,
+    reverse_seminorm,
     rk4_solvers,
     torchdiffeq_first_step,
     torchdiffeq_norm,
@@ -57,7 +57,12 @@ from bench.frameworks.jax import (
 
 import bench
 from bench.errors import BenchError
-from bench.interfaces import AbstractBackend, Tolerances
+from bench.interfaces import AbstractBackend, Tolerances, effective_tolerances
+from bench.options import OptionSpec, positive
+from bench.solvers import SOLVER_NAMES, fixed_steps_problem, framework_method, solver_info
+
+#: The error norms of the adjoint's reverse solve a backend may take.
+ADJOINT_NORMS = ("default", "seminorm")
 
 #: diffrax's default bound on the number of steps; RecursiveCheckpointAdjoint derives its number
 #: of checkpoints from it.
@@ -119,25 +124,84 @@ def _int32(x: Any) -> Any:
     return jnp.asarray(x, jnp.int32)
 
 
-class DiffraxBackend(JaxBackend):
-    """Dopri5 with a PIDController, through ``diffrax.diffeqsolve``; ``adjoint`` is
-    ``"checkpoint"`` (RecursiveCheckpointAdjoint) or ``"backsolve"`` (BacksolveAdjoint)."""
+def diffrax_parameters(adjoint: str) -> tuple[OptionSpec, ...]:
+    """The parameters of a diffrax backend of gradient method ``adjoint``."""
+    specs = [
+        OptionSpec("solver", str, "dopri5", "the ODE solver (one vocabulary for torch and JAX; "
+                   "fixed-step ones need fixed_steps)", choices=SOLVER_NAMES),
+        OptionSpec("rtol", float, 1e-3, "relative tolerance of the adaptive solve",
+                   validator=positive, valid="a positive number"),
+        OptionSpec("atol", float, 1e-3, "absolute tolerance of the adaptive solve",
+                   validator=positive, valid="a positive number"),
+        OptionSpec("first_step", str, "torchdiffeq", "initial step rule: torchdiffeq's "
+                   "heuristic (as torch's backends) or diffrax's dt0=None",
+                   choices=FIRST_STEP_CHOICES),
+        OptionSpec("fixed_steps", int, None, "equal steps over the solve's interval, for a "
+                   "fixed-step solver (euler, midpoint, rk4)", validator=positive,
+                   nullable=True, valid="a positive integer"),
+    ]
+    if adjoint == "checkpoint":
+        specs.append(OptionSpec("checkpoints", int, None, "checkpoints of "
+                                "RecursiveCheckpointAdjoint (none: diffrax's default, from "
+                                "max_steps)", validator=positive, nullable=True,
+                                valid="a positive integer"))
+    if adjoint == "backsolve":
+        specs += [
+            OptionSpec("adjoint_rtol", float, None, "relative tolerance of the reverse solve "
+                       "(none: rtol)", validator=positive, nullable=True,
+                       valid="a positive number"),
+            OptionSpec("adjoint_atol", float, None, "absolute tolerance of the reverse solve "
+                       "(none: atol)", validator=positive, nullable=True,
+                       valid="a positive number"),
+            OptionSpec("adjoint_norm", str, "default", "error norm of the reverse solve: "
+                       "seminorm leaves the parameters' adjoint out of step-size control "
+                       "(Kidger et al. 2021)", choices=ADJOINT_NORMS),
+        ]
+    return tuple(specs)
 
-    solver = "dopri5"
+
+class DiffraxBackend(JaxBackend):
+    """A solver of the shared vocabulary (default Dopri5 with a PIDController) through
+    ``diffrax.diffeqsolve``; ``adjoint`` is ``"checkpoint"`` (RecursiveCheckpointAdjoint) or
+    ``"backsolve"`` (BacksolveAdjoint). The other keywords are its parameters
+    (:func:`diffrax_parameters`)."""
+
     #: What solve(fixed_steps=L) integrates with: Dopri5 on an exact grid of L steps.
     fixed_step_solver = "dopri5 (fixed steps)"
+    parameter_aliases = {"method": "solver"}
 
     def __init__(self, name: str, adjoint: str, rtol: float = 1e-3, atol: float = 1e-3,
-                 first_step: str = "torchdiffeq", max_steps: int = MAX_STEPS):
+                 first_step: str = "torchdiffeq", max_steps: int = MAX_STEPS,
+                 solver: str = "dopri5", fixed_steps: int | None = None,
+                 checkpoints: int | None = None, adjoint_rtol: float | None = None,
+                 adjoint_atol: float | None = None, adjoint_norm: str = "default"):
         if adjoint not in ("checkpoint", "backsolve"):
             raise ValueError(f"adjoint must be 'checkpoint' or 'backsolve', not {adjoint!r}")
         if first_step not in FIRST_STEP_CHOICES:
             raise ValueError(f"first_step must be one of {FIRST_STEP_CHOICES}, not {first_step!r}")
+        info = solver_info(solver)
+        problem = fixed_steps_problem(solver, fixed_steps)
+        if problem:
+            raise BenchError(problem)
+        if adjoint_norm not in ADJOINT_NORMS:
+            raise BenchError(f"adjoint_norm must be one of {', '.join(ADJOINT_NORMS)}")
+        if adjoint_norm == "seminorm" and not info.adaptive:
+            raise BenchError(f"adjoint_norm=seminorm controls adaptive steps: solver {solver!r} "
+                             "takes fixed steps")
         self.name = name
         self.adjoint = adjoint
+        self.parameters = diffrax_parameters(adjoint)
+        self.solver = solver
+        self.adaptive = info.adaptive
         self.rtol, self.atol = rtol, atol
         self.first_step = first_step
         self.max_steps = max_steps
+        self.fixed_steps = fixed_steps
+        self.checkpoints = checkpoints if adjoint == "checkpoint" else None
+        backsolve = adjoint == "backsolve"
+        self.adjoint_rtol = adjoint_rtol if backsolve else None
+        self.adjoint_atol = adjoint_atol if backsolve else None
+        self.adjoint_norm = adjoint_norm if backsolve else None
         # the checkpoint schedule's replay (a compiled toy loop, 1.5-35 ms for each step count
         # not seen before) runs after the step's clock stopped
         self.defers_backward_counts = adjoint == "checkpoint"
@@ -148,19 +212,48 @@ class DiffraxBackend(JaxBackend):
         else:
             self.gradient_method = "adjoint"
             how = "the continuous adjoint (diffrax BacksolveAdjoint, reverse-time solve)"
-        self.description = (f"diffrax Dopri5, PID rtol={rtol} atol={atol}, first step "
-                             f"{first_step}; gradients by {how}")
+            if adjoint_norm == "seminorm":
+                how += ", seminorm reverse solve"
+        steps = (f"PID rtol={rtol} atol={atol}, first step {first_step}" if info.adaptive
+                 else f"{fixed_steps} fixed steps")
+        self.description = f"diffrax {info.diffrax}, {steps}; gradients by {how}"
+
+    def configure(self, values: Mapping[str, Any]) -> DiffraxBackend:
+        if not values:
+            return self
+        backend = DiffraxBackend(self.name, self.adjoint, max_steps=self.max_steps,
+                                 **{**self.defaults(), **values})
+        backend.user_parameters = dict(values)
+        return backend
+
+    def defaults(self) -> dict[str, Any]:
+        """This instance's parameters (a registered variant's own defaults)."""
+        return {k: v for k, v in self.configuration().items()}
 
     def import_modules(self) -> None:
         super().import_modules()
         rk4_solvers()
         _diffrax_parts()
 
+    def stepper(self) -> tuple[Any, bool, int]:
+        """The diffrax solver of ``solver``, whether it reuses its last stage as the next
+        step's first (FSAL), and its evaluations of f per step."""
+        import diffrax
+
+        name = framework_method(self.solver, "diffrax")
+        if name == "Euler":
+            return diffrax.Euler(), False, 1
+        cls = (rk4_solvers().ThreeEighthsRK4 if name == "ThreeEighthsRK4"
+               else getattr(diffrax, name))
+        tableau = cls.tableau
+        stages = len(tableau.c) + 1
+        return cls(), bool(tableau.fsal), stages - 1 if tableau.fsal else stages
+
     def _adjoint(self, counting: bool, reverse_controller: Any = None) -> Any:
         import diffrax
 
         if self.adjoint == "checkpoint":
-            return diffrax.RecursiveCheckpointAdjoint()
+            return diffrax.RecursiveCheckpointAdjoint(checkpoints=self.checkpoints)
         kwargs: dict[str, Any] = {}
         if counting:
             kwargs["adjoint"] = _diffrax_parts().ReverseCountingAdjoint()
@@ -177,12 +270,16 @@ class DiffraxBackend(JaxBackend):
 
         recorder = current_recorder()
         probe = None if recorder is None else recorder.probe
-        rtol, atol = ((self.rtol, self.atol) if tolerances is None
-                      else (tolerances.rtol, tolerances.atol))
+        tol = effective_tolerances(self, tolerances)
+        rtol, atol = tol.rtol, tol.atol
         term = diffrax.ODETerm(lambda t, y, args: f(t, y, args[0]))
         saveat = diffrax.SaveAt(t1=True) if ts is None else diffrax.SaveAt(ts=ts)
-        solver = diffrax.Dopri5()
+        solver, fsal, per_step = self.stepper()
         reverse_controller = None
+        if fixed_steps is not None:  # the suite's (the memory study): Dopri5 on an exact grid
+            solver, fsal, per_step = diffrax.Dopri5(), True, 6
+        elif not self.adaptive:
+            fixed_steps = self.fixed_steps
         if fixed_steps is not None:
             steps = int(fixed_steps)
             if steps < 1:
@@ -195,23 +292,37 @@ class DiffraxBackend(JaxBackend):
             grid = jnp.linspace(t0, t1, steps + 1)
             controller = diffrax.StepTo(ts=grid)
             reverse_controller = diffrax.StepTo(ts=grid[::-1])
-            dt0, max_steps, init_evals = None, steps, 1
+            dt0, max_steps, probe_first_step = None, steps, False
         else:
             controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=torchdiffeq_norm)
             max_steps = self.max_steps
-            dt0, init_evals = None, 1
-        # The first stage of the first step, f(t0, y0), is evaluated here and handed to the
-        # solver as its FSAL state (first_step=False): the heuristic needs it too, and every
-        # step then evaluates exactly 6 stages, which keeps the counts below exact.
-        f0 = f(t0, y0, params)
-        if fixed_steps is None and self.first_step == "torchdiffeq":
+            dt0, probe_first_step = None, self.first_step == "torchdiffeq"
+            reverse_rtol, reverse_atol = tol.reverse
+            if self.adjoint_norm == "seminorm" or (reverse_rtol, reverse_atol) != (rtol, atol):
+                norm = reverse_seminorm if self.adjoint_norm == "seminorm" else torchdiffeq_norm
+                reverse_controller = diffrax.PIDController(rtol=reverse_rtol, atol=reverse_atol,
+                                                           norm=norm)
+        # An FSAL solver's first stage of the first step, f(t0, y0), is evaluated here and
+        # handed to the solver as its FSAL state (first_step=False): the heuristic needs it too,
+        # and every step then evaluates exactly per_step stages, which keeps the counts below
+        # exact. A solver without FSAL evaluates every stage of every step itself; f0 is then
+        # evaluated here only for the heuristic.
+        init_evals = 0
+        solver_state = None
+        f0 = None
+        if fsal or probe_first_step:
+            f0 = f(t0, y0, params)
+            init_evals = 1
+        if probe_first_step:
+            order = solver_info(self.solver).order - 1  # as torchdiffeq passes it
             h = torchdiffeq_first_step(lambda t, y: f(t, y, params), t0, y0,
-                                       jax.lax.stop_gradient(f0), 4, rtol, atol)
+                                       jax.lax.stop_gradient(f0), order, rtol, atol)
             dt0 = jax.lax.stop_gradient(h)
-            init_evals = 2
-        if self.adjoint == "backsolve":  # its forward pass is not differentiated
-            f0 = jax.lax.stop_gradient(f0)
-        solver_state = (jnp.array(False), f0)
+            init_evals += 1
+        if fsal:
+            if self.adjoint == "backsolve":  # its forward pass is not differentiated
+                f0 = jax.lax.stop_gradient(f0)
+            solver_state = (jnp.array(False), f0)
         sol = diffrax.diffeqsolve(
             term, solver, t0, t1, dt0, y0, (params, probe), saveat=saveat,
             stepsize_controller=controller,
@@ -222,12 +333,14 @@ class DiffraxBackend(JaxBackend):
             "num_steps": n,
             "num_accepted_steps": _int32(sol.stats["num_accepted_steps"]),
             "num_rejected_steps": _int32(sol.stats["num_rejected_steps"]),
-            "nfe_forward": init_evals + 6 * n,
+            "nfe_forward": init_evals + per_step * n,
+            "per_step": _int32(per_step),
+            "fsal": _int32(int(fsal)),
         }
         if self.adjoint == "checkpoint":
-            # VJPs: f0 (outside the loop) and 6 stages per step; the first-step probe is under
-            # stop_gradient
-            stats["nfe_backward_vjp"] = 1 + 6 * n
+            # VJPs: f0 (outside the loop, an FSAL solver's) and per_step stages per step; the
+            # first-step probe is under stop_gradient
+            stats["nfe_backward_vjp"] = int(fsal) + per_step * n
             stats["max_steps"] = _int32(max_steps)
         if recorder is not None:
             recorder.records.append(stats)
@@ -242,7 +355,12 @@ class DiffraxBackend(JaxBackend):
         if self.adjoint == "backsolve":
             reverse = dict(zip(("solves", "steps", "accepted", "rejected"),
                                np.asarray(probe, dtype=np.float64), strict=False))
-            nfe = reverse["solves"] + 6 * reverse["steps"]
+            # the reverse solve runs the forward's solver: an FSAL one evaluates its first stage
+            # once per solve, then per_step a step
+            record = solves[0] if solves else {"per_step": 6, "fsal": 1}
+            per_step = float(np.ravel(record["per_step"])[0])
+            fsal = float(np.ravel(record["fsal"])[0])
+            nfe = fsal * reverse["solves"] + per_step * reverse["steps"]
             return float(nfe), {"reverse_steps_accepted": float(reverse["accepted"]),
                                 "reverse_steps_rejected": float(reverse["rejected"]),
                                 "reverse_solves": float(reverse["solves"])}
@@ -250,150 +368,22 @@ class DiffraxBackend(JaxBackend):
         for record in solves:
             steps = np.ravel(record["num_steps"])
             max_steps = int(np.ravel(record["max_steps"])[0])
+            per_step = float(np.ravel(record["per_step"])[0])
             vjp += float(np.sum(record["nfe_backward_vjp"]))
-            # each backward-loop iteration re-runs one step (6 stages); the VJP of a step
-            # re-runs its 6 stages once more (diffrax's stage loop is itself a checkpointed
+            # each backward-loop iteration re-runs one step (per_step stages); the VJP of a step
+            # re-runs its stages once more (diffrax's stage loop is itself a checkpointed
             # loop that stores the stages' inputs only)
-            recomputed += sum(6.0 * checkpoint_backward_iterations(int(n), max_steps) + 6.0 * n
-                              for n in steps)
+            recomputed += sum(
+                per_step * checkpoint_backward_iterations(int(n), max_steps, self.checkpoints)
+                + per_step * n for n in steps)
         return vjp + recomputed, {"nfe_backward_vjp": vjp,
                                     "nfe_backward_recomputed": float(recomputed)}
-
-
-class JaxRkNetBackend(JaxBackend):
-    """RK-Net: a fixed number of RK4 steps (diffrax ERK solver with the classical tableau) in a
-    ``lax.scan``, backpropagated through by JAX's autodiff (all stages stored, O(steps) memory)."""
-
-    solver = "rk4"
-    gradient_method = "backprop"
-
-    def __init__(self, name: str = "jax-rknet", steps: int = 6, tableau: str = "classical"):
-        if tableau not in ("classical", "3/8"):
-            raise ValueError(f"tableau must be 'classical' or '3/8', not {tableau!r}")
-        if int(steps) < 1:
-            raise ValueError(f"the number of steps must be at least 1, not {steps}")
-        self.name = name
-        self.steps = int(steps)
-        self.tableau = tableau
-        self.fixed_step_solver = "rk4" if tableau == "classical" else "rk4-3/8"
-        self.description = (f"RK4 ({tableau} tableau), {self.steps} fixed steps by default "
-                            f"({4 * self.steps} evaluations), backprop through the steps")
-
-    def import_modules(self) -> None:
-        super().import_modules()
-        rk4_solvers()
-        _diffrax_parts()
-
-    def solve(self, f: Callable[[Any, Any, Any], Any], params: Any, y0: Any, t0: float,
-              t1: float, *, ts: Any = None, fixed_steps: int | None = None,
-              tolerances: Tolerances | None = None) -> tuple[Any, dict[str, Any]]:
-        """``steps`` (or ``fixed_steps``) equal steps over [t0, t1]. With ``ts`` (concrete, not
-        traced: the step counts are static), as torch's rknet: each interval between consecutive
-        times of (t0, *ts) gets ceil(length / step) equal steps, step = (t1 - t0) / steps; an
-        empty interval (ts[0] == t0) takes none."""
-
-        import diffrax
-        import jax
-        import jax.numpy as jnp
-        import numpy as np
-
-        tableaux = rk4_solvers()
-        cls = tableaux.ClassicalRK4 if self.tableau == "classical" else tableaux.ThreeEighthsRK4
-        # "bounded": the stage loop becomes a plain differentiable loop whose stages are stored
-        # (the default, a checkpointed loop, would recompute every stage in the backward pass)
-        solver = cls(scan_kind="bounded")
-        steps = int(fixed_steps if fixed_steps is not None else self.steps)
-        if steps < 1:
-            raise BenchError(f"the number of steps must be at least 1, not {steps}")
-        term = diffrax.ODETerm(lambda t, y, args: f(t, y, args))
-
-        def integrate(y: Any, ta: Any, dt: Any, n: int) -> Any:
-            """n steps of dt from ta; ta and dt float32 (concrete or traced)."""
-            def rk_step(y: Any, i: Any) -> tuple[Any, None]:
-                t = ta + i * dt
-                y1, _, _, _, _ = solver.step(term, t, t + dt, y, params, None, False)
-                return y1, None
-
-            y, _ = jax.lax.scan(rk_step, y, jnp.arange(n, dtype=jnp.float32))
-            return y
-
-        if ts is None:
-            ys = integrate(y0, np.float32(t0), np.float32((float(t1) - float(t0)) / steps), steps)
-            total = steps
-        else:
-            try:
-                times = [float(t0)] + [float(t) for t in np.asarray(ts).ravel()]
-            except jax.errors.TracerArrayConversionError as exc:
-                raise BenchError(f"backend {self.name!r}: ts must be concrete (not traced), "
-                                 "since the number of RK4 steps per interval is static") from exc
-            step = abs(float(t1) - float(t0)) / steps
-            intervals = [(a, b, 0 if b == a else steps_in_interval(b - a, step, steps))
-                         for a, b in zip(times[:-1], times[1:], strict=False)]
-            total = sum(n for _, _, n in intervals)
-            ys = _rk_intervals(integrate, y0, intervals)
-        n = _int32(total)
-        stats = {"num_steps": n, "num_accepted_steps": n, "num_rejected_steps": _int32(0),
-                 "nfe_forward": 4 * n, "nfe_backward_vjp": 4 * n}
-        recorder = current_recorder()
-        if recorder is not None:
-            recorder.records.append(stats)
-        return ys, stats
-
-    def _backward_counts(self, solves: list[Any], probe: Any) -> tuple[float, dict[str, float]]:
-        import numpy as np
-
-        vjp = float(sum(np.sum(r["nfe_backward_vjp"]) for r in solves))
-        return vjp, {"nfe_backward_vjp": vjp, "nfe_backward_recomputed": 0.0}
-
-
-def _rk_intervals(integrate: Callable[[Any, Any, Any, int], Any], y0: Any,
-                  intervals: list[tuple[float, float, int]]) -> Any:
-    """The states at the end of each interval (a, b, n): n steps of (b - a) / n from a, stacked.
-
-    Consecutive intervals with the same n form one ``lax.scan`` over the intervals (n is static
-    inside it), so a trajectory with hundreds of output times compiles one loop, not one per
-    interval (jax-rknet on the latent ODE: 199 intervals, about 2 minutes of compilation when
-    unrolled). The arithmetic per step is what one loop per interval did: t = a + i * dt in
-    float32, a and dt rounded to float32 from their double-precision values.
-    """
-    import itertools
-
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    runs, y = [], y0
-    for n, group in itertools.groupby(intervals, key=lambda interval: interval[2]):
-        group = list(group)
-        if n == 0:  # empty intervals: the state as it is
-            runs.append(_repeat(y, len(group)))
-            continue
-        starts = np.array([a for a, _, _ in group], dtype=np.float32)
-        dts = np.array([(b - a) / n for a, b, _ in group], dtype=np.float32)
-
-        def interval(y: Any, start_dt: Any, n: int = n) -> tuple[Any, Any]:
-            y = integrate(y, start_dt[0], start_dt[1], n)
-            return y, y
-
-        y, states = jax.lax.scan(interval, y, (starts, dts))
-        runs.append(states)
-    return jax.tree_util.tree_map(lambda *leaves: jnp.concatenate(leaves), *runs)
-
-
-def _repeat(tree: Any, k: int) -> Any:
-    """``tree``'s leaves stacked k times along a new leading axis."""
-    import jax
-    import jax.numpy as jnp
-
-    return jax.tree_util.tree_map(lambda leaf: jnp.broadcast_to(leaf, (k, *jnp.shape(leaf))),
-                                  tree)
 
 
 def backends() -> list[JaxBackend]:
     return [
         DiffraxBackend("diffrax-checkpoint", "checkpoint"),
         DiffraxBackend("diffrax-backsolve", "backsolve"),
-        JaxRkNetBackend("jax-rknet"),
     ]
 
 

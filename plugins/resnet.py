@@ -12,6 +12,7 @@ from bench.frameworks.torch import TorchBackend, positive_int
 
 import bench
 from bench.interfaces import AbstractBackend, Tolerances
+from bench.options import OptionSpec, positive
 
 
 class ResNetBackend(TorchBackend):
@@ -21,6 +22,9 @@ class ResNetBackend(TorchBackend):
     continuous_time = False
     memory_claim = "O(L)"
     required_modules = ("torch",)
+
+    parameters = (OptionSpec("blocks", int, 6, "residual blocks (untied weights)",
+                             validator=positive, valid="a positive integer"),)
 
     def __init__(self, blocks: int = 6):
         self.blocks = positive_int(blocks, "resnet blocks")

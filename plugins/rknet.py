@@ -19,6 +19,7 @@ from bench.frameworks.torch import TorchBackend, positive_int
 
 import bench
 from bench.interfaces import AbstractBackend, Tolerances
+from bench.options import OptionSpec, positive
 
 
 class RKNetBackend(TorchBackend):
@@ -27,6 +28,9 @@ class RKNetBackend(TorchBackend):
     solver = "rk4"
     memory_claim = "O(L)"
     required_modules = ("torch",)
+    parameters = (OptionSpec("steps", int, 6, "classical RK4 steps over the solve's interval",
+                             validator=positive, valid="a positive integer"),)
+    parameter_aliases = {"fixed_steps": "steps"}
 
     def __init__(self, steps: int = 6):
         self.steps = positive_int(steps, "rknet steps")
@@ -43,6 +47,9 @@ class RKNetBackend(TorchBackend):
 
         steps = self.steps if fixed_steps is None else positive_int(fixed_steps, "fixed_steps")
         return RK4Block(make_dynamics(True), t0, t1, steps)
+
+    def configuration(self) -> dict[str, Any]:
+        return {"steps": self.steps}
 
 
 @bench.hookimpl

@@ -24,8 +24,9 @@ class TorchAdjointBackend(TorchdiffeqBackend):
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
+        norm = ", seminorm reverse solve" if self.adjoint_norm == "seminorm" else ""
         self.description = (f"torchdiffeq odeint_adjoint, {self.solver} rtol={self.rtol:g} "
-                            f"atol={self.atol:g}; gradients by the continuous adjoint")
+                            f"atol={self.atol:g}{norm}; gradients by the continuous adjoint")
 
 
 @bench.hookimpl

@@ -31,8 +31,12 @@ T1 = 1.0
 RKNET_STEPS = 6  # jax-rknet's default, as torch's rknet
 
 
-def backend(name: str) -> JaxBackend:
-    return {b.name: b for b in jax_diffrax.backends()}[name]
+def backend(name: str, **params) -> JaxBackend:
+    """A registered JAX backend, with ``params`` set as a user would (``name[key=value]``)."""
+    from bench.plugins.jax_rknet import JaxRkNetBackend
+
+    found = {b.name: b for b in [*jax_diffrax.backends(), JaxRkNetBackend("jax-rknet")]}[name]
+    return found.configure(params) if params else found
 
 
 class JaxToySuite(AbstractSuite):
@@ -54,7 +58,8 @@ class JaxToySuite(AbstractSuite):
 
 def test_backends_are_registered_with_their_methods():
     registry = Registry.load(PluginSelection(builtins=False, entry_points=False,
-                                             extra_modules=("bench.plugins.jax_diffrax",)))
+                                             extra_modules=("bench.plugins.jax_diffrax",
+                                                            "bench.plugins.jax_rknet")))
     assert not registry.load_errors
     got = {name: (b.framework, b.gradient_method, b.solver, b.continuous_time)
            for name, b in registry.backends.items()}
@@ -67,7 +72,8 @@ def test_backends_are_registered_with_their_methods():
 
 
 def test_plugin_modules_do_not_import_jax():
-    code = ("import sys, bench.plugins.jax_diffrax, bench.frameworks.jax; "
+    code = ("import sys, bench.plugins.jax_diffrax, bench.plugins.jax_rknet, "
+            "bench.frameworks.jax; "
             "print(sorted(m for m in ('jax', 'diffrax', 'equinox') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          timeout=120)

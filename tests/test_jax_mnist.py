@@ -41,7 +41,9 @@ def _jax_backend(name: str, **kwargs):
 
     if kwargs:
         assert name == "jax-rknet"
-        return jax_diffrax.JaxRkNetBackend(name, **kwargs)
+        from bench.plugins.jax_rknet import JaxRkNetBackend
+
+        return JaxRkNetBackend(name, **kwargs)
     return {b.name: b for b in jax_diffrax.backends()}[name]
 
 

@@ -94,7 +94,7 @@ def test_solver_settings_budget_wins_over_backend():
     assert solver_settings(backend, task)["rtol"] == 1e-3
     task.tolerances = Tolerances(1e-4, 1e-5)
     assert solver_settings(backend, task) == {"rtol": 1e-4, "atol": 1e-5, "adjoint_rtol": None,
-                                              "adjoint_atol": None}
+                                              "adjoint_atol": None, "tolerance_source": "budget"}
     backend.gradient_method = "adjoint"
     settings = solver_settings(backend, task)
     assert settings["adjoint_rtol"] == 1e-4 and settings["adjoint_atol"] == 1e-5
@@ -104,6 +104,24 @@ def test_solver_settings_budget_wins_over_backend():
     assert set(solver_settings(backend, task).values()) == {None}
     fixed = NumpyEulerBackend()  # euler, no rtol: nothing to record
     assert solver_settings(fixed, _Task())["rtol"] is None
+
+
+def test_a_user_set_tolerance_wins_over_the_budget():
+    """Precedence: the user's backend parameter > the task's (budget's) > the backend's own."""
+    backend = NumpyEulerBackend("adaptive")
+    backend.solver, backend.rtol, backend.atol = "dopri5", 1e-3, 1e-3
+    backend.gradient_method = "adjoint"
+    task = _Task()
+    task.tolerances = Tolerances(1e-4, 1e-5)
+    backend.user_parameters = {"rtol": 1e-7}
+    settings = solver_settings(backend, task)
+    assert (settings["rtol"], settings["atol"]) == (1e-7, 1e-5)  # atol: the budget's
+    assert settings["tolerance_source"] == "user"
+    assert (settings["adjoint_rtol"], settings["adjoint_atol"]) == (1e-7, 1e-5)
+    backend.user_parameters = {"adjoint_atol": 1e-9}
+    settings = solver_settings(backend, task)
+    assert settings["tolerance_source"] == "budget" and settings["adjoint_atol"] == 1e-9
+    assert solver_settings(backend, _Task())["tolerance_source"] == "backend"
 
 
 def test_run_cell_records_the_tolerances_the_task_ran_with(tmp_path):
@@ -138,7 +156,8 @@ def test_builtin_budgets_set_their_tolerances_on_the_task(suite, budget, rtol, a
     task = s.build_task(ctx)
     assert backend.rtol == 1e-3  # the backend's own ...
     settings = solver_settings(backend, task)  # ... replaced by the budget's
-    assert settings == {"rtol": rtol, "atol": atol, "adjoint_rtol": rtol, "adjoint_atol": atol}
+    assert settings == {"rtol": rtol, "atol": atol, "adjoint_rtol": rtol, "adjoint_atol": atol,
+                        "tolerance_source": "budget"}
 
 
 def test_flagged_cells_are_named_at_the_end_and_shown_in_the_table(fake_registry, tmp_path,

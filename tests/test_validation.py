@@ -77,9 +77,10 @@ def test_memory_steps_must_be_positive(fake_cli, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_threads_are_pinned_to_one_by_default():
+def test_threads_are_pinned_to_one_by_default(fake_registry):
     parser = cli.build_parser()
-    assert parser.parse_args(["run"]).threads == 1
+    args = parser.parse_args(["run", "--suite", "linear", "--backends", "numpy-euler"])
+    assert cli.run_request(args, fake_registry, check=False).threads == 1
     assert parser.parse_args(["run", "--threads", "auto"]).threads == 0
     assert parser.parse_args(["run", "--threads", "0"]).threads == 0
     run_help = parser._subparsers._group_actions[0].choices["run"].format_help()  # noqa: SLF001

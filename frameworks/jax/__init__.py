@@ -47,7 +47,12 @@ from bench.frameworks.jax._backend import (
     missing_modules,
 )
 from bench.frameworks.jax._checkpoint import checkpoint_backward_iterations
-from bench.frameworks.jax._solvers import rk4_solvers, torchdiffeq_first_step, torchdiffeq_norm
+from bench.frameworks.jax._solvers import (
+    reverse_seminorm,
+    rk4_solvers,
+    torchdiffeq_first_step,
+    torchdiffeq_norm,
+)
 from bench.frameworks.jax._step import (
     CompiledStep,
     CompileOnce,
@@ -63,5 +68,5 @@ __all__ = [
     "JaxBackend", "JaxGpuPeakTracker", "SolveBackend", "adam_init", "adam_update",
     "checkpoint_backward_iterations", "current_recorder", "jax_device", "load_weights",
     "missing_modules", "rk4_solvers", "sgd_momentum_init", "sgd_momentum_update",
-    "torchdiffeq_first_step", "torchdiffeq_norm",
+    "torchdiffeq_first_step", "torchdiffeq_norm", "reverse_seminorm",
 ]

@@ -18,6 +18,15 @@ def torchdiffeq_norm(tree: Any) -> Any:
     return functools.reduce(jnp.maximum, norms)
 
 
+def reverse_seminorm(state: Any) -> Any:
+    """The seminorm of the adjoint's reverse solve (Kidger, Chen & Lyons 2021), in torchdiffeq's
+    norm: the state and its adjoint count for step-size control, the parameters' adjoint does not
+    (torchdiffeq ``adjoint_options=dict(norm="seminorm")``; diffrax's ``adjoint_rms_seminorm``
+    is the same idea with one RMS over all). The reverse state is (y, a_y, a_args, a_terms)."""
+    y, a_y, _, _ = state
+    return torchdiffeq_norm((y, a_y))
+
+
 def torchdiffeq_first_step(f: Callable[[Any, Any], Any], t0: Any, y0: Any, f0: Any, order: int,
                            rtol: float, atol: float) -> Any:
     """torchdiffeq's ``_select_initial_step`` (one more evaluation of f, at t0 + h0).

@@ -117,7 +117,8 @@ class TorchdiffeqBlock(OdeBlock):
 
     def __init__(self, dynamics: nn.Module, t0: float, t1: float, *, adjoint: bool, method: str,
                  rtol: float, atol: float, options: dict | None,
-                 adjoint_rtol: float | None = None, adjoint_atol: float | None = None):
+                 adjoint_rtol: float | None = None, adjoint_atol: float | None = None,
+                 adjoint_options: dict | None = None):
         # imported here, when the task is built, never inside the first timed step: importing
         # torchdiffeq (it pulls in scipy) took 1.2 s, counted as compile_time_s
         import torchdiffeq  # noqa: F401
@@ -130,10 +131,13 @@ class TorchdiffeqBlock(OdeBlock):
         self.adjoint, self.method, self.rtol, self.atol = adjoint, method, rtol, atol
         self.options = dict(options or {})
         self.counts_steps = adaptive
-        # the reverse solve's own tolerances (None: torchdiffeq's default, the forward ones)
-        self.adjoint_tolerances = {k: float(v) for k, v in (("adjoint_rtol", adjoint_rtol),
+        # the reverse solve's own tolerances and options (absent: torchdiffeq's defaults)
+        self.adjoint_kwargs = {k: float(v) for k, v in (("adjoint_rtol", adjoint_rtol),
                                                              ("adjoint_atol", adjoint_atol))
                                    if v is not None}
+        # e.g. the seminorm adjoint: dict(norm="seminorm") (Kidger et al. 2021)
+        if adjoint_options:
+            self.adjoint_kwargs["adjoint_options"] = dict(adjoint_options)
 
     def _integrate(self, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         import torchdiffeq
@@ -143,7 +147,7 @@ class TorchdiffeqBlock(OdeBlock):
         if self.adjoint:
             return torchdiffeq.odeint_adjoint(self.func, y0, t,
                                               adjoint_params=tuple(self.func.parameters()),
-                                              **self.adjoint_tolerances, **kwargs)
+                                              **self.adjoint_kwargs, **kwargs)
         return torchdiffeq.odeint(self.func, y0, t, **kwargs)
 
 

@@ -9,7 +9,12 @@ from typing import Any
 from bench.frameworks.torch._backend import TorchBackend, positive_int
 
 from bench.errors import BenchError
-from bench.interfaces import Tolerances
+from bench.interfaces import Support, Tolerances, effective_tolerances
+from bench.options import OptionSpec, positive
+from bench.solvers import SOLVER_NAMES, SOLVERS, fixed_steps_problem, framework_method
+
+#: The error norms of the adjoint's reverse solve a backend may take.
+ADJOINT_NORMS = ("default", "seminorm")
 
 
 class UniformGrid:
@@ -29,32 +34,118 @@ class UniformGrid:
         return grid
 
 
-class TorchdiffeqBackend(TorchBackend):
-    """torchdiffeq's solvers; ``adjoint`` picks odeint_adjoint over odeint.
+def torchdiffeq_parameters(adjoint: bool) -> tuple[OptionSpec, ...]:
+    """The parameters of a torchdiffeq backend (with the reverse solve's for the adjoint)."""
+    specs = [
+        OptionSpec("solver", str, "dopri5", "the ODE solver (one vocabulary for torch and JAX; "
+                   "fixed-step ones need fixed_steps)", choices=SOLVER_NAMES),
+        OptionSpec("rtol", float, 1e-3, "relative tolerance of the adaptive solve",
+                   validator=positive, valid="a positive number"),
+        OptionSpec("atol", float, 1e-3, "absolute tolerance of the adaptive solve",
+                   validator=positive, valid="a positive number"),
+        OptionSpec("first_step", float, None, "initial step size (none: torchdiffeq's "
+                   "heuristic, one extra evaluation)", validator=positive, nullable=True,
+                   valid="a positive number"),
+        OptionSpec("fixed_steps", int, None, "equal steps over the solve's interval, for a "
+                   "fixed-step solver (euler, midpoint, rk4)", validator=positive,
+                   nullable=True, valid="a positive integer"),
+    ]
+    if adjoint:
+        specs += [
+            OptionSpec("adjoint_rtol", float, None, "relative tolerance of the reverse solve "
+                       "(none: rtol)", validator=positive, nullable=True,
+                       valid="a positive number"),
+            OptionSpec("adjoint_atol", float, None, "absolute tolerance of the reverse solve "
+                       "(none: atol)", validator=positive, nullable=True,
+                       valid="a positive number"),
+            OptionSpec("adjoint_norm", str, "default", "error norm of the reverse solve: "
+                       "seminorm leaves the parameters' adjoint out of step-size control "
+                       "(Kidger et al. 2021)", choices=ADJOINT_NORMS),
+        ]
+    return tuple(specs)
 
-    :param method: torchdiffeq method of the adaptive solve (default dopri5, as in the paper).
+
+class TorchdiffeqBackend(TorchBackend):
+    """torchdiffeq's solvers; ``adjoint`` picks odeint_adjoint over odeint. Its parameters
+    (:func:`torchdiffeq_parameters`) are its constructor's keywords:
+
+    :param solver: the solver, one of :data:`bench.solvers.SOLVER_NAMES` (default dopri5, as in
+        the paper); one torchdiffeq lacks (tsit5) makes its cells ``unsupported``.
     :param rtol: relative tolerance (default 1e-3: the paper's value for classification).
     :param atol: absolute tolerance (default 1e-3).
     :param first_step: initial step size (``options=dict(first_step=...)``); None lets torchdiffeq
         choose it, at the cost of one extra evaluation (NFE = 2 + 6 x steps for dopri5, else 1 +).
+    :param fixed_steps: the number of equal steps of a fixed-step solver.
+    :param adjoint_rtol: adjoint_atol: the reverse solve's tolerances (None: rtol, atol).
+    :param adjoint_norm: ``default`` or ``seminorm`` (``adjoint_options=dict(norm="seminorm")``).
+    :param method: torchdiffeq's name for ``solver`` (kept for subclasses that pass it).
     """
 
     #: odeint_adjoint (True) or odeint (False).
     adjoint: bool
     rtol: float
     atol: float
+    parameter_aliases = {"method": "solver"}
 
     #: What ode_block(fixed_steps=L) integrates with (see its docstring).
     fixed_step_solver = "rk4-3/8 (fixed steps)"
 
-    def __init__(self, method: str = "dopri5", rtol: float = 1e-3, atol: float = 1e-3,
-                 first_step: float | None = None):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "parameters" not in cls.__dict__ and isinstance(cls.__dict__.get("adjoint"), bool):
+            cls.parameters = torchdiffeq_parameters(cls.__dict__["adjoint"])
+
+    def __init__(self, solver: str = "dopri5", rtol: float = 1e-3, atol: float = 1e-3,
+                 first_step: float | None = None, fixed_steps: int | None = None,
+                 adjoint_rtol: float | None = None, adjoint_atol: float | None = None,
+                 adjoint_norm: str = "default", *, method: str | None = None):
+        solver = method if method is not None else solver
         if not (rtol > 0 and atol > 0):
             raise BenchError(f"rtol and atol must be positive, got rtol={rtol}, atol={atol}")
         if first_step is not None and not first_step > 0:
             raise BenchError(f"first_step must be positive or None, got {first_step}")
-        self.solver = method
+        # (a third-party subclass may pass any torchdiffeq method: only the vocabulary's are
+        # checked here)
+        problem = fixed_steps_problem(solver, fixed_steps) if solver in SOLVERS else None
+        if problem:
+            raise BenchError(problem)
+        if adjoint_norm == "seminorm" and solver in SOLVERS and not SOLVERS[solver].adaptive:
+            raise BenchError(f"adjoint_norm=seminorm controls adaptive steps: solver {solver!r} "
+                             "takes fixed steps")
+        if adjoint_norm not in ADJOINT_NORMS:
+            raise BenchError(f"adjoint_norm must be one of {', '.join(ADJOINT_NORMS)}, not "
+                             f"{adjoint_norm!r}")
+        if not self.adjoint and (adjoint_rtol, adjoint_atol, adjoint_norm) != (
+                None, None, "default"):
+            raise BenchError("adjoint_rtol, adjoint_atol and adjoint_norm apply to the adjoint "
+                             "only (torch-adjoint)")
+        self.solver = solver
         self.rtol, self.atol, self.first_step = float(rtol), float(atol), first_step
+        self.fixed_steps = None if fixed_steps is None else positive_int(fixed_steps,
+                                                                         "fixed_steps")
+        self.adjoint_rtol, self.adjoint_atol = adjoint_rtol, adjoint_atol
+        self.adjoint_norm = adjoint_norm if self.adjoint else None
+        info = SOLVERS.get(solver)
+        self.adaptive = info.adaptive if info is not None else None
+
+    def configuration(self) -> dict[str, Any]:
+        config = super().configuration()
+        if not self.adjoint:
+            for name in ("adjoint_rtol", "adjoint_atol", "adjoint_norm"):
+                config.pop(name, None)
+        return config
+
+    def supports(self, suite: Any) -> Support:
+        """A solver of the vocabulary that torchdiffeq lacks (tsit5) is unsupported, with why."""
+        info = SOLVERS.get(self.solver)
+        if info is not None and info.torchdiffeq is None:
+            return Support.no(f"solver {self.solver!r} is not in torchdiffeq: {info.missing}")
+        return super().supports(suite)
+
+    def torchdiffeq_method(self) -> str:
+        """The torchdiffeq name of the solver (dopri5 -> dopri5, heun -> adaptive_heun, ...)."""
+        info = SOLVERS.get(self.solver)
+        return self.solver if info is None else framework_method(self.solver, "torchdiffeq")
 
     def ode_block(self, make_dynamics: Callable[[bool], Any], t0: float = 0.0, t1: float = 1.0,
                   *, fixed_steps: int | None = None,
@@ -62,24 +153,34 @@ class TorchdiffeqBackend(TorchBackend):
         """See :meth:`TorchBackend.ode_block`. With ``fixed_steps=L`` the solve is torchdiffeq's
         ``rk4`` with L equal steps of (t1 - t0) / L; torchdiffeq's ``rk4`` is the 3/8-rule variant
         of fourth-order Runge-Kutta (4 evaluations per step), not the classical tableau that rknet
-        uses. Output ``times`` between grid points are then torchdiffeq's linear interpolation."""
+        uses. Output ``times`` between grid points are then torchdiffeq's linear interpolation.
+        A fixed-step solver of the backend's own (``solver=euler,fixed_steps=N``) takes the same
+        exact grid of N steps. Tolerances: :func:`bench.interfaces.effective_tolerances`."""
         from bench.frameworks.torch._blocks import TorchdiffeqBlock
 
+        grid_steps = None
+        method = self.torchdiffeq_method()
         if fixed_steps is not None:
-            fixed_steps = positive_int(fixed_steps, "fixed_steps")
+            grid_steps = positive_int(fixed_steps, "fixed_steps")
+            method = "rk4"
+        elif self.adaptive is False:
+            grid_steps = self.fixed_steps
+        if grid_steps is not None:
             # "step_size" makes the block wrap f without the adaptive step callbacks (torchdiffeq
             # warns when a fixed-grid solver gets them) ...
-            options: dict[str, Any] = {"step_size": abs(t1 - t0) / fixed_steps}
-            method = "rk4"
+            options: dict[str, Any] = {"step_size": abs(t1 - t0) / grid_steps}
+            tol = Tolerances(self.rtol, self.atol)  # unused by a fixed-grid solver
         else:
             options = {} if self.first_step is None else {"first_step": self.first_step}
-            method = self.solver
-        tol = Tolerances(self.rtol, self.atol) if tolerances is None else tolerances
+            tol = effective_tolerances(self, tolerances)
+        adjoint_options = ({"norm": "seminorm"} if grid_steps is None and self.adjoint
+                           and self.adjoint_norm == "seminorm" else None)
         block = TorchdiffeqBlock(
             make_dynamics(True), t0, t1, adjoint=self.adjoint, method=method,
             rtol=tol.rtol, atol=tol.atol, options=options,
-            adjoint_rtol=tol.adjoint_rtol, adjoint_atol=tol.adjoint_atol)
-        if fixed_steps is not None:
+            adjoint_rtol=tol.adjoint_rtol, adjoint_atol=tol.adjoint_atol,
+            adjoint_options=adjoint_options)
+        if grid_steps is not None:
             # ... and the solve then uses an exact grid of L steps instead (see UniformGrid).
-            block.options = {"grid_constructor": UniformGrid(fixed_steps)}
+            block.options = {"grid_constructor": UniformGrid(grid_steps)}
         return block
