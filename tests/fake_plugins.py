@@ -23,20 +23,44 @@ from bench.interfaces import (
     StepStats,
     Support,
 )
+from bench.options import OptionSpec, non_negative, positive
 
 A_TRUE = -0.5
 
 
 class NumpyEulerBackend(AbstractBackend):
+    """Declares its parameters the way a third-party backend does (as the built-ins do)."""
+
     framework = "numpy"
     gradient_method = "forward-sensitivity"
     solver = "euler"
+    parameters = (
+        OptionSpec("steps", int, 20, "Euler steps", validator=positive,
+                   valid="a positive integer"),
+        OptionSpec("tol", float, None, "a tolerance: at least ceil(0.1 / tol) steps",
+                   validator=positive, nullable=True, valid="a positive number"),
+        OptionSpec("pause_s", float, 0.0, "seconds each training step sleeps",
+                   validator=non_negative, valid="zero or more"),
+        OptionSpec("flavour", str, "plain", "a choice", choices=("plain", "salted")),
+    )
+    parameter_aliases = {"n": "steps"}
 
-    def __init__(self, name: str = "numpy-euler", steps: int = 20, behaviour: str = "ok"):
+    def __init__(self, name: str = "numpy-euler", steps: int = 20, behaviour: str = "ok",
+                 tol: float | None = None, pause_s: float = 0.0, flavour: str = "plain"):
         self.name = name
-        self.steps = steps
+        self.tol, self.pause_s, self.flavour = tol, pause_s, flavour
+        self.steps = steps if tol is None else max(steps, math.ceil(0.1 / tol))
         self.behaviour = behaviour
         self.description = f"explicit Euler, {steps} steps ({behaviour})"
+
+    def configure(self, values):
+        if not values:
+            return self
+        backend = NumpyEulerBackend(self.name, behaviour=self.behaviour,
+                                    **{"steps": self.steps, **values})
+        backend.gradient_method = self.gradient_method
+        backend.user_parameters = dict(values)
+        return backend
 
     def integrate(self, a: float, y0: float, t1: float) -> tuple[float, float, int]:
         """y(t1) and dy/da by Euler on the state and its sensitivity; returns (y, s, nfe)."""
@@ -69,6 +93,8 @@ class LinearTask(AbstractTask):
         self.lr = lr
 
     def train_step(self, step: int) -> StepStats:
+        if self.backend.pause_s:
+            time.sleep(self.backend.pause_s)
         y, s, nfe = self.backend.integrate(self.a, 1.0, 1.0)
         target = math.exp(A_TRUE)
         loss = (y - target) ** 2
