@@ -45,7 +45,11 @@ SOLVERS: dict[str, SolverName] = {s.name: s for s in (
                note="the two frameworks use different 8th-order Dormand-Prince tableaux (stages, "
                     "error estimate): steps and NFE are not comparable one to one"),
     SolverName("heun", True, 2, "adaptive_heun", "Heun",
-               "Heun's method with an embedded Euler error estimate, 2(1), 2 evaluations a step"),
+               "Heun's method with an embedded Euler error estimate, 2(1)",
+               note="torchdiffeq's adaptive_heun reuses its second stage, f(t0 + h, y0 + h k1), "
+                    "as the next step's first (1 evaluation a step, in place of f(t1, y1)); "
+                    "diffrax's Heun evaluates both stages every step (2 a step): their steps, "
+                    "NFE and errors differ"),
     SolverName("midpoint", False, 2, "midpoint", "Midpoint",
                "explicit midpoint, fixed steps (2 evaluations a step)"),
     SolverName("euler", False, 1, "euler", "Euler", "explicit Euler, fixed steps"),

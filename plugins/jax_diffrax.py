@@ -235,19 +235,20 @@ class DiffraxBackend(JaxBackend):
         rk4_solvers()
         _diffrax_parts()
 
-    def stepper(self) -> tuple[Any, bool, int]:
+    def stepper(self) -> tuple[Any, bool, int, bool]:
         """The diffrax solver of ``solver``, whether it reuses its last stage as the next
-        step's first (FSAL), and its evaluations of f per step."""
+        step's first (FSAL), its evaluations of f per step, and whether its stages run in a
+        stage loop (a Runge-Kutta method: the VJP of a step re-runs its stages; Euler: no)."""
         import diffrax
 
         name = framework_method(self.solver, "diffrax")
         if name == "Euler":
-            return diffrax.Euler(), False, 1
+            return diffrax.Euler(), False, 1, False
         cls = (rk4_solvers().ThreeEighthsRK4 if name == "ThreeEighthsRK4"
                else getattr(diffrax, name))
         tableau = cls.tableau
         stages = len(tableau.c) + 1
-        return cls(), bool(tableau.fsal), stages - 1 if tableau.fsal else stages
+        return cls(), bool(tableau.fsal), stages - 1 if tableau.fsal else stages, True
 
     def _adjoint(self, counting: bool, reverse_controller: Any = None) -> Any:
         import diffrax
@@ -274,10 +275,10 @@ class DiffraxBackend(JaxBackend):
         rtol, atol = tol.rtol, tol.atol
         term = diffrax.ODETerm(lambda t, y, args: f(t, y, args[0]))
         saveat = diffrax.SaveAt(t1=True) if ts is None else diffrax.SaveAt(ts=ts)
-        solver, fsal, per_step = self.stepper()
+        solver, fsal, per_step, stage_loop = self.stepper()
         reverse_controller = None
         if fixed_steps is not None:  # the suite's (the memory study): Dopri5 on an exact grid
-            solver, fsal, per_step = diffrax.Dopri5(), True, 6
+            solver, fsal, per_step, stage_loop = diffrax.Dopri5(), True, 6, True
         elif not self.adaptive:
             fixed_steps = self.fixed_steps
         if fixed_steps is not None:
@@ -336,6 +337,7 @@ class DiffraxBackend(JaxBackend):
             "nfe_forward": init_evals + per_step * n,
             "per_step": _int32(per_step),
             "fsal": _int32(int(fsal)),
+            "stage_loop": _int32(int(stage_loop)),
         }
         if self.adjoint == "checkpoint":
             # VJPs: f0 (outside the loop, an FSAL solver's) and per_step stages per step; the
@@ -369,13 +371,14 @@ class DiffraxBackend(JaxBackend):
             steps = np.ravel(record["num_steps"])
             max_steps = int(np.ravel(record["max_steps"])[0])
             per_step = float(np.ravel(record["per_step"])[0])
+            stage_loop = float(np.ravel(record["stage_loop"])[0])
             vjp += float(np.sum(record["nfe_backward_vjp"]))
-            # each backward-loop iteration re-runs one step (per_step stages); the VJP of a step
-            # re-runs its stages once more (diffrax's stage loop is itself a checkpointed
-            # loop that stores the stages' inputs only)
+            # each backward-loop iteration re-runs one step (per_step evaluations); the VJP of a
+            # Runge-Kutta step re-runs its stages once more (diffrax's stage loop is itself a
+            # checkpointed loop that stores the stages' inputs only; Euler has none)
             recomputed += sum(
                 per_step * checkpoint_backward_iterations(int(n), max_steps, self.checkpoints)
-                + per_step * n for n in steps)
+                + stage_loop * per_step * n for n in steps)
         return vjp + recomputed, {"nfe_backward_vjp": vjp,
                                     "nfe_backward_recomputed": float(recomputed)}
 

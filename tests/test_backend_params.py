@@ -30,7 +30,7 @@ def labels(registry, text, backend_set=(), echo=None):
                                              echo or (lambda m: None))]
 
 
-# -- syntax -----------------------------------------------------------------------------------------
+# -- syntax ----------------------------------------------------------------------------------------
 
 
 def test_the_syntax_reads_names_parameters_and_lists():
@@ -52,7 +52,7 @@ def test_bad_syntax_says_what_is_wrong(text, message):
         parse_backends(text)
 
 
-# -- the same declaration for built-in and third-party backends ------------------------------------
+# -- the same declaration for built-in and third-party backends -----------------------------------
 
 
 def test_a_third_party_backend_declares_parameters_like_the_builtins(fake_registry, builtins):
@@ -134,7 +134,7 @@ def test_bench_list_shows_the_parameters(cli_env, tmp_path):
     assert "parameter flavour = plain: a choice [plain, salted]" in result.stdout
 
 
-# -- cells and rows ---------------------------------------------------------------------------------
+# -- cells and rows --------------------------------------------------------------------------------
 
 
 def test_cells_carry_the_configuration_in_their_ids(fake_registry):

@@ -221,21 +221,39 @@ class CompileCounter:
         jax.monitoring.unregister_event_duration_listener(self)
 
 
-CASES = {  # id: (backend, solve keyword arguments)
+CASES = {  # id: (backend, solve keyword arguments[, backend parameters])
     "checkpoint": ("diffrax-checkpoint", {}),
     "checkpoint-fixed20": ("diffrax-checkpoint", {"fixed_steps": 20}),
     "backsolve": ("diffrax-backsolve", {}),
     "rknet": ("jax-rknet", {}),
+    # the solver vocabulary: FSAL (tsit5, bosh3, dopri8) and not (heun), fixed steps
+    "checkpoint-tsit5": ("diffrax-checkpoint", {}, {"solver": "tsit5"}),
+    "checkpoint-bosh3": ("diffrax-checkpoint", {}, {"solver": "bosh3"}),
+    "checkpoint-dopri8": ("diffrax-checkpoint", {}, {"solver": "dopri8"}),
+    "checkpoint-heun": ("diffrax-checkpoint", {}, {"solver": "heun"}),
+    "checkpoint-heun-diffrax-dt0": ("diffrax-checkpoint", {},
+                                    {"solver": "heun", "first_step": "diffrax"}),
+    "checkpoint-euler": ("diffrax-checkpoint", {}, {"solver": "euler", "fixed_steps": 30}),
+    "checkpoint-midpoint": ("diffrax-checkpoint", {}, {"solver": "midpoint", "fixed_steps": 12}),
+    "checkpoint-rk4": ("diffrax-checkpoint", {}, {"solver": "rk4", "fixed_steps": 10}),
+    "checkpoint-4-checkpoints": ("diffrax-checkpoint", {}, {"checkpoints": 4, "rtol": 1e-5}),
+    "backsolve-bosh3": ("diffrax-backsolve", {}, {"solver": "bosh3"}),
+    "backsolve-heun": ("diffrax-backsolve", {}, {"solver": "heun"}),
+    "backsolve-rk4": ("diffrax-backsolve", {}, {"solver": "rk4", "fixed_steps": 10}),
+    "backsolve-seminorm": ("diffrax-backsolve", {}, {"adjoint_norm": "seminorm", "rtol": 1e-5}),
+    "backsolve-reverse-tolerances": ("diffrax-backsolve", {},
+                                     {"adjoint_rtol": 1e-6, "adjoint_atol": 1e-7}),
 }
 
 
-def _run_case(name: str, kwargs: dict, steps: int = 3) -> dict:
-    """Forward-only solve and ``steps`` compiled training steps of one backend, counted."""
+def _run_case(name: str, kwargs: dict, params: dict | None = None, steps: int = 3) -> dict:
+    """Forward-only solve and ``steps`` compiled training steps of one backend (with backend
+    ``params`` set), counted."""
     import jax
     import jax.numpy as jnp
     from bench.frameworks.jax import CompiledStep, sgd_momentum_init, sgd_momentum_update
 
-    b = backend(name)
+    b = backend(name, **(params or {}))
     f, counter = counted_dynamics()
     params_np, y0_np = _problem()
     params = jax.tree_util.tree_map(jnp.asarray, params_np)
@@ -283,8 +301,8 @@ def _run_case(name: str, kwargs: dict, steps: int = 3) -> dict:
 def case(case_id: str) -> dict:
     """One case of CASES, run once per test session."""
     pytest.importorskip("jax")
-    name, kwargs = CASES[case_id]
-    return {"case": case_id, **_run_case(name, kwargs)}
+    name, kwargs, *params = CASES[case_id]
+    return {"case": case_id, **_run_case(name, kwargs, *params)}
 
 
 @pytest.fixture(params=[

@@ -216,6 +216,73 @@ def test_dopri5_counts_match_step_counts_and_independent_counters(backends, name
         assert backward.nfe_backward <= forward.nfe_forward
 
 
+def _solve_counts(backend, f, tolerances=None):
+    block = backend.ode_block(lambda td: f, 0.0, 1.5, tolerances=tolerances)
+    y0 = torch.randn(2, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
+    loss = block(y0).pow(2).sum()
+    forward = block.pop_stats()
+    loss.backward()
+    return forward, block.pop_stats()
+
+
+@pytest.mark.parametrize("solver, params, per_step, first", [
+    # torchdiffeq's adaptive_heun reuses its second stage, f(t0 + h, y0 + h k1), as the next
+    # step's first: 1 evaluation a step (diffrax's Heun: 2)
+    ("bosh3", {}, 3, 2), ("heun", {}, 1, 2), ("dopri8", {}, None, None),
+    ("euler", {"fixed_steps": 7}, 1, 0), ("midpoint", {"fixed_steps": 7}, 2, 0),
+    ("rk4", {"fixed_steps": 7}, 4, 0),
+])
+def test_the_solver_vocabulary_maps_to_torchdiffeq(backends, solver, params, per_step, first):
+    """Each name of the shared vocabulary runs torchdiffeq's method of that name (heun:
+    adaptive_heun) with its own evaluations per step; fixed-step ones take exactly fixed_steps."""
+    backend = backends["torch-direct"].configure({"solver": solver, **params})
+    f = Mlp()
+    forward, backward = _solve_counts(backend, f, Tolerances(1e-5, 1e-5))
+    assert forward.nfe_forward == f.calls > 0 and backward.nfe_backward == f.vjps > 0
+    if "fixed_steps" in params:
+        assert f.calls == per_step * params["fixed_steps"]
+    elif per_step is not None:
+        steps = forward.steps_accepted + forward.steps_rejected
+        assert steps > 0 and f.calls == first + per_step * steps
+
+
+def test_a_solver_torchdiffeq_lacks_is_unsupported_with_the_reason(backends):
+    from bench.suites.cnf import CnfSuite
+
+    support = backends["torch-adjoint"].configure({"solver": "tsit5"}).supports(CnfSuite())
+    assert not support.ok and "torchdiffeq has no tsit5" in support.reason
+
+
+def test_the_seminorm_adjoint_takes_fewer_backward_evaluations(backends):
+    """adjoint_norm=seminorm (torchdiffeq's adjoint_options=dict(norm="seminorm")): the
+    parameters' adjoint leaves step-size control, so the reverse solve takes fewer steps; the
+    forward solve is unchanged, and the gradient agrees to the tolerance."""
+    runs = {}
+    for norm in ("default", "seminorm"):
+        backend = backends["torch-adjoint"].configure({"adjoint_norm": norm, "rtol": 1e-4,
+                                                       "atol": 1e-4})
+        f = Mlp(hidden=16)
+        with torch.no_grad():  # larger weights: the parameters' adjoint matters (here 128 / 110)
+            for p in f.parameters():
+                p.mul_(3)
+        forward, backward = _solve_counts(backend, f)
+        runs[norm] = (forward.nfe_forward, backward.nfe_backward,
+                      torch.cat([p.grad.ravel() for p in f.parameters()]))
+    assert runs["seminorm"][0] == runs["default"][0]
+    assert runs["seminorm"][1] < runs["default"][1]
+    torch.testing.assert_close(runs["seminorm"][2], runs["default"][2], rtol=1e-2, atol=1e-3)
+
+
+def test_reverse_tolerances_reach_the_reverse_solve(backends):
+    counts = {}
+    for adjoint_rtol in (1e-3, 1e-8):
+        backend = backends["torch-adjoint"].configure({"adjoint_rtol": adjoint_rtol,
+                                                       "adjoint_atol": adjoint_rtol})
+        forward, backward = _solve_counts(backend, Mlp(), Tolerances(1e-4, 1e-4))
+        counts[adjoint_rtol] = (forward.nfe_forward, backward.nfe_backward)
+    assert counts[1e-3][0] == counts[1e-8][0] and counts[1e-8][1] > counts[1e-3][1]
+
+
 def test_rejected_steps_are_counted_and_first_step_skips_the_probe():
     from bench.plugins.torch_direct import TorchDirectBackend
 
