@@ -26,6 +26,7 @@ from bench.request import RunRequest
 from bench.results import RunDirectory, rows_to_frame
 from bench.rows import ResultRow, now_iso
 from bench.runner import Runner
+from bench.work_precision import plot_work_precision
 
 
 def _stderr(message: str) -> None:
@@ -152,6 +153,7 @@ class RunSession:
         warnings = timing_warnings(outcome.rows)
         try:
             plot_run(path)
+            plot_work_precision(path)
         except ImportError:
             pass
         except Exception as exc:  # plots never lose results

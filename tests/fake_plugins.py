@@ -37,7 +37,7 @@ class NumpyEulerBackend(AbstractBackend):
     parameters = (
         OptionSpec("steps", int, 20, "Euler steps", validator=positive,
                    valid="a positive integer"),
-        OptionSpec("tol", float, None, "a tolerance: at least ceil(0.1 / tol) steps",
+        OptionSpec("rtol", float, None, "a tolerance: at least ceil(0.1 / rtol) steps",
                    validator=positive, nullable=True, valid="a positive number"),
         OptionSpec("pause_s", float, 0.0, "seconds each training step sleeps",
                    validator=non_negative, valid="zero or more"),
@@ -46,10 +46,10 @@ class NumpyEulerBackend(AbstractBackend):
     parameter_aliases = {"n": "steps"}
 
     def __init__(self, name: str = "numpy-euler", steps: int = 20, behaviour: str = "ok",
-                 tol: float | None = None, pause_s: float = 0.0, flavour: str = "plain"):
+                 rtol: float | None = None, pause_s: float = 0.0, flavour: str = "plain"):
         self.name = name
-        self.tol, self.pause_s, self.flavour = tol, pause_s, flavour
-        self.steps = steps if tol is None else max(steps, math.ceil(0.1 / tol))
+        self.rtol, self.pause_s, self.flavour = rtol, pause_s, flavour
+        self.steps = steps if rtol is None else max(steps, math.ceil(0.1 / rtol))
         self.behaviour = behaviour
         self.description = f"explicit Euler, {steps} steps ({behaviour})"
 
