@@ -6,6 +6,7 @@ run names backends with parameter values, and a list of values expands into a gr
     torch-direct[rtol=[1e-3,1e-5,1e-7]]              three cells (one per rtol)
     torch-adjoint[rtol=[1e-3,1e-5],adjoint_norm=[default,seminorm]]   four
     --backend-set rtol=1e-5                          every selected backend that has rtol
+    --backend-set tol=[1e-3,1e-5]                    rtol = atol, two cells per backend
 
 Every value is converted and checked by its parameter's spec in the parent, before any cell
 starts, and each configuration by the backend's own ``configure`` (e.g. a fixed-step solver
@@ -156,12 +157,32 @@ def convert_values(backend: AbstractBackend, key: str, values: Sequence[Any]) ->
     return [spec.parse(value, f"backend {backend.name}", what="parameter") for value in values]
 
 
-def configurations(backend: AbstractBackend, grid: Mapping[str, list[Any]]
-                   ) -> list[tuple[tuple[str, Any], ...]]:
-    """Every combination of the grid's values, each in the backend's declaration order."""
-    order = [spec.name for spec in backend.parameters if spec.name in grid]
-    combos = itertools.product(*(grid[key] for key in order))
-    return [tuple(zip(order, combo, strict=True)) for combo in combos]
+#: ``tol=X`` sets ``rtol=X`` and ``atol=X`` together (a grid over it stays one axis), for
+#: backends that declare both and no parameter ``tol`` of their own.
+TIED = {"tol": ("rtol", "atol")}
+
+
+def configurations(backend: AbstractBackend, grid: Mapping[str, list[Any]],
+                   tied: Mapping[str, str] | None = None) -> list[tuple[tuple[str, Any], ...]]:
+    """Every combination of the grid's values, each in the backend's declaration order;
+    ``tied`` maps a parameter to the one whose value it takes (``atol`` -> ``rtol``)."""
+    tied = dict(tied or {})
+    order = [spec.name for spec in backend.parameters
+             if spec.name in grid and spec.name not in tied]
+    combos = []
+    for combo in itertools.product(*(grid[key] for key in order)):
+        values = dict(zip(order, combo, strict=True))
+        values.update({key: values[source] for key, source in tied.items()})
+        combos.append(tuple((spec.name, values[spec.name]) for spec in backend.parameters
+                            if spec.name in values))
+    return combos
+
+
+def _tied_keys(backend: AbstractBackend, key: str) -> tuple[str, ...] | None:
+    declared = {spec.name for spec in backend.parameters}
+    if key in TIED and key not in declared and set(TIED[key]) <= declared:
+        return TIED[key]
+    return None
 
 
 def expand_backends(registry: Registry, backends: str | Sequence[str | BackendChoice],
@@ -190,17 +211,31 @@ def expand_backends(registry: Registry, backends: str | Sequence[str | BackendCh
     for name, params in items:
         backend = registry.backend(name)
         grid: dict[str, list[Any]] = {}
+        tied: dict[str, str] = {}
+
+        def put(key: str, values: list[Any], backend: Any = backend, grid: dict = grid,
+                tied: dict = tied) -> None:
+            pair = _tied_keys(backend, key)
+            if pair:  # tol: rtol and atol, one axis
+                first, second = pair
+                grid[first] = convert_values(backend, first, values)
+                grid[second] = convert_values(backend, second, values)
+                tied[second] = first
+            else:
+                grid[key] = convert_values(backend, key, values)
+
         for key, values in params:
-            key = canonical_key(backend, key)
-            if key in grid:
+            key = key if _tied_keys(backend, key) else canonical_key(backend, key)
+            if key in grid or (key in TIED and set(TIED[key]) & set(grid)):
                 raise BenchError(f"backend {name}: parameter {key} is set twice")
-            grid[key] = convert_values(backend, key, values)
+            put(key, values)
         for key, values in assignments:
             canon = backend.parameter_aliases.get(key, key)
-            if canon in {s.name for s in backend.parameters} and canon not in grid:
-                grid[canon] = convert_values(backend, canon, values)
+            names = set(TIED.get(canon, ())) if _tied_keys(backend, canon) else {canon}
+            if names <= {s.name for s in backend.parameters} and not names & set(grid):
+                put(canon, values)
                 used[key].append(name)
-        for params_tuple in configurations(backend, grid):
+        for params_tuple in configurations(backend, grid, tied):
             choice = BackendChoice(name, params_tuple)
             try:
                 backend.configure(dict(params_tuple))

@@ -46,6 +46,14 @@ BUDGETS: dict[str, Budget] = {
         {**_PAPER, "steps": 400, "rtol": 1e-4, "atol": 1e-4, "eval_every": 100,
          "eval_subset": 200},
     ),
+    "work-precision": Budget(
+        "work-precision",
+        "a tolerance grid's cell in about a minute on one core: 100 Adam steps (lr 1e-3) of batch "
+        "100, the backend's own tolerances (set them: --backend-set tol=[1e-3,1e-4,...]), final "
+        "NLL on 1000 fresh samples at the same tolerances; no periodic evaluation",
+        {**{k: v for k, v in _PAPER.items() if k not in ("rtol", "atol")}, "steps": 100,
+         "eval_every": None, "plot_samples": 500, "plot_grid": 30},
+    ),
     "paper": Budget(
         "paper",
         "FFJORD toy setup: 10,000 Adam steps (lr 1e-3, weight decay 1e-5) of batch 100, 3x64 "

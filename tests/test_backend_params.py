@@ -256,3 +256,18 @@ def test_a_tolerance_grid_gets_a_work_precision_plot(cli_env, tmp_path):
     finally:
         work_precision.RunDirectory = original
     assert written == [out / "linear_work_precision.png"] and written[0].stat().st_size > 5000
+
+
+def test_tol_sets_rtol_and_atol_together(builtins):
+    assert labels(builtins, "torch-direct[tol=[1e-3,1e-5]]") == [
+        "torch-direct[rtol=0.001,atol=0.001]", "torch-direct[rtol=1e-05,atol=1e-05]"]
+    said = []
+    got = labels(builtins, "torch-adjoint[adjoint_norm=[default,seminorm]],rknet",
+                 ["tol=[1e-3,1e-4]"], said.append)
+    assert got == ["torch-adjoint[rtol=0.001,atol=0.001,adjoint_norm=default]",
+                   "torch-adjoint[rtol=0.001,atol=0.001,adjoint_norm=seminorm]",
+                   "torch-adjoint[rtol=0.0001,atol=0.0001,adjoint_norm=default]",
+                   "torch-adjoint[rtol=0.0001,atol=0.0001,adjoint_norm=seminorm]", "rknet"]
+    assert "not applied to rknet" in said[0]
+    with pytest.raises(BenchError, match="set twice"):
+        labels(builtins, "torch-direct[tol=1e-3,rtol=1e-4]")
