@@ -43,10 +43,19 @@ def readme_bench_commands(text: str = README) -> list[str]:
     return commands
 
 
-def test_every_readme_command_parses_and_expands_with_the_builtin_plugins():
+def test_every_readme_command_parses_and_expands_with_the_builtin_plugins(tmp_path,
+                                                                          monkeypatch):
     """Each README command goes through the argument parser and, for `run` and `memory`, the
-    name, seed and option checks and the cell expansion (nothing is run or written)."""
+    name, seed and option checks and the cell expansion (nothing is run or written). The
+    README's run file (the toml block that starts with ``# grid.toml``) is the one its
+    ``--config grid.toml`` reads."""
     import shlex
+
+    blocks = re.findall(r"```toml\n(# (\S+)\n.*?)```", README, flags=re.S)
+    assert blocks, "the README shows a run file"
+    for text, name in blocks:
+        (tmp_path / name).write_text(text)
+    monkeypatch.chdir(tmp_path)
 
     from bench import cli
     from bench.registry import PluginSelection, Registry
