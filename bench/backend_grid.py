@@ -202,7 +202,8 @@ def expand_backends(registry: Registry, backends: str | Sequence[str | BackendCh
             if not registry.backends:
                 raise BenchError("--backends all: no backends are loaded (see `bench list` and "
                                  "BENCH_LOAD_PLUGINS)")
-            items.extend((name, []) for name in sorted(registry.backends))
+            items.extend((name, []) for name in sorted(registry.backends)
+                         if registry.backends[name].in_all)
         else:
             items.extend(parse_backends(entry))
     assignments = [parse_assignment(text, "--backend-set") for text in backend_set]

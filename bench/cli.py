@@ -266,6 +266,7 @@ def cmd_list(args: argparse.Namespace, registry: Registry) -> int:
     for name, b in sorted(registry.backends.items()):
         missing = b.check_available()
         state = f"  [unavailable: {missing}]" if missing else ""
+        state += "" if b.in_all else "  [not in 'all': run it by name]"
         print(f"  {name:<22} {b.framework:<6} {b.gradient_method:<22} {b.solver:<8}{state}")
         if b.description:
             print(f"  {'':<22} {b.description}")

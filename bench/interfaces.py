@@ -197,6 +197,9 @@ class AbstractBackend(abc.ABC):
     parameter_aliases: Mapping[str, str] = {}
     #: The parameters the user set on this instance (empty: the registered configuration).
     user_parameters: Mapping[str, Any] = {}
+    #: Whether ``--backends all`` includes this backend (False: a variant run only by name, e.g.
+    #: diffrax-direct; ``bench list`` says so).
+    in_all: bool = True
 
     def configure(self, values: Mapping[str, Any]) -> AbstractBackend:
         """This backend with the parameters ``values`` set (already converted and checked by

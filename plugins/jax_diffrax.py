@@ -4,8 +4,11 @@
   diffrax's default ``RecursiveCheckpointAdjoint`` (online binomial checkpointing);
 - ``diffrax-backsolve``: Dopri5 + PIDController, gradients by ``BacksolveAdjoint`` (the continuous
   adjoint: a second, reverse-time solve; the counterpart of torch-adjoint);
-- ``jax-rknet``: classical RK4 (an explicit Runge-Kutta built from its Butcher tableau, since
-  diffrax has none) with a fixed number of steps, backpropagated through the stored steps.
+- ``diffrax-direct`` (not in ``--backends all``: run it by name): the same solve, gradients by
+  ``DirectAdjoint`` (differentiating through every stored step);
+- ``jax-rknet`` (:mod:`bench.plugins.jax_rknet`): classical RK4 (an explicit Runge-Kutta built
+  from its Butcher tableau, since diffrax has none) with a fixed number of steps, backpropagated
+  through the stored steps.
 
 Matching the torch backends: rtol = atol = 1e-3 by default; the error norm is torchdiffeq's (RMS of
 each leaf, maximum over leaves); the first step is torchdiffeq's initial-step heuristic (Hairer,
@@ -69,6 +72,8 @@ ADJOINT_NORMS = ("default", "seminorm")
 MAX_STEPS = 4096
 
 FIRST_STEP_CHOICES = ("torchdiffeq", "diffrax")
+#: diffrax's gradient methods: RecursiveCheckpointAdjoint, BacksolveAdjoint, DirectAdjoint.
+ADJOINTS = ("checkpoint", "backsolve", "direct")
 
 
 @functools.cache
@@ -175,8 +180,8 @@ class DiffraxBackend(JaxBackend):
                  solver: str = "dopri5", fixed_steps: int | None = None,
                  checkpoints: int | None = None, adjoint_rtol: float | None = None,
                  adjoint_atol: float | None = None, adjoint_norm: str = "default"):
-        if adjoint not in ("checkpoint", "backsolve"):
-            raise ValueError(f"adjoint must be 'checkpoint' or 'backsolve', not {adjoint!r}")
+        if adjoint not in ADJOINTS:
+            raise ValueError(f"adjoint must be one of {ADJOINTS}, not {adjoint!r}")
         if first_step not in FIRST_STEP_CHOICES:
             raise ValueError(f"first_step must be one of {FIRST_STEP_CHOICES}, not {first_step!r}")
         info = solver_info(solver)
@@ -205,10 +210,15 @@ class DiffraxBackend(JaxBackend):
         # the checkpoint schedule's replay (a compiled toy loop, 1.5-35 ms for each step count
         # not seen before) runs after the step's clock stopped
         self.defers_backward_counts = adjoint == "checkpoint"
+        # DirectAdjoint (everything stored; slow to compile) is a variant run by name
+        self.in_all = adjoint != "direct"
         if adjoint == "checkpoint":
             self.gradient_method = "recursive-checkpoint"
             how = ("backprop through the solver with diffrax's RecursiveCheckpointAdjoint "
                    "(binomial checkpointing)")
+        elif adjoint == "direct":
+            self.gradient_method = "backprop"
+            how = "backprop through the solver with diffrax's DirectAdjoint (every step stored)"
         else:
             self.gradient_method = "adjoint"
             how = "the continuous adjoint (diffrax BacksolveAdjoint, reverse-time solve)"
@@ -255,6 +265,8 @@ class DiffraxBackend(JaxBackend):
 
         if self.adjoint == "checkpoint":
             return diffrax.RecursiveCheckpointAdjoint(checkpoints=self.checkpoints)
+        if self.adjoint == "direct":
+            return diffrax.DirectAdjoint()
         kwargs: dict[str, Any] = {}
         if counting:
             kwargs["adjoint"] = _diffrax_parts().ReverseCountingAdjoint()
@@ -339,7 +351,7 @@ class DiffraxBackend(JaxBackend):
             "fsal": _int32(int(fsal)),
             "stage_loop": _int32(int(stage_loop)),
         }
-        if self.adjoint == "checkpoint":
+        if self.adjoint in ("checkpoint", "direct"):
             # VJPs: f0 (outside the loop, an FSAL solver's) and per_step stages per step; the
             # first-step probe is under stop_gradient
             stats["nfe_backward_vjp"] = int(fsal) + per_step * n
@@ -376,8 +388,10 @@ class DiffraxBackend(JaxBackend):
             # each backward-loop iteration re-runs one step (per_step evaluations); the VJP of a
             # Runge-Kutta step re-runs its stages once more (diffrax's stage loop is itself a
             # checkpointed loop that stores the stages' inputs only; Euler has none)
+            # DirectAdjoint stores every step: its backward pass re-runs each step once
             recomputed += sum(
-                per_step * checkpoint_backward_iterations(int(n), max_steps, self.checkpoints)
+                per_step * (n if self.adjoint == "direct" else
+                            checkpoint_backward_iterations(int(n), max_steps, self.checkpoints))
                 + stage_loop * per_step * n for n in steps)
         return vjp + recomputed, {"nfe_backward_vjp": vjp,
                                     "nfe_backward_recomputed": float(recomputed)}
@@ -387,6 +401,7 @@ def backends() -> list[JaxBackend]:
     return [
         DiffraxBackend("diffrax-checkpoint", "checkpoint"),
         DiffraxBackend("diffrax-backsolve", "backsolve"),
+        DiffraxBackend("diffrax-direct", "direct"),
     ]
 
 

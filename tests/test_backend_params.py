@@ -84,6 +84,9 @@ def test_aliases_and_duplicates(builtins):
     assert labels(builtins, "torch-direct,torch-direct[rtol=0.001]") == [
         "torch-direct", "torch-direct[rtol=0.001]"]  # the label says what the user set
     assert labels(builtins, "torch-direct,torch-direct") == ["torch-direct"]
+    everything = labels(builtins, "all")  # a variant run by name only is not in "all"
+    assert "diffrax-direct" not in everything and "diffrax-checkpoint" in everything
+    assert labels(builtins, "diffrax-direct[solver=bosh3]") == ["diffrax-direct[solver=bosh3]"]
 
 
 def test_backend_set_applies_where_declared_and_says_what_it_skipped(builtins):

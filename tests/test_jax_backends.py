@@ -66,8 +66,10 @@ def test_backends_are_registered_with_their_methods():
     assert got == {
         "diffrax-checkpoint": ("jax", "recursive-checkpoint", "dopri5", True),
         "diffrax-backsolve": ("jax", "adjoint", "dopri5", True),
+        "diffrax-direct": ("jax", "backprop", "dopri5", True),
         "jax-rknet": ("jax", "backprop", "rk4", True),
     }
+    assert [n for n, b in registry.backends.items() if not b.in_all] == ["diffrax-direct"]
     assert all(b.rtol == b.atol == 1e-3 for b in registry.backends.values())
 
 
@@ -237,6 +239,9 @@ CASES = {  # id: (backend, solve keyword arguments[, backend parameters])
     "checkpoint-midpoint": ("diffrax-checkpoint", {}, {"solver": "midpoint", "fixed_steps": 12}),
     "checkpoint-rk4": ("diffrax-checkpoint", {}, {"solver": "rk4", "fixed_steps": 10}),
     "checkpoint-4-checkpoints": ("diffrax-checkpoint", {}, {"checkpoints": 4, "rtol": 1e-5}),
+    "direct": ("diffrax-direct", {}),
+    "direct-heun": ("diffrax-direct", {}, {"solver": "heun"}),
+    "direct-euler": ("diffrax-direct", {}, {"solver": "euler", "fixed_steps": 20}),
     "backsolve-bosh3": ("diffrax-backsolve", {}, {"solver": "bosh3"}),
     "backsolve-heun": ("diffrax-backsolve", {}, {"solver": "heun"}),
     "backsolve-rk4": ("diffrax-backsolve", {}, {"solver": "rk4", "fixed_steps": 10}),
