@@ -64,6 +64,16 @@ def _threads(text: str) -> int:
     return _checked(value, threads_problem(value, repr(text)))
 
 
+def _jobs(text: str) -> int:
+    """A positive number of cells at once."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    return _checked(value, None if value >= 1 else
+                    f"{text!r} is not a number of cells at once: give a positive integer")
+
+
 def _number(text: str) -> float:
     try:
         return float(text)
@@ -121,6 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "frameworks' own")
     p_run.add_argument("--resume", action="store_true",
                        help="with --out: run only the cells that have no 'ok' row there")
+    p_run.add_argument("--jobs", type=_jobs, default=1, metavar="N",
+                       help="cells at once (default 1: one after the other); locally each on "
+                       "its own --threads cores (and, with --device cuda, its own GPU)")
+    p_run.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                       help="run the cells on this running Dask scheduler's workers (extra: "
+                       "neural-ode-bench[dask])")
+    p_run.add_argument("--cluster", default=None, metavar="NAME",
+                       help="start a Dask cluster for the run: local, slurm, pbs, sge or lsf "
+                       "(dask-jobqueue, set up in Dask's config file), --jobs workers")
     p_run.add_argument("--data-dir", type=Path, default=None,
                        help="folder with a suite's data files (e.g. the four MNIST IDX files)")
     p_run.add_argument("--set", dest="options", type=_option, action="append", default=[],
@@ -200,7 +219,8 @@ def run_request(args: argparse.Namespace, registry: Registry, check: bool = True
         registry, suites=args.suite, backends=args.backends, budget=args.budget,
         seeds=args.seeds, device=args.device, options=args.options, data_dir=args.data_dir,
         out=args.out, resume=args.resume, timeout_s=args.timeout,
-        max_memory_mb=args.max_memory_mb, threads=args.threads, check=check)
+        max_memory_mb=args.max_memory_mb, threads=args.threads, check=check,
+        jobs=args.jobs, scheduler=args.scheduler, cluster=args.cluster)
 
 
 def memory_request(args: argparse.Namespace, registry: Registry, check: bool = True

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cell import CellSpec
+from bench.concurrency import parallel_problem
 from bench.errors import BenchError, UnknownNameError
 from bench.registry import LOAD_PLUGINS_ENV, Registry
 
@@ -226,10 +227,17 @@ class RunRequest:
     max_memory_mb: float | None = None
     threads: int = 1
     steps: tuple[int, ...] = ()
+    #: Cells at once (``--jobs``), and where: a running Dask scheduler's address or a cluster
+    #: started for the run (bench.parallel); 1 and neither: one cell after the other.
+    jobs: int = 1
+    scheduler: str | None = None
+    cluster: str | None = None
 
     def __post_init__(self) -> None:
         for problem in (timeout_problem(self.timeout_s), memory_problem(self.max_memory_mb),
-                        threads_problem(self.threads)):
+                        threads_problem(self.threads),
+                        parallel_problem(self.jobs, self.threads, self.device, self.scheduler,
+                                         self.cluster)):
             if problem:
                 raise BenchError(problem)
         if self.resume and self.out is None:
@@ -247,7 +255,8 @@ class RunRequest:
                 data_dir: Path | None = None, out: Path | None = None, resume: bool = False,
                 timeout_s: float | None = None, max_memory_mb: float | None = None,
                 threads: int = 1, check: bool = True,
-                echo: Callable[[str], None] = _stderr) -> RunRequest:
+                echo: Callable[[str], None] = _stderr, jobs: int = 1,
+                scheduler: str | None = None, cluster: str | None = None) -> RunRequest:
         """``bench run``'s request: names, seeds and options checked and expanded into cells;
         with ``check``, each suite's data too (nothing is written or run)."""
         suite_names = parse_names(suites, "suite", sorted(registry.suites))
@@ -267,7 +276,8 @@ class RunRequest:
         if check:
             check_data(registry, cells)
         return cls("run", tuple(suite_names), tuple(backend_names), budget, tuple(seed_list),
-                   device, given, tuple(cells), out, resume, timeout_s, max_memory_mb, threads)
+                   device, given, tuple(cells), out, resume, timeout_s, max_memory_mb, threads,
+                   jobs=jobs, scheduler=scheduler, cluster=cluster)
 
     @classmethod
     def for_memory(cls, registry: Registry, *, backends: str | Sequence[str] = "all",
