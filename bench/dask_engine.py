@@ -40,6 +40,11 @@ CLUSTERS = {
     "sge": ("dask_jobqueue", "SGECluster"),
     "lsf": ("dask_jobqueue", "LSFCluster"),
 }
+#: The scheduler of a cluster started for a run: a worker lost while running a cell fails that
+#: cell (no retry on another worker), and a worker holds no more cells than its threads (a cell
+#: queued behind a long one on a busy worker would wait while another worker idles).
+SCHEDULER_CONFIG = {"distributed.scheduler.allowed-failures": 0,
+                    "distributed.scheduler.worker-saturation": 1.0}
 #: Seconds a stopped run waits for its running cells to stop before closing the client.
 STOP_WAIT_S = 30.0
 
@@ -50,6 +55,14 @@ def _import(module: str, what: str) -> Any:
     except ImportError as exc:
         raise BenchError(f"{what} needs {module} ({exc}); install the Dask extra: "
                          f"{INSTALL_HINT}") from None
+
+
+def require(cluster: str | None) -> None:
+    """Raise :class:`BenchError` with the install hint unless what ``--scheduler`` /
+    ``--cluster`` needs imports (checked before the run directory is made)."""
+    _import("distributed", "--scheduler/--cluster")
+    if cluster in CLUSTERS:
+        _import(CLUSTERS[cluster][0], f"--cluster {cluster}")
 
 
 def connect(scheduler: str | None, cluster: str | None, jobs: int) -> tuple[Any, Any]:
@@ -68,8 +81,7 @@ def connect(scheduler: str | None, cluster: str | None, jobs: int) -> tuple[Any,
                          f"{', '.join(CLUSTERS)}")
     module, name = CLUSTERS[cluster]
     cls = getattr(_import(module, f"--cluster {cluster}"), name)
-    # a worker lost while running a cell fails that cell (no retry on another worker)
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+    with dask.config.set(SCHEDULER_CONFIG):
         try:
             if cluster == "local":
                 started = cls(n_workers=jobs, threads_per_worker=1, processes=True,

@@ -81,6 +81,10 @@ class RunSession:
         """Create (or, with ``resume``, reopen) and lock the run directory; record the config
         (first invocation only), the invocation and the environment."""
         request = self.request
+        if request.scheduler or request.cluster:  # Dask installed, before anything is written
+            from bench.dask_engine import require
+
+            require(request.cluster)
         if request.resume:
             out = request.out
             assert out is not None  # RunRequest checks it
