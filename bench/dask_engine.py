@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.cell import CellSpec
+from bench.cell import CellSpec, base_row
 from bench.cell_watch import CellLimits, Slot, watch_cell
 from bench.errors import BenchError
 from bench.progress import ProgressView
@@ -176,7 +176,10 @@ class DaskPool:
         return mirror
 
     def failure(self, spec: CellSpec, exc: BaseException) -> ResultRow:
-        from bench.parallel import failed_row
+        def failed_row(runner: Any, spec: CellSpec, reason: str) -> ResultRow:
+            registry = runner.registry
+            return base_row(spec, registry.backend(spec.backend), registry.suite(spec.suite),
+                            "failed", reason)
 
         if type(exc).__name__ == "KilledWorker":
             last = getattr(exc, "last_worker", None)

@@ -201,3 +201,25 @@ def test_a_killed_worker_gives_its_cell_a_failed_row(client, env, tmp_path):
     (row,) = _rows(out)
     assert row["status"] == "failed" and "was lost" in row["error"], row["error"]
     assert _gone(cells), "the cell process outlived its killed worker"
+
+
+def test_the_readme_slurm_configuration_makes_one_cell_per_job(monkeypatch):
+    """The jobqueue.yaml a user copies from the README gives one worker thread per job with
+    the booked cores."""
+    import re
+
+    import yaml
+
+    jobqueue = pytest.importorskip("dask_jobqueue")
+    readme = (TESTS_DIR.parent / "README.md").read_text()
+    section = readme.split("## Running cells in parallel", 1)[1].split("\n## ", 1)[0]
+    (text,) = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)
+    settings = yaml.safe_load(text)["jobqueue"]["slurm"]
+    with dask.config.set({f"jobqueue.slurm.{k}": v for k, v in settings.items()}):
+        cluster = jobqueue.SLURMCluster(dashboard_address=None)
+        try:
+            script = cluster.job_script()
+        finally:
+            cluster.close()
+    assert "#SBATCH --cpus-per-task=4" in script and "--nthreads 1" in script
+    assert "#SBATCH -p normal" in script and "/.venv/bin/python" in script
