@@ -160,7 +160,7 @@ class DaskPool:
             self.stop_name, pure=False, resources=self.resources,
             key=f"bench-cell-{uuid.uuid4().hex[:8]}-{spec.cell_id}")
         self._tasks.append(task)
-        view.started(spec.cell_id, "dask")
+        view.started(spec.cell_id, "dask: queued or running")
 
         def done(task: Any) -> None:
             if task.status == "cancelled":

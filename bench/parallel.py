@@ -123,6 +123,7 @@ def run_cells(runner: Runner, pool: CellPool, cells: Sequence[CellSpec], resume:
     saved."""
     todo = runner.pending(cells, resume)
     view = ProgressView(len(todo), pool.jobs, runner.echo, live=live)
+    echo, runner.echo = runner.echo, view.message  # the runner's lines go above the view
     rows: list[ResultRow] = []
     futures: dict[cf.Future, CellSpec] = {}
 
@@ -157,12 +158,13 @@ def run_cells(runner: Runner, pool: CellPool, cells: Sequence[CellSpec], resume:
         pool.stop()  # pending cells cancelled, running ones stopped (their rows: None)
         collect({f for f in futures if f.done()})
         view.close()
-        runner.echo(f"interrupted: {len(rows)} finished rows are saved in "
+        echo(f"interrupted: {len(rows)} finished rows are saved in "
                     f"{runner.run_dir.path}; run again with --resume to finish the rest")
         raise
     finally:
         pool.close()
         view.close()
+        runner.echo = echo
     return rows
 
 

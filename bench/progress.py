@@ -88,6 +88,16 @@ class ProgressView:
                 self.echo(line)
             self._draw(force=True)
 
+    def message(self, text: str) -> None:
+        """Any other line of the run (an error saving a row): above the view, never inside."""
+        with self._lock:
+            if not self.live:
+                self.echo(text)
+                return
+            self._clear()
+            self.stream.write(text + "\n")
+            self._draw(force=True)
+
     def close(self) -> None:
         with self._lock:
             self._clear()

@@ -203,9 +203,11 @@ def test_progress_is_one_live_view_on_a_terminal_and_plain_lines_elsewhere():
     live.started("a", "local/0")
     live.step("a", 5, 10)
     live.finished("a", "[1/3] a: ok", measured=True)
+    live.message("error: a line of the runner")
     live.close()
     text = stream.getvalue()
     assert "\x1b[" in text and "[1/3] a: ok\n" in text and "[0/3] done, 1 running" in text
+    assert "error: a line of the runner\n" in text
     assert lines == []  # everything went to the view
     plain = ProgressView(3, 2, lines.append, live=False, stream=stream)
     plain.started("b", "local/1")
@@ -246,3 +248,32 @@ def test_the_core_runs_without_dask_and_asking_for_it_says_how_to_install_it(cli
     result = run_cli([*base, "--out", str(tmp_path / "b"), "--jobs", "1", "--seeds", "0-1"],
                      env, tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs a pseudo-terminal")
+def test_bench_run_draws_the_live_view_on_a_terminal_only(cli_env, tmp_path):
+    import pty
+
+    if len(usable_cores()) < 2:
+        pytest.skip("needs 2 cores")
+    master, slave = pty.openpty()
+    args = [sys.executable, "-m", "bench.cli", "run", "--suite", "linear", "--plugins",
+            "numpy-euler", "--seeds", "0-1", "--budget", "smoke", "--jobs", "2"]
+    proc = subprocess.Popen([*args, "--out", str(tmp_path / "tty")], env=cli_env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the terminal closed: the run ended
+            break
+        if not chunk:
+            break
+        seen += chunk
+    proc.wait(timeout=60)
+    os.close(master)
+    text = seen.decode(errors="replace")
+    assert proc.returncode == 0 and "\x1b[" in text and "done, " in text and "[start]" not in text
+    plain = run_cli([*args[3:], "--out", str(tmp_path / "log")], cli_env, tmp_path)
+    assert "\x1b[" not in plain.stderr and "[start] linear/numpy-euler" in plain.stderr
