@@ -216,7 +216,7 @@ def test_the_readme_slurm_configuration_makes_one_cell_per_job(monkeypatch):
     (text,) = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)
     settings = yaml.safe_load(text)["jobqueue"]["slurm"]
     with dask.config.set({f"jobqueue.slurm.{k}": v for k, v in settings.items()}):
-        cluster = jobqueue.SLURMCluster(dashboard_address=None)
+        cluster = jobqueue.SLURMCluster(scheduler_options={"dashboard_address": ":0"})
         try:
             script = cluster.job_script()
         finally:
