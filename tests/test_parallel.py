@@ -165,6 +165,7 @@ def test_ctrl_c_with_jobs_stops_every_running_cell_and_keeps_finished_rows(cli_e
         os.kill(pid, signal.SIGKILL)
     assert proc.returncode == 130, stderr
     assert "interrupted: 2 finished rows are saved" in stderr and "Traceback" not in stderr
+    assert "[start] linear/numpy-hang" in stderr and "\x1b[" not in stderr  # plain lines
     assert len(cells) >= 2 and not orphans
     assert sorted(json.loads(x)["backend"] for x in rows.read_text().splitlines()) == [
         "numpy-euler", "numpy-euler"]
