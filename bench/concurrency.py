@@ -13,6 +13,7 @@ import hashlib
 import os
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Any
 
 from bench.errors import BenchError
 
+#: Seconds between two counts of the cells running on a host.
+SAMPLE_S = 0.5
 #: ``--cluster`` names: a Dask ``LocalCluster``, or dask-jobqueue's clusters.
 CLUSTER_NAMES = ("local", "slurm", "pbs", "sge", "lsf")
 
@@ -124,15 +127,20 @@ class HostCells:
         self.peak = 1
         self._handle: Any = None
         self._path: Path | None = None
+        self._last_sample = -SAMPLE_S
 
     def __enter__(self) -> HostCells:
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._path = self.folder / f"{os.getpid()}-{uuid.uuid4().hex}"
-            self._handle = open(self._path, "w")  # noqa: SIM115
-            fcntl.flock(self._handle, fcntl.LOCK_EX)
-        except OSError:  # no shared temporary folder: this cell counts only itself
-            self._handle = None
+        self._path = self.folder / f"{os.getpid()}-{uuid.uuid4().hex}"
+        for _ in range(3):  # the folder may vanish between mkdir and open (its last cell left)
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self._handle = open(self._path, "w")  # noqa: SIM115
+                fcntl.flock(self._handle, fcntl.LOCK_EX)
+                break
+            except FileNotFoundError:
+                continue
+            except OSError:  # no usable temporary folder: this cell counts only itself
+                break
         self.sample()
         return self
 
@@ -143,6 +151,8 @@ class HostCells:
                 self._path.unlink()
             self._handle.close()
             self._handle = None
+            with contextlib.suppress(OSError):  # the run's last cell here: leave no folder
+                self.folder.rmdir()
 
     def count(self) -> int:
         """The run's cells running on this host now (this one included)."""
@@ -170,7 +180,11 @@ class HostCells:
         return max(running, 1)
 
     def sample(self) -> None:
-        self.peak = max(self.peak, self.count())
+        """Count at most every :data:`SAMPLE_S` (the watch loop polls far more often)."""
+        now = time.monotonic()
+        if now - self._last_sample >= SAMPLE_S:
+            self._last_sample = now
+            self.peak = max(self.peak, self.count())
 
 
 def concurrency_warning(groups: dict[str, Iterable[Any]]) -> str:

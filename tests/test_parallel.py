@@ -76,8 +76,11 @@ def test_host_cells_count_the_runs_cells_across_holders(tmp_path):
         assert one.count() == 1
         with HostCells(key) as two, HostCells(str(tmp_path / "another run")):
             assert one.count() == two.count() == 2
+            one._last_sample = -1.0
             one.sample()
         assert one.count() == 1 and one.peak == 2
+    assert not one.folder.exists()  # the run's last cell here removed it
+    one.folder.mkdir()
     (one.folder / "123-dead").write_text("")  # a holder that died: no lock, removed
     with HostCells(key) as three:
         assert three.count() == 1 and not (three.folder / "123-dead").exists()
