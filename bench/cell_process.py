@@ -50,9 +50,13 @@ def die_with_parent() -> None:
 
 
 def cell_process_main(conn: Connection, spec: CellSpec, selection: PluginSelection,
-                      work_dir: str, max_memory_bytes: int | None) -> None:
-    """Entry point of a cell's process."""
+                      work_dir: str, max_memory_bytes: int | None,
+                      cpus: tuple[int, ...] = ()) -> None:
+    """Entry point of a cell's process; ``cpus``: the cores it is pinned to (``--jobs N``),
+    set before any framework starts a thread."""
     die_with_parent()
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     # max_memory_bytes is enforced by the parent on the resident set (CellMonitor); an
     # address-space limit (RLIMIT_AS) killed healthy torch cells, which reserve far more than

@@ -12,7 +12,6 @@ folder). A run is a :class:`bench.request.RunRequest` carried out by a
 from __future__ import annotations
 
 import argparse
-import ast
 import difflib
 import os
 import signal
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.backend_grid import describe_parameters
+from bench.cli_types import _jobs, _memory_mb, _option, _positive_float, _threads
 from bench.compare import Thresholds, compare_runs, format_findings
 from bench.errors import BenchError
 from bench.html_report import PAGE_NAME, report_page
@@ -33,61 +33,10 @@ from bench.request import (
     DEFAULT_MEMORY_STEPS,
     MIN_MEMORY_MB,
     RunRequest,
-    memory_problem,
-    threads_problem,
-    timeout_problem,
 )
 from bench.results_index import update_index_if_generated, write_index
 from bench.run_config import load_run_config
 from bench.session import RunOutcome, RunSession
-
-
-def _option(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE")
-    key, raw = text.split("=", 1)
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw
-    return key.strip(), value
-
-
-def _threads(text: str) -> int:
-    """A positive thread count, or ``auto`` / ``0``: the frameworks' own choice (stored as 0)."""
-    if text.strip().lower() == "auto":
-        return 0
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a thread count: give a positive integer, or auto (or 0) for the "
-            "frameworks' own") from None
-    return _checked(value, threads_problem(value, repr(text)))
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-
-
-def _positive_float(text: str) -> float:
-    value = _number(text)
-    return _checked(value, timeout_problem(value, repr(text)))
-
-
-def _memory_mb(text: str) -> float:
-    value = _number(text)
-    return _checked(value, memory_problem(value, repr(text)))
-
-
-def _checked(value: Any, problem: str | None) -> Any:
-    """``value``, or argparse's error when the request's check finds a ``problem``."""
-    if problem:
-        raise argparse.ArgumentTypeError(problem)
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "frameworks' own")
     p_run.add_argument("--resume", action="store_true",
                        help="with --out: run only the cells that have no 'ok' row there")
+    p_run.add_argument("--jobs", type=_jobs, default=1, metavar="N",
+                       help="cells at once (default 1: one after the other); locally each on "
+                       "its own --threads cores (and, with --device cuda, its own GPU)")
+    p_run.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                       help="run the cells on this running Dask scheduler's workers (extra: "
+                       "neural-ode-bench[dask])")
+    p_run.add_argument("--cluster", default=None, metavar="NAME",
+                       help="start a Dask cluster for the run: local, slurm, pbs, sge or lsf "
+                       "(dask-jobqueue, set up in Dask's config file), --jobs workers")
     p_run.add_argument("--data-dir", type=Path, default=None,
                        help="folder with a suite's data files (e.g. the four MNIST IDX files)")
     p_run.add_argument("--set", dest="options", type=_option, action="append", default=[],
@@ -221,7 +179,8 @@ def run_request(args: argparse.Namespace, registry: Registry, check: bool = True
     settings.update({key: value for key, value in given.items() if value is not None})
     # suite options: the file's, then --set's over them
     settings["options"] = [*settings.get("options", []), *args.options]
-    return RunRequest.for_run(registry, resume=args.resume, check=check, **settings)
+    return RunRequest.for_run(registry, resume=args.resume, check=check, jobs=args.jobs,
+                              scheduler=args.scheduler, cluster=args.cluster, **settings)
 
 
 def memory_request(args: argparse.Namespace, registry: Registry, check: bool = True

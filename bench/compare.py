@@ -16,6 +16,7 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.concurrency import concurrency_warning
 from bench.errors import BenchError
 from bench.results import RunDirectory
 from bench.rows import ResultRow
@@ -89,10 +90,13 @@ def compare_runs(base: str | Path, new: str | Path, thresholds: Thresholds = Thr
     """The findings of every compared value, and notes (cells only on one side, lone seeds that
     differ). Bad input raises :class:`BenchError`."""
     thresholds.check()
-    base_groups = _groups(_load(base, "BASE"))
-    new_groups = _groups(_load(new, "NEW"))
+    base_rows, new_rows = _load(base, "BASE"), _load(new, "NEW")
+    base_groups, new_groups = _groups(base_rows), _groups(new_rows)
     findings: list[Finding] = []
     notes: list[str] = []
+    mixed = concurrency_warning({"BASE": base_rows, "NEW": new_rows})
+    if mixed:
+        notes.append(mixed)
     shared = [k for k in base_groups if k in new_groups]
     for key in base_groups:
         if key not in new_groups:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
 
+from bench.concurrency import concurrency_warning
 from bench.errors import BenchError, UnknownNameError
 from bench.results import load_run
 
@@ -18,7 +20,7 @@ TABLE_COLUMNS = (
     "suite", "backend", "gradient_method", "solver", "rtol", "atol", "device", "budget", "seed",
     "status", "nfe_forward", "nfe_backward", "train_step_time_s", "compile_time_s", "eval_time_s",
     "peak_memory_mib", "peak_memory_method", "saved_for_backward_mib", "params", "host_load_1m",
-    "timing_warning", "error",
+    "concurrent_cells", "timing_warning", "error",
 )
 #: Default columns of ``--format latex`` (a paper's table): the metric columns of the run's
 #: suites are inserted after ``gradient_method``. ``--columns`` picks others.
@@ -131,6 +133,7 @@ def report(run_dirs: Sequence[str], fmt: str = "markdown",
         raise BenchError("--format html is a page: see bench.html_report.report_page")
     if len(run_dirs) == 1:
         frame = load_run(run_dirs[0])
+        _warn_concurrency({run_dirs[0]: frame})
         if frame.empty and fmt != "csv":
             return f"no rows in {run_dirs[0]} (no cell has finished there yet)\n"
         if columns:
@@ -147,6 +150,7 @@ def report(run_dirs: Sequence[str], fmt: str = "markdown",
     if len(run_dirs) != 2:
         raise BenchError("bench report takes one run directory, or two to compare")
     a, b = load_run(run_dirs[0]), load_run(run_dirs[1])
+    _warn_concurrency({run_dirs[0]: a, run_dirs[1]: b})
     for path, frame in ((run_dirs[0], a), (run_dirs[1], b)):
         if frame.empty:
             raise BenchError(f"nothing to compare: no rows in {path}")
@@ -157,6 +161,24 @@ def report(run_dirs: Sequence[str], fmt: str = "markdown",
         )
     table = compare_frame(a, b)
     return render(select_columns(table, columns) if columns else table, fmt)
+
+
+def _warn_concurrency(frames: dict[str, pd.DataFrame]) -> None:
+    """On stderr (the table stays clean): timings measured at different concurrency."""
+    groups = {name: [_Row(r) for r in frame.to_dict("records")] if "concurrent_cells" in frame
+              else [] for name, frame in frames.items()}
+    message = concurrency_warning(groups)
+    if message:
+        print(message, file=sys.stderr, flush=True)
+
+
+class _Row:
+    """A table row as the attributes :func:`concurrency_warning` reads (missing: None)."""
+
+    def __init__(self, record: dict[str, Any]):
+        value = record.get("concurrent_cells")
+        self.status = record.get("status")
+        self.concurrent_cells = None if value is None or pd.isna(value) else int(value)
 
 
 def _shared_cells(a: pd.DataFrame, b: pd.DataFrame) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 
 from bench.backend_grid import BackendChoice, expand_backends
 from bench.cell import CellSpec
+from bench.concurrency import parallel_problem
 from bench.errors import BenchError, UnknownNameError
 from bench.registry import LOAD_PLUGINS_ENV, Registry
 
@@ -233,10 +234,17 @@ class RunRequest:
     steps: tuple[int, ...] = ()
     #: The ``--backend-set`` assignments (already applied to ``cells``), for config.json.
     backend_set: tuple[str, ...] = ()
+    #: Cells at once (``--jobs``), and where: a running Dask scheduler's address or a cluster
+    #: started for the run (bench.parallel); 1 and neither: one cell after the other.
+    jobs: int = 1
+    scheduler: str | None = None
+    cluster: str | None = None
 
     def __post_init__(self) -> None:
         for problem in (timeout_problem(self.timeout_s), memory_problem(self.max_memory_mb),
-                        threads_problem(self.threads)):
+                        threads_problem(self.threads),
+                        parallel_problem(self.jobs, self.threads, self.device, self.scheduler,
+                                         self.cluster)):
             if problem:
                 raise BenchError(problem)
         if self.resume and self.out is None:
@@ -254,7 +262,8 @@ class RunRequest:
                 data_dir: Path | None = None, out: Path | None = None, resume: bool = False,
                 timeout_s: float | None = None, max_memory_mb: float | None = None,
                 threads: int = 1, check: bool = True, backend_set: Sequence[str] = (),
-                echo: Callable[[str], None] = _stderr) -> RunRequest:
+                echo: Callable[[str], None] = _stderr, jobs: int = 1,
+                scheduler: str | None = None, cluster: str | None = None) -> RunRequest:
         """``bench run``'s request: names, seeds and options checked and expanded into cells;
         with ``check``, each suite's data too (nothing is written or run). ``backends``:
         ``--backends`` text with parameter grids (:func:`bench.backend_grid.expand_backends`),
@@ -277,7 +286,8 @@ class RunRequest:
             check_data(registry, cells)
         return cls("run", tuple(suite_names), tuple(c.label for c in choices), budget,
                    tuple(seed_list), device, given, tuple(cells), out, resume, timeout_s,
-                   max_memory_mb, threads, backend_set=tuple(backend_set))
+                   max_memory_mb, threads, backend_set=tuple(backend_set), jobs=jobs,
+                   scheduler=scheduler, cluster=cluster)
 
     @classmethod
     def for_memory(cls, registry: Registry, *, backends: str | Sequence[str] = "all",

@@ -72,6 +72,13 @@ class ResultRow:
     #: free, or the steady step times spread far above usual; ``timing_warning`` says which.
     timing_flag: bool = False
     timing_warning: str = ""
+    #: The most cells of the run that ran at once on the cell's host while it ran (itself
+    #: included; sampled with the load): timings at different concurrency are not comparable.
+    concurrent_cells: int | None = None
+    #: Who ran the cell: ``local`` (and its slot, ``local/1``, with ``--jobs N``) or the Dask
+    #: worker's address; ``host`` the machine's name.
+    worker: str = ""
+    host: str = ""
     #: Solver tolerances the cell ran with (None: a fixed-step solve), and the adjoint's reverse
     #: solve's; a suite budget's tolerances win over the backend's.
     rtol: float | None = None

@@ -16,9 +16,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from bench.concurrency import concurrency_warning
 from bench.environment import capture_environment
 from bench.errors import BenchError
 from bench.memory import plot_scaling, scaling_table
+from bench.parallel import ParallelOptions, make_pool
+from bench.parallel import run_cells as run_parallel
 from bench.plots import plot_run
 from bench.registry import PluginSelection, Registry
 from bench.report import render, table_frame
@@ -79,6 +82,10 @@ class RunSession:
         """Create (or, with ``resume``, reopen) and lock the run directory; record the config
         (first invocation only), the invocation and the environment."""
         request = self.request
+        if request.scheduler or request.cluster:  # Dask installed, before anything is written
+            from bench.dask_engine import require
+
+            require(request.cluster)
         if request.resume:
             out = request.out
             assert out is not None  # RunRequest checks it
@@ -96,6 +103,7 @@ class RunSession:
             "budget": request.budget,
             "device": request.device, "timeout_s": request.timeout_s,
             "max_memory_mb": request.max_memory_mb, "threads": request.threads,
+            "jobs": request.jobs, "scheduler": request.scheduler, "cluster": request.cluster,
             "plugins_loaded": [p.name for p in self.registry.plugins if not p.error],
             "started_at": now_iso(), "command_line": sys.argv,
             **extra, "options": dict(request.options),
@@ -124,8 +132,15 @@ class RunSession:
         """Run the request's cells into ``run_dir`` (unlocked afterwards)."""
         runner = self.runner(run_dir)
         cells = self.request.cells
+        options = ParallelOptions(self.request.jobs, self.request.scheduler,
+                                  self.request.cluster)
         try:
-            runner.run(cells, resume=self.request.resume)
+            if options.sequential:
+                runner.run(cells, resume=self.request.resume)
+            else:
+                pool = make_pool(runner, options, self.request.threads, self.request.device)
+                live = self.echo is _stderr and sys.stderr.isatty()
+                run_parallel(runner, pool, cells, resume=self.request.resume, live=live)
         except KeyboardInterrupt:
             return RunOutcome(run_dir, interrupted=True)
         finally:
@@ -151,6 +166,9 @@ class RunSession:
         except OSError as exc:  # the rows are saved (or printed); the caller shows the table
             self.echo(f"warning: could not write {path / 'report.md'}: {exc}")
         warnings = timing_warnings(outcome.rows)
+        mixed = concurrency_warning({str(path): outcome.rows})
+        if mixed:
+            warnings.append(mixed)
         try:
             plot_run(path)
             plot_work_precision(path)

@@ -27,10 +27,14 @@ class FaultBackend(NumpyEulerBackend):
 
 
 class EnvTask(LinearTask):
+    """Its row's notes: the thread variables, the GPU and the cores the cell ran on."""
+
     def evaluate(self, final: bool = True) -> Evaluation:
-        keys = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS")
+        keys = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS", "CUDA_VISIBLE_DEVICES")
+        cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))
         return Evaluation({"rate_error": 0.0},
-                          notes="|".join(f"{k}={os.environ.get(k, '')}" for k in keys))
+                          notes="|".join([*(f"{k}={os.environ.get(k, '')}" for k in keys),
+                                          f"CPUS={cpus}"]))
 
 
 class EnvSuite(LinearSuite):

@@ -36,7 +36,7 @@ def test_run_then_report_end_to_end(cli_env, tmp_path):
     result = run_cli(["run", "--suite", "linear,picky", "--plugins",
                       "numpy-euler,numpy-euler-fine,numpy-raise,numpy-oom,numpy-nan",
                       "--budget", "smoke",
-                      "--seeds", "0,1", "--out", str(out), "--timeout", "5",
+                      "--seeds", "0,1", "--out", str(out), "--timeout", "30",
                       "--max-memory-mb", "512"], cli_env, tmp_path)
     assert result.returncode == 1  # some cells failed (by design of the fakes)
     assert "[1/" in result.stderr and "elapsed" in result.stderr

@@ -164,12 +164,12 @@ def test_flagged_cells_are_named_at_the_end_and_shown_in_the_table(fake_registry
                                                                    capsys, monkeypatch):
     import dataclasses
 
-    from bench import runner
+    from bench import cell_watch
     from bench.report import render, table_frame
     from bench.results import rows_to_frame
     from bench.session import timing_warnings
 
-    monkeypatch.setattr(runner, "timing_warning", lambda *a: "host loaded: test")
+    monkeypatch.setattr(cell_watch, "timing_warning", lambda *a: "host loaded: test")
     cells = expand(fake_registry, ["linear"], ["numpy-euler", "numpy-raise"], "smoke", [0], "cpu")
     rows = _runner(fake_registry, tmp_path).run(cells)
     flagged = {r.backend: r.timing_flag for r in rows}

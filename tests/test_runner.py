@@ -66,7 +66,8 @@ def _runner(registry, tmp_path, **kwargs) -> Runner:
 def test_isolation_failing_hanging_and_oom_cells_do_not_stop_the_others(fake_registry, tmp_path):
     backends = ["numpy-raise", "numpy-hang", "numpy-oom", "numpy-nan", "numpy-euler"]
     cells = expand(fake_registry, ["linear"], backends, "smoke", [0], "cpu")
-    runner = _runner(fake_registry, tmp_path, timeout_s=5, max_memory_bytes=512 * 2**20)
+    # 15 s: a loaded machine's process start-up must not make the oom cell time out first
+    runner = _runner(fake_registry, tmp_path, timeout_s=15, max_memory_bytes=512 * 2**20)
     started = time.monotonic()
     rows = runner.run(cells)
     assert time.monotonic() - started < 120
@@ -74,7 +75,7 @@ def test_isolation_failing_hanging_and_oom_cells_do_not_stop_the_others(fake_reg
     assert status["numpy-raise"].status == "failed"
     assert "RuntimeError: this backend always fails" in status["numpy-raise"].error
     assert status["numpy-hang"].status == "timeout"
-    assert "timeout of 5 s" in status["numpy-hang"].error
+    assert "timeout of 15 s" in status["numpy-hang"].error
     assert status["numpy-oom"].status == "failed"
     assert "exceeded --max-memory-mb 512 (resident" in status["numpy-oom"].error
     assert status["numpy-nan"].status == "diverged"
