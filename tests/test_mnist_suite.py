@@ -87,6 +87,23 @@ def test_parameter_counts_of_the_specs():
     count = lambda specs: sum(int(np.prod(s.shape)) for s in specs)
     assert count(parameter_specs(True, 1)) == 208_266  # ODE-Net / RK-Net (~0.22 M)
     assert count(parameter_specs(False, 6)) == 576_778  # ResNet (~0.60 M)
+    # 32 channels (by hand: shared layers 33,674; ODE dynamics 19,264; a residual block 18,560)
+    assert count(parameter_specs(True, 1, channels=32)) == 52_938
+    assert count(parameter_specs(False, 6, channels=32)) == 145_034
+
+
+def test_width_norm_groups_and_optimizer_settings():
+    # the authors' GroupNorm(min(32, C), C) at 64 and above; two channels per group below
+    assert [mnist_data.norm_groups(c) for c in (64, 128, 32, 16, 2)] == [32, 32, 16, 8, 1]
+    narrow = MnistPipeline(_arrays(), {**BUDGETS["smoke"].settings, "channels": 16,
+                                       "optimizer": "adam"}, 0)
+    assert (narrow.channels, narrow.optimizer) == (16, "adam")
+    paper = MnistPipeline(_arrays(), {**BUDGETS["paper"].settings, "batch_size": 4}, 0)
+    assert (paper.channels, paper.optimizer) == (64, "sgd")
+    for bad, message in (({"optimizer": "rmsprop"}, "sgd, adam"), ({"channels": 33}, "channels"),
+                         ({"channels": 1}, "channels"), ({"channels": 80}, "channels")):
+        with pytest.raises(BenchError, match=message):
+            MnistPipeline(_arrays(), {**BUDGETS["smoke"].settings, **bad}, 0)
 
 
 def test_batch_order_and_crops_depend_only_on_seed():
@@ -165,6 +182,29 @@ def test_torch_parameter_counts(backends, name, expected):
 
     model = build_model(_backend(backends, name), seed=0)
     assert sum(p.numel() for p in model.parameters()) == expected
+
+
+def test_torch_narrow_model_and_adam_task(backends, tmp_path):
+    """A budget's ``channels`` narrows every layer (GroupNorm two channels per group below 64)
+    and ``optimizer: adam`` gives the task torch.optim.Adam at the budget's lr."""
+    import torch
+    from bench.suites.mnist_torch import MnistTorchTask, build_model
+
+    from bench.interfaces import CellContext
+
+    model = build_model(_backend(backends, "torch-direct"), seed=0, channels=16)
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        int(np.prod(s.shape)) for s in parameter_specs(True, 1, channels=16))
+    assert {m.num_groups for m in model.modules() if isinstance(m, torch.nn.GroupNorm)} == {8}
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    budget = Budget("t", "test", {**TINY.settings, "channels": 16, "optimizer": "adam",
+                                  "lr": 0.003})
+    ctx = CellContext(backend=_backend(backends, "rknet"), budget=budget, seed=0, device="cpu",
+                      work_dir=tmp_path, options={}, log=lambda _: None)
+    task = MnistTorchTask(ctx, MnistPipeline(_arrays(), budget.settings, 0))
+    assert isinstance(task.optimizer, torch.optim.Adam)
+    assert task.optimizer.param_groups[0]["lr"] == 0.003 and task.num_params() < 20_000
+    task.train_step(0)
 
 
 def test_torch_models_start_from_the_neutral_weights(backends):
