@@ -110,7 +110,7 @@ def test_batch_order_and_crops_depend_only_on_seed():
     settings = {**BUDGETS["quick"].settings, "batch_size": 8}
     a, b = MnistPipeline(_arrays(), settings, 0), MnistPipeline(_arrays(), settings, 0)
     c = MnistPipeline(_arrays(), settings, 1)
-    assert a.steps_per_epoch == 5 and a.num_train_steps == 150
+    assert a.steps_per_epoch == 5 and a.num_train_steps == 300
     for step in (0, 4, 5, 12):
         for x, y in zip(a.train_batch(step), b.train_batch(step), strict=True):
             np.testing.assert_array_equal(x, y)
@@ -140,7 +140,20 @@ def test_learning_rate_schedules():
     lrs = [paper.learning_rate(s) for s in (0, 599, 600, 999, 1000, 1400)]
     assert lrs == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.0001])
     quick = MnistPipeline(_arrays(200), BUDGETS["quick"].settings, 0)
-    assert quick.learning_rate(99) == 0.1 and quick.learning_rate(100) == pytest.approx(0.01)
+    assert quick.learning_rate(224) == 3e-3 and quick.learning_rate(225) == pytest.approx(3e-4)
+
+
+def test_quick_budget_is_the_narrow_adam_setting():
+    """The quick budget (issue 18): half width, Adam, 300 steps of 64, final error on every test
+    image; its description states how far that is from Table 1."""
+    quick = MnistPipeline(_arrays(200), BUDGETS["quick"].settings, 0)
+    assert (quick.channels, quick.optimizer, quick.batch_size, quick.num_train_steps) == (
+        32, "adam", 64, 300)
+    assert quick.eval_every == 100 and quick.eval_size == 10 and quick.padding == 4
+    description = BUDGETS["quick"].description
+    for words in ("32 channels instead of 64", "52,938", "300 Adam steps", "160 epochs",
+                  "all 10,000"):
+        assert words in description
 
 
 def test_paper_budget_follows_the_reference():
