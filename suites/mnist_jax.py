@@ -25,7 +25,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from bench.frameworks.jax import SolveBackend, load_weights
-from bench.suites.mnist_data import CHANNELS, NUM_CLASSES, MnistPipeline, model_weights
+from bench.suites.mnist_data import (
+    CHANNELS,
+    NUM_CLASSES,
+    MnistPipeline,
+    model_weights,
+    norm_groups,
+)
 
 from bench.errors import BenchError
 from bench.interfaces import AbstractTask, CellContext, Evaluation, StepStats, Tolerances
@@ -107,14 +113,14 @@ class ConcatConv2d(eqx.Module):
 
 
 class GroupNorm(eqx.Module):
-    """torch.nn.GroupNorm(min(32, C), C) on NHWC batches (biased variance, eps 1e-5)."""
+    """torch.nn.GroupNorm(norm_groups(C), C) on NHWC batches (biased variance, eps 1e-5)."""
 
     weight: jax.Array
     bias: jax.Array
     groups: int = eqx.field(static=True)
 
     def __init__(self, channels: int):
-        self.groups = min(32, channels)
+        self.groups = norm_groups(channels)
         self.weight = jnp.ones((channels,), jnp.float32)
         self.bias = jnp.zeros((channels,), jnp.float32)
 
@@ -252,10 +258,11 @@ def load_neutral_weights(model: MnistNet, weights: dict[str, np.ndarray]) -> Mni
     return load_weights(model, where, weights, "MNIST JAX", convert)
 
 
-def build_model(seed: int, conv_impl: str = "xla") -> MnistNet:
-    """ODE-Net / RK-Net with the framework-neutral initial weights of ``seed``."""
-    return load_neutral_weights(MnistNet(conv_impl=conv_impl),
-                                model_weights(True, seed, num_dynamics=1))
+def build_model(seed: int, conv_impl: str = "xla", channels: int = CHANNELS) -> MnistNet:
+    """ODE-Net / RK-Net, ``channels`` wide, with the framework-neutral initial weights of
+    ``seed``."""
+    return load_neutral_weights(MnistNet(channels, conv_impl),
+                                model_weights(True, seed, num_dynamics=1, channels=channels))
 
 
 def num_params(model: MnistNet) -> int:
@@ -275,6 +282,8 @@ class MnistJaxTask(AbstractTask):
         from bench.frameworks.jax import (
             CompiledStep,
             CompileOnce,
+            adam_init,
+            adam_update,
             jax_device,
             sgd_momentum_init,
             sgd_momentum_update,
@@ -292,10 +301,18 @@ class MnistJaxTask(AbstractTask):
         self.eval_every = data.eval_every
         #: see CONV_IMPL_BY_PLATFORM
         self.conv_impl = CONV_IMPL_BY_PLATFORM.get(self.device.platform, "xla")
-        model = build_model(ctx.seed, self.conv_impl)
+        model = build_model(ctx.seed, self.conv_impl, data.channels)
         self.model = jax.device_put(model, self.device)
-        self.buffers = jax.device_put(sgd_momentum_init(model), self.device)
         momentum = float(data.settings["momentum"])
+        if data.optimizer == "adam":
+            init, update = adam_init, adam_update
+        else:
+            init = sgd_momentum_init
+
+            def update(model: Any, grads: Any, state: Any, lr: Any) -> tuple[Any, Any]:
+                return sgd_momentum_update(model, grads, state, lr, momentum)
+        #: the optimiser's state (SGD: momentum buffers; Adam: step and moments)
+        self.buffers = jax.device_put(init(model), self.device)
 
         def loss_fn(model: MnistNet, x: jax.Array, y: jax.Array) -> jax.Array:
             logits, _ = model(x, backend, tolerances)
@@ -306,7 +323,7 @@ class MnistJaxTask(AbstractTask):
         def train(model: MnistNet, buffers: Any, lr: jax.Array, x: jax.Array, y: jax.Array
                   ) -> tuple[Any, ...]:
             loss, grads, counts = value_and_grad(model, x, y)
-            model, buffers = sgd_momentum_update(model, grads, buffers, lr, momentum)
+            model, buffers = update(model, grads, buffers, lr)
             return model, buffers, loss, counts
 
         # donating the old parameters lets XLA update them in place; the CPU client cannot

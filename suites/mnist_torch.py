@@ -16,7 +16,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from bench.frameworks.torch import OdeBlockBackend, TorchTask, load_weights, run_train_step
-from bench.suites.mnist_data import CHANNELS, NUM_CLASSES, MnistPipeline, model_weights
+from bench.suites.mnist_data import (
+    CHANNELS,
+    NUM_CLASSES,
+    MnistPipeline,
+    model_weights,
+    norm_groups,
+)
 from torch import nn
 
 from bench.errors import BenchError
@@ -24,7 +30,7 @@ from bench.interfaces import CellContext, Evaluation, StepStats, Tolerances
 
 
 def norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(32, channels), channels)
+    return nn.GroupNorm(norm_groups(channels), channels)
 
 
 class ConcatConv2d(nn.Conv2d):
@@ -72,16 +78,17 @@ class ResidualDynamics(nn.Module):
         return self.conv2(F.relu(self.norm2(out)))
 
 
-def make_dynamics(time_dependent: bool) -> nn.Module:
-    return OdeDynamics() if time_dependent else ResidualDynamics()
+def make_dynamics(time_dependent: bool, channels: int = CHANNELS) -> nn.Module:
+    return OdeDynamics(channels) if time_dependent else ResidualDynamics(channels)
 
 
 class MnistNet(nn.Module):
     """Downsampling, the backend's block, head."""
 
-    def __init__(self, backend: OdeBlockBackend, tolerances: Tolerances | None = None):
+    def __init__(self, backend: OdeBlockBackend, tolerances: Tolerances | None = None,
+                 channels: int = CHANNELS):
         super().__init__()
-        c = CHANNELS
+        self.channels = c = int(channels)
         self.downsampling = nn.Sequential(
             nn.Conv2d(1, c, 3, 1), norm(c), nn.ReLU(),
             nn.Conv2d(c, c, 4, 2, 1), norm(c), nn.ReLU(),
@@ -101,7 +108,7 @@ class MnistNet(nn.Module):
         if self.time_dependent is not None and self.time_dependent != time_dependent:
             raise BenchError("make_dynamics called with both time_dependent=True and False")
         self.time_dependent = bool(time_dependent)
-        module = make_dynamics(self.time_dependent)
+        module = make_dynamics(self.time_dependent, self.channels)
         self.dynamics.append(module)
         return module
 
@@ -126,12 +133,14 @@ class MnistNet(nn.Module):
         load_weights(named, weights, "MNIST")
 
 
-def build_model(backend: OdeBlockBackend, seed: int, tolerances: Tolerances | None = None
-                ) -> MnistNet:
-    """The model for ``backend`` with the framework-neutral initial weights of ``seed``."""
-    model = MnistNet(backend, tolerances)
+def build_model(backend: OdeBlockBackend, seed: int, tolerances: Tolerances | None = None,
+                channels: int = CHANNELS) -> MnistNet:
+    """The model for ``backend``, ``channels`` wide, with the framework-neutral initial weights of
+    ``seed``."""
+    model = MnistNet(backend, tolerances, channels)
     model.load_neutral_weights(
-        model_weights(bool(model.time_dependent), seed, num_dynamics=len(model.dynamics)))
+        model_weights(bool(model.time_dependent), seed, num_dynamics=len(model.dynamics),
+                      channels=channels))
     return model
 
 
@@ -143,12 +152,17 @@ class MnistTorchTask(TorchTask):
         self.data = data
         self.device = torch.device(ctx.device)
         self.tolerances = data.tolerances
-        self.model = build_model(ctx.backend, ctx.seed, data.tolerances).to(self.device)
+        self.model = build_model(ctx.backend, ctx.seed, data.tolerances,
+                                 data.channels).to(self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.blocks = [self.model.block]
         s = data.settings
-        self.optimizer = torch.optim.SGD(self.params, lr=data.learning_rate(0),
-                                         momentum=float(s["momentum"]))
+        if data.optimizer == "adam":
+            self.optimizer: torch.optim.Optimizer = torch.optim.Adam(
+                self.params, lr=data.learning_rate(0))
+        else:
+            self.optimizer = torch.optim.SGD(self.params, lr=data.learning_rate(0),
+                                             momentum=float(s["momentum"]))
         self.num_train_steps = data.num_train_steps
         self.eval_every = data.eval_every
         self._pop_stats()  # nothing from construction counts as training

@@ -96,9 +96,12 @@ def _grad_norm(grads) -> float:
 
 
 def test_parameter_count_matches_the_torch_model():
-    from bench.suites.mnist_jax import build_model, num_params
+    from bench.suites.mnist_jax import GroupNorm, build_model, num_params
 
     assert num_params(build_model(0)) == 208_266
+    narrow = build_model(0, channels=16)  # a budget's ``channels``: 13,674 as the torch model
+    assert num_params(narrow) == 13_674 and narrow.dynamics.norm1.groups == 8
+    assert isinstance(narrow.head_norm, GroupNorm) and narrow.head_norm.groups == 8
 
 
 @pytest.mark.parametrize("seed", [0, 7])
@@ -267,6 +270,32 @@ def test_first_step_loss_equals_the_torch_tasks(tmp_path):
     torch_losses = [torch_task.train_step(i).loss for i in range(2)]
     _, stats, _ = _train_rknet(3, int(steps))
     assert [s.loss for s in stats[:2]] == pytest.approx(torch_losses, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_narrow_adam_losses_equal_the_torch_tasks(tmp_path):
+    """A budget's ``channels`` and ``optimizer: adam`` mean the same model and update in both
+    frameworks: the first three losses of the torch and JAX rknet tasks agree (the third follows
+    two Adam updates)."""
+    torch_backend = _registered_torch_rknet()
+    steps = getattr(torch_backend, "steps", None) or getattr(torch_backend, "fixed_steps", None)
+    if not steps:
+        pytest.skip("the torch rknet backend does not say its number of steps")
+    from bench.suites.mnist_jax import MnistJaxTask
+    from bench.suites.mnist_torch import MnistTorchTask
+
+    budget = Budget("narrow", "test", {**TINY.settings, "channels": 16, "optimizer": "adam",
+                                       "lr": 0.003})
+    torch_task = MnistTorchTask(_context(torch_backend, tmp_path, budget=budget),
+                                MnistPipeline(_arrays(), budget.settings, seed=0))
+    jax_task = MnistJaxTask(_context(_jax_backend("jax-rknet", steps=int(steps)), tmp_path,
+                                     budget=budget),
+                            MnistPipeline(_arrays(), budget.settings, seed=0))
+    torch_losses = [torch_task.train_step(i).loss for i in range(3)]
+    jax_losses = [jax_task.train_step(i).loss for i in range(3)]
+    assert jax_task.num_params() == torch_task.num_params() == 13_674
+    assert jax_losses == pytest.approx(torch_losses, rel=1e-4)
+    assert torch_losses[2] != pytest.approx(torch_losses[0], rel=1e-4)  # it did learn
 
 
 @pytest.mark.slow

@@ -145,6 +145,24 @@ def test_errors_split_unseen_window_points_and_future():
     assert got["mse"] == pytest.approx((4.0 * n_interp + n_future) / (n_interp + n_future))
 
 
+def test_table2_rmse_is_over_the_100_future_points():
+    """Chen et al. Sec. 5.1: "predictive RMSE ... on 100 time points extending beyond those that
+    were used for training": rmse_obs{n} over the future half, rmse_window_obs{n} the window."""
+    data = LatentOdeData("spirals", {**TINY.settings, "num_series": 20, "num_points": 200}, 0)
+    assert data.window == 100
+
+    def predict(batch):
+        prediction = data.series.clean[data.num_train:].astype(np.float64).copy()
+        prediction[:, data.window:] += 3.0  # future: squared error 9 per coordinate
+        prediction[:, :data.window] += 0.5  # window: squared error 0.25
+        return prediction, 1.0
+
+    got = data.evaluate(predict, final=True).metrics
+    for n in (30, 50, 100):
+        assert got[f"rmse_obs{n}"] == pytest.approx(3.0)
+        assert got[f"rmse_window_obs{n}"] == pytest.approx(0.5)
+
+
 def test_settings_bad_input_and_the_paper_budget():
     with pytest.raises(UnknownNameError, match="spirals"):
         resolve_settings("spiral", BUDGETS["quick"].settings)
