@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from bench.errors import BenchError
+from bench.options import OptionSpec, positive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,3 +90,41 @@ def fixed_steps_problem(solver: str, fixed_steps: int | None) -> str | None:
         return (f"solver {solver!r} takes fixed steps: set fixed_steps=N (the number of equal "
                 "steps over the solve's interval)")
     return None
+
+
+# -- the parameters every ODE backend shares (declared once; bench.backend_grid) ------------------
+
+#: The error norms of the adjoint's reverse solve.
+ADJOINT_NORMS = ("default", "seminorm")
+POSITIVE_NUMBER = "a positive number"
+
+SOLVER_PARAMETER = OptionSpec(
+    "solver", str, "dopri5", "the ODE solver (one vocabulary for torch and JAX; fixed-step ones "
+    "need fixed_steps)", choices=SOLVER_NAMES)
+TOLERANCE_PARAMETERS = (
+    OptionSpec("rtol", float, 1e-3, "relative tolerance of the adaptive solve",
+               validator=positive, valid=POSITIVE_NUMBER),
+    OptionSpec("atol", float, 1e-3, "absolute tolerance of the adaptive solve",
+               validator=positive, valid=POSITIVE_NUMBER),
+)
+FIXED_STEPS_PARAMETER = OptionSpec(
+    "fixed_steps", int, None, "equal steps over the solve's interval, for a fixed-step solver "
+    "(euler, midpoint, rk4)", validator=positive, nullable=True, valid="a positive integer")
+#: A continuous adjoint's reverse solve: its tolerances and its error norm.
+ADJOINT_PARAMETERS = (
+    OptionSpec("adjoint_rtol", float, None, "relative tolerance of the reverse solve (none: "
+               "rtol)", validator=positive, nullable=True, valid=POSITIVE_NUMBER),
+    OptionSpec("adjoint_atol", float, None, "absolute tolerance of the reverse solve (none: "
+               "atol)", validator=positive, nullable=True, valid=POSITIVE_NUMBER),
+    OptionSpec("adjoint_norm", str, "default", "error norm of the reverse solve: seminorm "
+               "leaves the parameters' adjoint out of step-size control (Kidger et al. 2021)",
+               choices=ADJOINT_NORMS),
+)
+
+
+def ode_parameters(first_step: OptionSpec, *, adjoint: bool = False,
+                   extra: tuple[OptionSpec, ...] = ()) -> tuple[OptionSpec, ...]:
+    """An ODE backend's parameters: solver, tolerances, its ``first_step`` rule, fixed steps,
+    ``extra`` ones, and with ``adjoint`` the reverse solve's."""
+    return (SOLVER_PARAMETER, *TOLERANCE_PARAMETERS, first_step, FIXED_STEPS_PARAMETER, *extra,
+            *(ADJOINT_PARAMETERS if adjoint else ()))

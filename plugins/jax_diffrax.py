@@ -62,10 +62,13 @@ import bench
 from bench.errors import BenchError
 from bench.interfaces import AbstractBackend, Tolerances, effective_tolerances
 from bench.options import OptionSpec, positive
-from bench.solvers import SOLVER_NAMES, fixed_steps_problem, framework_method, solver_info
-
-#: The error norms of the adjoint's reverse solve a backend may take.
-ADJOINT_NORMS = ("default", "seminorm")
+from bench.solvers import (
+    ADJOINT_NORMS,
+    fixed_steps_problem,
+    framework_method,
+    ode_parameters,
+    solver_info,
+)
 
 #: diffrax's default bound on the number of steps; RecursiveCheckpointAdjoint derives its number
 #: of checkpoints from it.
@@ -131,38 +134,15 @@ def _int32(x: Any) -> Any:
 
 def diffrax_parameters(adjoint: str) -> tuple[OptionSpec, ...]:
     """The parameters of a diffrax backend of gradient method ``adjoint``."""
-    specs = [
-        OptionSpec("solver", str, "dopri5", "the ODE solver (one vocabulary for torch and JAX; "
-                   "fixed-step ones need fixed_steps)", choices=SOLVER_NAMES),
-        OptionSpec("rtol", float, 1e-3, "relative tolerance of the adaptive solve",
-                   validator=positive, valid="a positive number"),
-        OptionSpec("atol", float, 1e-3, "absolute tolerance of the adaptive solve",
-                   validator=positive, valid="a positive number"),
-        OptionSpec("first_step", str, "torchdiffeq", "initial step rule: torchdiffeq's "
-                   "heuristic (as torch's backends) or diffrax's dt0=None",
-                   choices=FIRST_STEP_CHOICES),
-        OptionSpec("fixed_steps", int, None, "equal steps over the solve's interval, for a "
-                   "fixed-step solver (euler, midpoint, rk4)", validator=positive,
-                   nullable=True, valid="a positive integer"),
-    ]
-    if adjoint == "checkpoint":
-        specs.append(OptionSpec("checkpoints", int, None, "checkpoints of "
-                                "RecursiveCheckpointAdjoint (none: diffrax's default, from "
-                                "max_steps)", validator=positive, nullable=True,
-                                valid="a positive integer"))
-    if adjoint == "backsolve":
-        specs += [
-            OptionSpec("adjoint_rtol", float, None, "relative tolerance of the reverse solve "
-                       "(none: rtol)", validator=positive, nullable=True,
-                       valid="a positive number"),
-            OptionSpec("adjoint_atol", float, None, "absolute tolerance of the reverse solve "
-                       "(none: atol)", validator=positive, nullable=True,
-                       valid="a positive number"),
-            OptionSpec("adjoint_norm", str, "default", "error norm of the reverse solve: "
-                       "seminorm leaves the parameters' adjoint out of step-size control "
-                       "(Kidger et al. 2021)", choices=ADJOINT_NORMS),
-        ]
-    return tuple(specs)
+    first_step = OptionSpec("first_step", str, "torchdiffeq", "initial step rule: torchdiffeq's "
+                            "heuristic (as torch's backends) or diffrax's dt0=None",
+                            choices=FIRST_STEP_CHOICES)
+    checkpoints = OptionSpec("checkpoints", int, None, "checkpoints of "
+                             "RecursiveCheckpointAdjoint (none: diffrax's default, from "
+                             "max_steps)", validator=positive, nullable=True,
+                             valid="a positive integer")
+    return ode_parameters(first_step, adjoint=adjoint == "backsolve",
+                          extra=(checkpoints,) if adjoint == "checkpoint" else ())
 
 
 class DiffraxBackend(JaxBackend):

@@ -11,10 +11,13 @@ from bench.frameworks.torch._backend import TorchBackend, positive_int
 from bench.errors import BenchError
 from bench.interfaces import Support, Tolerances, effective_tolerances
 from bench.options import OptionSpec, positive
-from bench.solvers import SOLVER_NAMES, SOLVERS, fixed_steps_problem, framework_method
-
-#: The error norms of the adjoint's reverse solve a backend may take.
-ADJOINT_NORMS = ("default", "seminorm")
+from bench.solvers import (
+    ADJOINT_NORMS,
+    SOLVERS,
+    fixed_steps_problem,
+    framework_method,
+    ode_parameters,
+)
 
 
 class UniformGrid:
@@ -36,33 +39,10 @@ class UniformGrid:
 
 def torchdiffeq_parameters(adjoint: bool) -> tuple[OptionSpec, ...]:
     """The parameters of a torchdiffeq backend (with the reverse solve's for the adjoint)."""
-    specs = [
-        OptionSpec("solver", str, "dopri5", "the ODE solver (one vocabulary for torch and JAX; "
-                   "fixed-step ones need fixed_steps)", choices=SOLVER_NAMES),
-        OptionSpec("rtol", float, 1e-3, "relative tolerance of the adaptive solve",
-                   validator=positive, valid="a positive number"),
-        OptionSpec("atol", float, 1e-3, "absolute tolerance of the adaptive solve",
-                   validator=positive, valid="a positive number"),
-        OptionSpec("first_step", float, None, "initial step size (none: torchdiffeq's "
-                   "heuristic, one extra evaluation)", validator=positive, nullable=True,
-                   valid="a positive number"),
-        OptionSpec("fixed_steps", int, None, "equal steps over the solve's interval, for a "
-                   "fixed-step solver (euler, midpoint, rk4)", validator=positive,
-                   nullable=True, valid="a positive integer"),
-    ]
-    if adjoint:
-        specs += [
-            OptionSpec("adjoint_rtol", float, None, "relative tolerance of the reverse solve "
-                       "(none: rtol)", validator=positive, nullable=True,
-                       valid="a positive number"),
-            OptionSpec("adjoint_atol", float, None, "absolute tolerance of the reverse solve "
-                       "(none: atol)", validator=positive, nullable=True,
-                       valid="a positive number"),
-            OptionSpec("adjoint_norm", str, "default", "error norm of the reverse solve: "
-                       "seminorm leaves the parameters' adjoint out of step-size control "
-                       "(Kidger et al. 2021)", choices=ADJOINT_NORMS),
-        ]
-    return tuple(specs)
+    first_step = OptionSpec("first_step", float, None, "initial step size (none: torchdiffeq's "
+                            "heuristic, one extra evaluation)", validator=positive,
+                            nullable=True, valid="a positive number")
+    return ode_parameters(first_step, adjoint=adjoint)
 
 
 class TorchdiffeqBackend(TorchBackend):
