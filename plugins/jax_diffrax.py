@@ -138,9 +138,6 @@ class DiffraxBackend(JaxBackend):
         self.rtol, self.atol = rtol, atol
         self.first_step = first_step
         self.max_steps = max_steps
-        # the checkpoint schedule's replay (a compiled toy loop, 1.5-35 ms for each step count
-        # not seen before) runs after the step's clock stopped
-        self.defers_backward_counts = adjoint == "checkpoint"
         if adjoint == "checkpoint":
             self.gradient_method = "recursive-checkpoint"
             how = ("backprop through the solver with diffrax's RecursiveCheckpointAdjoint "
