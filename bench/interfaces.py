@@ -205,11 +205,14 @@ class AbstractBackend(abc.ABC):
         """This backend with the parameters ``values`` set (already converted and checked by
         their specs; the others keep their defaults). Default: ``type(self)(**values)``, so a
         backend whose constructor takes its parameters as keywords needs nothing more; override
-        it otherwise. Raise :class:`bench.errors.BenchError` for a combination that cannot run
-        (checked in the parent, before any cell starts)."""
-        backend = type(self)(**values) if values else self
-        if values:
-            backend.user_parameters = dict(values)
+        it otherwise. The parameters already set on this instance are kept (``values`` win).
+        Raise :class:`bench.errors.BenchError` for a combination that cannot run (checked in the
+        parent, before any cell starts)."""
+        if not values:
+            return self
+        merged = {**self.user_parameters, **values}
+        backend = type(self)(**merged)
+        backend.user_parameters = merged
         return backend
 
     def configuration(self) -> dict[str, Any]:

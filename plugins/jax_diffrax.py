@@ -187,9 +187,6 @@ class DiffraxBackend(JaxBackend):
         self.adjoint_rtol = adjoint_rtol if backsolve else None
         self.adjoint_atol = adjoint_atol if backsolve else None
         self.adjoint_norm = adjoint_norm if backsolve else None
-        # the checkpoint schedule's replay (a compiled toy loop, 1.5-35 ms for each step count
-        # not seen before) runs after the step's clock stopped
-        self.defers_backward_counts = adjoint == "checkpoint"
         # DirectAdjoint (everything stored; slow to compile) is a variant run by name
         self.in_all = adjoint != "direct"
         if adjoint == "checkpoint":
@@ -213,7 +210,7 @@ class DiffraxBackend(JaxBackend):
             return self
         backend = DiffraxBackend(self.name, self.adjoint, max_steps=self.max_steps,
                                  **{**self.defaults(), **values})
-        backend.user_parameters = dict(values)
+        backend.user_parameters = {**self.user_parameters, **values}
         return backend
 
     def defaults(self) -> dict[str, Any]:

@@ -41,8 +41,9 @@ class JaxRkNetBackend(JaxBackend):
     def configure(self, values: Mapping[str, Any]) -> JaxRkNetBackend:
         if not values:
             return self
-        backend = JaxRkNetBackend(self.name, tableau=self.tableau, **values)
-        backend.user_parameters = dict(values)
+        merged = {**self.user_parameters, **values}
+        backend = JaxRkNetBackend(self.name, tableau=self.tableau, **merged)
+        backend.user_parameters = merged
         return backend
 
     def import_modules(self) -> None:

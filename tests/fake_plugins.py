@@ -59,7 +59,7 @@ class NumpyEulerBackend(AbstractBackend):
         backend = NumpyEulerBackend(self.name, behaviour=self.behaviour,
                                     **{"steps": self.steps, **values})
         backend.gradient_method = self.gradient_method
-        backend.user_parameters = dict(values)
+        backend.user_parameters = {**self.user_parameters, **values}
         return backend
 
     def integrate(self, a: float, y0: float, t1: float) -> tuple[float, float, int]:

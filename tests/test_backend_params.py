@@ -68,6 +68,11 @@ def test_a_third_party_backend_declares_parameters_like_the_builtins(fake_regist
     assert (configured.rtol, configured.solver) == (1e-6, "bosh3")
     assert configured.configuration()["adjoint_norm"] == "default"
     assert builtins.backend("torch-adjoint").rtol == 1e-3  # the registered one is unchanged
+    again = configured.configure({"rtol": 1e-4})  # a configured backend keeps what was set
+    assert (again.rtol, again.solver) == (1e-4, "bosh3")
+    assert again.user_parameters == {"rtol": 1e-4, "solver": "bosh3"}
+    seminorm = builtins.backend("diffrax-backsolve").configure({"adjoint_norm": "seminorm"})
+    assert seminorm.configure({"rtol": 1e-6}).adjoint_norm == "seminorm"
 
 
 def test_a_grid_is_the_product_in_declaration_order(builtins):

@@ -14,8 +14,9 @@ The API a JAX suite uses (the counterpart of :mod:`bench.frameworks.torch`)::
     vg = backend.value_and_grad(loss_fn, has_aux=True)     # loss_fn(params, *args) calls solve
     (loss, aux), grads, counts = vg(params, *args)         # inside jax.jit
     step = CompiledStep(fn)                                # fn(*args) -> (state, loss, counts)
-    state, loss, counts = step(*args)                      # compiled at the first call; blocks
-    stats = backend.step_stats(loss, counts, extra={"xla_temp_bytes": step.xla_temp_bytes})
+    state, loss, counts = step(*args)                      # compiled at the first call
+    stats = backend.step_stats(loss, counts, step.extra())  # reads the loss only
+    stats = backend.complete_step_stats(stats)             # the counts (the core: after the clock)
 
 ``solve`` works inside ``jax.jit`` and ``jax.grad``. ``stats`` is a dict of int32 arrays read from
 the solver (never from host callbacks): ``num_steps`` (accepted + rejected), ``num_accepted_steps``,
@@ -25,12 +26,15 @@ level of ``loss_fn``, not inside ``lax.scan``/``vmap`` bodies, whose tracers can
 the backsolve backend reads the reverse solves' statistics through ``counts["probe"]`` (see
 :mod:`bench.plugins.jax_diffrax`). :meth:`JaxBackend.step_stats` turns the counts into a
 :class:`bench.interfaces.StepStats` on the host; what each number counts is in the backend
-module's docstring. ``load_weights(model, where, weights)`` loads a suite's neutral numpy weights.
+module's docstring; inside the step's clock it only reads the loss back, and
+:meth:`JaxBackend.complete_step_stats` fetches and sums the counts after the clock stopped (the
+core calls it; call it yourself when driving a task outside the core). ``load_weights(model,
+where, weights)`` loads a suite's neutral numpy weights.
 
-Blocking: JAX dispatches asynchronously. :class:`CompiledStep` blocks on every output of the step
-(new parameters, optimiser state, loss, counts) before returning, so a task's ``train_step`` returns
-only when the step's work has finished; :meth:`JaxBackend.synchronize` additionally blocks on every
-live array and on pending effects, so nothing queued can leak into the next clock reading.
+Blocking: JAX dispatches asynchronously. :class:`CompiledStep` returns the step's outputs as
+dispatched, like a plain loop's jitted call; ``step_stats`` reads the loss, which waits for the
+step; :meth:`JaxBackend.synchronize` (called by the core before the step's clock stops) blocks on
+every live array and on pending effects, so nothing queued can leak into the next clock reading.
 """
 
 from __future__ import annotations

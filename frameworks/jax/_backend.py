@@ -107,8 +107,8 @@ def current_recorder() -> _Recorder | None:
 
 @dataclasses.dataclass(frozen=True)
 class _PendingStepStats(StepStats):
-    """A step's statistics whose backward counts :meth:`JaxBackend.complete_step_stats` has yet
-    to compute from ``pending`` (the fetched per-solve stats and probe gradient)."""
+    """A step's statistics whose counts :meth:`JaxBackend.complete_step_stats` has yet to fetch
+    and compute from ``pending`` (the step's counts pytree, device arrays)."""
 
     pending: Any = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -158,14 +158,21 @@ class JaxBackend(AbstractBackend):
         return str(jax_device(device).device_kind)
 
     def synchronize(self, device: str) -> None:
-        """Block on every live jax array and on pending effects (callbacks)."""
+        """Block on every live jax array and on pending effects (callbacks). One batched wait
+        (``jax.block_until_ready`` of the list: 80 against 100-200 us for 300 arrays, one at a
+        time, inside a timed CNF step); where an array was deleted or donated meanwhile, one at
+        a time, skipping those."""
         import jax
 
-        for array in jax.live_arrays():
-            try:
-                array.block_until_ready()
-            except RuntimeError:  # deleted or donated meanwhile
-                pass
+        arrays = jax.live_arrays()
+        try:
+            jax.block_until_ready(arrays)
+        except RuntimeError:  # deleted or donated meanwhile
+            for array in arrays:
+                try:
+                    array.block_until_ready()
+                except RuntimeError:
+                    pass
         jax.effects_barrier()
 
     def memory_tracker(self, device: str) -> MemoryTracker:
@@ -233,49 +240,40 @@ class JaxBackend(AbstractBackend):
 
         return value_and_grad
 
-    #: True where :meth:`_backward_counts` does work that must stay out of the timed step: the
-    #: step's statistics then leave ``nfe_backward`` to :meth:`complete_step_stats`.
-    defers_backward_counts: bool = False
-
     def step_stats(self, loss: Any, counts: Mapping[str, Any],
                    extra: Mapping[str, float] | None = None) -> StepStats:
-        """A :class:`StepStats` from a step's loss and counts (host side; fetches them). Where
-        the backend ``defers_backward_counts``, ``nfe_backward`` is filled in by
-        :meth:`complete_step_stats`, which the core calls after the step's clock stopped (call
-        it yourself when driving a task outside the core)."""
+        """A step's statistics, inside the step's clock: the loss read back (as a training loop
+        reads its loss) and the counts kept as they are, device arrays not fetched. Every count
+        is filled in by :meth:`complete_step_stats`, which the core calls after the step's clock
+        stopped (call it yourself when driving a task outside the core): fetching the counts
+        pytree and summing it is host work a plain training loop does not do (0.1-0.3 ms of a
+        7-13 ms CNF step on a 2-core EPYC)."""
+        return _PendingStepStats(loss=float(loss), extra=dict(extra or {}), pending=counts)
+
+    def complete_step_stats(self, stats: StepStats) -> StepStats:
+        """The counts of :meth:`step_stats`: fetched, summed over the step's solves, and the
+        backward counts from :meth:`_backward_counts` (diffrax-checkpoint replays its checkpoint
+        schedule there). Statistics that are not pending come back as they are."""
+        if not isinstance(stats, _PendingStepStats):
+            return stats
         import jax
         import numpy as np
 
-        loss, counts = jax.device_get((loss, counts))
+        counts = jax.device_get(stats.pending)
         solves = counts["solves"]
+        more = dict(stats.extra)
+        if not solves:
+            return StepStats(loss=stats.loss, extra=more,
+                             saved_for_backward_bytes=stats.saved_for_backward_bytes)
         total = {key: float(sum(np.sum(r[key]) for r in solves))
                  for key in ("nfe_forward", "num_accepted_steps", "num_rejected_steps")}
-        more = dict(extra or {})
-        nfe_backward = None
-        deferred = bool(solves) and self.defers_backward_counts
-        if solves and not deferred:
-            nfe_backward, backward_extra = self._backward_counts(solves, counts["probe"])
-            more.update(backward_extra)
-        return (_PendingStepStats if deferred else StepStats)(
-            loss=float(loss),
-            nfe_forward=total["nfe_forward"] if solves else None,
-            nfe_backward=nfe_backward,
-            steps_accepted=total["num_accepted_steps"] if solves else None,
-            steps_rejected=total["num_rejected_steps"] if solves else None,
-            extra=more,
-            **({"pending": (solves, counts["probe"])} if deferred else {}),
-        )
-
-    def complete_step_stats(self, stats: StepStats) -> StepStats:
-        """The deferred backward counts of :meth:`step_stats` (see ``defers_backward_counts``)."""
-        if not isinstance(stats, _PendingStepStats):
-            return stats
-        nfe_backward, backward_extra = self._backward_counts(*stats.pending)
+        nfe_backward, backward_extra = self._backward_counts(solves, counts["probe"])
+        more.update(backward_extra)
         return StepStats(
-            loss=stats.loss, nfe_forward=stats.nfe_forward, nfe_backward=nfe_backward,
-            steps_accepted=stats.steps_accepted, steps_rejected=stats.steps_rejected,
-            saved_for_backward_bytes=stats.saved_for_backward_bytes,
-            extra={**stats.extra, **backward_extra})
+            loss=stats.loss, nfe_forward=total["nfe_forward"], nfe_backward=nfe_backward,
+            steps_accepted=total["num_accepted_steps"],
+            steps_rejected=total["num_rejected_steps"],
+            saved_for_backward_bytes=stats.saved_for_backward_bytes, extra=more)
 
     def _backward_counts(self, solves: list[Mapping[str, Any]], probe: Any
                          ) -> tuple[float | None, dict[str, float]]:
