@@ -23,6 +23,7 @@ from typing import Any
 
 from bench.backend_grid import BackendChoice
 from bench.errors import BenchError
+from bench.gradients import GradientSetup, measure_cell_gradients
 from bench.interfaces import (
     AbstractBackend,
     AbstractSuite,
@@ -47,6 +48,10 @@ class CellSpec:
     unidentifying: tuple[str, ...] = ()
     #: The backend parameters the user set (:class:`bench.backend_grid.BackendChoice`).
     backend_params: tuple[tuple[str, Any], ...] = ()
+    #: ``train`` (a training cell) or ``gradients`` (a point of the gradient study, no
+    #: training: :func:`bench.gradient_study.run_gradient_cell`) at the weights times ``scale``.
+    mode: str = "train"
+    scale: float = 1.0
 
     @property
     def choice(self) -> BackendChoice:
@@ -62,6 +67,8 @@ class CellSpec:
         """Unique within a run: suite/backend[params]/budget/seed/device[/key=value,...]."""
         base = (f"{self.suite}/{self.backend_label}/{self.budget}/seed{self.seed}/"
                 f"{self.device}")
+        if self.mode != "train":
+            base += f"/{self.mode}/scale={self.scale:g}"
         shown = [(k, v) for k, v in self.options if k not in self.unidentifying]
         if shown:
             base += "/" + ",".join(f"{k}={v}" for k, v in shown)
@@ -120,6 +127,13 @@ def configuration_columns(backend: AbstractBackend) -> dict[str, Any]:
     return columns
 
 
+def gradient_key(spec: CellSpec, backend: AbstractBackend) -> dict[str, Any]:
+    """What a cell's initial-weight reference gradient depends on (with the weights' hash)."""
+    return {"suite": spec.suite, "framework": backend.framework, "seed": spec.seed,
+            "budget": spec.budget, "device": spec.device,
+            "options": [[k, v] for k, v in spec.options if k not in spec.unidentifying]}
+
+
 def check_support(backend: AbstractBackend, suite: AbstractSuite) -> str | None:
     """The reason a pair cannot run, or None."""
     missing = backend.check_available()
@@ -149,9 +163,11 @@ def timed_step(task: Any, backend: AbstractBackend, device: str, step: int
 
 def run_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite, work_dir: Path,
              log: Callable[[str], None] = print,
-             progress: Callable[[int, int, float], None] | None = None) -> ResultRow:
+             progress: Callable[[int, int, float], None] | None = None,
+             gradients: GradientSetup | None = None) -> ResultRow:
     """Run one cell and return its row. Exceptions become ``failed`` rows. The pair's support
-    is the caller's to check, once (:func:`check_support`; the runner does, in the parent)."""
+    is the caller's to check, once (:func:`check_support`; the runner does, in the parent).
+    ``gradients``: measure the gradient-accuracy columns after everything else (None: not)."""
     started = time.perf_counter()
     try:
         device = backend.resolve_device(spec.device)
@@ -170,6 +186,9 @@ def run_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite, wor
         fields.update(configuration_columns(backend))
         fields["params"] = task.num_params()
         status, error = _train_and_evaluate(task, backend, device, work_dir, fields, progress)
+        if status == "ok":  # after every training figure: nothing here can change one
+            measure_cell_gradients(task, lambda: suite.build_task(ctx), backend, gradients,
+                                   gradient_key(spec, backend), device, fields)
     except Exception as exc:  # the row keeps what was measured before the failure
         (work_dir / "error.log").write_text(traceback.format_exc())
         status, error = "failed", f"{type(exc).__name__}: {exc}"

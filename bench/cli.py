@@ -203,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_pub.add_argument("--to", type=Path, required=True, metavar="DIR",
                        help="destination, e.g. results/mnist-quick-cpu (must not exist)")
     p_pub.set_defaults(func=cmd_publish)
+
+    from bench.gradient_cli import add_parser as add_gradients_parser
+
+    add_gradients_parser(sub)
     return parser
 
 
