@@ -23,7 +23,7 @@ from typing import Any
 
 from bench.backend_grid import BackendChoice
 from bench.errors import BenchError
-from bench.gradients import GradientSetup, measure_cell_gradients
+from bench.gradients import GradientSetup, measure_final_gradients, measure_initial_gradients
 from bench.interfaces import (
     AbstractBackend,
     AbstractSuite,
@@ -185,10 +185,12 @@ def run_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite, wor
         fields.update(solver_settings(backend, task))  # effective rtol/atol and their source
         fields.update(configuration_columns(backend))
         fields["params"] = task.num_params()
-        status, error = _train_and_evaluate(task, backend, device, work_dir, fields, progress)
-        if status == "ok":  # after every training figure: nothing here can change one
-            measure_cell_gradients(task, lambda: suite.build_task(ctx), backend, gradients,
-                                   gradient_key(spec, backend), device, fields)
+        status, error = _train_and_evaluate(
+            task, backend, device, work_dir, fields, progress,
+            lambda: measure_final_gradients(task, backend, gradients, device, fields))
+        if status == "ok":  # after every other figure: nothing here can change one
+            measure_initial_gradients(lambda: suite.build_task(ctx), backend, gradients,
+                                      gradient_key(spec, backend), device, fields)
     except Exception as exc:  # the row keeps what was measured before the failure
         (work_dir / "error.log").write_text(traceback.format_exc())
         status, error = "failed", f"{type(exc).__name__}: {exc}"
@@ -198,7 +200,8 @@ def run_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite, wor
 
 def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_dir: Path,
                         fields: dict[str, Any],
-                        progress: Callable[[int, int, float], None] | None) -> tuple[str, str]:
+                        progress: Callable[[int, int, float], None] | None,
+                        after_evaluation: Callable[[], None] | None = None) -> tuple[str, str]:
     n_steps = int(task.num_train_steps)
     if n_steps < 2:
         raise BenchError("a task needs at least 2 training steps (the first is the warm-up)")
@@ -255,6 +258,8 @@ def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_d
         trace["evaluations"] = evals
         (work_dir / "trace.json").write_text(json.dumps(trace, default=float))
         task.finish(work_dir, trace)
+        if after_evaluation is not None:  # untimed, at the evaluated weights (gradient probe)
+            after_evaluation()
         _measure_memory(task, backend, device, tracker, n_steps, fields)
     return status, error
 

@@ -155,36 +155,50 @@ def compare(probe: GradientProbe, ref: np.ndarray, suffix: str = "") -> dict[str
             f"grad_cosine{suffix}": cosine(probe.grad, ref)}
 
 
-def measure_cell_gradients(trained: Any, build_fresh: Callable[[], Any], backend: Any,
-                           setup: GradientSetup | None, key_parts: Mapping[str, Any],
-                           device: str, fields: dict[str, Any]) -> None:
-    """The gradient columns of a trained cell (its ``fields``): after training, then at the
-    initial weights on a freshly built task (its reference shared through the cache). A failure
-    leaves the columns empty and says why in ``notes``; nothing measured before is lost."""
+def measure_final_gradients(trained: Any, backend: Any, setup: GradientSetup | None,
+                            device: str, fields: dict[str, Any]) -> None:
+    """The ``_final`` gradient columns of a trained cell (its ``fields``), at the weights its
+    final evaluation measured (called between that evaluation and the memory steps, which
+    train on). A failure leaves the columns empty and says why in ``notes``."""
+    if setup is None or no_reference_reason(backend):
+        return
+    try:
+        probe = trained.gradient_probe()
+        if probe is None:
+            return  # the suite measures no gradient probe
+        ref, nfe, seconds = reference_gradient(trained, setup, _sync(backend, device), None)
+        fields.update(compare(probe, ref, "_final"))
+        fields["grad_ref_final_nfe"], fields["grad_ref_final_time_s"] = nfe, seconds
+    except Exception as exc:  # noqa: BLE001 - the cell's measured figures stand
+        _note(fields, f"gradient probe (final) failed: {type(exc).__name__}: {exc}")
+
+
+def measure_initial_gradients(build_fresh: Callable[[], Any], backend: Any,
+                              setup: GradientSetup | None, key_parts: Mapping[str, Any],
+                              device: str, fields: dict[str, Any]) -> None:
+    """The initial-weight gradient columns of a cell, on a freshly built task (after every
+    other figure), its reference shared through the cache; a backend without a continuous
+    reference gets the reason in ``notes`` instead."""
     reason = no_reference_reason(backend) if setup is not None else None
     if setup is None or reason:
         if reason:
             _note(fields, reason)
         return
-
-    def sync() -> None:
-        backend.synchronize(device)
-
     try:
-        probe = trained.gradient_probe()
-        if probe is None:
-            return  # the suite measures no gradient probe
-        ref, nfe, seconds = reference_gradient(trained, setup, sync, None)
-        fields.update(compare(probe, ref, "_final"))
-        fields["grad_ref_final_nfe"], fields["grad_ref_final_time_s"] = nfe, seconds
         fresh = build_fresh()
         probe = fresh.gradient_probe()
+        if probe is None:
+            return
         ref, nfe, seconds = reference_gradient(
-            fresh, setup, sync, {**key_parts, "weights": probe.weights_key})
+            fresh, setup, _sync(backend, device), {**key_parts, "weights": probe.weights_key})
         fields.update(compare(probe, ref))
         fields["grad_ref_nfe"], fields["grad_ref_time_s"] = nfe, seconds
     except Exception as exc:  # noqa: BLE001 - the cell's measured figures stand
         _note(fields, f"gradient probe failed: {type(exc).__name__}: {exc}")
+
+
+def _sync(backend: Any, device: str) -> Callable[[], None]:
+    return lambda: backend.synchronize(device)
 
 
 def measure_study_point(task: Any, backend: Any, setup: GradientSetup,
@@ -194,9 +208,7 @@ def measure_study_point(task: Any, backend: Any, setup: GradientSetup,
     ``scale``, its error against the reference, NFE, and its time (median of ``setup.repeats``
     synchronised evaluations after one untimed warm-up that absorbs JIT compilation)."""
 
-    def sync() -> None:
-        backend.synchronize(device)
-
+    sync = _sync(backend, device)
     first = task.gradient_probe(scale=scale)  # warm-up: compilation, first allocations
     if first is None:
         raise RuntimeError("the suite's task measures no gradient probe (gradient_probe)")
