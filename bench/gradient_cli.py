@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bench.registry import Registry
+from bench.registry import PluginSelection, Registry
+
+if TYPE_CHECKING:
+    from bench.session import RunOutcome
 
 
-def add_parser(sub: Any) -> None:
-    """Add the ``gradients`` subcommand to ``bench``'s subparsers."""
-    from bench.cli import _memory_mb, _option, _positive_float, _threads
+def add_parser(sub: Any, types: dict[str, Callable[[str], Any]],
+               func: Callable[[argparse.Namespace, Registry], int]) -> None:
+    """Add the ``gradients`` subcommand to ``bench``'s subparsers (``types``: the CLI's
+    argument types ``option``, ``positive_float``, ``memory_mb``, ``threads``)."""
+    _option, _positive_float = types["option"], types["positive_float"]
+    _memory_mb, _threads = types["memory_mb"], types["threads"]
 
     p = sub.add_parser(
         "gradients", help="gradient study: gradient error against backward NFE and time over a "
@@ -48,11 +55,13 @@ def add_parser(sub: Any) -> None:
                    help="with --out: measure only the points that have no 'ok' row there")
     p.add_argument("--set", dest="options", type=_option, action="append", default=[],
                    metavar="KEY=VALUE", help="a suite option (see `bench list`)")
-    p.set_defaults(func=cmd_gradients)
+    p.set_defaults(func=func)
 
 
-def cmd_gradients(args: argparse.Namespace, registry: Registry) -> int:
-    from bench.cli import _finish, _selection
+def run_study(args: argparse.Namespace, registry: Registry, selection: PluginSelection
+              ) -> RunOutcome:
+    """``bench gradients``: the request checked, every point run, the table and plots
+    written; the outcome for the CLI to print."""
     from bench.gradient_study import study_request, write_outputs
     from bench.session import RunSession
 
@@ -61,11 +70,9 @@ def cmd_gradients(args: argparse.Namespace, registry: Registry) -> int:
         tolerances=args.tolerances, scales=args.scales, seeds=args.seeds, device=args.device,
         budget=args.budget, options=dict(args.options), out=args.out, resume=args.resume,
         timeout_s=args.timeout, max_memory_mb=args.max_memory_mb, threads=args.threads)
-    session = RunSession(registry, request, _selection())
+    session = RunSession(registry, request, selection)
     outcome = session.run_cells(session.start())
     if not outcome.interrupted:
         table = write_outputs(outcome.run_dir.path, outcome.rows, session.echo)
         outcome = dataclasses.replace(outcome, table=table)
-    path = outcome.run_dir.path
-    return _finish(outcome, f"results: {path}/gradients.md, gradients.csv and "
-                            "<suite>_scale<k>_gradient_error.png")
+    return outcome

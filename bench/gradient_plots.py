@@ -8,9 +8,28 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.backend_grid import BackendChoice, format_value
 from bench.plots import caption, finish, style_line
 from bench.results import safe_name
 from bench.rows import ResultRow
+
+#: The tolerance parameters a study line leaves out of its label (its points differ by them).
+TOLERANCE_KEYS = ("rtol", "atol", "adjoint_rtol", "adjoint_atol")
+
+
+def line_label(row: ResultRow) -> str:
+    """The row's backend label without its tolerances: one line of the study's plot."""
+    params = tuple((k, v) for k, v in dict(row.backend_params).items()
+                   if k not in TOLERANCE_KEYS)
+    return BackendChoice(row.backend_name or row.backend, params).label
+
+
+def tolerance_label(row: ResultRow) -> str:
+    """The point's tolerance as its plot label (``1e-05``), or the fixed steps."""
+    if row.rtol is not None:
+        return format_value(row.rtol) if row.rtol == row.atol else \
+            f"{format_value(row.rtol)}/{format_value(row.atol)}"
+    return f"{row.fixed_steps} steps" if row.fixed_steps else ""
 
 
 def plot_study(rows: Sequence[ResultRow], out_dir: Path) -> list[Path]:
@@ -19,8 +38,6 @@ def plot_study(rows: Sequence[ResultRow], out_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from bench.gradient_study import line_label, tolerance_label
 
     groups: dict[tuple[str, float], list[ResultRow]] = defaultdict(list)
     for row in rows:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.backend_grid import BackendChoice, configured_backend, expand_backends, format_value
+from bench.backend_grid import BackendChoice, configured_backend, expand_backends
 from bench.cell import (
     CellSpec,
     base_row,
@@ -35,8 +35,6 @@ from bench.interfaces import AbstractBackend, AbstractSuite, CellContext, solver
 from bench.registry import Registry
 from bench.rows import ResultRow
 
-#: The tolerance parameters a study line leaves out of its label (its points differ by them).
-TOLERANCE_KEYS = ("rtol", "atol", "adjoint_rtol", "adjoint_atol")
 DEFAULT_SCALES = (1.0, 4.0)
 STUDY_COLUMNS = ("suite", "backend", "gradient_method", "grad_scale", "rtol", "atol",
                  "adjoint_norm", "seed", "status", "grad_rel_error", "grad_cosine",
@@ -190,21 +188,6 @@ def study_request(registry: Registry, *, suites: str, backends: str,
 
 
 # -- output ---------------------------------------------------------------------------------------
-
-
-def line_label(row: ResultRow) -> str:
-    """The row's backend label without its tolerances: one line of the study's plot."""
-    params = tuple((k, v) for k, v in dict(row.backend_params).items()
-                   if k not in TOLERANCE_KEYS)
-    return BackendChoice(row.backend_name or row.backend, params).label
-
-
-def tolerance_label(row: ResultRow) -> str:
-    """The point's tolerance as its plot label (``1e-05``), or the fixed steps."""
-    if row.rtol is not None:
-        return format_value(row.rtol) if row.rtol == row.atol else \
-            f"{format_value(row.rtol)}/{format_value(row.atol)}"
-    return f"{row.fixed_steps} steps" if row.fixed_steps else ""
 
 
 def study_table(rows: Sequence[ResultRow]) -> Any:

@@ -18,7 +18,6 @@ from torch import nn
 
 from bench.interfaces import CellContext, Evaluation, StepStats
 
-
 #: The neutral weights' order (the flat gradient's).
 ORDER = ("net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias")
 
