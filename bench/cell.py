@@ -127,11 +127,14 @@ def configuration_columns(backend: AbstractBackend) -> dict[str, Any]:
     return columns
 
 
-def gradient_key(spec: CellSpec, backend: AbstractBackend) -> dict[str, Any]:
-    """What a cell's initial-weight reference gradient depends on (with the weights' hash)."""
+def gradient_key(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite | None = None
+                 ) -> dict[str, Any]:
+    """What a cell's initial-weight reference gradient depends on (with the weights' hash):
+    options that only say how the cell solves (the suite's ``solve_options``) are left out."""
+    skip = {*spec.unidentifying, *getattr(suite, "solve_options", ())}
     return {"suite": spec.suite, "framework": backend.framework, "seed": spec.seed,
             "budget": spec.budget, "device": spec.device,
-            "options": [[k, v] for k, v in spec.options if k not in spec.unidentifying]}
+            "options": [[k, v] for k, v in spec.options if k not in skip]}
 
 
 def check_support(backend: AbstractBackend, suite: AbstractSuite) -> str | None:
@@ -190,7 +193,7 @@ def run_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite, wor
             lambda: measure_final_gradients(task, backend, gradients, device, fields))
         if status == "ok":  # after every other figure: nothing here can change one
             measure_initial_gradients(lambda: suite.build_task(ctx), backend, gradients,
-                                      gradient_key(spec, backend), device, fields)
+                                      gradient_key(spec, backend, suite), device, fields)
     except Exception as exc:  # the row keeps what was measured before the failure
         (work_dir / "error.log").write_text(traceback.format_exc())
         status, error = "failed", f"{type(exc).__name__}: {exc}"

@@ -85,7 +85,7 @@ def run_gradient_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractS
         fields.update(configuration_columns(backend))
         fields["params"] = task.num_params()
         assert setup is not None
-        fields.update(measure_study_point(task, backend, setup, gradient_key(spec, backend),
+        fields.update(measure_study_point(task, backend, setup, gradient_key(spec, backend, suite),
                                           device, spec.scale))
         status, error = "ok", ""
     except Exception as exc:  # noqa: BLE001 - a failed point is a row
@@ -151,7 +151,7 @@ def study_cells(registry: Registry, suites: Sequence[str], choices: Sequence[Bac
     for name in suites:
         suite = registry.suite(name)
         chosen = budget or ("smoke" if "smoke" in suite.budgets else next(iter(suite.budgets)))
-        given = {**getattr(suite, "gradient_study_options", {}),
+        given = {**suite.gradient_study_options,
                  **{k: v for k, v in options.items() if k in suite.options}}
         for scale in scales:
             for cell in expand(registry, [name], list(choices), chosen, seeds, device, given):

@@ -299,6 +299,11 @@ class AbstractSuite(abc.ABC):
     #: Options that say where to find data rather than what to measure (e.g. ``data_dir``):
     #: left out of cell ids, so a resumed run may find its data elsewhere.
     location_options: tuple[str, ...] = ()
+    #: Options that change only how a cell solves (e.g. memory-scaling's ``steps``), not the
+    #: problem: left out of the reference gradient's cache key (:mod:`bench.gradients`).
+    solve_options: tuple[str, ...] = ()
+    #: Options ``bench gradients`` sets unless the user does (memory-scaling: adaptive solves).
+    gradient_study_options: Mapping[str, Any] = {}
 
     @property
     def frameworks(self) -> tuple[str, ...]:

@@ -45,6 +45,8 @@ class MemoryScalingSuite(AbstractSuite):
                                             "(each its own phase)", {"steps": 2})}
     option_specs = OPTION_SPECS
     options = SHAPE_OPTIONS
+    #: Options that change how a cell solves, not the problem: one reference gradient for all.
+    solve_options = ("steps", "solve")
     #: ``bench gradients`` compares tolerances: each backend solves adaptively there.
     gradient_study_options = {"solve": "adaptive"}
 
