@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 #: rtol = atol of the reference solve.
-REFERENCE_TOLERANCE = 1e-10
+REFERENCE_TOLERANCE = 1e-12
 REFERENCE_SOLVER = "dopri5"
 #: Repeats of a timed gradient evaluation in the gradient study (after one untimed warm-up).
 STUDY_REPEATS = 3
@@ -81,7 +81,7 @@ def cosine(grad: np.ndarray, ref: np.ndarray) -> float:
 
 
 def reference_params(backend: Any) -> dict[str, Any]:
-    """The parameters that make ``backend`` a reference: dopri5 at rtol = atol = 1e-10 (those of
+    """The parameters that make ``backend`` a reference: dopri5 at rtol = atol = 1e-12 (those of
     them it declares)."""
     declared = {spec.name for spec in getattr(backend, "parameters", ())}
     wanted = {"solver": REFERENCE_SOLVER, "rtol": REFERENCE_TOLERANCE,

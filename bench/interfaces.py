@@ -198,7 +198,7 @@ class AbstractBackend(abc.ABC):
     adjoint_rtol: float | None = None
     adjoint_atol: float | None = None
     #: The backend (``--backends`` text) whose float64 backpropagation through a dopri5 solve at
-    #: rtol = atol = 1e-10 is the reference gradient of this framework's cells (None: none).
+    #: rtol = atol = 1e-12 is the reference gradient of this framework's cells (None: none).
     gradient_reference: str | None = None
     #: Whether the solver adapts its step (None: decided from ``rtol`` and ``solver``).
     adaptive: bool | None = None

@@ -95,7 +95,7 @@ class ResultRow:
     backend_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     #: Gradient accuracy (:mod:`bench.gradients`): ||g - g_ref|| / ||g_ref|| and the cosine of
     #: g and g_ref on the task's probe batch at the initial weights and after training
-    #: (``_final``), against a float64 dopri5 backpropagation at rtol = atol = 1e-10 in the
+    #: (``_final``), against a float64 dopri5 backpropagation at rtol = atol = 1e-12 in the
     #: cell's framework; that reference's forward NFE and time (kept apart from the cell's).
     grad_rel_error: float | None = None
     grad_cosine: float | None = None

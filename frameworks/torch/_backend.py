@@ -69,7 +69,7 @@ class TorchBackend(AbstractBackend):
     """
 
     framework = "torch"
-    #: float64 backpropagation through torchdiffeq dopri5 at rtol = atol = 1e-10.
+    #: float64 backpropagation through torchdiffeq dopri5 at rtol = atol = 1e-12.
     gradient_reference = "torch-direct"
     #: Modules this backend needs (rknet and resnet need torch only).
     required_modules: tuple[str, ...] = ("torch", "torchdiffeq")
