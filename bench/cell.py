@@ -5,7 +5,10 @@ framework: the first training step is the warm-up (its extra time is ``compile_t
 device is synchronised through the backend before every clock reading, the backend completes a
 step's counts after its clock stopped, memory is measured by the backend's tracker in two phases
 (first step; steady state, in untimed memory steps that also measure the bytes saved for
-backward), and evaluation time is kept out of the training-step times.
+backward), and evaluation time is kept out of the training-step times. The gradient-accuracy
+columns (:mod:`bench.gradients`) are measured after the final evaluation (``_final``, before the
+memory steps, which train on) and on a freshly built task after everything else (the initial
+weights), never inside a timed step.
 """
 
 from __future__ import annotations
