@@ -5,7 +5,10 @@ framework: the first training step is the warm-up (its extra time is ``compile_t
 device is synchronised through the backend before every clock reading, the backend completes a
 step's counts after its clock stopped, memory is measured by the backend's tracker in two phases
 (first step; steady state, in untimed memory steps that also measure the bytes saved for
-backward), and evaluation time is kept out of the training-step times.
+backward), and evaluation time is kept out of the training-step times. The gradient-accuracy
+columns (:mod:`bench.gradients`) are measured after the final evaluation (``_final``, before the
+memory steps, which train on) and on a freshly built task after everything else (the initial
+weights), never inside a timed step.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 from bench.backend_grid import BackendChoice
 from bench.errors import BenchError
+from bench.gradients import GradientSetup, measure_final_gradients, measure_initial_gradients
 from bench.interfaces import (
     AbstractBackend,
     AbstractSuite,
@@ -47,6 +51,10 @@ class CellSpec:
     unidentifying: tuple[str, ...] = ()
     #: The backend parameters the user set (:class:`bench.backend_grid.BackendChoice`).
     backend_params: tuple[tuple[str, Any], ...] = ()
+    #: ``train`` (a training cell) or ``gradients`` (a point of the gradient study, no
+    #: training: :func:`bench.gradient_study.run_gradient_cell`) at the weights times ``scale``.
+    mode: str = "train"
+    scale: float = 1.0
 
     @property
     def choice(self) -> BackendChoice:
@@ -62,6 +70,8 @@ class CellSpec:
         """Unique within a run: suite/backend[params]/budget/seed/device[/key=value,...]."""
         base = (f"{self.suite}/{self.backend_label}/{self.budget}/seed{self.seed}/"
                 f"{self.device}")
+        if self.mode != "train":
+            base += f"/{self.mode}/scale={self.scale:g}"
         shown = [(k, v) for k, v in self.options if k not in self.unidentifying]
         if shown:
             base += "/" + ",".join(f"{k}={v}" for k, v in shown)
@@ -120,6 +130,16 @@ def configuration_columns(backend: AbstractBackend) -> dict[str, Any]:
     return columns
 
 
+def gradient_key(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite | None = None
+                 ) -> dict[str, Any]:
+    """What a cell's initial-weight reference gradient depends on (with the weights' hash):
+    options that only say how the cell solves (the suite's ``solve_options``) are left out."""
+    skip = {*spec.unidentifying, *getattr(suite, "solve_options", ())}
+    return {"suite": spec.suite, "framework": backend.framework, "seed": spec.seed,
+            "budget": spec.budget, "device": spec.device,
+            "options": [[k, v] for k, v in spec.options if k not in skip]}
+
+
 def check_support(backend: AbstractBackend, suite: AbstractSuite) -> str | None:
     """The reason a pair cannot run, or None."""
     missing = backend.check_available()
@@ -149,9 +169,11 @@ def timed_step(task: Any, backend: AbstractBackend, device: str, step: int
 
 def run_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite, work_dir: Path,
              log: Callable[[str], None] = print,
-             progress: Callable[[int, int, float], None] | None = None) -> ResultRow:
+             progress: Callable[[int, int, float], None] | None = None,
+             gradients: GradientSetup | None = None) -> ResultRow:
     """Run one cell and return its row. Exceptions become ``failed`` rows. The pair's support
-    is the caller's to check, once (:func:`check_support`; the runner does, in the parent)."""
+    is the caller's to check, once (:func:`check_support`; the runner does, in the parent).
+    ``gradients``: measure the gradient-accuracy columns after everything else (None: not)."""
     started = time.perf_counter()
     try:
         device = backend.resolve_device(spec.device)
@@ -169,7 +191,12 @@ def run_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite, wor
         fields.update(solver_settings(backend, task))  # effective rtol/atol and their source
         fields.update(configuration_columns(backend))
         fields["params"] = task.num_params()
-        status, error = _train_and_evaluate(task, backend, device, work_dir, fields, progress)
+        status, error = _train_and_evaluate(
+            task, backend, device, work_dir, fields, progress,
+            lambda: measure_final_gradients(task, backend, gradients, device, fields))
+        if status == "ok":  # after every other figure: nothing here can change one
+            measure_initial_gradients(lambda: suite.build_task(ctx), backend, gradients,
+                                      gradient_key(spec, backend, suite), device, fields)
     except Exception as exc:  # the row keeps what was measured before the failure
         (work_dir / "error.log").write_text(traceback.format_exc())
         status, error = "failed", f"{type(exc).__name__}: {exc}"
@@ -179,7 +206,8 @@ def run_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite, wor
 
 def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_dir: Path,
                         fields: dict[str, Any],
-                        progress: Callable[[int, int, float], None] | None) -> tuple[str, str]:
+                        progress: Callable[[int, int, float], None] | None,
+                        after_evaluation: Callable[[], None] | None = None) -> tuple[str, str]:
     n_steps = int(task.num_train_steps)
     if n_steps < 2:
         raise BenchError("a task needs at least 2 training steps (the first is the warm-up)")
@@ -236,6 +264,8 @@ def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_d
         trace["evaluations"] = evals
         (work_dir / "trace.json").write_text(json.dumps(trace, default=float))
         task.finish(work_dir, trace)
+        if after_evaluation is not None:  # untimed, at the evaluated weights (gradient probe)
+            after_evaluation()
         _measure_memory(task, backend, device, tracker, n_steps, fields)
     return status, error
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bench.backend_grid import configured_backend
 from bench.cell import CellSpec, base_row, run_cell
+from bench.gradient_study import gradient_setup, run_gradient_cell
 from bench.registry import PluginSelection, Registry
 from bench.rows import now_iso
 
@@ -77,7 +78,12 @@ def cell_process_main(conn: Connection, spec: CellSpec, selection: PluginSelecti
         registry = Registry.load(selection)
         backend = configured_backend(registry, spec.choice)
         suite = registry.suite(spec.suite)
-        row = run_cell(spec, backend, suite, path, log=log, progress=progress)
+        gradients = gradient_setup(registry, backend, path.parent.parent / "gradient_reference")
+        if spec.mode == "gradients":
+            row = run_gradient_cell(spec, backend, suite, path, gradients, log=log)
+        else:
+            row = run_cell(spec, backend, suite, path, log=log, progress=progress,
+                           gradients=gradients)
     except BaseException as exc:  # noqa: BLE001 - always answer the parent
         with contextlib.suppress(OSError):
             (path / "error.log").write_text(traceback.format_exc())

@@ -24,6 +24,8 @@ from bench.backend_grid import describe_parameters
 from bench.cli_types import _jobs, _memory_mb, _option, _positive_float, _threads
 from bench.compare import Thresholds, compare_runs, format_findings
 from bench.errors import BenchError
+from bench.gradient_cli import add_parser as add_gradients_parser
+from bench.gradient_cli import run_study
 from bench.html_report import PAGE_NAME, report_page
 from bench.publish import publish_run
 from bench.registry import LOAD_PLUGINS_ENV, PluginSelection, Registry
@@ -161,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_pub.add_argument("--to", type=Path, required=True, metavar="DIR",
                        help="destination, e.g. results/mnist-quick-cpu (must not exist)")
     p_pub.set_defaults(func=cmd_publish)
+
+    add_gradients_parser(sub, {"option": _option, "positive_float": _positive_float,
+                               "memory_mb": _memory_mb, "threads": _threads}, cmd_gradients)
     return parser
 
 
@@ -211,6 +216,12 @@ def cmd_run(args: argparse.Namespace, registry: Registry) -> int:
     outcome = RunSession(registry, run_request(args, registry), _selection()).run()
     path = outcome.run_dir.path
     return _finish(outcome, f"results: {path}  (bench report {path} --format csv)")
+
+
+def cmd_gradients(args: argparse.Namespace, registry: Registry) -> int:
+    outcome = run_study(args, registry, _selection())
+    return _finish(outcome, f"results: {outcome.run_dir.path}/gradients.md, gradients.csv and "
+                            "<suite>_scale<k>_gradient_error.png")
 
 
 def cmd_memory(args: argparse.Namespace, registry: Registry) -> int:

@@ -13,9 +13,12 @@ import abc
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from bench.measure import MemoryTracker
+
+if TYPE_CHECKING:
+    from bench.gradients import GradientProbe
 from bench.options import OptionSpec
 from bench.tolerances import (  # noqa: F401 - re-exported: the framework layers' import point
     FIXED_STEP_SOLVERS,
@@ -150,6 +153,15 @@ class AbstractTask(abc.ABC):
         """
         return self.train_step(step)
 
+    def gradient_probe(self, reference: AbstractBackend | None = None, scale: float = 1.0
+                       ) -> GradientProbe | None:
+        """The gradient of the training loss on a fixed probe batch at the current weights (each
+        weight array times ``scale``), without changing the weights or the optimiser, as a
+        :class:`bench.gradients.GradientProbe` (flat float64, in the neutral weights' order).
+        With ``reference`` (a backend of this framework configured as the reference solve): the
+        same model rebuilt on it and computed in float64. Default: None (not measured)."""
+        return None
+
     def prepare_evaluation(self, final: bool = True) -> None:  # noqa: B027 - optional
         """Called before the clock starts for each :meth:`evaluate`: compile what the evaluation
         will run (a JIT framework compiles at the first call for each input shape), so that
@@ -185,6 +197,9 @@ class AbstractBackend(abc.ABC):
     atol: float | None = None
     adjoint_rtol: float | None = None
     adjoint_atol: float | None = None
+    #: The backend (``--backends`` text) whose float64 backpropagation through a dopri5 solve at
+    #: rtol = atol = 1e-12 is the reference gradient of this framework's cells (None: none).
+    gradient_reference: str | None = None
     #: Whether the solver adapts its step (None: decided from ``rtol`` and ``solver``).
     adaptive: bool | None = None
     #: What a user may set per cell (``--backends 'name[key=value,key=[v1,v2]]'``,
@@ -290,6 +305,11 @@ class AbstractSuite(abc.ABC):
     #: Options that say where to find data rather than what to measure (e.g. ``data_dir``):
     #: left out of cell ids, so a resumed run may find its data elsewhere.
     location_options: tuple[str, ...] = ()
+    #: Options that change only how a cell solves (e.g. memory-scaling's ``steps``), not the
+    #: problem: left out of the reference gradient's cache key (:mod:`bench.gradients`).
+    solve_options: tuple[str, ...] = ()
+    #: Options ``bench gradients`` sets unless the user does (memory-scaling: adaptive solves).
+    gradient_study_options: Mapping[str, Any] = {}
 
     @property
     def frameworks(self) -> tuple[str, ...]:

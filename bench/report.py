@@ -19,7 +19,8 @@ FORMATS = ("markdown", "csv", "latex", "html")
 TABLE_COLUMNS = (
     "suite", "backend", "gradient_method", "solver", "rtol", "atol", "device", "budget", "seed",
     "status", "nfe_forward", "nfe_backward", "train_step_time_s", "compile_time_s", "eval_time_s",
-    "peak_memory_mib", "peak_memory_method", "saved_for_backward_mib", "params", "host_load_1m",
+    "peak_memory_mib", "peak_memory_method", "saved_for_backward_mib", "grad_rel_error",
+    "grad_cosine", "grad_rel_error_final", "grad_cosine_final", "params", "host_load_1m",
     "concurrent_cells", "timing_warning", "error",
 )
 #: Default columns of ``--format latex`` (a paper's table): the metric columns of the run's

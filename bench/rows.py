@@ -100,6 +100,26 @@ class ResultRow:
     backend_name: str = ""
     backend_params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     backend_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: Gradient accuracy (:mod:`bench.gradients`): ||g - g_ref|| / ||g_ref|| and the cosine of
+    #: g and g_ref on the task's probe batch at the initial weights and after training
+    #: (``_final``), against a float64 dopri5 backpropagation at rtol = atol = 1e-12 in the
+    #: cell's framework; that reference's forward NFE and time (kept apart from the cell's).
+    grad_rel_error: float | None = None
+    grad_cosine: float | None = None
+    grad_rel_error_final: float | None = None
+    grad_cosine_final: float | None = None
+    grad_ref_nfe: float | None = None
+    grad_ref_time_s: float | None = None
+    grad_ref_final_nfe: float | None = None
+    grad_ref_final_time_s: float | None = None
+    #: The gradient study (``bench gradients``, no training): the weights' scale k, the NFE of
+    #: one gradient evaluation, its time (forward + backward, median, synchronised, after a
+    #: warm-up) and its backward pass's alone where the framework separates it (torch).
+    grad_scale: float | None = None
+    grad_nfe_forward: float | None = None
+    grad_nfe_backward: float | None = None
+    grad_time_s: float | None = None
+    grad_backward_time_s: float | None = None
     notes: str = ""
     finished_at: str = ""
 

@@ -181,6 +181,7 @@ class CnfJaxTask(AbstractTask):
         from bench.frameworks.jax import (
             CompiledStep,
             CompileOnce,
+            GradientProber,
             adam_init,
             adam_update,
             jax_device,
@@ -205,6 +206,16 @@ class CnfJaxTask(AbstractTask):
             return -jnp.mean(logp)
 
         value_and_grad = backend.value_and_grad(loss_fn)
+
+        def loss_for(solver: Any) -> Any:
+            def probe_loss(model: CnfDynamics, x: jax.Array, probes: Any) -> jax.Array:
+                logp, _ = log_prob(model, x, solver, probes, tolerances)
+                return -jnp.mean(logp)
+            return probe_loss
+
+        order = [n for n in initial_weights(ctx.seed) if train_end_time or n != "sqrt_end_time"]
+        self.prober = GradientProber(
+            loss_for, lambda tree: [neutral_parameters(tree)[n] for n in order])
 
         def train(model: CnfDynamics, opt_state: Any, x: jax.Array, probes: Any
                   ) -> tuple[Any, ...]:
@@ -231,6 +242,13 @@ class CnfJaxTask(AbstractTask):
         self.model, self.opt_state, loss, counts = self.step(
             self.model, self.opt_state, self._put(x), self._put(probes))
         return self.backend.step_stats(loss, counts, self.step.extra())
+
+    def gradient_probe(self, reference: Any = None, scale: float = 1.0) -> Any:
+        """The training loss's gradient on the probe batch (the first training batch and its
+        Hutchinson probes); with ``reference``: its solve, in float64."""
+        args = (self._put(self.data.train_batch(0)), self._put(self.data.probes(0)))
+        return self.prober(reference or self.backend, self.model, args, reference is not None,
+                           scale)
 
     def prepare_evaluation(self, final: bool = True) -> None:
         """Compile the log-density for the shapes of the test chunks."""

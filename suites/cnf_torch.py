@@ -16,7 +16,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from bench.frameworks.torch import OdeBlockBackend, TorchTask, load_weights, run_train_step
+from bench.frameworks.torch import (
+    OdeBlockBackend,
+    TorchTask,
+    copy_parameters,
+    load_weights,
+    probe_gradient,
+    run_train_step,
+)
 from bench.suites.cnf_data import DIM, HIDDEN, CnfData, initial_weights, layer_dims, plot_flow
 from torch import nn
 
@@ -179,6 +186,7 @@ class CnfTorchTask(TorchTask):
         torch.manual_seed(ctx.seed)
         self.data = data
         self.backend_name = ctx.backend.name
+        self.seed = ctx.seed
         self.device = torch.device(ctx.device)
         s = data.settings
         self.flow = build_flow(ctx.backend, s, ctx.seed).to(self.device)
@@ -240,6 +248,25 @@ class CnfTorchTask(TorchTask):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.params)
+
+    def gradient_probe(self, reference: Any = None, scale: float = 1.0) -> Any:
+        """The training loss's gradient on the probe batch (the first training batch and its
+        Hutchinson probes); with ``reference``: the flow rebuilt on it, in float64."""
+        flow, dtype = self.flow, torch.float32
+        if reference is not None:
+            flow, dtype = CnfFlow(reference, self.data.settings).to(self.device).double(), \
+                torch.float64
+            copy_parameters(flow.dynamics, self.flow.dynamics)
+        x = self._tensor(self.data.train_batch(0)).to(dtype)
+        probes = self.data.probes(0)
+        named = {n: p for n, p in flow.dynamics.named_parameters() if p.requires_grad}
+        order = [n for n in initial_weights(self.seed) if n in named]
+        flow.dynamics.probes = None if probes is None else self._tensor(probes).to(dtype)
+        try:
+            return probe_gradient([flow.forward_block], lambda: -flow.log_prob(x).mean(),
+                                  named, order, scale)
+        finally:
+            flow.dynamics.probes = None
 
     def finish(self, work_dir: Path, trace: Any) -> None:
         data, base, xs, ys = self.data.plot_inputs()

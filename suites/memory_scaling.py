@@ -27,6 +27,9 @@ OPTION_SPECS = (
                help="state width of the MLP dynamics"),
     OptionSpec("batch", int, 1024, validator=positive, valid="a positive integer",
                help="batch size (rows of the state)"),
+    OptionSpec("solve", str, "fixed", choices=("fixed", "adaptive"),
+               help="fixed: exactly `steps` fixed steps; adaptive: each backend's own solver "
+                    "and tolerances (bench gradients' default)"),
 )
 SHAPE_OPTIONS = option_defaults(OPTION_SPECS)
 
@@ -42,6 +45,10 @@ class MemoryScalingSuite(AbstractSuite):
                                             "(each its own phase)", {"steps": 2})}
     option_specs = OPTION_SPECS
     options = SHAPE_OPTIONS
+    #: Options that change how a cell solves, not the problem: one reference gradient for all.
+    solve_options = ("steps", "solve")
+    #: ``bench gradients`` compares tolerances: each backend solves adaptively there.
+    gradient_study_options = {"solve": "adaptive"}
 
 
 @bench.hookimpl

@@ -22,7 +22,7 @@ class JaxMemoryTask(AbstractTask):
         self.solver = ctx.backend.fixed_step_solver
         import jax
         import jax.numpy as jnp
-        from bench.frameworks.jax import CompiledStep, jax_device
+        from bench.frameworks.jax import CompiledStep, GradientProber, jax_device
 
         self.num_train_steps = int(ctx.budget.settings["steps"])
         steps, width, batch = int(options["steps"]), int(options["width"]), int(options["batch"])
@@ -37,11 +37,19 @@ class JaxMemoryTask(AbstractTask):
         def dynamics(t: Any, y: Any, p: Any) -> Any:
             return jnp.tanh(y @ p["w1"].T + p["b1"]) @ p["w2"].T + p["b2"]
 
-        def loss_fn(p: Any, h0: Any) -> Any:
-            y, _ = backend.solve(dynamics, p, h0, 0.0, 1.0, fixed_steps=steps)
-            return jnp.mean(y ** 2)
+        fixed = steps if options.get("solve", "fixed") == "fixed" else None
+        if fixed is None:
+            self.solver = None
 
-        value_and_grad = backend.value_and_grad(loss_fn)
+        def loss_for(solver: Any) -> Any:
+            def loss_fn(p: Any, h0: Any) -> Any:
+                y, _ = solver.solve(dynamics, p, h0, 0.0, 1.0,
+                                    fixed_steps=fixed if solver is backend else None)
+                return jnp.mean(y ** 2)
+            return loss_fn
+
+        self.prober = GradientProber(loss_for, lambda p: [p[k] for k in ("w1", "b1", "w2", "b2")])
+        value_and_grad = backend.value_and_grad(loss_for(backend))
 
         def step(p: Any, h0: Any) -> tuple[Any, Any, Any]:
             loss, grads, counts = value_and_grad(p, h0)
@@ -62,3 +70,9 @@ class JaxMemoryTask(AbstractTask):
 
     def num_params(self) -> int:
         return sum(int(v.size) for v in self.params.values())
+
+    def gradient_probe(self, reference: Any = None, scale: float = 1.0) -> Any:
+        """The training loss's gradient at the current weights (probe batch: h0); with
+        ``reference``: that backend's adaptive solve in float64."""
+        return self.prober(reference or self.backend, self.params, (self.h0,),
+                           reference is not None, scale)

@@ -6,11 +6,20 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from bench.frameworks.torch import TorchTask, load_weights, run_train_step
+from bench.frameworks.torch import (
+    TorchTask,
+    copy_parameters,
+    load_weights,
+    probe_gradient,
+    run_train_step,
+)
 from bench.suites.memory_scaling_data import initial_state, initial_weights
 from torch import nn
 
 from bench.interfaces import CellContext, Evaluation, StepStats
+
+#: The neutral weights' order (the flat gradient's).
+ORDER = ("net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias")
 
 
 class MlpDynamics(nn.Module):
@@ -44,7 +53,11 @@ class TorchMemoryTask(TorchTask):
             built += 1
             return module
 
-        self.block = ctx.backend.ode_block(make_dynamics, 0.0, 1.0, fixed_steps=steps)
+        self.fixed_steps = steps if options.get("solve", "fixed") == "fixed" else None
+        if self.fixed_steps is None:
+            self.solver = None
+        self.width = width
+        self.block = ctx.backend.ode_block(make_dynamics, 0.0, 1.0, fixed_steps=self.fixed_steps)
         self.block.to(ctx.device)
         self.h0 = torch.from_numpy(initial_state(batch, width, ctx.seed)).to(ctx.device)
         self.params = [p for p in self.block.parameters() if p.requires_grad]
@@ -64,3 +77,15 @@ class TorchMemoryTask(TorchTask):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.params)
+
+    def gradient_probe(self, reference: Any = None, scale: float = 1.0) -> Any:
+        """The training loss's gradient (the probe batch is the training batch h0); with
+        ``reference``: the same dynamics on it (adaptive), in float64."""
+        block, h0 = self.block, self.h0
+        if reference is not None:
+            block = reference.ode_block(lambda _: MlpDynamics(self.width), 0.0, 1.0)
+            block.to(h0.device).double()
+            copy_parameters(block, self.block)
+            h0 = h0.double()
+        named = {"net." + name.rsplit("net.", 1)[1]: p for name, p in block.named_parameters()}
+        return probe_gradient([block], lambda: block(h0).pow(2).mean(), named, ORDER, scale)

@@ -44,6 +44,8 @@ class NumpyEulerBackend(AbstractBackend):
         OptionSpec("flavour", str, "plain", "a choice", choices=("plain", "salted")),
     )
     parameter_aliases = {"n": "steps"}
+    #: The fake framework's reference gradient: Euler with 200 steps.
+    gradient_reference = "numpy-euler-fine"
 
     def __init__(self, name: str = "numpy-euler", steps: int = 20, behaviour: str = "ok",
                  rtol: float | None = None, pause_s: float = 0.0, flavour: str = "plain"):
@@ -106,6 +108,14 @@ class LinearTask(AbstractTask):
 
     def evaluate(self, final: bool = True) -> Evaluation:
         return Evaluation({"rate_error": abs(self.a - A_TRUE), "a": self.a})
+
+    def gradient_probe(self, reference=None, scale: float = 1.0):
+        """d/da of the training loss at a * scale (the reference: its backend's solve)."""
+        from bench.gradients import GradientProbe, weights_hash
+
+        y, s, nfe = (reference or self.backend).integrate(self.a * scale, 1.0, 1.0)
+        grad = 2 * (y - math.exp(A_TRUE)) * s
+        return GradientProbe(np.array([grad]), nfe, nfe, None, weights_hash([np.float64(self.a)]))
 
     def num_params(self) -> int:
         return 1

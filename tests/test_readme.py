@@ -72,7 +72,13 @@ def test_every_readme_command_parses_and_expands_with_the_builtin_plugins(tmp_pa
             assert cli.run_request(args, registry, check=False).cells, command
         elif args.command == "memory":
             assert cli.memory_request(args, registry, check=False).cells, command
-    assert {"list", "run", "report", "publish", "memory"} <= seen
+        elif args.command == "gradients":
+            from bench.gradient_study import study_request
+
+            assert study_request(registry, suites=args.suite, backends=args.backends,
+                                 tolerances=args.tolerances, scales=args.scales,
+                                 options=dict(args.options)).cells, command
+    assert {"list", "run", "report", "publish", "memory", "gradients"} <= seen
 
 
 def test_readme_commands_are_found_in_code_blocks():

@@ -51,6 +51,7 @@ from bench.frameworks.jax._backend import (
     missing_modules,
 )
 from bench.frameworks.jax._checkpoint import checkpoint_backward_iterations
+from bench.frameworks.jax._gradients import GradientProber
 from bench.frameworks.jax._solvers import (
     reverse_seminorm,
     rk4_solvers,
@@ -69,6 +70,7 @@ from bench.frameworks.jax._weights import load_weights
 
 __all__ = [
     "INSTALL_HINT", "PROBE_FIELDS", "REQUIRED_MODULES", "CompileOnce", "CompiledStep",
+    "GradientProber",
     "JaxBackend", "JaxGpuPeakTracker", "SolveBackend", "adam_init", "adam_update",
     "checkpoint_backward_iterations", "current_recorder", "jax_device", "load_weights",
     "missing_modules", "rk4_solvers", "sgd_momentum_init", "sgd_momentum_update",

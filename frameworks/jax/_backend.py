@@ -125,6 +125,8 @@ class JaxBackend(AbstractBackend):
     """
 
     framework = "jax"
+    #: float64 backpropagation through diffrax Dopri5 at rtol = atol = 1e-12.
+    gradient_reference = "diffrax-checkpoint"
     rtol: float | None = 1e-3
     atol: float | None = 1e-3
 

@@ -12,6 +12,7 @@ The API a torch suite uses::
     ys = block(y0, times=ts)              # the trajectory at the 1-D increasing times ts
     counts = block.pop_stats()            # StepCounts since the last pop (then zeroed)
     stats = run_train_step([block], compute_loss, optimizer, params)   # -> StepStats
+    probe = probe_gradient([block], compute_loss, named_params, order)  # gradient accuracy
     load_weights(module, named_parameters, weights)   # a suite's neutral numpy initial weights
     class MyTask(TorchTask): ...          # its memory steps measure the bytes saved for backward
 
@@ -51,6 +52,7 @@ from bench.frameworks.torch._backend import (
     missing_modules,
     positive_int,
 )
+from bench.frameworks.torch._gradients import copy_parameters, probe_gradient, scaled_weights
 from bench.frameworks.torch._torchdiffeq import TorchdiffeqBackend, UniformGrid
 from bench.frameworks.torch._training import (
     StepCounts,
@@ -78,7 +80,8 @@ _BLOCKS = ("OdeBlock", "TorchdiffeqBlock", "RK4Block", "ResNetBlock", "CountedDy
 
 __all__ = [
     "INSTALL_HINT", "CountingBlock", "CudaAllocatorTracker", "OdeBlockBackend", "StepCounts",
-    "TorchBackend", "TorchTask", "TorchdiffeqBackend", "UniformGrid", "load_weights", "metering",
+    "TorchBackend", "TorchTask", "TorchdiffeqBackend", "copy_parameters", "probe_gradient",
+    "scaled_weights", "UniformGrid", "load_weights", "metering",
     "metering_saved_tensors", "missing_message", "missing_modules", "positive_int",
     "run_train_step", "saved_tensors_meter", "OdeBlock", "TorchdiffeqBlock", "RK4Block",
     "ResNetBlock", "CountedDynamics", "AdaptiveCountedDynamics",

@@ -69,6 +69,8 @@ class TorchBackend(AbstractBackend):
     """
 
     framework = "torch"
+    #: float64 backpropagation through torchdiffeq dopri5 at rtol = atol = 1e-12.
+    gradient_reference = "torch-direct"
     #: Modules this backend needs (rknet and resnet need torch only).
     required_modules: tuple[str, ...] = ("torch", "torchdiffeq")
 
