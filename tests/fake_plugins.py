@@ -37,7 +37,7 @@ class NumpyEulerBackend(AbstractBackend):
     parameters = (
         OptionSpec("steps", int, 20, "Euler steps", validator=positive,
                    valid="a positive integer"),
-        OptionSpec("rtol", float, None, "a tolerance: at least ceil(0.1 / rtol) steps",
+        OptionSpec("tol", float, None, "a tolerance: at least ceil(0.1 / tol) steps",
                    validator=positive, nullable=True, valid="a positive number"),
         OptionSpec("pause_s", float, 0.0, "seconds each training step sleeps",
                    validator=non_negative, valid="zero or more"),
@@ -48,16 +48,17 @@ class NumpyEulerBackend(AbstractBackend):
     gradient_reference = "numpy-euler-fine"
 
     def __init__(self, name: str = "numpy-euler", steps: int = 20, behaviour: str = "ok",
-                 rtol: float | None = None, pause_s: float = 0.0, flavour: str = "plain"):
+                 tol: float | None = None, pause_s: float = 0.0, flavour: str = "plain"):
         self.name = name
-        self.rtol, self.pause_s, self.flavour = rtol, pause_s, flavour
-        self.steps = steps if rtol is None else max(steps, math.ceil(0.1 / rtol))
+        # not "rtol": the gradient reference sets rtol = 1e-12 where a backend declares it
+        self.tol, self.pause_s, self.flavour = tol, pause_s, flavour
+        self.steps = steps if tol is None else max(steps, math.ceil(0.1 / tol))
         self.behaviour = behaviour
         self.description = f"explicit Euler, {steps} steps ({behaviour})"
 
     def configure(self, values):
-        if not values:
-            return self
+        if not values or type(self) is not NumpyEulerBackend:  # a subclass: the default
+            return super().configure(values)
         backend = NumpyEulerBackend(self.name, behaviour=self.behaviour,
                                     **{"steps": self.steps, **values})
         backend.gradient_method = self.gradient_method

@@ -167,11 +167,11 @@ def test_rows_record_the_configuration_and_the_cell_runs_it(cli_env, tmp_path):
     assert [r["backend_name"] for r in rows] == ["numpy-euler"] * 2
     assert [r["backend_params"] for r in rows] == [{"steps": 5}, {"steps": 50}]
     assert [r["nfe_forward"] for r in rows] == [5, 50]  # the configured backend ran
-    assert rows[1]["backend_config"] == {"steps": 50, "rtol": None, "pause_s": 0.0,
+    assert rows[1]["backend_config"] == {"steps": 50, "tol": None, "pause_s": 0.0,
                                          "flavour": "plain"}
     report = run_cli(["report", str(out), "--format", "csv"], cli_env, tmp_path)
     assert "backend_config" in report.stdout.splitlines()[0]
-    assert "steps=50,rtol=none,pause_s=0.0,flavour=plain" in report.stdout
+    assert "steps=50,tol=none,pause_s=0.0,flavour=plain" in report.stdout
 
 
 def test_a_run_file_describes_the_grid(cli_env, tmp_path):
@@ -203,7 +203,7 @@ def test_an_interrupted_grid_resumes_to_exactly_its_cells(cli_env, tmp_path):
     """3 tolerances x 2 backends x 2 seeds, Ctrl-C mid-run, --resume: exactly 12 rows."""
     out = tmp_path / "grid"
     args = ["run", "--suite", "linear", "--backends",
-            "numpy-euler[rtol=[0.1,0.01,0.001]],numpy-euler-fine[rtol=[0.1,0.01,0.001]]",
+            "numpy-euler[tol=[0.1,0.01,0.001]],numpy-euler-fine[tol=[0.1,0.01,0.001]]",
             "--backend-set", "pause_s=0.3", "--budget", "smoke", "--seeds", "0,1",
             "--out", str(out)]
     proc = subprocess.Popen([sys.executable, "-m", "bench.cli", *args], env=cli_env,
@@ -224,23 +224,27 @@ def test_an_interrupted_grid_resumes_to_exactly_its_cells(cli_env, tmp_path):
     got = [json.loads(x) for x in rows.read_text().splitlines()]
     assert len(got) == 12
     assert len({r["cell_id"] for r in got}) == 12 and {r["status"] for r in got} == {"ok"}
-    assert {r["backend_params"]["rtol"] for r in got} == {0.1, 0.01, 0.001}
+    assert {r["backend_params"]["tol"] for r in got} == {0.1, 0.01, 0.001}
 
 
-def test_a_tolerance_grid_gets_a_work_precision_plot(cli_env, tmp_path):
+def test_a_tolerance_grid_gets_a_work_precision_plot(cli_env, tmp_path, monkeypatch):
     from bench.results import RunDirectory
     from bench.work_precision import work_precision_points
 
     out = tmp_path / "wp"
     result = run_cli(["run", "--suite", "linear", "--backends",
-                      "numpy-euler[rtol=[0.1,0.01,0.002]],numpy-euler[flavour=salted]",
+                      "numpy-euler[tol=[0.1,0.01,0.002]],numpy-euler[flavour=salted]",
                       "--budget", "smoke", "--seeds", "0,1", "--out", str(out)], cli_env,
                      tmp_path)
     assert result.returncode == 0, result.stderr
-    rows = RunDirectory.open(out).rows()
-    for row in rows:  # Euler is a fixed-step solver: its row has no rtol; say it had one
-        object.__setattr__(row, "rtol", row.backend_params.get("rtol"))
-        object.__setattr__(row, "atol", row.backend_params.get("rtol"))
+    import dataclasses
+
+    # Euler is a fixed-step solver and its tolerance is the fake's "tol": make the rows say what an
+    # adaptive backend's would (rtol = atol = tol, and tol a tolerance, not a line's parameter)
+    rows = [dataclasses.replace(
+        r, rtol=r.backend_params.get("tol"), atol=r.backend_params.get("tol"),
+        backend_params={k: v for k, v in r.backend_params.items() if k != "tol"})
+        for r in RunDirectory.open(out).rows()]
     lines = work_precision_points(rows)
     assert list(lines) == ["numpy-euler"]  # the salted one has one tolerance: no line
     points = lines["numpy-euler"]
@@ -257,12 +261,8 @@ def test_a_tolerance_grid_gets_a_work_precision_plot(cli_env, tmp_path):
         def rows(self):
             return list(rows_by_id.values())
 
-    original = work_precision.RunDirectory
-    work_precision.RunDirectory = Patched
-    try:
-        written = work_precision.plot_work_precision(out)
-    finally:
-        work_precision.RunDirectory = original
+    monkeypatch.setattr(work_precision, "RunDirectory", Patched)
+    written = work_precision.plot_work_precision(out)
     assert written == [out / "linear_work_precision.png"] and written[0].stat().st_size > 5000
 
 
