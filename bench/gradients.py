@@ -187,7 +187,9 @@ def measure_initial_gradients(build_fresh: Callable[[], Any], backend: Any,
     try:
         fresh = build_fresh()
         probe = fresh.gradient_probe()
-        if probe is None:
+        if probe is None:  # the columns stay empty: say why
+            _note(fields, "gradient error not measured: this suite's task has no "
+                  "gradient_probe")
             return
         ref, nfe, seconds = reference_gradient(
             fresh, setup, _sync(backend, device), {**key_parts, "weights": probe.weights_key})

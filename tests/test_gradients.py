@@ -166,3 +166,16 @@ def test_gradient_study_cli_on_fake_plugins(cli_env, tmp_path):
     bad = run_cli(["gradients", "--suite", "linear", "--backends", "numpy-euler",
                    "--scales", "1,-4"], cli_env, tmp_path)
     assert bad.returncode == 2 and "--scales" in bad.stderr and "positive" in bad.stderr
+
+
+def test_a_task_without_a_gradient_probe_says_why_its_columns_are_empty(fake_registry,
+                                                                        tmp_path, monkeypatch):
+    from fake_plugins import LinearTask
+
+    monkeypatch.setattr(LinearTask, "gradient_probe", lambda self, **kwargs: None)
+    spec = CellSpec("linear", "numpy-euler", "smoke", 3, "cpu")
+    backend = configured_backend(fake_registry, spec.choice)
+    setup = gradient_setup(fake_registry, backend, tmp_path / "gradient_reference")
+    row = run_cell(spec, backend, fake_registry.suite("linear"), tmp_path, gradients=setup)
+    assert row.status == "ok" and row.grad_rel_error is None
+    assert "gradient error not measured: this suite's task has no gradient_probe" in row.notes
