@@ -38,13 +38,12 @@ def _arrays(n_train: int = 40, n_test: int = 10) -> MnistArrays:
 
 def _jax_backend(name: str, **kwargs):
     from bench.plugins import jax_diffrax
+    from bench.plugins.jax_rknet import JaxRkNetBackend
 
     if kwargs:
         assert name == "jax-rknet"
-        from bench.plugins.jax_rknet import JaxRkNetBackend
-
         return JaxRkNetBackend(name, **kwargs)
-    return {b.name: b for b in jax_diffrax.backends()}[name]
+    return {b.name: b for b in [*jax_diffrax.backends(), JaxRkNetBackend()]}[name]
 
 
 def _context(backend, tmp_path: Path, seed: int = 0, budget: Budget = TINY) -> CellContext:
