@@ -352,4 +352,8 @@ def rows_to_frame(rows: Iterable[ResultRow]):  # -> pandas.DataFrame
     if frame.empty:
         return pd.DataFrame(columns=columns)
     extra = [c for c in frame.columns if c not in columns]
-    return frame[columns + extra]
+    frame = frame[columns + extra]
+    for field in dataclasses.fields(ResultRow):  # a numeric column left empty is float NaN
+        if field.type in ("float | None", "int | None") and frame[field.name].dtype == object:
+            frame[field.name] = pd.to_numeric(frame[field.name])
+    return frame
