@@ -164,8 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="destination, e.g. results/mnist-quick-cpu (must not exist)")
     p_pub.set_defaults(func=cmd_publish)
 
-    add_gradients_parser(sub, {"option": _option, "positive_float": _positive_float,
-                               "memory_mb": _memory_mb, "threads": _threads}, cmd_gradients)
+    add_gradients_parser(sub, cmd_gradients)
     return parser
 
 

@@ -9,18 +9,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.cli_types import _memory_mb, _option, _positive_float, _threads
 from bench.registry import PluginSelection, Registry
 
 if TYPE_CHECKING:
     from bench.session import RunOutcome
 
 
-def add_parser(sub: Any, types: dict[str, Callable[[str], Any]],
-               func: Callable[[argparse.Namespace, Registry], int]) -> None:
-    """Add the ``gradients`` subcommand to ``bench``'s subparsers (``types``: the CLI's
-    argument types ``option``, ``positive_float``, ``memory_mb``, ``threads``)."""
-    _option, _positive_float = types["option"], types["positive_float"]
-    _memory_mb, _threads = types["memory_mb"], types["threads"]
+def add_parser(sub: Any, func: Callable[[argparse.Namespace, Registry], int]) -> None:
+    """Add the ``gradients`` subcommand to ``bench``'s subparsers."""
 
     p = sub.add_parser(
         "gradients", help="gradient study: gradient error against backward NFE and time over a "

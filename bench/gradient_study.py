@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.backend_grid import BackendChoice, configured_backend, expand_backends
+from bench.backend_grid import BackendChoice, configurations, configured_backend, expand_backends
 from bench.cell import (
     CellSpec,
     base_row,
@@ -121,20 +121,21 @@ def parse_floats(text: str, option: str) -> list[float]:
 def with_tolerances(registry: Registry, choices: Sequence[BackendChoice],
                     tolerances: Sequence[float]) -> list[BackendChoice]:
     """Each choice at rtol = atol = each of ``tolerances`` where its backend declares both and
-    the choice sets neither (fixed-step backends and choices with their own stay as they are)."""
+    the choice sets neither (fixed-step backends and choices with their own stay as they are):
+    the grid of :mod:`bench.backend_grid` with atol tied to rtol."""
     if not tolerances:
         return list(choices)
     out: list[BackendChoice] = []
     for choice in choices:
         backend = registry.backend(choice.name)
-        declared = [spec.name for spec in backend.parameters]
         given = dict(choice.params)
-        if not {"rtol", "atol"} <= set(declared) or {"rtol", "atol"} & set(given):
+        if not {"rtol", "atol"} <= {spec.name for spec in backend.parameters} or \
+                {"rtol", "atol"} & set(given):
             out.append(choice)
             continue
-        for tol in tolerances:
-            values = {**given, "rtol": float(tol), "atol": float(tol)}
-            params = tuple((k, values[k]) for k in declared if k in values)
+        grid = {**{k: [v] for k, v in given.items()}, "rtol": [float(t) for t in tolerances],
+                "atol": [float(t) for t in tolerances]}
+        for params in configurations(backend, grid, {"atol": "rtol"}):
             backend.configure(dict(params))  # checks the combination (raises BenchError)
             out.append(BackendChoice(choice.name, params))
     return list(dict.fromkeys(out))

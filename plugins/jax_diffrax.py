@@ -209,13 +209,9 @@ class DiffraxBackend(JaxBackend):
         if not values:
             return self
         backend = DiffraxBackend(self.name, self.adjoint, max_steps=self.max_steps,
-                                 **{**self.defaults(), **values})
+                                 **{**self.configuration(), **values})
         backend.user_parameters = {**self.user_parameters, **values}
         return backend
-
-    def defaults(self) -> dict[str, Any]:
-        """This instance's parameters (a registered variant's own defaults)."""
-        return {k: v for k, v in self.configuration().items()}
 
     def import_modules(self) -> None:
         super().import_modules()

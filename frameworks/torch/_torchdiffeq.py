@@ -108,13 +108,6 @@ class TorchdiffeqBackend(TorchBackend):
         info = SOLVERS.get(solver)
         self.adaptive = info.adaptive if info is not None else None
 
-    def configuration(self) -> dict[str, Any]:
-        config = super().configuration()
-        if not self.adjoint:
-            for name in ("adjoint_rtol", "adjoint_atol", "adjoint_norm"):
-                config.pop(name, None)
-        return config
-
     def supports(self, suite: Any) -> Support:
         """A solver of the vocabulary that torchdiffeq lacks (tsit5) is unsupported, with why."""
         info = SOLVERS.get(self.solver)
