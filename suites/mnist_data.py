@@ -27,7 +27,7 @@ _PAPER = {
     "epochs": 160, "batch_size": 128, "test_batch_size": 1000, "lr": 0.1, "momentum": 0.9,
     "lr_milestones_epochs": (60, 100, 140), "lr_decay": 0.1, "crop_padding": 4,
     "train_subset": None, "test_subset": None, "eval_subset": None, "eval_every_epochs": 1,
-    "optimizer": "sgd", "channels": CHANNELS,
+    "optimizer": "sgd", "channels": CHANNELS, "lr_schedule": "step",
 }
 
 def norm_groups(channels: int) -> int:
@@ -42,6 +42,10 @@ def norm_groups(channels: int) -> int:
     c = int(channels)
     return min(32, c) if c >= 64 else max(1, c // 2)
 
+
+#: The learning-rate schedules a budget may name: ``step`` (``lr`` times ``lr_decay`` at each
+#: milestone, as the paper) or ``cosine`` (``lr`` decayed to 0 over the run along half a cosine).
+LR_SCHEDULES = ("step", "cosine")
 
 #: The optimisers a budget may name: ``sgd`` (momentum ``momentum``, as the paper) or ``adam``
 #: (torch.optim.Adam's defaults besides ``lr``).
@@ -226,6 +230,10 @@ class MnistPipeline:
             self.eval_every: int | None = int(s["eval_every_epochs"] * self.steps_per_epoch)
         else:
             self.eval_every = s.get("eval_every")
+        self.lr_schedule = str(s["lr_schedule"])
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise BenchError(f"MNIST: lr_schedule {self.lr_schedule!r} is not one of "
+                             f"{', '.join(LR_SCHEDULES)}")
         self._milestones = sorted(
             [int(e * self.steps_per_epoch) for e in s.get("lr_milestones_epochs", ())]
             + [int(m) for m in s.get("lr_milestones_steps", ())])
@@ -234,7 +242,11 @@ class MnistPipeline:
     # -- training ------------------------------------------------------------------------------
     def learning_rate(self, step: int) -> float:
         """``lr`` times ``lr_decay`` per milestone reached (the authors' learning_rate_with_decay:
-        milestone epochs become iteration numbers ``int(batches_per_epoch * epoch)``)."""
+        milestone epochs become iteration numbers ``int(batches_per_epoch * epoch)``); with the
+        ``cosine`` schedule ``lr * (1 + cos(pi * step / steps)) / 2``."""
+        if self.lr_schedule == "cosine":
+            return (float(self.settings["lr"]) * 0.5
+                    * (1.0 + math.cos(math.pi * step / self.num_train_steps)))
         passed = sum(step >= m for m in self._milestones)
         return float(self.settings["lr"]) * float(self.settings["lr_decay"]) ** passed
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -139,8 +140,12 @@ def test_learning_rate_schedules():
     assert paper.eval_every == 10
     lrs = [paper.learning_rate(s) for s in (0, 599, 600, 999, 1000, 1400)]
     assert lrs == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.0001])
-    quick = MnistPipeline(_arrays(200), BUDGETS["quick"].settings, 0)
-    assert quick.learning_rate(224) == 3e-3 and quick.learning_rate(225) == pytest.approx(3e-4)
+    cosine = MnistPipeline(_arrays(200), {**BUDGETS["smoke"].settings, "lr": 0.01,
+                                          "lr_schedule": "cosine", "steps": 100}, 0)
+    lrs = [cosine.learning_rate(s) for s in (0, 50, 99)]
+    assert lrs == pytest.approx([0.01, 0.005, 0.01 * (1 + math.cos(math.pi * 0.99)) / 2])
+    with pytest.raises(BenchError, match="lr_schedule 'linear' is not one of step, cosine"):
+        MnistPipeline(_arrays(200), {**BUDGETS["smoke"].settings, "lr_schedule": "linear"}, 0)
 
 
 def test_quick_budget_is_the_narrow_adam_setting():
