@@ -5,7 +5,9 @@
   one ``r = a + b 50 / z`` centred at (-5, 0) with ``z = 6 pi + 1 - t`` and a counter-clockwise one
   ``r = a + b z`` centred at (5, 0) with ``z = t`` (a = 0, b = 0.3); each series is a window of
   consecutive grid points starting at a random index, half of the series clockwise, with Gaussian
-  noise (std 0.3) on the observations. The series' times are the grid's first points (every series
+  noise (std 0.3) on the observations. As in the authors' ``generate_spiral2d``, no window starts
+  in the grid's first ``num_points // 2`` points (their ``nsample``: "don't sample t0 very near the
+  start"), where both spirals are tightest (radius under 0.8) and the noise hides their shape. The series' times are the grid's first points (every series
   starts at t = 0), equally spaced by 6 pi / 999.
 - :func:`periodic`: the toy "periodic" series of Rubanova et al. 2019: ``sin(2 pi f t + phi)`` with
   f ~ U[0.4, 0.8] and phi ~ U[0, 2 pi) per series, amplitude 1, at 100 times drawn U(0, 5) once and
@@ -57,7 +59,8 @@ def spirals(rng: np.random.Generator, num_series: int = 1000, num_points: int = 
     cw = np.stack([r_cw * np.cos(z_cw) - 5.0, r_cw * np.sin(z_cw)], axis=1)
     r_cc = a + b * grid
     cc = np.stack([r_cc * np.cos(grid) + 5.0, r_cc * np.sin(grid)], axis=1)
-    starts = rng.integers(0, SPIRAL_GRID_POINTS - num_points + 1, size=num_series)
+    first = min(num_points // 2, SPIRAL_GRID_POINTS - num_points)  # the authors' t0 >= nsample
+    starts = rng.integers(first, SPIRAL_GRID_POINTS - num_points + 1, size=num_series)
     clockwise = rng.random(num_series) < 0.5
     clean = np.stack([(cw if c else cc)[s:s + num_points]
                       for s, c in zip(starts, clockwise, strict=True)])

@@ -100,6 +100,9 @@ def test_spirals_are_chen_windows_both_directions():
     # counter-clockwise spirals are centred at x = +5, clockwise ones at x = -5
     centre = s.clean[:, :, 0].mean(1)
     assert np.all(centre[~s.info["clockwise"]] > 0) and np.all(centre[s.info["clockwise"]] < 0)
+    # no window starts in the first half-window of the grid (the authors' t0 >= nsample)
+    assert s.info["start"].min() >= 50 and s.info["start"].max() <= 900
+    assert s.info["start"].min() < 80
     with pytest.raises(ValueError, match="num_points"):
         latent_ode_series.spirals(np.random.default_rng(0), num_points=1001)
 
