@@ -152,6 +152,7 @@ def test_quick_budget_is_the_narrow_adam_setting():
     """The quick budget (issue 18): half width, Adam, 300 steps of 64, final error on every test
     image; its description states how far that is from Table 1."""
     quick = MnistPipeline(_arrays(200), BUDGETS["quick"].settings, 0)
+    assert quick.learning_rate(224) == 1e-2 and quick.learning_rate(225) == pytest.approx(1e-3)
     assert (quick.channels, quick.optimizer, quick.batch_size, quick.num_train_steps) == (
         32, "adam", 64, 300)
     assert quick.eval_every == 100 and quick.eval_size == 10 and quick.padding == 4
