@@ -42,6 +42,22 @@ def metric_columns(frame: pd.DataFrame) -> list[str]:
     return names
 
 
+def option_columns(frame: pd.DataFrame) -> list[str]:
+    """The suite options that identify cells (``key=value`` after the device in ``cell_id``, e.g.
+    cnf's ``dataset``), in order of appearance, where the frame has them as columns: rows that
+    differ only by an option stay apart in a readable table."""
+    if frame.empty or "cell_id" not in frame.columns:
+        return []
+    keys: dict[str, None] = {}
+    for cell_id in frame["cell_id"].dropna().astype(str):
+        for segment in cell_id.split("/")[5:]:
+            for part in segment.split(","):
+                key, sep, _ = part.partition("=")
+                if sep and key in frame.columns:
+                    keys[key] = None
+    return list(keys)
+
+
 def table_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """The columns of a readable table, memory in MiB (names say so)."""
     frame = frame.copy()
@@ -50,6 +66,8 @@ def table_frame(frame: pd.DataFrame) -> pd.DataFrame:
     columns = list(TABLE_COLUMNS)
     at = columns.index("status") + 1
     columns[at:at] = metric_columns(frame)
+    at = columns.index("budget") + 1
+    columns[at:at] = [c for c in option_columns(frame) if c not in columns]
     frame["error"] = frame["error"].fillna("").map(lambda e: e.splitlines()[0][:80] if e else "")
     columns = [c for c in columns if c in frame.columns and not _all_missing(frame[c])]
     return frame[columns]

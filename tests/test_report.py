@@ -107,3 +107,22 @@ def test_columns_pick_and_order_the_table(run_path):
     assert markdown.splitlines()[0] == "| suite | framework |"
     with pytest.raises(UnknownNameError, match="unknown column 'nfe'. Did you mean"):
         report([str(run_path)], "latex", ["suite", "nfe"])
+
+
+def test_suite_options_that_identify_cells_are_table_columns():
+    """Two cells that differ only by a suite option (cnf's dataset) stay apart in the readable
+    table: the option is a column after the budget; backend parameters in brackets are not."""
+    from bench.report import table_frame
+
+    frame = pd.DataFrame({
+        "cell_id": ["cnf/torch-direct[rtol=1e-05]/paper/seed0/cpu/dataset=8gaussians",
+                    "cnf/torch-direct[rtol=1e-05]/paper/seed0/cpu/dataset=circles"],
+        "suite": "cnf", "backend": "torch-direct[rtol=1e-05]", "budget": "paper", "seed": 0,
+        "status": "ok", "metric_name": "nll_nats", "nll_nats": [2.89, 3.31],
+        "dataset": ["8gaussians", "circles"], "rtol": 1e-5, "peak_memory_bytes": 1.0,
+        "saved_for_backward_bytes": float("nan"), "error": ""})
+    table = table_frame(frame)
+    columns = list(table.columns)
+    assert columns[columns.index("budget") + 1] == "dataset"
+    assert list(table["dataset"]) == ["8gaussians", "circles"]
+    assert columns.count("rtol") == 1
