@@ -24,11 +24,16 @@ from bench.rows import ResultRow
 GROUP_KEYS = ("suite", "backend", "budget", "options")
 
 
-def options_part(row: ResultRow) -> str:
-    """The identifying suite options of a cell (``steps=64``; '' for none), from its cell id
-    ``suite/backend/budget/seedN/device[/key=value,...]``: data paths and the like are left out."""
-    parts = row.cell_id.split("/", 5)
+def options_text(cell_id: str) -> str:
+    """The identifying suite options in a cell id ``suite/backend/budget/seedN/device[/key=value,
+    ...]`` (``steps=64``; '' for none): data paths and the like are left out."""
+    parts = cell_id.split("/", 5)
     return parts[5] if len(parts) == 6 else ""
+
+
+def options_part(row: ResultRow) -> str:
+    """The identifying suite options of a cell (:func:`options_text` of its cell id)."""
+    return options_text(row.cell_id)
 
 
 @dataclasses.dataclass(frozen=True)

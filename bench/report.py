@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.compare import options_text
 from bench.concurrency import concurrency_warning
 from bench.errors import BenchError, UnknownNameError
 from bench.results import load_run
@@ -50,11 +51,10 @@ def option_columns(frame: pd.DataFrame) -> list[str]:
         return []
     keys: dict[str, None] = {}
     for cell_id in frame["cell_id"].dropna().astype(str):
-        for segment in cell_id.split("/")[5:]:
-            for part in segment.split(","):
-                key, sep, _ = part.partition("=")
-                if sep and key in frame.columns:
-                    keys[key] = None
+        for part in options_text(cell_id).replace("/", ",").split(","):
+            key, sep, _ = part.partition("=")
+            if sep and key in frame.columns:
+                keys[key] = None
     return list(keys)
 
 

@@ -21,6 +21,12 @@ from bench.errors import UnknownNameError
 
 Generator = Callable[[np.random.Generator, int], np.ndarray]
 
+def _logsumexp(a: np.ndarray) -> np.ndarray:
+    """log(sum(exp(a), axis=1)) of an (n, k) float64 array, without overflow."""
+    top = a.max(axis=1, keepdims=True)
+    return top[:, 0] + np.log(np.exp(a - top).sum(axis=1))
+
+
 # -- 8gaussians: an equal-weight mixture of 8 isotropic Gaussians --------------------------------
 #: FFJORD divides the samples by 1.414 (not by sqrt(2)): kept, so the density below is exact.
 _EIGHT_DIVISOR = 1.414
@@ -52,10 +58,7 @@ def eight_gaussians_log_density(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     s2 = EIGHT_GAUSSIANS_STD ** 2
     sq = ((x[:, None, :] - EIGHT_GAUSSIANS_MEANS[None, :, :]) ** 2).sum(-1)  # (n, 8)
-    a = -sq / (2.0 * s2)
-    top = a.max(axis=1, keepdims=True)
-    lse = top[:, 0] + np.log(np.exp(a - top).sum(axis=1))
-    return lse - math.log(8.0) - math.log(2.0 * math.pi * s2)
+    return _logsumexp(-sq / (2.0 * s2)) - math.log(8.0) - math.log(2.0 * math.pi * s2)
 
 
 # -- the others ------------------------------------------------------------------------------------
@@ -86,6 +89,13 @@ def _shuffle_and_noise(rng: np.random.Generator, x: np.ndarray, noise: float) ->
     return x + rng.normal(scale=noise, size=x.shape)
 
 
+#: scikit-learn's make_circles arguments (inner radius factor, noise) and FFJORD's scale
+_CIRCLES_FACTOR, _CIRCLES_NOISE, _CIRCLES_SCALE = 0.5, 0.08, 3.0
+#: circles' radii (outer, inner) and noise std, after the scale
+CIRCLES_RADII = (_CIRCLES_SCALE, _CIRCLES_FACTOR * _CIRCLES_SCALE)
+CIRCLES_STD = _CIRCLES_NOISE * _CIRCLES_SCALE
+
+
 def circles(rng: np.random.Generator, n: int) -> np.ndarray:
     """scikit-learn's make_circles(n, factor=0.5, noise=0.08), times 3."""
     n_out = n // 2
@@ -93,13 +103,8 @@ def circles(rng: np.random.Generator, n: int) -> np.ndarray:
     a_out = np.linspace(0.0, 2.0 * np.pi, n_out, endpoint=False)
     a_in = np.linspace(0.0, 2.0 * np.pi, n_in, endpoint=False)
     x = np.vstack([np.stack([np.cos(a_out), np.sin(a_out)], 1),
-                   0.5 * np.stack([np.cos(a_in), np.sin(a_in)], 1)])
-    return (_shuffle_and_noise(rng, x, 0.08) * 3.0).astype(np.float32)
-
-
-#: circles' radii (outer, inner) and noise std, after the factor 3
-CIRCLES_RADII = (3.0, 1.5)
-CIRCLES_STD = 0.08 * 3.0
+                   _CIRCLES_FACTOR * np.stack([np.cos(a_in), np.sin(a_in)], 1)])
+    return (_shuffle_and_noise(rng, x, _CIRCLES_NOISE) * _CIRCLES_SCALE).astype(np.float32)
 
 
 def _log_i0(z: np.ndarray) -> np.ndarray:
@@ -134,9 +139,7 @@ def circles_log_density(x: np.ndarray) -> np.ndarray:
     s2 = CIRCLES_STD ** 2
     terms = np.stack([-(rho ** 2 + r ** 2) / (2.0 * s2) + _log_i0(rho * r / s2)
                       for r in CIRCLES_RADII], axis=1)
-    top = terms.max(axis=1, keepdims=True)
-    lse = top[:, 0] + np.log(np.exp(terms - top).sum(axis=1))
-    return lse - math.log(2.0) - math.log(2.0 * math.pi * s2)
+    return _logsumexp(terms) - math.log(2.0) - math.log(2.0 * math.pi * s2)
 
 
 def moons(rng: np.random.Generator, n: int) -> np.ndarray:

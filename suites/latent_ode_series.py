@@ -7,8 +7,9 @@
   consecutive grid points starting at a random index, half of the series clockwise, with Gaussian
   noise (std 0.3) on the observations. As in the authors' ``generate_spiral2d``, no window starts
   in the grid's first ``num_points // 2`` points (their ``nsample``: "don't sample t0 very near the
-  start"), where both spirals are tightest (radius under 0.8) and the noise hides their shape. The series' times are the grid's first points (every series
-  starts at t = 0), equally spaced by 6 pi / 999.
+  start"), where both spirals are tightest (radius under 0.8) and the noise hides their shape.
+  The series' times are the grid's first points (every series starts at t = 0), equally spaced by
+  6 pi / 999.
 - :func:`periodic`: the toy "periodic" series of Rubanova et al. 2019: ``sin(2 pi f t + phi)`` with
   f ~ U[0.4, 0.8] and phi ~ U[0, 2 pi) per series, amplitude 1, at 100 times drawn U(0, 5) once and
   shared by all series (sorted, so irregularly spaced), noise std 0.01.
