@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from bench.frameworks.fixed_grid import steps_in_interval
-from bench.frameworks.jax import JaxBackend, current_recorder, rk4_solvers
+from bench.frameworks.jax import JaxBackend, current_recorder, rk4_step
 
 import bench
 from bench.errors import BenchError
@@ -17,8 +17,9 @@ from bench.options import OptionSpec, positive
 
 
 class JaxRkNetBackend(JaxBackend):
-    """RK-Net: a fixed number of RK4 steps (diffrax ERK solver with the classical tableau) in a
-    ``lax.scan``, backpropagated through by JAX's autodiff (all stages stored, O(steps) memory)."""
+    """RK-Net: a fixed number of RK4 steps (the classical tableau, stages written out as torch's
+    rknet computes them: :func:`bench.frameworks.jax.rk4_step`) in a ``lax.scan``,
+    backpropagated through by JAX's autodiff (all stages stored, O(steps) memory)."""
 
     solver = "rk4"
     gradient_method = "backprop"
@@ -46,10 +47,6 @@ class JaxRkNetBackend(JaxBackend):
         backend.user_parameters = merged
         return backend
 
-    def import_modules(self) -> None:
-        super().import_modules()
-        rk4_solvers()
-
     def solve(self, f: Callable[[Any, Any, Any], Any], params: Any, y0: Any, t0: float,
               t1: float, *, ts: Any = None, fixed_steps: int | None = None,
               tolerances: Tolerances | None = None) -> tuple[Any, dict[str, Any]]:
@@ -58,27 +55,23 @@ class JaxRkNetBackend(JaxBackend):
         times of (t0, *ts) gets ceil(length / step) equal steps, step = (t1 - t0) / steps; an
         empty interval (ts[0] == t0) takes none."""
 
-        import diffrax
         import jax
         import jax.numpy as jnp
         import numpy as np
 
-        tableaux = rk4_solvers()
-        cls = tableaux.ClassicalRK4 if self.tableau == "classical" else tableaux.ThreeEighthsRK4
-        # "bounded": the stage loop becomes a plain differentiable loop whose stages are stored
-        # (the default, a checkpointed loop, would recompute every stage in the backward pass)
-        solver = cls(scan_kind="bounded")
         steps = int(fixed_steps if fixed_steps is not None else self.steps)
         if steps < 1:
             raise BenchError(f"the number of steps must be at least 1, not {steps}")
-        term = diffrax.ODETerm(lambda t, y, args: f(t, y, args))
+        rule = self.tableau
+
+        def dynamics(t: Any, y: Any) -> Any:
+            return f(t, y, params)
 
         def integrate(y: Any, ta: Any, dt: Any, n: int) -> Any:
             """n steps of dt from ta; ta and dt float32 (concrete or traced)."""
             def rk_step(y: Any, i: Any) -> tuple[Any, None]:
                 t = ta + i * dt
-                y1, _, _, _, _ = solver.step(term, t, t + dt, y, params, None, False)
-                return y1, None
+                return rk4_step(dynamics, t, y, dt, rule), None
 
             y, _ = jax.lax.scan(rk_step, y, jnp.arange(n, dtype=jnp.float32))
             return y

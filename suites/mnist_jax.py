@@ -126,11 +126,18 @@ class GroupNorm(eqx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         n, h, w, c = x.shape
-        xg = x.reshape(n, h, w, self.groups, c // self.groups)
-        mean = jnp.mean(xg, axis=(1, 2, 4), keepdims=True)
-        var = jnp.mean(jnp.square(xg - mean), axis=(1, 2, 4), keepdims=True)
-        xg = (xg - mean) * jax.lax.rsqrt(var + GN_EPS)
-        return xg.reshape(n, h, w, c) * self.weight + self.bias
+        # per-sample channel sums, then group sums as a product with the channel -> group
+        # indicator matrix: XLA:CPU reduces a 5-D reshape over axes (1, 2, 4) (the direct form)
+        # about 5 times slower, forward and backward (measured 2.6 ms against 0.36 ms for three
+        # norms on 64x6x6x32)
+        member = jnp.repeat(jnp.eye(self.groups, dtype=x.dtype), c // self.groups, axis=0)
+        count = h * w * (c // self.groups)
+        xs = x.reshape(n, h * w, c)
+        mean = (jnp.sum(xs, axis=1) @ member) / count  # (n, groups)
+        centred = xs - (mean @ member.T)[:, None, :]
+        var = (jnp.sum(jnp.square(centred), axis=1) @ member) / count
+        scale = jax.lax.rsqrt(var + GN_EPS) @ member.T  # (n, c)
+        return (centred * scale[:, None, :]).reshape(n, h, w, c) * self.weight + self.bias
 
 
 class Linear(eqx.Module):

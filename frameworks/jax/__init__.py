@@ -55,6 +55,7 @@ from bench.frameworks.jax._gradients import GradientProber
 from bench.frameworks.jax._solvers import (
     reverse_seminorm,
     rk4_solvers,
+    rk4_step,
     torchdiffeq_first_step,
     torchdiffeq_norm,
 )
@@ -73,6 +74,6 @@ __all__ = [
     "GradientProber",
     "JaxBackend", "JaxGpuPeakTracker", "SolveBackend", "adam_init", "adam_update",
     "checkpoint_backward_iterations", "current_recorder", "jax_device", "load_weights",
-    "missing_modules", "rk4_solvers", "sgd_momentum_init", "sgd_momentum_update",
+    "missing_modules", "rk4_solvers", "rk4_step", "sgd_momentum_init", "sgd_momentum_update",
     "torchdiffeq_first_step", "torchdiffeq_norm", "reverse_seminorm",
 ]

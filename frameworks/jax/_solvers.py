@@ -51,6 +51,39 @@ def torchdiffeq_first_step(f: Callable[[Any, Any], Any], t0: Any, y0: Any, f0: A
     return jnp.minimum(100 * h0, jnp.abs(h1))
 
 
+#: The stages of the two fixed-step RK4 rules: (c, a row) of stages 2-4 and the weights with
+#: their common denominator, so the update is y + h / denominator * sum(weight * k), as torch's
+#: RK4Block computes it.
+RK4_RULES = {
+    "classical": (((0.5, (0.5,)), (0.5, (0.0, 0.5)), (1.0, (0.0, 0.0, 1.0))), (1, 2, 2, 1), 6),
+    "3/8": (((1 / 3, (1 / 3,)), (2 / 3, (-1 / 3, 1.0)), (1.0, (1.0, -1.0, 1.0))), (1, 3, 3, 1), 8),
+}
+
+
+def rk4_step(f: Callable[[Any, Any], Any], t: Any, y: Any, h: Any, rule: str = "classical"
+             ) -> Any:
+    """One step of ``rule`` (a key of :data:`RK4_RULES`) from (t, y) with step h: four
+    evaluations of ``f(t, y)``, stages written out (no loop, nothing stored beyond what
+    autodiff keeps). diffrax's ERK step stores its stages through dynamic slices into zeroed
+    buffers, which on XLA:CPU cost more than a third of an RK-Net training step on MNIST."""
+    import jax
+
+    stages, weights, denominator = RK4_RULES[rule]
+    tm = jax.tree_util.tree_map
+
+    def combine(base: Any, coefficients: Any, ks: list[Any], scale: Any) -> Any:
+        terms = [(a, k) for a, k in zip(coefficients, ks, strict=False) if a != 0]
+        total = tm(lambda *leaves: sum(a * leaf for (a, _), leaf in zip(terms, leaves,
+                                                                          strict=True)),
+                   *[k for _, k in terms])
+        return tm(lambda b, s: b + scale * s, base, total)
+
+    ks = [f(t, y)]
+    for c, row in stages:
+        ks.append(f(t + c * h, combine(y, row, ks, h)))
+    return combine(y, weights, ks, h / denominator)
+
+
 @functools.cache
 def rk4_solvers() -> Any:
     """``ClassicalRK4`` and ``ThreeEighthsRK4``: diffrax explicit Runge-Kutta solvers from their
