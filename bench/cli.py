@@ -23,6 +23,7 @@ from typing import Any
 from bench.backend_grid import describe_parameters
 from bench.cli_types import _jobs, _memory_mb, _option, _positive_float, _threads
 from bench.compare import Thresholds, compare_runs, format_findings
+from bench.concurrency import default_threads
 from bench.errors import BenchError
 from bench.gradient_cli import add_parser as add_gradients_parser
 from bench.gradient_cli import run_study
@@ -79,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "and marked failed")
     p_run.add_argument("--threads", type=_threads, default=None,
                        help="CPU threads per cell (OMP/MKL for torch, XLA's pool for JAX); "
-                       "default 1, pinned for comparable CPU timings; auto (or 0): the "
+                       "default: the cores this process may use divided by --jobs (one cell "
+                       "at a time: all of them; on Dask workers 1); auto (or 0): the "
                        "frameworks' own")
     p_run.add_argument("--resume", action="store_true",
                        help="with --out: run only the cells that have no 'ok' row there")
@@ -173,7 +175,7 @@ def run_request(args: argparse.Namespace, registry: Registry, check: bool = True
     """``bench run``'s arguments as a checked request (nothing is written or run); ``check``:
     the suites' data too."""
     settings: dict[str, Any] = {"suites": "all", "backends": "all", "budget": DEFAULT_BUDGET,
-                                "seeds": "0", "device": "cpu", "threads": 1}
+                                "seeds": "0", "device": "cpu", "threads": None}
     if getattr(args, "config", None) is not None:
         settings.update(load_run_config(args.config))
     given = {"suites": args.suite, "backends": args.backends, "budget": args.budget,
@@ -181,6 +183,8 @@ def run_request(args: argparse.Namespace, registry: Registry, check: bool = True
              "data_dir": args.data_dir, "out": args.out, "timeout_s": args.timeout,
              "max_memory_mb": args.max_memory_mb, "backend_set": args.backend_set}
     settings.update({key: value for key, value in given.items() if value is not None})
+    if settings["threads"] is None:
+        settings["threads"] = default_threads(args.jobs, bool(args.scheduler or args.cluster))
     # suite options: the file's, then --set's over them
     settings["options"] = [*settings.get("options", []), *args.options]
     return RunRequest.for_run(registry, resume=args.resume, check=check, jobs=args.jobs,

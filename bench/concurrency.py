@@ -59,6 +59,16 @@ def usable_cores() -> list[int]:
         return list(range(os.cpu_count() or 1))
 
 
+def default_threads(jobs: int, distributed: bool = False) -> int:
+    """``--threads`` when not given: a local run splits the cores this process may use evenly
+    among its ``--jobs`` cells (one cell at a time gets them all: on 2 idle cores the MNIST quick
+    job's steps ran about 1.35x faster with 2 threads than with 1); cells sent to Dask workers
+    (``--scheduler``, ``--cluster``) 1, since each worker runs one cell on its own core."""
+    if distributed:
+        return 1
+    return max(1, len(usable_cores()) // max(int(jobs), 1))
+
+
 def visible_gpus() -> list[str]:
     """The GPUs cells may use, as ``CUDA_VISIBLE_DEVICES`` names them: that variable's entries
     where it is set, else one per NVIDIA GPU the driver lists (none without one)."""

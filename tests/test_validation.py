@@ -77,14 +77,25 @@ def test_memory_steps_must_be_positive(fake_cli, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_threads_are_pinned_to_one_by_default(fake_registry):
+def test_threads_default_to_the_usable_cores_split_among_the_jobs(fake_registry, monkeypatch):
+    from bench import concurrency
+
+    monkeypatch.setattr(concurrency, "usable_cores", lambda: [0, 1, 2, 3, 4, 5])
     parser = cli.build_parser()
-    args = parser.parse_args(["run", "--suite", "linear", "--backends", "numpy-euler"])
-    assert cli.run_request(args, fake_registry, check=False).threads == 1
+
+    def threads(*extra):
+        args = parser.parse_args(["run", "--suite", "linear", "--backends", "numpy-euler",
+                                  *extra])
+        return cli.run_request(args, fake_registry, check=False).threads
+
+    assert threads() == 6  # one cell at a time: all the cores
+    assert threads("--jobs", "2") == 3 and threads("--jobs", "4") == 1
+    assert threads("--threads", "2") == 2
+    assert concurrency.default_threads(1, distributed=True) == 1  # a Dask worker's one core
     assert parser.parse_args(["run", "--threads", "auto"]).threads == 0
     assert parser.parse_args(["run", "--threads", "0"]).threads == 0
     run_help = parser._subparsers._group_actions[0].choices["run"].format_help()  # noqa: SLF001
-    assert "default 1" in " ".join(run_help.split())
+    assert "divided by --jobs" in " ".join(run_help.split())
 
 
 def test_threads_auto_leaves_the_frameworks_their_own(fake_registry, tmp_path):
@@ -98,7 +109,7 @@ def test_threads_auto_leaves_the_frameworks_their_own(fake_registry, tmp_path):
         req = cli.run_request(args, fake_registry)
         return RunSession(fake_registry, req, FAKE_ONLY).runner(run_dir)
 
-    assert runner(parser.parse_args(["run"])).threads == 1
+    assert runner(parser.parse_args(["run", "--threads", "1"])).threads == 1
     auto = parser.parse_args(["run", "--threads", "auto"])
     assert runner(auto).threads is None
 
