@@ -23,7 +23,6 @@ from typing import Any
 from bench.backend_grid import describe_parameters
 from bench.cli_types import _jobs, _memory_mb, _option, _positive_float, _threads
 from bench.compare import Thresholds, compare_runs, format_findings
-from bench.concurrency import default_threads
 from bench.errors import BenchError
 from bench.gradient_cli import add_parser as add_gradients_parser
 from bench.gradient_cli import run_study
@@ -183,8 +182,6 @@ def run_request(args: argparse.Namespace, registry: Registry, check: bool = True
              "data_dir": args.data_dir, "out": args.out, "timeout_s": args.timeout,
              "max_memory_mb": args.max_memory_mb, "backend_set": args.backend_set}
     settings.update({key: value for key, value in given.items() if value is not None})
-    if settings["threads"] is None:
-        settings["threads"] = default_threads(args.jobs, bool(args.scheduler or args.cluster))
     # suite options: the file's, then --set's over them
     settings["options"] = [*settings.get("options", []), *args.options]
     return RunRequest.for_run(registry, resume=args.resume, check=check, jobs=args.jobs,

@@ -18,7 +18,7 @@ from typing import Any
 
 from bench.backend_grid import BackendChoice, expand_backends
 from bench.cell import CellSpec
-from bench.concurrency import parallel_problem
+from bench.concurrency import default_threads, parallel_problem
 from bench.errors import BenchError, UnknownNameError
 from bench.registry import LOAD_PLUGINS_ENV, Registry
 
@@ -261,13 +261,16 @@ class RunRequest:
                 options: Mapping[str, Any] | Sequence[tuple[str, Any]] = (),
                 data_dir: Path | None = None, out: Path | None = None, resume: bool = False,
                 timeout_s: float | None = None, max_memory_mb: float | None = None,
-                threads: int = 1, check: bool = True, backend_set: Sequence[str] = (),
+                threads: int | None = None, check: bool = True, backend_set: Sequence[str] = (),
                 echo: Callable[[str], None] = _stderr, jobs: int = 1,
                 scheduler: str | None = None, cluster: str | None = None) -> RunRequest:
         """``bench run``'s request: names, seeds and options checked and expanded into cells;
         with ``check``, each suite's data too (nothing is written or run). ``backends``:
         ``--backends`` text with parameter grids (:func:`bench.backend_grid.expand_backends`),
-        ``backend_set`` the ``--backend-set key=value`` assignments."""
+        ``backend_set`` the ``--backend-set key=value`` assignments; ``threads`` None: the
+        usable cores split among the ``jobs`` (:func:`bench.concurrency.default_threads`)."""
+        if threads is None:
+            threads = default_threads(jobs, bool(scheduler or cluster))
         suite_names = parse_names(suites, "suite", sorted(registry.suites))
         if isinstance(suites, str) and suites.strip() == "all":
             suite_names = suites_with_budget(registry, suite_names, budget, echo)
