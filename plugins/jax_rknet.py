@@ -17,8 +17,8 @@ from bench.options import OptionSpec, positive
 
 
 class JaxRkNetBackend(JaxBackend):
-    """RK-Net: a fixed number of RK4 steps (the classical tableau, stages written out as torch's
-    rknet computes them: :func:`bench.frameworks.jax.rk4_step`) in a ``lax.scan``,
+    """RK-Net: a fixed number of RK4 steps (the classical tableau, or 3/8; stages written out as
+    torch's rknet computes them: :func:`bench.frameworks.jax.rk4_step`) in a ``lax.scan``,
     backpropagated through by JAX's autodiff (all stages stored, O(steps) memory)."""
 
     solver = "rk4"
