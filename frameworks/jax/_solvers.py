@@ -72,10 +72,11 @@ def rk4_step(f: Callable[[Any, Any], Any], t: Any, y: Any, h: Any, rule: str = "
     tm = jax.tree_util.tree_map
 
     def combine(base: Any, coefficients: Any, ks: list[Any], scale: Any) -> Any:
-        terms = [(a, k) for a, k in zip(coefficients, ks, strict=False) if a != 0]
-        total = tm(lambda *leaves: sum(a * leaf for (a, _), leaf in zip(terms, leaves,
-                                                                          strict=True)),
-                   *[k for _, k in terms])
+        """base + scale * sum(a * k), over the nonzero coefficients a."""
+        used = [(a, k) for a, k in zip(coefficients, ks, strict=True) if a != 0]
+        total = tm(lambda *leaves: sum(a * leaf for (a, _), leaf in zip(used, leaves,
+                                                                         strict=True)),
+                   *[k for _, k in used])
         return tm(lambda b, s: b + scale * s, base, total)
 
     ks = [f(t, y)]
@@ -86,23 +87,29 @@ def rk4_step(f: Callable[[Any, Any], Any], t: Any, y: Any, h: Any, rule: str = "
 
 @functools.cache
 def rk4_solvers() -> Any:
-    """``ClassicalRK4`` and ``ThreeEighthsRK4``: diffrax explicit Runge-Kutta solvers from their
-    Butcher tableaux (diffrax has neither), built on first use (they need diffrax)."""
+    """``ClassicalRK4`` and ``ThreeEighthsRK4``: diffrax explicit Runge-Kutta solvers from the
+    Butcher tableaux of :data:`RK4_RULES` (diffrax has neither), built on first use (they need
+    diffrax)."""
     import types
 
     import diffrax
     import numpy as np
 
+    def butcher_tableau(rule: str) -> Any:
+        """The Butcher tableau of :data:`RK4_RULES`' ``rule`` (no embedded error estimate)."""
+        stages, weights, denominator = RK4_RULES[rule]
+        return diffrax.ButcherTableau(
+            c=np.array([c for c, _ in stages]),
+            b_sol=np.array(weights) / denominator,
+            b_error=np.zeros(4),
+            a_lower=tuple(np.array(row) for _, row in stages),
+        )
+
     class ClassicalRK4(diffrax.AbstractERK):
         """The classical 4th-order Runge-Kutta method (1/6, 1/3, 1/3, 1/6), from its Butcher
         tableau; no embedded error estimate (fixed steps only)."""
 
-        tableau = diffrax.ButcherTableau(
-            c=np.array([0.5, 0.5, 1.0]),
-            b_sol=np.array([1 / 6, 1 / 3, 1 / 3, 1 / 6]),
-            b_error=np.zeros(4),
-            a_lower=(np.array([0.5]), np.array([0.0, 0.5]), np.array([0.0, 0.0, 1.0])),
-        )
+        tableau = butcher_tableau("classical")
         interpolation_cls = diffrax.ThirdOrderHermitePolynomialInterpolation.from_k
 
         def order(self, terms: Any) -> int:
@@ -111,11 +118,6 @@ def rk4_solvers() -> Any:
     class ThreeEighthsRK4(ClassicalRK4):
         """Kutta's 3/8 rule (torchdiffeq's ``method="rk4"``)."""
 
-        tableau = diffrax.ButcherTableau(
-            c=np.array([1 / 3, 2 / 3, 1.0]),
-            b_sol=np.array([1 / 8, 3 / 8, 3 / 8, 1 / 8]),
-            b_error=np.zeros(4),
-            a_lower=(np.array([1 / 3]), np.array([-1 / 3, 1.0]), np.array([1.0, -1.0, 1.0])),
-        )
+        tableau = butcher_tableau("3/8")
 
     return types.SimpleNamespace(ClassicalRK4=ClassicalRK4, ThreeEighthsRK4=ThreeEighthsRK4)
