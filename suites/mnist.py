@@ -18,9 +18,10 @@ GroupNorm is GroupNorm(min(32, C), C). ODE-Net: 208,266 parameters; ResNet: 576,
 
 A budget may narrow every layer (``channels``; GroupNorm then keeps two channels per group, as the
 paper's 32 groups of 64, see :func:`bench.suites.mnist_data.norm_groups`) and train with Adam
-(``optimizer``). The ``paper`` budget is the authors' setting; ``quick`` (32 channels, 350 Adam
-steps of batch 64 at lr 1e-2, about a third of an epoch) is a CPU budget whose error compares the
-methods at equal work and is far from Table 1's (its description says exactly how far).
+(``optimizer``). The ``paper`` budget is the authors' setting; ``quick`` (32 channels, 420 Adam
+steps of batch 64 at lr 1e-2 with two decays, under half an epoch) is a CPU budget whose error
+compares the methods at equal work and is far from Table 1's (its description says exactly how
+far).
 """
 
 from __future__ import annotations
