@@ -3,9 +3,9 @@
 The core is framework-neutral: it never imports torch or jax. Backends and suites are plugins.
 """
 
-from bench.errors import BenchError, UnknownNameError
-from bench.hookspecs import hookimpl
-from bench.interfaces import (
+from bench.core.errors import BenchError, UnknownNameError
+from bench.core.hookspecs import hookimpl
+from bench.core.interfaces import (
     AbstractBackend,
     AbstractSuite,
     AbstractTask,
@@ -15,11 +15,11 @@ from bench.interfaces import (
     StepStats,
     Support,
 )
-from bench.measure import MemoryTracker
-from bench.options import OptionSpec
-from bench.registry import PluginSelection, Registry
-from bench.results import load_run
-from bench.rows import ResultRow
+from bench.core.measure import MemoryTracker
+from bench.core.options import OptionSpec
+from bench.core.registry import PluginSelection, Registry
+from bench.core.rows import ResultRow
+from bench.store.results import load_run
 
 __all__ = [
     "AbstractBackend", "AbstractSuite", "AbstractTask", "BenchError", "Budget", "CellContext",

@@ -21,11 +21,11 @@ import sys
 import time
 from pathlib import Path
 
-from bench.results import RunDirectory
+from bench.store.results import RunDirectory
 
 
 def run(args: argparse.Namespace, jobs: int, out: Path) -> float:
-    command = [sys.executable, "-m", "bench.cli", "run", "--suite", args.suite, "--plugins",
+    command = [sys.executable, "-m", "bench.cli.main", "run", "--suite", args.suite, "--plugins",
                args.plugins, "--budget", args.budget, "--threads", "1", "--jobs", str(jobs),
                "--out", str(out)]
     started = time.perf_counter()

@@ -30,9 +30,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from bench.cell import _train_and_evaluate  # noqa: E402
-from bench.interfaces import CellContext  # noqa: E402
-from bench.registry import PluginSelection, Registry  # noqa: E402
+from bench.core.interfaces import CellContext  # noqa: E402
+from bench.core.registry import PluginSelection, Registry  # noqa: E402
+from bench.engine.cell import _train_and_evaluate  # noqa: E402
 
 STEPS = 40
 REPLAY_STEPS = 2000

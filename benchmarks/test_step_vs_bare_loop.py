@@ -6,7 +6,7 @@ machine, ideally pinned to one core, e.g. ``taskset -c 0`` and ``OMP_NUM_THREADS
 
 For each cell (torch-direct and torch-adjoint on the cnf and mnist smoke settings, both diffrax
 backends on cnf) two copies of the task are built from the same seed: the same model, weights
-and batches. One is stepped the way the harness times a step (:func:`bench.cell.timed_step`:
+and batches. One is stepped the way the harness times a step (:func:`bench.engine.cell.timed_step`:
 synchronised clock around ``task.train_step``, NFE counters and all); the other by a bare loop
 written as torchdiffeq's and diffrax's own examples train (forward, loss, backward, optimiser
 step, the loss read back), with the counting wrappers removed from its blocks (torch) or a plain
@@ -30,9 +30,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from bench.cell import timed_step  # noqa: E402
-from bench.interfaces import CellContext  # noqa: E402
-from bench.registry import PluginSelection, Registry  # noqa: E402
+from bench.core.interfaces import CellContext  # noqa: E402
+from bench.core.registry import PluginSelection, Registry  # noqa: E402
+from bench.engine.cell import timed_step  # noqa: E402
 
 CELLS = (
     ("cnf", "torch-direct"), ("cnf", "torch-adjoint"),

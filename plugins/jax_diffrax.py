@@ -59,10 +59,10 @@ from bench.frameworks.jax import (
 )
 
 import bench
-from bench.errors import BenchError
-from bench.interfaces import AbstractBackend, Tolerances, effective_tolerances
-from bench.options import OptionSpec, positive
-from bench.solvers import (
+from bench.core.errors import BenchError
+from bench.core.interfaces import AbstractBackend, Tolerances, effective_tolerances
+from bench.core.options import OptionSpec, positive
+from bench.core.solvers import (
     ADJOINT_NORMS,
     fixed_steps_problem,
     framework_method,

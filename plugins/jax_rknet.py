@@ -11,9 +11,9 @@ from bench.frameworks.fixed_grid import steps_in_interval
 from bench.frameworks.jax import JaxBackend, current_recorder, rk4_step
 
 import bench
-from bench.errors import BenchError
-from bench.interfaces import AbstractBackend, Tolerances
-from bench.options import OptionSpec, positive
+from bench.core.errors import BenchError
+from bench.core.interfaces import AbstractBackend, Tolerances
+from bench.core.options import OptionSpec, positive
 
 
 class JaxRkNetBackend(JaxBackend):

@@ -18,8 +18,8 @@ from typing import Any
 from bench.frameworks.torch import TorchBackend, positive_int
 
 import bench
-from bench.interfaces import AbstractBackend, Tolerances
-from bench.options import OptionSpec, positive
+from bench.core.interfaces import AbstractBackend, Tolerances
+from bench.core.options import OptionSpec, positive
 
 
 class RKNetBackend(TorchBackend):

@@ -9,7 +9,7 @@ from typing import Any
 from bench.frameworks.torch import TorchdiffeqBackend
 
 import bench
-from bench.interfaces import AbstractBackend
+from bench.core.interfaces import AbstractBackend
 
 
 class TorchDirectBackend(TorchdiffeqBackend):

@@ -33,13 +33,13 @@ from bench.suites.cnf_data import BUDGETS, TRACE_ESTIMATORS, CnfData
 from bench.suites.cnf_densities import GENERATORS
 
 import bench
-from bench.interfaces import (
+from bench.core.interfaces import (
     AbstractBackend,
     AbstractSuite,
     CellContext,
     Support,
 )
-from bench.options import OptionSpec, option_defaults
+from bench.core.options import OptionSpec, option_defaults
 
 # -------------------------------------------------------------------------------------------------
 # The suite

@@ -12,15 +12,15 @@ from typing import Any
 import numpy as np
 from bench.suites import cnf_densities
 
-from bench.errors import UnknownNameError
-from bench.interfaces import Budget, Tolerances
-from bench.seeding import stream
+from bench.core.errors import UnknownNameError
+from bench.core.interfaces import Budget, Tolerances
+from bench.core.seeding import stream
 
 DIM = 2
 HIDDEN = (64, 64, 64)
 TRACE_ESTIMATORS = ("exact", "hutchinson")
 
-#: The suite's random streams (bench.seeding: one numpy stream per seed, purpose and keys).
+#: The suite's random streams (bench.core.seeding: one numpy stream per seed, purpose and keys).
 STREAMS = ("weights", "train_batches", "test_set", "probes", "plot")
 
 #: FFJORD toy settings (Grathwohl et al. 2019; train_toy.py defaults where the paper is silent).

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from bench.errors import UnknownNameError
+from bench.core.errors import UnknownNameError
 
 Generator = Callable[[np.random.Generator, int], np.ndarray]
 

@@ -17,7 +17,7 @@ the torch cell's arrays.
   compiled at the first step (:class:`bench.frameworks.jax.CompiledStep`).
 
 The solver tolerances of a budget (``rtol``/``atol``) reach every ``backend.solve`` as one
-:class:`bench.interfaces.Tolerances` argument (``CnfData.tolerances``).
+:class:`bench.core.interfaces.Tolerances` argument (``CnfData.tolerances``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy as np
 from bench.frameworks.jax import SolveBackend, load_weights
 from bench.suites.cnf_data import HIDDEN, CnfData, initial_weights, layer_dims, plot_flow
 
-from bench.interfaces import AbstractTask, CellContext, Evaluation, StepStats, Tolerances
+from bench.core.interfaces import AbstractTask, CellContext, Evaluation, StepStats, Tolerances
 
 _LOG_2PI = math.log(2.0 * math.pi)
 

@@ -27,8 +27,8 @@ from bench.frameworks.torch import (
 from bench.suites.cnf_data import DIM, HIDDEN, CnfData, initial_weights, layer_dims, plot_flow
 from torch import nn
 
-from bench.errors import BenchError
-from bench.interfaces import CellContext, Evaluation, StepStats, Tolerances
+from bench.core.errors import BenchError
+from bench.core.interfaces import CellContext, Evaluation, StepStats, Tolerances
 
 _LOG_2PI = math.log(2.0 * math.pi)
 

@@ -67,14 +67,14 @@ from bench.suites.latent_ode_data import (
 )
 
 import bench
-from bench.interfaces import (
+from bench.core.interfaces import (
     AbstractBackend,
     AbstractSuite,
     Budget,
     CellContext,
     Support,
 )
-from bench.options import OptionSpec, in_unit_interval, option_defaults
+from bench.core.options import OptionSpec, in_unit_interval, option_defaults
 
 # -------------------------------------------------------------------------------------------------
 # The suite

@@ -12,15 +12,15 @@ from typing import Any
 import numpy as np
 from bench.suites import latent_ode_series
 
-from bench.errors import BenchError, UnknownNameError
-from bench.interfaces import Budget, Evaluation, Tolerances
-from bench.seeding import stream
+from bench.core.errors import BenchError, UnknownNameError
+from bench.core.interfaces import Budget, Evaluation, Tolerances
+from bench.core.seeding import stream
 
 DATASETS = tuple(latent_ode_series.GENERATORS)
 TABLE2_OBSERVED = (30, 50, 100)  # Chen et al. 2018, Table 2: observed points out of 100
 ENCODERS = ("rnn", "ode-rnn")
 
-#: The suite's random streams (bench.seeding: one numpy stream per seed, purpose and keys).
+#: The suite's random streams (bench.core.seeding: one numpy stream per seed, purpose and keys).
 STREAMS = ("weights", "dataset", "train_batches", "test_masks")
 
 #: Per dataset: generator arguments, architecture, likelihood noise and the paper's settings.

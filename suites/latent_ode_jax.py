@@ -28,7 +28,7 @@ from bench.suites.latent_ode_data import (
     layer_shapes,
 )
 
-from bench.interfaces import AbstractTask, CellContext, Evaluation, StepStats
+from bench.core.interfaces import AbstractTask, CellContext, Evaluation, StepStats
 
 
 class Linear(eqx.Module):

@@ -25,8 +25,8 @@ from bench.suites.latent_ode_data import (
 )
 from torch import nn
 
-from bench.errors import BenchError
-from bench.interfaces import CellContext, Evaluation, StepStats
+from bench.core.errors import BenchError
+from bench.core.interfaces import CellContext, Evaluation, StepStats
 
 
 class RecognitionRnn(nn.Module):

@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import bench
-from bench.interfaces import (
+from bench.core.interfaces import (
     AbstractSuite,
     Budget,
 )
-from bench.options import OptionSpec, option_defaults, positive
+from bench.core.options import OptionSpec, option_defaults, positive
 
 OPTION_SPECS = (
     OptionSpec("steps", int, 8, validator=positive, valid="a positive integer",

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.seeding import stream
+from bench.core.seeding import stream
 
-#: The suite's random streams (bench.seeding: one numpy stream per seed, purpose and keys).
+#: The suite's random streams (bench.core.seeding: one numpy stream per seed, purpose and keys).
 STREAMS = ("weights", "initial_state")
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from bench.suites.memory_scaling_data import initial_state, initial_weights
 
-from bench.interfaces import AbstractTask, CellContext, Evaluation, StepStats
+from bench.core.interfaces import AbstractTask, CellContext, Evaluation, StepStats
 
 
 class JaxMemoryTask(AbstractTask):

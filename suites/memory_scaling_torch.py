@@ -16,7 +16,7 @@ from bench.frameworks.torch import (
 from bench.suites.memory_scaling_data import initial_state, initial_weights
 from torch import nn
 
-from bench.interfaces import CellContext, Evaluation, StepStats
+from bench.core.interfaces import CellContext, Evaluation, StepStats
 
 #: The neutral weights' order (the flat gradient's).
 ORDER = ("net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias")

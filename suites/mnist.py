@@ -32,12 +32,12 @@ from typing import Any
 from bench.suites.mnist_data import BUDGETS, MnistPipeline
 
 import bench
-from bench.errors import BenchError
-from bench.interfaces import (
+from bench.core.errors import BenchError
+from bench.core.interfaces import (
     AbstractSuite,
     CellContext,
 )
-from bench.options import OptionSpec, option_defaults
+from bench.core.options import OptionSpec, option_defaults
 
 # -------------------------------------------------------------------------------------------------
 # The suite

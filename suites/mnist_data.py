@@ -11,15 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from bench.errors import BenchError
-from bench.interfaces import Budget, Tolerances
-from bench.seeding import stream
+from bench.core.errors import BenchError
+from bench.core.interfaces import Budget, Tolerances
+from bench.core.seeding import stream
 
 CHANNELS = 64
 NUM_CLASSES = 10
 NUM_RESIDUAL_BLOCKS = 6
 
-#: The suite's random streams (bench.seeding: one numpy stream per seed, purpose and keys).
+#: The suite's random streams (bench.core.seeding: one numpy stream per seed, purpose and keys).
 STREAMS = ("weights", "batches")
 
 #: Paper settings (torchdiffeq examples/odenet_mnist.py defaults).

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 
 ENV_VAR = "BENCH_MNIST_DIR"
 IMAGES_MAGIC = 2051

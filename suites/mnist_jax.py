@@ -33,8 +33,8 @@ from bench.suites.mnist_data import (
     norm_groups,
 )
 
-from bench.errors import BenchError
-from bench.interfaces import AbstractTask, CellContext, Evaluation, StepStats, Tolerances
+from bench.core.errors import BenchError
+from bench.core.interfaces import AbstractTask, CellContext, Evaluation, StepStats, Tolerances
 
 GN_EPS = 1e-5  # torch.nn.GroupNorm's default
 

@@ -25,8 +25,8 @@ from bench.suites.mnist_data import (
 )
 from torch import nn
 
-from bench.errors import BenchError
-from bench.interfaces import CellContext, Evaluation, StepStats, Tolerances
+from bench.core.errors import BenchError
+from bench.core.interfaces import CellContext, Evaluation, StepStats, Tolerances
 
 
 def norm(channels: int) -> nn.GroupNorm:

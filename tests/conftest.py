@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.registry import PluginSelection, Registry
+from bench.core.registry import PluginSelection, Registry
 
 TESTS_DIR = Path(__file__).resolve().parent
 FAKE_ONLY = PluginSelection(builtins=False, entry_points=False, extra_modules=("fake_plugins",))
@@ -75,7 +75,8 @@ def entry_point_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def cli_env(tmp_path: Path) -> dict[str, str]:
-    """Environment for `python -m bench.cli` with only the fake plugin (through its entry point)."""
+    """Environment for `python -m bench.cli.main` with only the fake plugin (through its entry
+    point)."""
     site = write_entry_point_distribution(tmp_path / "site")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(site), str(TESTS_DIR), env.get("PYTHONPATH", "")])
@@ -86,5 +87,5 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
 def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120):
     import subprocess
 
-    return subprocess.run([sys.executable, "-m", "bench.cli", *args], env=env, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "bench.cli.main", *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)

@@ -8,7 +8,7 @@ import math
 from fake_plugins import NumpyEulerBackend
 
 import bench
-from bench.options import OptionSpec, positive
+from bench.core.options import OptionSpec, positive
 
 
 class NumpyToleranceBackend(NumpyEulerBackend):

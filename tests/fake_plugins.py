@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 import bench
-from bench.interfaces import (
+from bench.core.interfaces import (
     AbstractBackend,
     AbstractSuite,
     AbstractTask,
@@ -23,7 +23,7 @@ from bench.interfaces import (
     StepStats,
     Support,
 )
-from bench.options import OptionSpec, non_negative, positive
+from bench.core.options import OptionSpec, non_negative, positive
 
 A_TRUE = -0.5
 
@@ -112,7 +112,7 @@ class LinearTask(AbstractTask):
 
     def gradient_probe(self, reference=None, scale: float = 1.0):
         """d/da of the training loss at a * scale (the reference: its backend's solve)."""
-        from bench.gradients import GradientProbe, weights_hash
+        from bench.core.gradients import GradientProbe, weights_hash
 
         y, s, nfe = (reference or self.backend).integrate(self.a * scale, 1.0, 1.0)
         grad = 2 * (y - math.exp(A_TRUE)) * s

@@ -9,7 +9,7 @@ import signal
 from fake_plugins import LinearSuite, LinearTask, NumpyEulerBackend
 
 import bench
-from bench.interfaces import AbstractTask, CellContext, Evaluation
+from bench.core.interfaces import AbstractTask, CellContext, Evaluation
 
 LONG_ERROR = ("the data files are missing: " + "looked in many places, " * 8
               + "pass --data-dir DIR or set BENCH_FAKE_DIR")

@@ -105,7 +105,7 @@ def _violations(rule) -> list[str]:
 
 
 def test_the_walk_sees_every_layer():
-    assert {"bench.interfaces", "bench.frameworks.torch", "bench.frameworks.jax",
+    assert {"bench.core.interfaces", "bench.frameworks.torch", "bench.frameworks.jax",
             "bench.plugins.torch_adjoint", "bench.suites.cnf", "bench.suites.cnf_torch"} <= set(
         SOURCES)
     assert "bench.frameworks.torch._torchdiffeq" in IMPORTS["bench.frameworks.torch"]

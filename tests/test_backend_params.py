@@ -1,4 +1,5 @@
-"""Backend parameters (bench/backend_grid.py): declarations, the ``name[key=value]`` syntax and its
+"""Backend parameters (bench/planning/backend_grid.py): declarations, the ``name[key=value]``
+syntax and its
 grids, ``--backend-set``, run files, validation before any cell, rows and resume."""
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import time
 import pytest
 from conftest import run_cli
 
-from bench import cli
-from bench.backend_grid import BackendChoice, expand_backends, parse_backends
-from bench.errors import BenchError
-from bench.registry import PluginSelection, Registry
-from bench.request import RunRequest
+from bench.cli import main as cli
+from bench.core.errors import BenchError
+from bench.core.registry import PluginSelection, Registry
+from bench.planning.backend_grid import BackendChoice, expand_backends, parse_backends
+from bench.planning.request import RunRequest
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +207,7 @@ def test_an_interrupted_grid_resumes_to_exactly_its_cells(cli_env, tmp_path):
             "numpy-euler[tol=[0.1,0.01,0.001]],numpy-euler-fine[tol=[0.1,0.01,0.001]]",
             "--backend-set", "pause_s=0.3", "--budget", "smoke", "--seeds", "0,1",
             "--out", str(out)]
-    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", *args], env=cli_env,
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli.main", *args], env=cli_env,
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     rows = out / "rows.jsonl"
@@ -228,8 +229,8 @@ def test_an_interrupted_grid_resumes_to_exactly_its_cells(cli_env, tmp_path):
 
 
 def test_a_tolerance_grid_gets_a_work_precision_plot(cli_env, tmp_path, monkeypatch):
-    from bench.results import RunDirectory
-    from bench.work_precision import work_precision_points
+    from bench.store.results import RunDirectory
+    from bench.studies.work_precision import work_precision_points
 
     out = tmp_path / "wp"
     result = run_cli(["run", "--suite", "linear", "--backends",
@@ -253,7 +254,7 @@ def test_a_tolerance_grid_gets_a_work_precision_plot(cli_env, tmp_path, monkeypa
     # more steps (a tighter tolerance): more NFE
     assert [p["nfe_per_iteration"] for p in points] == [40, 40, 100]
     assert (out / "linear_work_precision.png").exists() is False  # no rtol in the rows
-    from bench import work_precision
+    from bench.studies import work_precision
 
     rows_by_id = {r.cell_id: r for r in rows}
 

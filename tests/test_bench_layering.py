@@ -1,7 +1,13 @@
-"""The core's layering, read from the source (AST; imports at any level, also inside functions):
-bench/ imports no numerical framework and nothing of the layers above it (bench.plugins,
-bench.suites, bench.frameworks), its modules import each other without a circle, and none is
-over about 400 lines."""
+"""The core's layering, read from the source (AST; imports at any level, also inside functions).
+
+``bench/`` holds nothing but ``__init__.py``, ``__main__.py`` and one subpackage per stage of a
+run. The stages import each other in one direction only, each from the stages before it:
+
+    core < planning < store < engine < reports < studies < commands < cli
+
+No module of ``bench`` imports a numerical framework or the layers above the core
+(``bench.plugins``, ``bench.suites``, ``bench.frameworks``); the modules import each other without
+a circle; none is over about 400 lines; each stage opens with a docstring saying what it owns."""
 
 from __future__ import annotations
 
@@ -13,16 +19,23 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 FRAMEWORKS = ("torch", "torchdiffeq", "jax", "jaxlib", "equinox", "diffrax", "optax")
 UPPER_LAYERS = ("bench.plugins", "bench.suites", "bench.frameworks")
+#: The stages of a run, in the only direction they may import each other.
+STAGES = ("core", "planning", "store", "engine", "reports", "studies", "commands", "cli")
 MAX_LINES = 400
 
 
 def modules() -> dict[str, Path]:
-    return {f"bench.{p.stem}" if p.stem != "__init__" else "bench": p
-            for p in sorted(BENCH.glob("*.py"))}
+    found: dict[str, Path] = {}
+    for path in sorted(BENCH.rglob("*.py")):
+        parts = list(path.relative_to(BENCH.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    return found
 
 
 def imported_names(path: Path) -> set[str]:
-    """Every module a file imports (``from bench import x`` counts as ``bench.x``)."""
+    """Every module a file imports (``from bench.x import y`` counts as ``bench.x.y`` too)."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
@@ -34,11 +47,16 @@ def imported_names(path: Path) -> set[str]:
 
 
 def core_graph() -> dict[str, set[str]]:
-    """bench module -> the bench modules it imports (the package ``bench`` itself left out:
-    every submodule's import runs it first, which is no circle)."""
-    known = set(modules())
-    return {name: {n for n in imported_names(path) if n in known and n not in ("bench", name)}
+    """bench module -> the bench modules it imports (packages left out: importing a submodule
+    runs its packages first, which is no circle)."""
+    known = {name for name, path in modules().items() if path.name != "__init__.py"}
+    return {name: {n for n in imported_names(path) if n in known and n != name}
             for name, path in modules().items()}
+
+
+def stage(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in STAGES else None
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -68,11 +86,34 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def test_bench_holds_only_its_stages():
+    loose = sorted(p.name for p in BENCH.glob("*.py") if p.name not in ("__init__.py",
+                                                                        "__main__.py"))
+    assert not loose, f"modules directly in bench/: {loose} (put each in its stage)"
+    folders = sorted(p.name for p in BENCH.iterdir() if p.is_dir() and p.name != "__pycache__")
+    assert folders == sorted(STAGES)
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_each_stage_says_what_it_owns(name):
+    doc = ast.get_docstring(ast.parse((BENCH / name / "__init__.py").read_text()))
+    assert doc and len(doc.split()) >= 12, f"bench.{name} has no docstring saying what it owns"
+
+
 @pytest.mark.parametrize("name", sorted(modules()))
 def test_core_imports_no_framework_and_no_upper_layer(name):
     wrong = sorted(n for n in imported_names(modules()[name])
                    if n.split(".")[0] in FRAMEWORKS or n.startswith(UPPER_LAYERS))
     assert not wrong, f"{name} imports {wrong}"
+
+
+@pytest.mark.parametrize("name", sorted(n for n in modules() if stage(n)))
+def test_stages_import_in_one_direction(name):
+    own = STAGES.index(stage(name) or "")
+    wrong = sorted(n for n in imported_names(modules()[name])
+                   if stage(n) and STAGES.index(stage(n) or "") > own)
+    assert not wrong, (f"{name} (stage {STAGES[own]}) imports later stages: {wrong}; "
+                       f"the order is {' < '.join(STAGES)}")
 
 
 def test_core_import_graph_is_acyclic():
@@ -82,6 +123,13 @@ def test_core_import_graph_is_acyclic():
 def test_find_cycle_finds_a_circle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_stage_direction_check_can_fail(tmp_path):
+    path = tmp_path / "x.py"
+    path.write_text("from bench.cli.main import main\n")
+    assert "bench.cli.main" in imported_names(path)
+    assert STAGES.index(stage("bench.cli.main") or "") > STAGES.index("core")
 
 
 @pytest.mark.parametrize("name", sorted(modules()))

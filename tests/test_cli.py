@@ -107,7 +107,7 @@ def test_bad_input_exits_nonzero_with_the_valid_choices(cli_env, tmp_path, args,
 def test_ctrl_c_stops_cleanly_and_keeps_finished_rows(cli_env, tmp_path, sig):
     out = tmp_path / "run3"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.cli", "run", "--suite", "linear", "--plugins",
+        [sys.executable, "-m", "bench.cli.main", "run", "--suite", "linear", "--plugins",
          "numpy-euler,numpy-hang", "--budget", "smoke", "--out", str(out)],
         env=cli_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60

@@ -12,9 +12,10 @@ from bench.suites import cnf_densities
 from bench.suites.cnf import CnfSuite
 from bench.suites.cnf_data import BUDGETS, CnfData, initial_weights, parameter_specs
 
-from bench.cell import CellSpec, run_cell
-from bench.errors import BenchError, UnknownNameError
-from bench.interfaces import Budget
+from bench.core.errors import BenchError, UnknownNameError
+from bench.core.interfaces import Budget
+from bench.engine.cell import run_cell
+from bench.planning.cells import CellSpec
 
 TORCH_BACKENDS = ("torch-direct", "torch-adjoint", "rknet", "resnet")
 #: Smaller than smoke for the fast tests: 3 steps of batch 16, a 10x10 grid.
@@ -27,7 +28,7 @@ TINY = Budget("tiny", "test", {**BUDGETS["smoke"].settings, "steps": 3, "batch_s
 def backends():
     pytest.importorskip("torch")
     pytest.importorskip("torchdiffeq")
-    from bench.registry import PluginSelection, Registry
+    from bench.core.registry import PluginSelection, Registry
 
     registry = Registry.load(PluginSelection(entry_points=False))
     return {name: registry.backends[name] for name in TORCH_BACKENDS
@@ -334,7 +335,7 @@ def jax_backends():
     pytest.importorskip("jax")
     pytest.importorskip("diffrax")
     pytest.importorskip("equinox")
-    from bench.registry import PluginSelection, Registry
+    from bench.core.registry import PluginSelection, Registry
 
     registry = Registry.load(PluginSelection(entry_points=False))
     return {name: b for name, b in registry.backends.items() if b.framework == "jax"}
@@ -377,7 +378,7 @@ def test_jax_tolerances_come_from_the_budget(jax_backends):
     """The budget's tolerances reach the solve as one argument; the backend keeps its own."""
     import jax.numpy as jnp
 
-    from bench.interfaces import Tolerances
+    from bench.core.interfaces import Tolerances
 
     backend = jax_backends.get("diffrax-checkpoint")
     if backend is None:

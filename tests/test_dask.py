@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from conftest import FAKE_ONLY, TESTS_DIR, write_entry_point_distribution
 
-from bench.dask_engine import SCHEDULER_CONFIG
-from bench.monitor import descendants
-from bench.request import RunRequest
-from bench.session import RunSession
+from bench.commands.session import RunSession
+from bench.engine.dask_engine import SCHEDULER_CONFIG
+from bench.engine.monitor import descendants
+from bench.planning.request import RunRequest
 
 distributed = pytest.importorskip("distributed")
 dask = pytest.importorskip("dask")
@@ -155,7 +155,7 @@ def test_ctrl_c_cancels_queued_cells_and_stops_those_running_on_the_workers(clie
     baseline = _cells_on_workers(client)
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.cli", "run", "--suite", "linear", "--plugins",
+        [sys.executable, "-m", "bench.cli.main", "run", "--suite", "linear", "--plugins",
          "numpy-euler,numpy-hang", "--seeds", "0-1", "--budget", "smoke", "--out", str(out),
          "--scheduler", client.scheduler.address], env=env, cwd=tmp_path,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -185,7 +185,7 @@ def test_a_killed_worker_gives_its_cell_a_failed_row(client, env, tmp_path):
     baseline = _cells_on_workers(client)
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.cli", "run", "--suite", "linear", "--plugins",
+        [sys.executable, "-m", "bench.cli.main", "run", "--suite", "linear", "--plugins",
          "numpy-hang", "--budget", "smoke", "--out", str(out), "--timeout", "300",
          "--scheduler", client.scheduler.address], env=env, cwd=tmp_path,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

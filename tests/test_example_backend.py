@@ -62,7 +62,7 @@ def test_the_installed_example_backend_runs_a_cnf_smoke_cell(tmp_path):
     env["BENCH_LOAD_PLUGINS"] = "bench.suites.cnf,example_bosh3"  # the entry point's name
     out = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "bench.cli", "run", "--suite", "cnf", "--plugins",
+        [sys.executable, "-m", "bench.cli.main", "run", "--suite", "cnf", "--plugins",
          "example-bosh3", "--budget", "smoke", "--out", str(out)],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -17,14 +17,14 @@ import pytest
 from conftest import FAKE_ONLY, run_cli
 
 import bench
-from bench import cli
-from bench.errors import BenchError
-from bench.publish import publish_run
-from bench.registry import PluginSelection, Registry
-from bench.report import report
-from bench.request import expand
-from bench.results import RunDirectory, load_run, read_rows
-from bench.runner import Runner
+from bench.cli import main as cli
+from bench.core.errors import BenchError
+from bench.core.registry import PluginSelection, Registry
+from bench.engine.runner import Runner
+from bench.planning.request import expand
+from bench.reports.publish import publish_run
+from bench.reports.report import report
+from bench.store.results import RunDirectory, load_run, read_rows
 
 FAULTS = PluginSelection(builtins=False, entry_points=False,
                          extra_modules=("fake_plugins", "fault_plugins"))
@@ -213,7 +213,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_cells_die_with_a_killed_parent_and_resume_works(cli_env, tmp_path):
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "bench.cli", "run", "--suite", "linear", "--plugins",
+    args = [sys.executable, "-m", "bench.cli.main", "run", "--suite", "linear", "--plugins",
             "numpy-hang", "--budget", "smoke", "--out", str(out), "--timeout", "600"]
     parent = subprocess.Popen(args, env=cli_env, cwd=tmp_path, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
@@ -368,7 +368,7 @@ def no_libc(*args, **kwargs):
 
 def child():
     ctypes.CDLL = no_libc  # no prctl: only the watching thread can end this process
-    from bench.cell_process import die_with_parent
+    from bench.engine.cell_process import die_with_parent
     die_with_parent()
     open("armed", "w").close()
     time.sleep(120)
@@ -444,7 +444,7 @@ def test_resume_with_one_read_only_record_file_is_one_clear_error(tmp_path, monk
 
 
 def test_resume_finds_the_data_folder_the_run_was_started_with(tmp_path):
-    from bench.request import recorded_data_dir as _recorded_data_dir
+    from bench.planning.request import recorded_data_dir as _recorded_data_dir
 
     run = tmp_path / "run"
     run.mkdir()

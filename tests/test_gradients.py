@@ -1,4 +1,4 @@
-"""Gradient accuracy (bench.gradients): the cell columns against a direct computation, the
+"""Gradient accuracy (bench.core.gradients): the cell columns against a direct computation, the
 torch/JAX references, and `bench gradients` end to end on fake plugins."""
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ import pytest
 from conftest import run_cli
 from fake_plugins import A_TRUE, NumpyEulerBackend
 
-from bench.backend_grid import configured_backend
-from bench.cell import CellSpec, run_cell
-from bench.gradient_study import gradient_setup
-from bench.gradients import cosine, relative_error
-from bench.registry import PluginSelection, Registry
+from bench.core.gradients import cosine, relative_error
+from bench.core.registry import PluginSelection, Registry
+from bench.engine.cell import run_cell
+from bench.engine.gradient_cell import gradient_setup
+from bench.planning.backend_grid import configured_backend
+from bench.planning.cells import CellSpec
 
 
 def _euler_gradient(a: float, steps: int) -> float:

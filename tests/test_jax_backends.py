@@ -20,10 +20,18 @@ import pytest
 from bench.frameworks.jax import INSTALL_HINT, JaxBackend
 from bench.plugins import jax_diffrax
 
-from bench.cell import CellSpec, check_support, run_cell
-from bench.errors import BenchError
-from bench.interfaces import AbstractSuite, AbstractTask, Budget, CellContext, Evaluation, StepStats
-from bench.registry import PluginSelection, Registry
+from bench.core.errors import BenchError
+from bench.core.interfaces import (
+    AbstractSuite,
+    AbstractTask,
+    Budget,
+    CellContext,
+    Evaluation,
+    StepStats,
+)
+from bench.core.registry import PluginSelection, Registry
+from bench.engine.cell import check_support, run_cell
+from bench.planning.cells import CellSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ("diffrax-checkpoint", "diffrax-backsolve", "jax-rknet")

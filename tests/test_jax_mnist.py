@@ -18,7 +18,7 @@ from bench.suites.mnist import MnistSuite  # noqa: E402
 from bench.suites.mnist_data import BUDGETS, MnistPipeline, model_weights  # noqa: E402
 from bench.suites.mnist_files import MnistArrays  # noqa: E402
 
-from bench.interfaces import Budget, CellContext  # noqa: E402
+from bench.core.interfaces import Budget, CellContext  # noqa: E402
 
 RK4_STEPS = 6
 #: 3 steps of batch 4 on 16 training images, evaluation every 2 steps on 4 of 8 test images.
@@ -82,7 +82,7 @@ def _torch_rk4_backend(steps: int = RK4_STEPS):
 
 def _registered_torch_rknet():
     pytest.importorskip("torch")
-    from bench.registry import PluginSelection, Registry
+    from bench.core.registry import PluginSelection, Registry
 
     registry = Registry.load(PluginSelection(entry_points=False))
     if "rknet" not in registry.backends:
@@ -314,7 +314,8 @@ def test_mnist_suite_runs_a_jax_cell(tmp_path, monkeypatch):
         pytest.skip("suites/mnist.py does not dispatch to the JAX model yet")
     from bench.suites import mnist_files
 
-    from bench.cell import CellSpec, run_cell
+    from bench.engine.cell import run_cell
+    from bench.planning.cells import CellSpec
 
     monkeypatch.setattr(mnist_files, "load_mnist", lambda *a, **k: _arrays())
     suite = MnistSuite()

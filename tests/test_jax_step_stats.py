@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from bench.plugins import jax_diffrax
 
-from bench.interfaces import StepStats
+from bench.core.interfaces import StepStats
 
 
 def _backend(name: str):

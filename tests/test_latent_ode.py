@@ -20,9 +20,10 @@ from bench.suites.latent_ode_data import (
     resolve_settings,
 )
 
-from bench.cell import CellSpec, run_cell
-from bench.errors import BenchError, UnknownNameError
-from bench.interfaces import Budget
+from bench.core.errors import BenchError, UnknownNameError
+from bench.core.interfaces import Budget
+from bench.engine.cell import run_cell
+from bench.planning.cells import CellSpec
 
 #: Smaller than smoke: 20 series of 20 points (window 10), 3 steps of batch 4.
 TINY = Budget("tiny", "test", {**BUDGETS["smoke"].settings, "num_series": 20, "num_points": 20,
@@ -31,7 +32,7 @@ TINY = Budget("tiny", "test", {**BUDGETS["smoke"].settings, "num_series": 20, "n
 
 @pytest.fixture(scope="module")
 def registry():
-    from bench.registry import PluginSelection, Registry
+    from bench.core.registry import PluginSelection, Registry
 
     return Registry.load(PluginSelection(entry_points=False))
 
@@ -500,7 +501,7 @@ def test_jax_ode_rnn_posterior_matches_torch(backends, jax_backends):
     if "diffrax-backsolve" not in jax_backends:
         pytest.skip("diffrax-backsolve is not registered")
     backend = jax_backends["diffrax-backsolve"]
-    from bench.interfaces import Tolerances
+    from bench.core.interfaces import Tolerances
 
     tolerances = Tolerances(1e-7, 1e-9)
     data = _ode_rnn()

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.memory import DEFAULT_STEPS, classify, fit_scaling, scaling_table
+from bench.studies.memory import DEFAULT_STEPS, classify, fit_scaling, scaling_table
 
 L = np.array(DEFAULT_STEPS, dtype=float)
 

@@ -20,7 +20,7 @@ from bench.suites.mnist_files import (
     write_idx,
 )
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 
 
 def write_mnist(folder: Path, n_train: int = 12, n_test: int = 6, gz: bool = False,

@@ -14,9 +14,10 @@ from bench.suites.mnist_data import BUDGETS, MnistPipeline, model_weights, param
 from bench.suites.mnist_files import MnistArrays
 from test_mnist_data import write_mnist
 
-from bench.cell import CellSpec, run_cell
-from bench.errors import BenchError
-from bench.interfaces import Budget
+from bench.core.errors import BenchError
+from bench.core.interfaces import Budget
+from bench.engine.cell import run_cell
+from bench.planning.cells import CellSpec
 
 SHARED_LAYERS = ("downsampling.", "head.")
 BACKENDS = ("torch-direct", "torch-adjoint", "rknet", "resnet")
@@ -40,7 +41,7 @@ def backends():
     """The registered torch backends (the tests using them skip without torch)."""
     pytest.importorskip("torch")
     pytest.importorskip("bench.frameworks.torch")
-    from bench.registry import PluginSelection, Registry
+    from bench.core.registry import PluginSelection, Registry
 
     registry = Registry.load(PluginSelection(entry_points=False))
     return {name: registry.backends[name] for name in BACKENDS if name in registry.backends}
@@ -185,7 +186,7 @@ def test_test_batches_and_notes():
 
 
 def test_unknown_option_and_bad_download_value(tmp_path):
-    from bench.interfaces import CellContext
+    from bench.core.interfaces import CellContext
 
     suite = MnistSuite()
     for options, message in (({"dat_dir": "x"}, "unknown option"),
@@ -214,7 +215,7 @@ def test_torch_narrow_model_and_adam_task(backends, tmp_path):
     import torch
     from bench.suites.mnist_torch import MnistTorchTask, build_model
 
-    from bench.interfaces import CellContext
+    from bench.core.interfaces import CellContext
 
     model = build_model(_backend(backends, "torch-direct"), seed=0, channels=16)
     assert sum(p.numel() for p in model.parameters()) == sum(

@@ -11,12 +11,13 @@ import pytest
 from conftest import FAKE_ONLY
 from fake_plugins import LinearSuite, NumpyEulerBackend
 
-from bench.cell import CellSpec, run_cell
-from bench.interfaces import Tolerances, solver_settings
-from bench.monitor import CellMonitor, step_time_spread, timing_warning
-from bench.request import expand
-from bench.results import RunDirectory
-from bench.runner import Runner
+from bench.core.interfaces import Tolerances, solver_settings
+from bench.engine.cell import run_cell
+from bench.engine.monitor import CellMonitor, step_time_spread, timing_warning
+from bench.engine.runner import Runner
+from bench.planning.cells import CellSpec
+from bench.planning.request import expand
+from bench.store.results import RunDirectory
 
 
 def _runner(registry, tmp_path, **kwargs) -> Runner:
@@ -146,8 +147,8 @@ def test_builtin_budgets_set_their_tolerances_on_the_task(suite, budget, rtol, a
                                                           one_torch_thread):
     pytest.importorskip("torch")
     pytest.importorskip("torchdiffeq")
-    from bench.interfaces import CellContext
-    from bench.registry import PluginSelection, Registry
+    from bench.core.interfaces import CellContext
+    from bench.core.registry import PluginSelection, Registry
 
     registry = Registry.load(PluginSelection(builtins=True, entry_points=False))
     backend, s = registry.backend("torch-adjoint"), registry.suite(suite)
@@ -164,10 +165,10 @@ def test_flagged_cells_are_named_at_the_end_and_shown_in_the_table(fake_registry
                                                                    capsys, monkeypatch):
     import dataclasses
 
-    from bench import cell_watch
-    from bench.report import render, table_frame
-    from bench.results import rows_to_frame
-    from bench.session import timing_warnings
+    from bench.commands.session import timing_warnings
+    from bench.engine import cell_watch
+    from bench.reports.report import render, table_frame
+    from bench.store.results import rows_to_frame
 
     monkeypatch.setattr(cell_watch, "timing_warning", lambda *a: "host loaded: test")
     cells = expand(fake_registry, ["linear"], ["numpy-euler", "numpy-raise"], "smoke", [0], "cpu")
@@ -186,7 +187,7 @@ def test_flagged_cells_are_named_at_the_end_and_shown_in_the_table(fake_registry
 def test_one_sample_over_the_limit_is_not_enough(monkeypatch):
     """A child forked for an instant (ctypes' find_library runs ldconfig that way) shares the
     cell's pages and doubles its resident memory for one sample: a healthy cell was stopped."""
-    import bench.monitor as monitor
+    import bench.engine.monitor as monitor
 
     readings = iter([100, 900, 100, 900, 950, 100])
     monkeypatch.setattr(monitor, "resident_bytes", lambda pid: next(readings) * 2**20)

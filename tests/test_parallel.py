@@ -17,19 +17,19 @@ import pytest
 from conftest import FAKE_ONLY, run_cli
 from test_faults import FAULTS, _alive, _children
 
-from bench.cell_watch import CellLimits, Slot
-from bench.compare import compare_runs
-from bench.concurrency import HostCells, concurrency_warning, plan_slots, usable_cores
-from bench.errors import BenchError
-from bench.parallel import LocalPool, run_cells
-from bench.progress import ProgressView
-from bench.registry import Registry
-from bench.report import report
-from bench.request import RunRequest, expand
-from bench.results import RunDirectory
-from bench.rows import ResultRow
-from bench.runner import Runner
-from bench.session import RunSession
+from bench.commands.session import RunSession
+from bench.core.errors import BenchError
+from bench.core.registry import Registry
+from bench.core.rows import ResultRow
+from bench.engine.cell_watch import CellLimits, Slot
+from bench.engine.parallel import LocalPool, run_cells
+from bench.engine.progress import ProgressView
+from bench.engine.runner import Runner
+from bench.planning.concurrency import HostCells, concurrency_warning, plan_slots, usable_cores
+from bench.planning.request import RunRequest, expand
+from bench.reports.compare import compare_runs
+from bench.reports.report import report
+from bench.store.results import RunDirectory
 
 
 def test_each_cell_gets_its_own_cores_and_gpu():
@@ -146,7 +146,7 @@ def test_ctrl_c_with_jobs_stops_every_running_cell_and_keeps_finished_rows(cli_e
         pytest.skip("needs 2 cores")
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.cli", "run", "--suite", "linear", "--plugins",
+        [sys.executable, "-m", "bench.cli.main", "run", "--suite", "linear", "--plugins",
          "numpy-euler,numpy-hang", "--seeds", "0-1", "--budget", "smoke", "--out", str(out),
          "--jobs", "2"], env=cli_env, cwd=tmp_path, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
@@ -238,7 +238,7 @@ def test_the_core_runs_without_dask_and_asking_for_it_says_how_to_install_it(cli
     for name in ("dask", "distributed", "dask_jobqueue"):  # importing any of them fails
         (blocker / f"{name}.py").write_text(f"raise ImportError('no {name} here')\n")
     env = {**cli_env, "PYTHONPATH": os.pathsep.join([str(blocker), cli_env["PYTHONPATH"]])}
-    code = ("import sys, bench.cli, bench.session, bench.parallel; "
+    code = ("import sys, bench.cli.main, bench.commands.session, bench.engine.parallel; "
             "print(sorted(m for m in ('dask', 'distributed') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=120)
@@ -258,7 +258,7 @@ def test_bench_run_draws_the_live_view_on_a_terminal_only(cli_env, tmp_path):
     if len(usable_cores()) < 2:
         pytest.skip("needs 2 cores")
     master, slave = pty.openpty()
-    args = [sys.executable, "-m", "bench.cli", "run", "--suite", "linear", "--plugins",
+    args = [sys.executable, "-m", "bench.cli.main", "run", "--suite", "linear", "--plugins",
             "numpy-euler", "--seeds", "0-1", "--budget", "smoke", "--jobs", "2"]
     proc = subprocess.Popen([*args, "--out", str(tmp_path / "tty")], env=cli_env, cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=slave)

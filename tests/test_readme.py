@@ -6,7 +6,7 @@ import inspect
 import re
 from pathlib import Path
 
-from bench import hookspecs
+from bench.core import hookspecs
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -57,8 +57,8 @@ def test_every_readme_command_parses_and_expands_with_the_builtin_plugins(tmp_pa
         (tmp_path / name).write_text(text)
     monkeypatch.chdir(tmp_path)
 
-    from bench import cli
-    from bench.registry import PluginSelection, Registry
+    from bench.cli import main as cli
+    from bench.core.registry import PluginSelection, Registry
 
     registry = Registry.load(PluginSelection(builtins=True, entry_points=False))
     parser = cli.build_parser()
@@ -73,7 +73,7 @@ def test_every_readme_command_parses_and_expands_with_the_builtin_plugins(tmp_pa
         elif args.command == "memory":
             assert cli.memory_request(args, registry, check=False).cells, command
         elif args.command == "gradients":
-            from bench.gradient_study import study_request
+            from bench.studies.gradient_study import study_request
 
             assert study_request(registry, suites=args.suite, backends=args.backends,
                                  tolerances=args.tolerances, scales=args.scales,

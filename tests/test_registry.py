@@ -9,8 +9,8 @@ import pytest
 from conftest import FAKE_ONLY
 
 import bench
-from bench.errors import UnknownNameError
-from bench.registry import DEFAULT_PLUGINS, PluginSelection, Registry
+from bench.core.errors import UnknownNameError
+from bench.core.registry import DEFAULT_PLUGINS, PluginSelection, Registry
 
 
 def _module(name: str, **attrs) -> types.ModuleType:

@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 from conftest import FAKE_ONLY
 
-from bench.errors import UnknownNameError
-from bench.plots import plot_run
-from bench.report import report
-from bench.request import expand
-from bench.results import RunDirectory
-from bench.runner import Runner
+from bench.core.errors import UnknownNameError
+from bench.engine.runner import Runner
+from bench.planning.request import expand
+from bench.reports.plots import plot_run
+from bench.reports.report import report
+from bench.store.results import RunDirectory
 
 
 @pytest.fixture
@@ -112,7 +112,7 @@ def test_columns_pick_and_order_the_table(run_path):
 def test_suite_options_that_identify_cells_are_table_columns():
     """Two cells that differ only by a suite option (cnf's dataset) stay apart in the readable
     table: the option is a column after the budget; backend parameters in brackets are not."""
-    from bench.report import table_frame
+    from bench.reports.report import table_frame
 
     frame = pd.DataFrame({
         "cell_id": ["cnf/torch-direct[rtol=1e-05]/paper/seed0/cpu/dataset=8gaussians",

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from bench import cli
-from bench.compare import Thresholds, compare_runs
-from bench.html_report import html_page
-from bench.plots import plot_run, style_line
-from bench.publish import publish_run
-from bench.results import RunDirectory
-from bench.results_index import MARKER, write_index
-from bench.rows import ResultRow
+from bench.cli import main as cli
+from bench.core.rows import ResultRow
+from bench.reports.compare import Thresholds, compare_runs
+from bench.reports.html_report import html_page
+from bench.reports.plots import plot_run, style_line
+from bench.reports.publish import publish_run
+from bench.store.results import RunDirectory
+from bench.store.results_index import MARKER, write_index
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = [f"backend-{i:02d}" for i in range(12)]
@@ -122,7 +122,7 @@ def test_seeds_are_one_line_with_a_band_and_styles_differ_past_ten(tmp_path, sav
 def test_memory_plot_in_the_same_style(tmp_path, saved_figures):
     import pandas as pd
 
-    from bench.memory import plot_scaling
+    from bench.studies.memory import plot_scaling
 
     frame = pd.DataFrame([{"backend": b, "steps": L, "status": "ok",
                            "peak_memory_bytes": (i + 1) * L * 2**20}
@@ -324,6 +324,6 @@ def test_every_published_folder_has_its_page_and_an_index_line():
 
 
 def test_cli_help_lists_the_new_commands():
-    out = subprocess.run([sys.executable, "-m", "bench.cli", "--help"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "bench.cli.main", "--help"], capture_output=True,
                          text=True, cwd=ROOT).stdout
     assert "compare" in out and "index" in out

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from conftest import FAKE_ONLY
 
-from bench.cell import CellSpec, run_cell
-from bench.errors import BenchError, UnknownNameError
-from bench.interfaces import AbstractTask, Evaluation, StepStats
-from bench.request import expand
-from bench.results import RunDirectory, load_run
-from bench.runner import Runner
+from bench.core.errors import BenchError, UnknownNameError
+from bench.core.interfaces import AbstractTask, Evaluation, StepStats
+from bench.engine.cell import run_cell
+from bench.engine.runner import Runner
+from bench.planning.cells import CellSpec
+from bench.planning.request import expand
+from bench.store.results import RunDirectory, load_run
 
 
 def test_expand_is_suite_major_with_all_seeds(fake_registry):
@@ -283,8 +284,8 @@ def test_memory_steps_exclude_the_fresh_thread_start_up(fake_registry):
     in the first memory step, 6.0 in the next). After the unmeasured warm-up step, a step that
     allocates nothing measures about zero with the real resident-memory tracker."""
     torch = pytest.importorskip("torch")
-    from bench.cell import _measure_memory
-    from bench.measure import ResidentMemoryTracker, current_rss_bytes
+    from bench.core.measure import ResidentMemoryTracker, current_rss_bytes
+    from bench.engine.cell import _measure_memory
 
     if current_rss_bytes() is None:
         pytest.skip("needs /proc/self/status")
@@ -317,7 +318,7 @@ def test_memory_phase_makes_each_phase_see_its_own_peak():
     then show no increase. After begin_memory_phase() every phase sees its own allocation."""
     import numpy as np
 
-    from bench.measure import ResidentMemoryTracker
+    from bench.core.measure import ResidentMemoryTracker
 
     big = np.ones(16 * 2**20 // 8)  # freeing 16 MiB raises glibc's threshold (up to 32 MiB)
     del big
@@ -333,7 +334,7 @@ def test_memory_phase_makes_each_phase_see_its_own_peak():
 def test_resident_memory_tracker_sees_an_allocation():
     import numpy as np
 
-    from bench.measure import ResidentMemoryTracker
+    from bench.core.measure import ResidentMemoryTracker
 
     tracker = ResidentMemoryTracker()
     tracker.reset()
@@ -346,7 +347,7 @@ def test_resident_memory_tracker_sees_an_allocation():
 
 
 def test_thread_pinning_reaches_the_cell_environment(fake_registry, tmp_path, monkeypatch):
-    from bench.runner import thread_environment
+    from bench.engine.runner import thread_environment
 
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     env = thread_environment(1)
@@ -368,8 +369,8 @@ def test_a_task_that_uses_another_solver_says_so_in_its_row(fake_registry, tmp_p
 
 
 def test_environment_names_the_cpu_vector_extensions():
-    from bench.environment import capture_environment
-    from bench.measure import cpu_simd_flags
+    from bench.core.measure import cpu_simd_flags
+    from bench.engine.environment import capture_environment
 
     intel = "processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512bw ht\n"
     assert cpu_simd_flags(intel) == ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw"]

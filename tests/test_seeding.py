@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.errors import BenchError
-from bench.seeding import stream
+from bench.core.errors import BenchError
+from bench.core.seeding import stream
 
 PURPOSES = ("weights", "batches", "noise")
 

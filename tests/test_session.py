@@ -1,4 +1,5 @@
-"""The run request (checked once, in bench.request) and the run session (bench.session), used
+"""The run request (checked once, in bench.planning.request) and the run session
+(bench.commands.session), used
 without the command line."""
 
 from __future__ import annotations
@@ -8,10 +9,10 @@ import json
 import pytest
 from conftest import FAKE_ONLY
 
-from bench import cli
-from bench.errors import BenchError, UnknownNameError
-from bench.request import RunRequest
-from bench.session import RunSession
+from bench.cli import main as cli
+from bench.commands.session import RunSession
+from bench.core.errors import BenchError, UnknownNameError
+from bench.planning.request import RunRequest
 
 
 def test_the_request_checks_device_names_and_limits_once(fake_registry, tmp_path):

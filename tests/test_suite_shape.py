@@ -8,8 +8,8 @@ import importlib
 import pytest
 from fake_plugins import LinearTask, NumpyEulerBackend
 
-from bench.errors import BenchError
-from bench.interfaces import AbstractSuite, AbstractTask, Budget, CellContext
+from bench.core.errors import BenchError
+from bench.core.interfaces import AbstractSuite, AbstractTask, Budget, CellContext
 
 
 class DispatchedTask(LinearTask):

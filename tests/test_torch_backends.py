@@ -24,9 +24,9 @@ from bench.frameworks.torch import (  # noqa: E402
 )
 from torch import nn  # noqa: E402
 
-from bench.errors import BenchError  # noqa: E402
-from bench.interfaces import StepStats, Tolerances  # noqa: E402
-from bench.registry import PluginSelection, Registry  # noqa: E402
+from bench.core.errors import BenchError  # noqa: E402
+from bench.core.interfaces import StepStats, Tolerances  # noqa: E402
+from bench.core.registry import PluginSelection, Registry  # noqa: E402
 
 TORCH_PLUGINS = ("bench.plugins.torch_adjoint", "bench.plugins.torch_direct", "bench.plugins.rknet",
                  "bench.plugins.resnet")
@@ -126,7 +126,7 @@ class Blocker:
         if name.split('.')[0] in ('torch', 'torchdiffeq'):
             raise ImportError('blocked ' + name)
 sys.meta_path.insert(0, Blocker())
-from bench.registry import PluginSelection, Registry
+from bench.core.registry import PluginSelection, Registry
 r = Registry.load(PluginSelection(builtins=False, entry_points=False,
                                   extra_modules={TORCH_PLUGINS!r}))
 assert not r.load_errors, r.load_errors
@@ -538,8 +538,8 @@ def test_run_train_step_measures_saved_bytes_only_when_metering(backends):
 _FIRST_STEP_IMPORTS = """
 import sys
 from pathlib import Path
-from bench.interfaces import CellContext
-from bench.registry import PluginSelection, Registry
+from bench.core.interfaces import CellContext
+from bench.core.registry import PluginSelection, Registry
 registry = Registry.load(PluginSelection(builtins=False, entry_points=False,
                          extra_modules=("bench.plugins.{module}", "bench.suites.memory_scaling")))
 suite = registry.suite("memory-scaling")
@@ -567,7 +567,8 @@ def test_the_first_timed_step_imports_nothing(name, tmp_path):
 
 def _memory_scaling_cell(backend_name, tmp_path, wrap_loss=None, steps=4):
     """A real memory-scaling cell (tiny state) through the core's measured loop."""
-    from bench.cell import CellSpec, run_cell
+    from bench.engine.cell import run_cell
+    from bench.planning.cells import CellSpec
 
     registry = Registry.load(PluginSelection(
         builtins=False, entry_points=False,

@@ -8,18 +8,19 @@ import math
 import pytest
 from conftest import FAKE_ONLY
 
-from bench import cli, request
-from bench.errors import BenchError
-from bench.options import OptionSpec, in_unit_interval, positive
-from bench.registry import PluginSelection, Registry
-from bench.request import expand
+from bench.cli import main as cli
+from bench.core.errors import BenchError
+from bench.core.options import OptionSpec, in_unit_interval, positive
+from bench.core.registry import PluginSelection, Registry
+from bench.planning import request
+from bench.planning.request import expand
 
 BUILTINS = PluginSelection(builtins=True, entry_points=False)
 
 
 @pytest.fixture
 def fake_cli(monkeypatch):
-    """``bench.cli.main`` in-process with only the fake plugins."""
+    """``bench.cli.main.main`` in-process with only the fake plugins."""
     monkeypatch.setattr(cli, "_selection", lambda: FAKE_ONLY)
 
     def main(args):
@@ -78,7 +79,7 @@ def test_memory_steps_must_be_positive(fake_cli, tmp_path, capsys):
 
 
 def test_threads_default_to_the_usable_cores_split_among_the_jobs(fake_registry, monkeypatch):
-    from bench import concurrency
+    from bench.planning import concurrency
 
     monkeypatch.setattr(concurrency, "usable_cores", lambda: [0, 1, 2, 3, 4, 5])
     parser = cli.build_parser()
@@ -99,8 +100,8 @@ def test_threads_default_to_the_usable_cores_split_among_the_jobs(fake_registry,
 
 
 def test_threads_auto_leaves_the_frameworks_their_own(fake_registry, tmp_path):
-    from bench.results import RunDirectory
-    from bench.session import RunSession
+    from bench.commands.session import RunSession
+    from bench.store.results import RunDirectory
 
     parser = cli.build_parser()
     run_dir = RunDirectory.create(tmp_path / "r")
@@ -242,7 +243,7 @@ def test_missing_mnist_is_one_whole_message_before_any_cell(monkeypatch, no_mnis
     monkeypatch.setattr(cli, "_selection", lambda: BUILTINS)
     out = tmp_path / "run"
     started = []
-    monkeypatch.setattr("bench.runner.Runner._run_one", lambda *a: started.append(a))
+    monkeypatch.setattr("bench.engine.runner.Runner._run_one", lambda *a: started.append(a))
     code = cli.main(["run", "--suite", "mnist", "--plugins", "torch-direct,rknet", "--budget",
                      "smoke", "--out", str(out)])
     err = capsys.readouterr().err

@@ -25,7 +25,7 @@ the solver (never from host callbacks): ``num_steps`` (accepted + rejected), ``n
 level of ``loss_fn``, not inside ``lax.scan``/``vmap`` bodies, whose tracers cannot leave them), and
 the backsolve backend reads the reverse solves' statistics through ``counts["probe"]`` (see
 :mod:`bench.plugins.jax_diffrax`). :meth:`JaxBackend.step_stats` turns the counts into a
-:class:`bench.interfaces.StepStats` on the host; what each number counts is in the backend
+:class:`bench.core.interfaces.StepStats` on the host; what each number counts is in the backend
 module's docstring; inside the step's clock it only reads the loss back, and
 :meth:`JaxBackend.complete_step_stats` fetches and sums the counts after the clock stopped (the
 core calls it; call it yourself when driving a task outside the core). ``load_weights(model,

@@ -7,9 +7,9 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
-from bench.availability import missing_modules as find_missing
-from bench.errors import BenchError
-from bench.interfaces import AbstractBackend, MemoryTracker, StepStats, Tolerances
+from bench.core.availability import missing_modules as find_missing
+from bench.core.errors import BenchError
+from bench.core.interfaces import AbstractBackend, MemoryTracker, StepStats, Tolerances
 
 REQUIRED_MODULES = ("jax", "diffrax", "equinox")
 INSTALL_HINT = "pip install 'neural-ode-bench[jax]'"
@@ -154,7 +154,7 @@ class JaxBackend(AbstractBackend):
 
     def device_name(self, device: str) -> str:
         if device == "cpu":
-            from bench.measure import cpu_model
+            from bench.core.measure import cpu_model
 
             return cpu_model()
         return str(jax_device(device).device_kind)
@@ -179,7 +179,7 @@ class JaxBackend(AbstractBackend):
 
     def memory_tracker(self, device: str) -> MemoryTracker:
         if device == "cpu":
-            from bench.measure import ResidentMemoryTracker
+            from bench.core.measure import ResidentMemoryTracker
 
             return ResidentMemoryTracker()
         return JaxGpuPeakTracker(jax_device(device))

@@ -1,4 +1,4 @@
-"""Gradient probes of the JAX suites (:meth:`bench.interfaces.AbstractTask.gradient_probe`):
+"""Gradient probes of the JAX suites (:meth:`bench.core.interfaces.AbstractTask.gradient_probe`):
 the cell's gradient in float32, or the reference's in float64 inside ``jax.enable_x64`` (a
 context: the float32 programs of the cell, traced outside it, stay as they are)."""
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.gradients import GradientProbe, weights_hash
+from bench.core.gradients import GradientProbe, weights_hash
 
 
 def _scale(tree: Any, scale: float) -> Any:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 
 Model = TypeVar("Model")
 

@@ -19,7 +19,7 @@ The API a torch suite uses::
 ``make_dynamics(time_dependent) -> nn.Module`` is the suite's: the module's ``forward(t, h)``
 ignores ``t`` when ``time_dependent`` is False. The continuous backends call it once; the resnet
 backend calls it once per residual block (untied weights). ``tolerances``
-(:class:`bench.interfaces.Tolerances`) replace the backend's own; None keeps them.
+(:class:`bench.core.interfaces.Tolerances`) replace the backend's own; None keeps them.
 
 What the counts mean (the same for every torch backend):
 

@@ -8,9 +8,9 @@ import numbers
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from bench.availability import missing_modules as find_missing
-from bench.errors import BenchError
-from bench.interfaces import AbstractBackend, MemoryTracker, Tolerances
+from bench.core.availability import missing_modules as find_missing
+from bench.core.errors import BenchError
+from bench.core.interfaces import AbstractBackend, MemoryTracker, Tolerances
 
 if TYPE_CHECKING:
     from bench.frameworks.torch._training import StepCounts
@@ -97,7 +97,7 @@ class TorchBackend(AbstractBackend):
     def device_name(self, device: str) -> str:
         import torch
 
-        from bench.measure import cpu_model
+        from bench.core.measure import cpu_model
 
         if device.startswith("cuda"):
             return torch.cuda.get_device_name(device)
@@ -112,7 +112,7 @@ class TorchBackend(AbstractBackend):
     def memory_tracker(self, device: str) -> MemoryTracker:
         if device.startswith("cuda"):
             return CudaAllocatorTracker(device)
-        from bench.measure import ResidentMemoryTracker
+        from bench.core.measure import ResidentMemoryTracker
 
         return ResidentMemoryTracker()
 

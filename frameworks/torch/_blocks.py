@@ -13,7 +13,7 @@ from bench.frameworks.fixed_grid import steps_in_interval
 from bench.frameworks.torch._training import StepCounts
 from torch import nn
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 
 try:  # torch's optimizers import this at their first step (record_function): import it before
     import torch.profiler._cupti_monitor  # noqa: F401 - the clock, like torchdiffeq (see below)

@@ -1,4 +1,4 @@
-"""Gradient probes of the torch suites (:meth:`bench.interfaces.AbstractTask.gradient_probe`):
+"""Gradient probes of the torch suites (:meth:`bench.core.interfaces.AbstractTask.gradient_probe`):
 the gradient of a loss at the current weights without touching ``.grad`` or the optimiser, and
 the reference model (the same dynamics on the reference backend, in float64)."""
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.gradients import GradientProbe, weights_hash
+from bench.core.gradients import GradientProbe, weights_hash
 
 
 @contextlib.contextmanager

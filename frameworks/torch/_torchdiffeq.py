@@ -8,10 +8,10 @@ from typing import Any
 
 from bench.frameworks.torch._backend import TorchBackend, positive_int
 
-from bench.errors import BenchError
-from bench.interfaces import Support, Tolerances, effective_tolerances
-from bench.options import OptionSpec, positive
-from bench.solvers import (
+from bench.core.errors import BenchError
+from bench.core.interfaces import Support, Tolerances, effective_tolerances
+from bench.core.options import OptionSpec, positive
+from bench.core.solvers import (
     ADJOINT_NORMS,
     SOLVERS,
     fixed_steps_problem,
@@ -49,7 +49,7 @@ class TorchdiffeqBackend(TorchBackend):
     """torchdiffeq's solvers; ``adjoint`` picks odeint_adjoint over odeint. Its parameters
     (:func:`torchdiffeq_parameters`) are its constructor's keywords:
 
-    :param solver: the solver, one of :data:`bench.solvers.SOLVER_NAMES` (default dopri5, as in
+    :param solver: the solver, one of :data:`bench.core.solvers.SOLVER_NAMES` (default dopri5, as in
         the paper); one torchdiffeq lacks (tsit5) makes its cells ``unsupported``.
     :param rtol: relative tolerance (default 1e-3: the paper's value for classification).
     :param atol: absolute tolerance (default 1e-3).
@@ -128,7 +128,7 @@ class TorchdiffeqBackend(TorchBackend):
         of fourth-order Runge-Kutta (4 evaluations per step), not the classical tableau that rknet
         uses. Output ``times`` between grid points are then torchdiffeq's linear interpolation.
         A fixed-step solver of the backend's own (``solver=euler,fixed_steps=N``) takes the same
-        exact grid of N steps. Tolerances: :func:`bench.interfaces.effective_tolerances`."""
+        exact grid of N steps. Tolerances: :func:`bench.core.interfaces.effective_tolerances`."""
         from bench.frameworks.torch._blocks import TorchdiffeqBlock
 
         grid_steps = None

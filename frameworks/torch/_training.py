@@ -11,14 +11,15 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from bench.interfaces import AbstractTask, StepStats
+from bench.core.interfaces import AbstractTask, StepStats
 
 
 @dataclasses.dataclass(frozen=True)
 class StepCounts:
     """What a block counted since its last ``OdeBlock.pop_stats``.
 
-    ``backward_calls`` (an extra, not in :class:`~bench.interfaces.StepStats`): evaluations of f
+    ``backward_calls`` (an extra, not in :class:`~bench.core.interfaces.StepStats`): evaluations of
+    f
     itself during the backward pass; the adjoint makes one per augmented-dynamics evaluation (so it
     equals ``nfe_backward``), direct backpropagation none.
     """

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 
 
 def load_weights(named: Mapping[str, Any], weights: Mapping[str, Any], model: str = "model"

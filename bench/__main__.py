@@ -1,0 +1,5 @@
+"""``python -m bench``: the command line."""
+
+from bench.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,355 @@
+"""The ``bench`` command: parse the arguments, hand them on, print the outcome.
+
+Commands: ``list`` (backends, suites, budgets, options, plugin load errors), ``run`` (suites x
+backends x seeds, one process per cell), ``memory`` (the memory scaling study), ``report`` (a
+run's table, or two runs compared), ``compare`` (a regression gate for CI), ``index`` (the index
+of a results folder) and ``publish`` (a run's table, environment and plots into a results
+folder). A run is a :class:`bench.planning.request.RunRequest` carried out by a
+:class:`bench.commands.session.RunSession`; errors of the user's input are
+:class:`bench.core.errors.BenchError`
+(exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.cli.arguments import _jobs, _memory_mb, _option, _positive_float, _threads
+from bench.cli.gradients import add_parser as add_gradients_parser
+from bench.cli.gradients import run_study
+from bench.commands.session import RunOutcome, RunSession
+from bench.core.errors import BenchError
+from bench.core.registry import LOAD_PLUGINS_ENV, PluginSelection, Registry
+from bench.planning.backend_grid import describe_parameters
+from bench.planning.request import (
+    DEFAULT_BUDGET,
+    DEFAULT_MEMORY_STEPS,
+    MIN_MEMORY_MB,
+    RunRequest,
+)
+from bench.planning.run_config import load_run_config
+from bench.reports.compare import Thresholds, compare_runs, format_findings
+from bench.reports.html_report import PAGE_NAME, report_page
+from bench.reports.publish import publish_run
+from bench.reports.report import report
+from bench.store.results_index import update_index_if_generated, write_index
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench",
+        description="Benchmark ways of integrating and differentiating Neural ODEs.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p_list = sub.add_parser("list", help="list backends, suites, budgets and plugin load errors")
+    p_list.set_defaults(func=cmd_list)
+
+    p_run = sub.add_parser("run", help="run suites x backends x seeds, one process per cell")
+    p_run.add_argument("--suite", default=None, help="suite name(s), comma-separated, or 'all' "
+                       "(default)")
+    p_run.add_argument("--backends", "--plugins", dest="backends", default=None,
+                       help="backend name(s), comma-separated, or 'all' (default), each with "
+                       "parameters if wanted: 'torch-adjoint[solver=bosh3,rtol=1e-6]'; a list "
+                       "makes a grid: 'torch-direct[rtol=[1e-3,1e-5]]' (see `bench list`); "
+                       "--plugins is the same option")
+    p_run.add_argument("--backend-set", dest="backend_set", action="append", default=None,
+                       metavar="KEY=VALUE", help="set a backend parameter on every selected "
+                       "backend that has it (a list [v1,v2] makes a grid); repeatable")
+    p_run.add_argument("--config", type=Path, default=None, metavar="FILE",
+                       help="a run file (TOML: suites, backends with parameter grids, budget, "
+                       "seeds, options); arguments given here win over it")
+    p_run.add_argument("--budget", default=None,
+                       help=f"budget name, e.g. smoke, quick, paper (default {DEFAULT_BUDGET})")
+    p_run.add_argument("--device", default=None, help="cpu (default), cuda or auto")
+    p_run.add_argument("--seeds", default=None, help="seeds: 0,1,2 or 0-4 (default 0)")
+    p_run.add_argument("--out", type=Path, default=None,
+                       help="run directory (default: a new one under ./runs)")
+    p_run.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
+                       help="per-cell time limit; a cell over it is stopped and marked timeout")
+    p_run.add_argument("--max-memory-mb", type=_memory_mb, default=None, metavar="MIB",
+                       help="per-cell limit on resident memory (the cell process and its "
+                       f"children) in MiB, at least {MIN_MEMORY_MB:g}; a cell over it is stopped "
+                       "and marked failed")
+    p_run.add_argument("--threads", type=_threads, default=None,
+                       help="CPU threads per cell (OMP/MKL for torch, XLA's pool for JAX); "
+                       "default: the cores this process may use divided by --jobs (one cell "
+                       "at a time: all of them; on Dask workers 1); auto (or 0): the "
+                       "frameworks' own")
+    p_run.add_argument("--resume", action="store_true",
+                       help="with --out: run only the cells that have no 'ok' row there")
+    p_run.add_argument("--jobs", type=_jobs, default=1, metavar="N",
+                       help="cells at once (default 1: one after the other); locally each on "
+                       "its own --threads cores (and, with --device cuda, its own GPU)")
+    p_run.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                       help="run the cells on this running Dask scheduler's workers (extra: "
+                       "neural-ode-bench[dask])")
+    p_run.add_argument("--cluster", default=None, metavar="NAME",
+                       help="start a Dask cluster for the run: local, slurm, pbs, sge or lsf "
+                       "(dask-jobqueue, set up in Dask's config file), --jobs workers")
+    p_run.add_argument("--data-dir", type=Path, default=None,
+                       help="folder with a suite's data files (e.g. the four MNIST IDX files)")
+    p_run.add_argument("--set", dest="options", type=_option, action="append", default=[],
+                       metavar="KEY=VALUE", help="a suite option (see `bench list`)")
+    p_run.set_defaults(func=cmd_run)
+
+    p_mem = sub.add_parser(
+        "memory", help="memory scaling study: training memory against solver steps L")
+    p_mem.add_argument("--backends", "--plugins", dest="backends", default="all",
+                       help="backend name(s), comma-separated, or 'all' (default); --plugins "
+                       "is the same option")
+    p_mem.add_argument("--backend-set", dest="backend_set", action="append", default=[],
+                       metavar="KEY=VALUE", help="set a backend parameter on every selected "
+                       "backend that has it; repeatable")
+    p_mem.add_argument("--steps", default=",".join(map(str, DEFAULT_MEMORY_STEPS)),
+                       help="solver steps L to measure: positive integers, 8,16,32 or a range "
+                       "(default 8,16,...,512)")
+    p_mem.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p_mem.add_argument("--out", type=Path, default=None,
+                       help="run directory (default: a new one under ./runs)")
+    p_mem.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
+                       help="per-measurement time limit")
+    p_mem.add_argument("--max-memory-mb", type=_memory_mb, default=None, metavar="MIB",
+                       help="per-measurement limit on resident memory in MiB, at least "
+                       f"{MIN_MEMORY_MB:g}")
+    p_mem.add_argument("--threads", type=_threads, default=1,
+                       help="CPU threads per measurement (OMP/MKL/XLA); default 1, pinned like "
+                       "bench run's; auto (or 0): the frameworks' own")
+    p_mem.add_argument("--resume", action="store_true",
+                       help="with --out: measure only what has no 'ok' row there")
+    p_mem.add_argument("--set", dest="options", type=_option, action="append", default=[],
+                       metavar="KEY=VALUE", help="a memory-scaling suite option (width, batch)")
+    p_mem.set_defaults(func=cmd_memory)
+
+    p_report = sub.add_parser("report", help="print a run's table, or compare two runs")
+    p_report.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    p_report.add_argument("--format", default="markdown",
+                          help="markdown (default), csv, latex, html (writes RUN_DIR/index.html, "
+                          "a self-contained page)")
+    p_report.add_argument("--out", type=Path, default=None, metavar="FILE",
+                          help="--format html: the page to write (default RUN_DIR/index.html)")
+    p_report.add_argument("--columns", default=None, metavar="A,B,C",
+                          help="columns to show, in order (default: markdown the readable table, "
+                          "latex the paper columns, csv every column; see --format csv)")
+    p_report.set_defaults(func=cmd_report)
+
+    p_cmp = sub.add_parser(
+        "compare", help="compare NEW with BASE for CI: exit 1 when a threshold is crossed")
+    p_cmp.add_argument("base", type=Path, metavar="BASE")
+    p_cmp.add_argument("new", type=Path, metavar="NEW")
+    p_cmp.add_argument("--max-slowdown", type=float, default=1.10, metavar="RATIO",
+                       help="fail when NEW's step time is over RATIO x BASE's (default 1.10)")
+    p_cmp.add_argument("--max-memory-growth", type=float, default=1.05, metavar="RATIO",
+                       help="fail when NEW's peak memory is over RATIO x BASE's (default 1.05)")
+    p_cmp.add_argument("--max-metric-change", type=float, default=None, metavar="X",
+                       help="fail when the suite metric is worse by more than X (its unit; "
+                       "default: not checked)")
+    p_cmp.set_defaults(func=cmd_compare)
+
+    p_idx = sub.add_parser(
+        "index", help="write RESULTS_DIR/README.md, the index of its published folders")
+    p_idx.add_argument("results", type=Path, metavar="RESULTS_DIR")
+    p_idx.set_defaults(func=cmd_index)
+
+    p_pub = sub.add_parser(
+        "publish", help="copy a run's table (markdown + CSV), environment, config and plots "
+        "into a results folder")
+    p_pub.add_argument("run", type=Path, metavar="RUN_DIR")
+    p_pub.add_argument("--to", type=Path, required=True, metavar="DIR",
+                       help="destination, e.g. results/mnist-quick-cpu (must not exist)")
+    p_pub.set_defaults(func=cmd_publish)
+
+    add_gradients_parser(sub, cmd_gradients)
+    return parser
+
+
+def run_request(args: argparse.Namespace, registry: Registry, check: bool = True
+                ) -> RunRequest:
+    """``bench run``'s arguments as a checked request (nothing is written or run); ``check``:
+    the suites' data too."""
+    settings: dict[str, Any] = {"suites": "all", "backends": "all", "budget": DEFAULT_BUDGET,
+                                "seeds": "0", "device": "cpu", "threads": None}
+    if getattr(args, "config", None) is not None:
+        settings.update(load_run_config(args.config))
+    given = {"suites": args.suite, "backends": args.backends, "budget": args.budget,
+             "seeds": args.seeds, "device": args.device, "threads": args.threads,
+             "data_dir": args.data_dir, "out": args.out, "timeout_s": args.timeout,
+             "max_memory_mb": args.max_memory_mb, "backend_set": args.backend_set}
+    settings.update({key: value for key, value in given.items() if value is not None})
+    # suite options: the file's, then --set's over them
+    settings["options"] = [*settings.get("options", []), *args.options]
+    return RunRequest.for_run(registry, resume=args.resume, check=check, jobs=args.jobs,
+                              scheduler=args.scheduler, cluster=args.cluster, **settings)
+
+
+def memory_request(args: argparse.Namespace, registry: Registry, check: bool = True
+                   ) -> RunRequest:
+    """``bench memory``'s arguments as a checked request (nothing is written or run)."""
+    return RunRequest.for_memory(
+        registry, backends=args.backends, steps=args.steps, device=args.device,
+        options=args.options, out=args.out, resume=args.resume, timeout_s=args.timeout,
+        max_memory_mb=args.max_memory_mb, threads=args.threads, check=check,
+        backend_set=args.backend_set)
+
+
+def _finish(outcome: RunOutcome, results_line: str) -> int:
+    """Print a session's outcome; the exit status (130 after an interruption)."""
+    if outcome.interrupted:
+        return 130
+    print(outcome.table)
+    print(results_line, file=sys.stderr)
+    for line in outcome.warnings:
+        print(line, file=sys.stderr)
+    counts = {s: sum(r.status == s for r in outcome.rows)
+              for s in dict.fromkeys(r.status for r in outcome.rows)}
+    print("cells: " + ", ".join(f"{n} {s}" for s, n in counts.items()), file=sys.stderr)
+    return 1 if outcome.failed else 0
+
+
+def cmd_run(args: argparse.Namespace, registry: Registry) -> int:
+    outcome = RunSession(registry, run_request(args, registry), _selection()).run()
+    path = outcome.run_dir.path
+    return _finish(outcome, f"results: {path}  (bench report {path} --format csv)")
+
+
+def cmd_gradients(args: argparse.Namespace, registry: Registry) -> int:
+    outcome = run_study(args, registry, _selection())
+    return _finish(outcome, f"results: {outcome.run_dir.path}/gradients.md, gradients.csv and "
+                            "<suite>_scale<k>_gradient_error.png")
+
+
+def cmd_memory(args: argparse.Namespace, registry: Registry) -> int:
+    outcome = RunSession(registry, memory_request(args, registry), _selection()).memory_study()
+    return _finish(outcome, f"results: {outcome.run_dir.path}")
+
+
+def cmd_list(args: argparse.Namespace, registry: Registry) -> int:
+    print("Backends:")
+    if not registry.backends:
+        print("  (none)")
+    for name, b in sorted(registry.backends.items()):
+        missing = b.check_available()
+        state = f"  [unavailable: {missing}]" if missing else ""
+        state += "" if b.in_all else "  [not in 'all': run it by name]"
+        print(f"  {name:<22} {b.framework:<6} {b.gradient_method:<22} {b.solver:<8}{state}")
+        if b.description:
+            print(f"  {'':<22} {b.description}")
+        for line in describe_parameters(b):
+            print(f"    parameter {line}")
+    print("Suites:")
+    if not registry.suites:
+        print("  (none)")
+    for name, s in sorted(registry.suites.items()):
+        print(f"  {name:<22} metric {s.metric_name} ({s.metric_direction} is better); "
+              f"frameworks: {', '.join(s.frameworks)}")
+        if s.description:
+            print(f"  {'':<22} {s.description}")
+        for budget in s.budgets.values():
+            print(f"    budget {budget.name:<10} {budget.description}")
+            tolerances = s.budget_tolerances(budget)
+            if tolerances:
+                print(f"    {'':<17} solver tolerances {tolerances}: they replace each "
+                      "adaptive backend's own (recorded in every row's rtol/atol)")
+        for key in s.options:
+            spec = s.option_spec(key)
+            kind = getattr(spec.type, "__name__", str(spec.type))
+            print(f"    option {key}={spec.default!r}  ({kind}; valid: {spec.describe_valid()})"
+                  + (f"  {spec.help}" if spec.help else ""))
+    print("Plugins:")
+    for p in registry.plugins:
+        print(f"  {p.name:<22} {p.source}" + (f"  ERROR: {p.error}" if p.error else ""))
+    unmatched = registry.unmatched_plugin_names()
+    if unmatched is not None:
+        available = ", ".join(registry.available_plugin_names()) or "(none)"
+        raw = os.environ.get(LOAD_PLUGINS_ENV, "")
+        what = (f"{', '.join(map(repr, unmatched))} matched no plugin" if unmatched
+                else "names no plugin (unset it to load them all)")
+        close = [m for name in unmatched for m in difflib.get_close_matches(
+            name, registry.available_plugin_names(), n=1, cutoff=0.5)]
+        if close:
+            what += f" (did you mean {', '.join(map(repr, close))}?)"
+        print(f"bench: {LOAD_PLUGINS_ENV}={raw!r}: {what}. Available plugins: {available}",
+              file=sys.stderr)
+        if not registry.plugins:
+            return 2
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, registry: Registry) -> int:
+    columns = ([c.strip() for c in args.columns.split(",") if c.strip()]
+               if args.columns is not None else None)
+    if columns is not None and not columns:
+        raise BenchError("--columns: no column given (e.g. --columns suite,backend,nfe_forward)")
+    if args.format == "html":
+        page = report_page([str(p) for p in args.runs], columns)
+        out = args.out if args.out is not None else args.runs[0] / PAGE_NAME
+        try:
+            out.write_text(page, encoding="utf-8")
+        except OSError as exc:
+            raise BenchError(f"cannot write {str(out)!r}: {exc.strerror or exc}") from None
+        print(out)
+        return 0
+    if args.out is not None:
+        raise BenchError("--out is for --format html (the other formats print the table)")
+    sys.stdout.write(report([str(p) for p in args.runs], args.format, columns))
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace, registry: Registry) -> int:
+    written = publish_run(args.run, args.to)
+    index = update_index_if_generated(args.to.parent)
+    for path in written + ([index] if index else []):
+        print(path)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace, registry: Registry) -> int:
+    thresholds = Thresholds(args.max_slowdown, args.max_memory_growth, args.max_metric_change)
+    findings, notes = compare_runs(args.base, args.new, thresholds)
+    sys.stdout.write(format_findings(findings, notes))
+    return 1 if any(f.verdict == "FAIL" for f in findings) else 0
+
+
+def cmd_index(args: argparse.Namespace, registry: Registry) -> int:
+    print(write_index(args.results))
+    return 0
+
+
+def _selection() -> PluginSelection:
+    return PluginSelection.from_environment()
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a batch scheduler, `kill`) stops a run like Ctrl-C: the running cell is ended,
+    every finished row is kept."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _stop_on_sigterm()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        needs_plugins = args.command not in ("report", "publish", "compare", "index")
+        registry = Registry.load(_selection()) if needs_plugins else None
+        return args.func(args, registry)
+    except BenchError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `bench report ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""Gradient accuracy: how far a backend's parameter gradient is from a tight float64 reference.
+
+A task that can (:meth:`bench.core.interfaces.AbstractTask.gradient_probe`) returns the gradient of
+its
+training loss on a fixed probe batch at its current weights (optionally scaled by ``k``), flat in
+the order of the suite's neutral weights, without changing the weights. The reference is the same
+gradient computed by the cell's own framework in float64, by backpropagation through a dopri5
+solve at rtol = atol = :data:`REFERENCE_TOLERANCE` (the backend that the cell's backend names in
+``gradient_reference``, e.g. ``torch-direct`` or ``diffrax-checkpoint``).
+
+Every figure here is measured outside the timed training steps: a cell probes its trained task
+after the memory steps (``..._final``) and a freshly built task (the initial weights, which are a
+function of suite, seed and options) after that, so no probe, reference solve or JIT compilation
+can change a training figure. The initial-weight reference is cached in the run directory
+(``gradient_reference/``), keyed by suite, framework, seed, options, scale and a hash of the
+weights: every backend of a suite and seed shares it. Its NFE and time are in columns of their
+own (``grad_ref_nfe``, ``grad_ref_time_s``), never in the cell's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: rtol = atol of the reference solve.
+REFERENCE_TOLERANCE = 1e-12
+REFERENCE_SOLVER = "dopri5"
+#: Repeats of a timed gradient evaluation in the gradient study (after one untimed warm-up).
+STUDY_REPEATS = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientProbe:
+    """One gradient evaluation on a task's probe batch.
+
+    ``grad``: every trainable parameter's gradient, flat, float64, in the order of the suite's
+    neutral weights; ``nfe_forward``/``nfe_backward`` as in
+    :class:`~bench.core.interfaces.StepStats`;
+    ``backward_time_s``: the backward pass alone, synchronised, where the framework can separate
+    it (torch; None for JAX, whose forward and backward are one compiled program);
+    ``weights_key``: a hash of the (unscaled) weights probed, for the reference cache."""
+
+    grad: np.ndarray
+    nfe_forward: float | None = None
+    nfe_backward: float | None = None
+    backward_time_s: float | None = None
+    weights_key: str = ""
+
+
+def weights_hash(arrays: Any) -> str:
+    """A short hash of a sequence of arrays (their bytes, shapes and dtypes)."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(np.asarray(array))
+        digest.update(f"{array.shape}{array.dtype}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def relative_error(grad: np.ndarray, ref: np.ndarray) -> float:
+    """||g - g_ref|| / ||g_ref|| (Euclidean, all parameters together)."""
+    grad, ref = np.asarray(grad, np.float64), np.asarray(ref, np.float64)
+    if grad.shape != ref.shape:
+        raise ValueError(f"gradient of {grad.shape} against a reference of {ref.shape}")
+    norm = float(np.linalg.norm(ref))
+    return float(np.linalg.norm(grad - ref)) / norm if norm > 0 else math.nan
+
+
+def cosine(grad: np.ndarray, ref: np.ndarray) -> float:
+    """Cosine of the angle between the gradient and the reference."""
+    grad, ref = np.asarray(grad, np.float64), np.asarray(ref, np.float64)
+    norms = float(np.linalg.norm(grad)) * float(np.linalg.norm(ref))
+    return float(np.dot(grad, ref)) / norms if norms > 0 else math.nan
+
+
+def reference_params(backend: Any) -> dict[str, Any]:
+    """The parameters that make ``backend`` a reference: dopri5 at rtol = atol = 1e-12 (those of
+    them it declares)."""
+    declared = {spec.name for spec in getattr(backend, "parameters", ())}
+    wanted = {"solver": REFERENCE_SOLVER, "rtol": REFERENCE_TOLERANCE,
+              "atol": REFERENCE_TOLERANCE}
+    return {key: value for key, value in wanted.items() if key in declared}
+
+
+def no_reference_reason(backend: Any) -> str | None:
+    """Why a cell of ``backend`` has no gradient error (None: it has one)."""
+    if not getattr(backend, "continuous_time", True):
+        return (f"gradient error: {backend.name} has no continuous reference (discrete blocks, "
+                "not an ODE solve)")
+    if not getattr(backend, "gradient_reference", None):
+        return f"gradient error: the {backend.framework} framework names no reference backend"
+    return None
+
+
+@dataclasses.dataclass
+class GradientSetup:
+    """What a cell needs to measure gradient errors: the reference backend of its framework
+    (already configured) and the run's cache folder (None: no cache)."""
+
+    reference: Any
+    cache_dir: Path | None = None
+    repeats: int = STUDY_REPEATS
+
+
+def _timed(call: Callable[[], Any], sync: Callable[[], None]) -> tuple[Any, float]:
+    sync()
+    t0 = time.perf_counter()
+    out = call()
+    sync()
+    return out, time.perf_counter() - t0
+
+
+def _cache_key(parts: Mapping[str, Any]) -> str:
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def reference_gradient(task: Any, setup: GradientSetup, sync: Callable[[], None],
+                       key_parts: Mapping[str, Any] | None, scale: float = 1.0
+                       ) -> tuple[np.ndarray, float | None, float]:
+    """(reference gradient, its forward NFE, its time in s) of ``task`` at its current weights
+    times ``scale``; read from / written to the cache when ``key_parts`` is given (the time is
+    then the one measured when it was computed)."""
+    path = None
+    if key_parts is not None and setup.cache_dir is not None:
+        path = setup.cache_dir / f"{_cache_key({**key_parts, 'scale': scale})}.npz"
+        if path.is_file():
+            with np.load(path) as saved:
+                return (saved["grad"], float(saved["nfe"]) if saved["nfe"] >= 0 else None,
+                        float(saved["time_s"]))
+    probe, seconds = _timed(lambda: task.gradient_probe(reference=setup.reference, scale=scale),
+                            sync)
+    if probe is None:
+        raise RuntimeError("the task measured no reference gradient")
+    nfe = probe.nfe_forward
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(partial, grad=probe.grad, nfe=-1.0 if nfe is None else nfe, time_s=seconds,
+                 key=json.dumps({**key_parts, "scale": scale}, default=str))
+        os.replace(partial, path)
+    return probe.grad, nfe, seconds
+
+
+def compare(probe: GradientProbe, ref: np.ndarray, suffix: str = "") -> dict[str, float]:
+    """The error columns of one probe against its reference."""
+    return {f"grad_rel_error{suffix}": relative_error(probe.grad, ref),
+            f"grad_cosine{suffix}": cosine(probe.grad, ref)}
+
+
+def measure_final_gradients(trained: Any, backend: Any, setup: GradientSetup | None,
+                            device: str, fields: dict[str, Any]) -> None:
+    """The ``_final`` gradient columns of a trained cell (its ``fields``), at the weights its
+    final evaluation measured (called between that evaluation and the memory steps, which
+    train on). A failure leaves the columns empty and says why in ``notes``."""
+    if setup is None or no_reference_reason(backend):
+        return
+    try:
+        probe = trained.gradient_probe()
+        if probe is None:
+            return  # the suite measures no gradient probe
+        ref, nfe, seconds = reference_gradient(trained, setup, _sync(backend, device), None)
+        fields.update(compare(probe, ref, "_final"))
+        fields["grad_ref_final_nfe"], fields["grad_ref_final_time_s"] = nfe, seconds
+    except Exception as exc:  # noqa: BLE001 - the cell's measured figures stand
+        _note(fields, f"gradient probe (final) failed: {type(exc).__name__}: {exc}")
+
+
+def measure_initial_gradients(build_fresh: Callable[[], Any], backend: Any,
+                              setup: GradientSetup | None, key_parts: Mapping[str, Any],
+                              device: str, fields: dict[str, Any]) -> None:
+    """The initial-weight gradient columns of a cell, on a freshly built task (after every
+    other figure), its reference shared through the cache; a backend without a continuous
+    reference gets the reason in ``notes`` instead."""
+    reason = no_reference_reason(backend) if setup is not None else None
+    if setup is None or reason:
+        if reason:
+            _note(fields, reason)
+        return
+    try:
+        fresh = build_fresh()
+        probe = fresh.gradient_probe()
+        if probe is None:  # the columns stay empty: say why
+            _note(fields, "gradient error not measured: this suite's task has no "
+                  "gradient_probe")
+            return
+        ref, nfe, seconds = reference_gradient(
+            fresh, setup, _sync(backend, device), {**key_parts, "weights": probe.weights_key})
+        fields.update(compare(probe, ref))
+        fields["grad_ref_nfe"], fields["grad_ref_time_s"] = nfe, seconds
+    except Exception as exc:  # noqa: BLE001 - the cell's measured figures stand
+        _note(fields, f"gradient probe failed: {type(exc).__name__}: {exc}")
+
+
+def _sync(backend: Any, device: str) -> Callable[[], None]:
+    return lambda: backend.synchronize(device)
+
+
+def measure_study_point(task: Any, backend: Any, setup: GradientSetup,
+                        key_parts: Mapping[str, Any], device: str, scale: float
+                        ) -> dict[str, Any]:
+    """One point of the gradient study (no training): the gradient at the initial weights times
+    ``scale``, its error against the reference, NFE, and its time (median of ``setup.repeats``
+    synchronised evaluations after one untimed warm-up that absorbs JIT compilation)."""
+
+    sync = _sync(backend, device)
+    first = task.gradient_probe(scale=scale)  # warm-up: compilation, first allocations
+    if first is None:
+        raise RuntimeError("the suite's task measures no gradient probe (gradient_probe)")
+    times, backward = [], []
+    probe = first
+    for _ in range(max(1, setup.repeats)):
+        probe, seconds = _timed(lambda: task.gradient_probe(scale=scale), sync)
+        times.append(seconds)
+        if probe.backward_time_s is not None:
+            backward.append(probe.backward_time_s)
+    ref, nfe, ref_seconds = reference_gradient(
+        task, setup, sync, {**key_parts, "weights": first.weights_key}, scale)
+    return {**compare(probe, ref), "grad_scale": scale,
+            "grad_nfe_forward": probe.nfe_forward, "grad_nfe_backward": probe.nfe_backward,
+            "grad_time_s": float(np.median(times)),
+            "grad_backward_time_s": float(np.median(backward)) if backward else None,
+            "grad_ref_nfe": nfe, "grad_ref_time_s": ref_seconds}
+
+
+def _note(fields: dict[str, Any], text: str) -> None:
+    fields["notes"] = f"{fields.get('notes') or ''}; {text}".lstrip("; ")

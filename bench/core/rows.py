@@ -1,0 +1,166 @@
+"""One cell's result row (:class:`ResultRow`) and its JSON form; units are in the field names."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ResultRow:
+    """One cell's outcome. Units are in the field names; ``None`` means not measured."""
+
+    cell_id: str
+    suite: str
+    #: The backend as the cell ran it: its name, with the parameters the user set in brackets
+    #: (``torch-adjoint[rtol=1e-06]``); ``backend_name`` is the registered name alone.
+    backend: str
+    framework: str
+    gradient_method: str
+    solver: str
+    device: str
+    seed: int
+    budget: str
+    status: str
+    error: str = ""
+    #: The suite's headline metric name (also a key of ``metrics``) and whether lower is better.
+    metric_name: str = ""
+    metric_direction: str = "lower"
+    #: The suite's metrics under their own names (``test_error_pct``, ``nll_nats``, ``mse``, ...).
+    metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    #: The suite options the cell ran with (``--set key=value``), also spread into columns.
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: Means per training iteration.
+    nfe_forward: float | None = None
+    nfe_backward: float | None = None
+    steps_accepted: float | None = None
+    steps_rejected: float | None = None
+    train_steps: int | None = None
+    #: Median over steady-state steps (all but the first), synchronised.
+    train_step_time_s: float | None = None
+    #: Extra time of the first step over the steady-state median (JIT compilation, allocations).
+    compile_time_s: float | None = None
+    #: Time of the final evaluation.
+    eval_time_s: float | None = None
+    #: Whole cell, including set-up (data, model building) and evaluation.
+    total_time_s: float | None = None
+    #: Steady-state peak (the largest of the memory steps, run after the final evaluation) and
+    #: the first step's own peak, both above the memory in use before the phase;
+    #: ``peak_memory_method`` says how they were measured.
+    peak_memory_bytes: int | None = None
+    peak_memory_first_step_bytes: int | None = None
+    peak_memory_method: str = ""
+    #: Measured in the memory steps (the same steps as ``peak_memory_bytes``), never in a timed one.
+    saved_for_backward_bytes: int | None = None
+    #: NFE of the memory steps (the largest over them), beside the memory they measured: an
+    #: adaptive solver may take another number of steps there than in the mean training step.
+    memory_step_nfe_forward: float | None = None
+    memory_step_nfe_backward: float | None = None
+    params: int | None = None
+    device_name: str = ""
+    #: The host's 1-minute load average when the cell finished: CPU timings taken while it
+    #: exceeds the core count are contaminated by other work.
+    host_load_1m: float | None = None
+    #: Mean cores kept busy by other processes while the cell ran (host CPU busy time minus the
+    #: cell's own, from /proc, sampled by the parent).
+    host_busy_cores_other: float | None = None
+    #: The timings may not be comparable: the host was loaded beyond the cores the cell left
+    #: free, or the steady step times spread far above usual; ``timing_warning`` says which.
+    timing_flag: bool = False
+    timing_warning: str = ""
+    #: The most cells of the run that ran at once on the cell's host while it ran (itself
+    #: included; sampled with the load): timings at different concurrency are not comparable.
+    concurrent_cells: int | None = None
+    #: Who ran the cell: ``local`` (and its slot, ``local/1``, with ``--jobs N``) or the Dask
+    #: worker's address; ``host`` the machine's name.
+    worker: str = ""
+    host: str = ""
+    #: Solver tolerances the cell ran with (None: a fixed-step solve), and the adjoint's reverse
+    #: solve's; a suite budget's tolerances win over the backend's.
+    rtol: float | None = None
+    atol: float | None = None
+    adjoint_rtol: float | None = None
+    adjoint_atol: float | None = None
+    #: Where rtol/atol came from: ``user`` (a backend parameter), ``budget`` (the suite's),
+    #: ``backend`` (its default); None for a fixed-step solve.
+    tolerance_source: str | None = None
+    #: The error norm of the adjoint's reverse solve (``default``; ``seminorm``: Kidger et al.
+    #: 2021), the checkpoints of a checkpointed backprop (None: the library's default), the
+    #: first step rule or size, and the fixed steps of a fixed-step solver (None: adaptive).
+    adjoint_norm: str | None = None
+    checkpoints: int | None = None
+    first_step: str | None = None
+    fixed_steps: int | None = None
+    #: The registered backend name, the parameters the user set, and the effective value of
+    #: every parameter the backend declares (its full configuration).
+    backend_name: str = ""
+    backend_params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    backend_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: Gradient accuracy (:mod:`bench.core.gradients`): ||g - g_ref|| / ||g_ref|| and the cosine of
+    #: g and g_ref on the task's probe batch at the initial weights and after training
+    #: (``_final``), against a float64 dopri5 backpropagation at rtol = atol = 1e-12 in the
+    #: cell's framework; that reference's forward NFE and time (kept apart from the cell's).
+    grad_rel_error: float | None = None
+    grad_cosine: float | None = None
+    grad_rel_error_final: float | None = None
+    grad_cosine_final: float | None = None
+    grad_ref_nfe: float | None = None
+    grad_ref_time_s: float | None = None
+    grad_ref_final_nfe: float | None = None
+    grad_ref_final_time_s: float | None = None
+    #: The gradient study (``bench gradients``, no training): the weights' scale k, the NFE of
+    #: one gradient evaluation, its time (forward + backward, median, synchronised, after a
+    #: warm-up) and its backward pass's alone where the framework separates it (torch).
+    grad_scale: float | None = None
+    grad_nfe_forward: float | None = None
+    grad_nfe_backward: float | None = None
+    grad_time_s: float | None = None
+    grad_backward_time_s: float | None = None
+    notes: str = ""
+    finished_at: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), default=json_default, allow_nan=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ResultRow:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def flat(self) -> dict[str, Any]:
+        """The row as flat columns: ``metrics`` spread into their own columns."""
+        data = dataclasses.asdict(self)
+        data.pop("backend_params")  # in the backend label (and in backend_config)
+        config = data["backend_config"]
+        if isinstance(config, Mapping):  # a published CSV's row holds the text already
+            data["backend_config"] = ",".join(f"{k}={_show(v)}" for k, v in config.items())
+        for nested in ("metrics", "options"):
+            for key, value in data.pop(nested).items():
+                data.setdefault(key, value)
+        return data
+
+    @property
+    def metric(self) -> float | None:
+        return self.metrics.get(self.metric_name)
+
+
+def _show(value: Any) -> str:
+    from bench.core.options import format_value
+
+    return format_value(value)
+
+
+def json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} in a result row")
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,96 @@
+"""The entry point of a cell's own process (started by :class:`bench.engine.runner.Runner` with
+``spawn``): it ends with its parent, leaves a crash's Python stack in ``cell.log``, rebuilds the
+registry from the parent's plugin selection, runs the cell and sends its row back."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import faulthandler
+import multiprocessing
+import os
+import signal
+import threading
+import traceback
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from bench.core.registry import PluginSelection, Registry
+from bench.core.rows import now_iso
+from bench.engine.cell import base_row, run_cell
+from bench.engine.gradient_cell import gradient_setup, run_gradient_cell
+from bench.planning.backend_grid import configured_backend
+from bench.planning.cells import CellSpec
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Make this (cell) process end when its parent does, even by SIGKILL: the kernel's
+    parent-death signal where there is one (Linux), and a thread that exits the process when
+    the parent's sentinel closes (anywhere). No orphan cell outlives its run."""
+    parent = multiprocessing.parent_process()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the thread below does it
+        pass
+    if parent is None:
+        return
+    if os.getppid() != parent.pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        from multiprocessing.connection import wait
+
+        wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="bench-parent-watch", daemon=True).start()
+
+
+def cell_process_main(conn: Connection, spec: CellSpec, selection: PluginSelection,
+                      work_dir: str, max_memory_bytes: int | None,
+                      cpus: tuple[int, ...] = ()) -> None:
+    """Entry point of a cell's process; ``cpus``: the cores it is pinned to (``--jobs N``),
+    set before any framework starts a thread."""
+    die_with_parent()
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    # max_memory_bytes is enforced by the parent on the resident set (CellMonitor); an
+    # address-space limit (RLIMIT_AS) killed healthy torch cells, which reserve far more than
+    # they use
+    path = Path(work_dir)
+    log_file = open(path / "cell.log", "a")  # noqa: SIM115
+    # A crash (SIGSEGV, SIGABRT, ...) leaves the Python stack of every thread in cell.log.
+    faulthandler.enable(file=log_file, all_threads=True)
+
+    def log(message: str) -> None:
+        log_file.write(message + "\n")
+        log_file.flush()
+
+    def progress(step: int, n: int, loss: float) -> None:
+        conn.send(("progress", (step, n, loss)))
+
+    try:
+        registry = Registry.load(selection)
+        backend = configured_backend(registry, spec.choice)
+        suite = registry.suite(spec.suite)
+        gradients = gradient_setup(registry, backend, path.parent.parent / "gradient_reference")
+        if spec.mode == "gradients":
+            row = run_gradient_cell(spec, backend, suite, path, gradients, log=log)
+        else:
+            row = run_cell(spec, backend, suite, path, log=log, progress=progress,
+                           gradients=gradients)
+    except BaseException as exc:  # noqa: BLE001 - always answer the parent
+        with contextlib.suppress(OSError):
+            (path / "error.log").write_text(traceback.format_exc())
+        row = base_row(spec, None, None, "failed", f"{type(exc).__name__}: {exc}")
+    row = dataclasses.replace(row, finished_at=now_iso())
+    conn.send(("result", row))
+    conn.close()
+    faulthandler.disable()
+    log_file.close()

@@ -1,0 +1,214 @@
+"""The cells on a Dask cluster: ``bench run --scheduler tcp://HOST:PORT`` (a running one) or
+``--cluster local|slurm|pbs|sge|lsf`` (one started for the run: a ``LocalCluster``, or
+dask-jobqueue's, configured from Dask's own configuration file, e.g.
+``~/.config/dask/jobqueue.yaml``).
+
+Each Dask task runs one cell as its own fresh process on the worker
+(:func:`bench.engine.cell_watch.watch_cell`, as the parent does), so timeouts, the memory watchdog
+and
+the parent-death signal hold per cell; the row goes back to the parent, which appends it. A
+worker lost while running a cell gives the cell a ``failed`` row saying so (clusters started
+here fail it at once; a running scheduler may first retry it elsewhere, up to its
+``distributed.scheduler.allowed-failures``). Ctrl-C cancels the queued cells and sets a Dask
+``Event`` that the running ones check every second: they stop their cell process.
+
+Dask is imported only here, and only when asked for.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import functools
+import importlib
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bench.core.errors import BenchError
+from bench.core.registry import PluginSelection, Registry
+from bench.core.rows import ResultRow
+from bench.engine.cell import base_row
+from bench.engine.cell_watch import CellLimits, Slot, watch_cell
+from bench.engine.progress import ProgressView
+from bench.planning.backend_grid import configured_backend
+from bench.planning.cells import CellSpec
+
+INSTALL_HINT = "pip install 'neural-ode-bench[dask]'"
+#: --cluster name -> (module, class).
+CLUSTERS = {
+    "local": ("distributed", "LocalCluster"),
+    "slurm": ("dask_jobqueue", "SLURMCluster"),
+    "pbs": ("dask_jobqueue", "PBSCluster"),
+    "sge": ("dask_jobqueue", "SGECluster"),
+    "lsf": ("dask_jobqueue", "LSFCluster"),
+}
+#: The scheduler of a cluster started for a run: a worker lost while running a cell fails that
+#: cell (no retry on another worker), and a worker holds no more cells than its threads (a cell
+#: queued behind a long one on a busy worker would wait while another worker idles).
+SCHEDULER_CONFIG = {"distributed.scheduler.allowed-failures": 0,
+                    "distributed.scheduler.worker-saturation": 1.0}
+#: Seconds a stopped run waits for its running cells to stop before closing the client.
+STOP_WAIT_S = 30.0
+
+
+def _import(module: str, what: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise BenchError(f"{what} needs {module} ({exc}); install the Dask extra: "
+                         f"{INSTALL_HINT}") from None
+
+
+def require(cluster: str | None) -> None:
+    """Raise :class:`BenchError` with the install hint unless what ``--scheduler`` /
+    ``--cluster`` needs imports (checked before the run directory is made)."""
+    _import("distributed", "--scheduler/--cluster")
+    if cluster in CLUSTERS:
+        _import(CLUSTERS[cluster][0], f"--cluster {cluster}")
+
+
+def connect(scheduler: str | None, cluster: str | None, jobs: int) -> tuple[Any, Any]:
+    """(a Dask client, the cluster started for the run or None)."""
+    distributed = _import("distributed", "--scheduler/--cluster")
+    dask = _import("dask", "--scheduler/--cluster")
+    if scheduler:
+        try:
+            return distributed.Client(scheduler, timeout="30s"), None
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise BenchError(f"--scheduler {scheduler}: cannot reach the Dask scheduler "
+                             f"({type(exc).__name__}: {exc}); is it running, and is the address "
+                             "tcp://HOST:PORT?") from None
+    if cluster not in CLUSTERS:
+        raise BenchError(f"--cluster {cluster!r}: unknown; valid choices: "
+                         f"{', '.join(CLUSTERS)}")
+    module, name = CLUSTERS[cluster]
+    cls = getattr(_import(module, f"--cluster {cluster}"), name)
+    with dask.config.set(SCHEDULER_CONFIG):
+        try:
+            if cluster == "local":
+                started = cls(n_workers=jobs, threads_per_worker=1, processes=True,
+                              dashboard_address=None)
+            else:
+                started = cls()  # cores, memory, queue, ...: Dask's configuration file
+                started.scale(n=jobs)
+        except (ValueError, TypeError, OSError) as exc:
+            raise BenchError(
+                f"--cluster {cluster}: cannot start the cluster ({type(exc).__name__}: {exc}); "
+                "its settings come from Dask's configuration (e.g. ~/.config/dask/"
+                "jobqueue.yaml: see README, 'Running cells in parallel')") from None
+    return distributed.Client(started), started
+
+
+@functools.lru_cache(maxsize=4)
+def _registry(selection: PluginSelection) -> Registry:
+    return Registry.load(selection)
+
+
+def run_on_worker(spec: CellSpec, selection: PluginSelection, work_dir: str,
+                  limits: CellLimits, stop_name: str) -> ResultRow | None:
+    """A Dask task: one cell in its own process on this worker; None once the run was
+    stopped."""
+    from distributed import Event, get_worker
+
+    worker = get_worker()
+    registry = _registry(selection)
+    path = Path(work_dir)  # the parent's run directory: shared, or made here on the worker
+    path.mkdir(parents=True, exist_ok=True)
+    event = Event(stop_name)
+    if event.is_set():  # queued on this worker when the run was stopped
+        return None
+    checked = [time.monotonic(), False]
+
+    def stopped() -> bool:  # a round trip to the scheduler: once a second
+        if time.monotonic() - checked[0] >= 1.0:
+            checked[0] = time.monotonic()
+            checked[1] = bool(event.is_set())
+        return bool(checked[1])
+
+    return watch_cell(spec, configured_backend(registry, spec.choice), registry.suite(spec.suite),
+                      selection, path, limits, Slot(worker=worker.address),
+                      name="bench-cell", stopped=stopped)
+
+
+class DaskPool:
+    """Cells as Dask tasks; futures mirrored as :class:`concurrent.futures.Future`."""
+
+    def __init__(self, runner: Any, client: Any, cluster: Any, jobs: int, device: str):
+        from distributed import Event
+
+        self.runner, self.client, self.cluster = runner, client, cluster
+        self.jobs = jobs
+        self.stop_name = f"bench-stop-{uuid.uuid4().hex}"
+        self._event = Event(self.stop_name, client=client)
+        self._tasks: list[Any] = []
+        workers = client.scheduler_info().get("workers", {}).values()
+        gpu_workers = any("GPU" in (w.get("resources") or {}) for w in workers)
+        #: one cell per GPU where the workers declare GPUs (dask worker --resources GPU=1)
+        self.resources = {"GPU": 1} if device in ("cuda", "auto") and gpu_workers else None
+
+    @classmethod
+    def start(cls, runner: Any, options: Any, device: str) -> DaskPool:
+        client, cluster = connect(options.scheduler, options.cluster, options.jobs)
+        workers = len(client.scheduler_info().get("workers", {}))
+        runner.echo(f"dask: scheduler {client.scheduler.address}, {workers} worker(s) now"
+                    + (f", cluster {options.cluster}" if options.cluster else ""))
+        return cls(runner, client, cluster, max(options.jobs, workers, 1), device)
+
+    def submit(self, spec: CellSpec, view: ProgressView) -> cf.Future:
+        mirror: cf.Future = cf.Future()
+        task = self.client.submit(
+            run_on_worker, spec, self.runner.selection,
+            str(self.runner.run_dir.cell_dir(spec.cell_id)), self.runner.limits,
+            self.stop_name, pure=False, resources=self.resources,
+            key=f"bench-cell-{uuid.uuid4().hex[:8]}-{spec.cell_id}")
+        self._tasks.append(task)
+        view.started(spec.cell_id, "dask: queued or running")
+
+        def done(task: Any) -> None:
+            if task.status == "cancelled":
+                mirror.cancel()
+                mirror.set_running_or_notify_cancel()
+                return
+            try:
+                mirror.set_result(task.result())
+            except BaseException as exc:  # noqa: BLE001 - the parent turns it into a row
+                mirror.set_exception(exc)
+
+        task.add_done_callback(done)
+        return mirror
+
+    def failure(self, spec: CellSpec, exc: BaseException) -> ResultRow:
+        def failed_row(runner: Any, spec: CellSpec, reason: str) -> ResultRow:
+            registry = runner.registry
+            backend = configured_backend(registry, spec.choice)
+            return base_row(spec, backend, registry.suite(spec.suite), "failed", reason)
+
+        if type(exc).__name__ == "KilledWorker":
+            last = getattr(exc, "last_worker", None)
+            where = getattr(last, "address", None) or "its worker"
+            return failed_row(self.runner, spec, f"the Dask worker running the cell ({where}) "
+                              "was lost (killed, out of memory or its machine gone); its cell "
+                              f"process died with it ({type(exc).__name__})")
+        return failed_row(self.runner, spec, f"the Dask task failed: {type(exc).__name__}: "
+                          f"{exc}")
+
+    def stop(self) -> None:
+        """Cancel the queued cells; tell the running ones to stop, and wait for them."""
+        self._event.set()
+        running = [t for t in self._tasks if not t.done()]
+        deadline = time.monotonic() + STOP_WAIT_S
+        while running and time.monotonic() < deadline:
+            processing = {k for keys in self.client.processing().values() for k in keys}
+            queued = [t for t in running if t.key not in processing]
+            if queued:
+                self.client.cancel(queued)
+            time.sleep(0.2)
+            running = [t for t in running if not t.done()]
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        finally:
+            if self.cluster is not None:
+                self.cluster.close()

@@ -1,0 +1,245 @@
+"""Turn run directories into tables: markdown, CSV (all columns, raw units) or LaTeX."""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from bench.core.errors import BenchError, UnknownNameError
+from bench.planning.concurrency import concurrency_warning
+from bench.reports.compare import options_text
+from bench.store.results import load_run
+
+FORMATS = ("markdown", "csv", "latex", "html")
+#: Columns of the human-readable tables (CSV keeps every column). The metric columns of the run's
+#: suites are inserted after ``status``.
+TABLE_COLUMNS = (
+    "suite", "backend", "gradient_method", "solver", "rtol", "atol", "device", "budget", "seed",
+    "status", "nfe_forward", "nfe_backward", "train_step_time_s", "compile_time_s", "eval_time_s",
+    "peak_memory_mib", "peak_memory_method", "saved_for_backward_mib", "grad_rel_error",
+    "grad_cosine", "grad_rel_error_final", "grad_cosine_final", "params", "host_load_1m",
+    "concurrent_cells", "timing_warning", "error",
+)
+#: Default columns of ``--format latex`` (a paper's table): the metric columns of the run's
+#: suites are inserted after ``gradient_method``. ``--columns`` picks others.
+LATEX_COLUMNS = (
+    "suite", "backend", "gradient_method", "nfe_forward", "nfe_backward", "train_step_time_s",
+    "peak_memory_mib",
+)
+COMPARE_KEYS = ("suite", "backend", "budget", "seed")
+COMPARE_VALUES = ("status", "nfe_forward", "nfe_backward", "train_step_time_s", "peak_memory_mib")
+MIB = 1024 * 1024
+
+
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    """Every suite metric present: the headline metric of each suite first."""
+    if frame.empty:
+        return []
+    names = [n for n in dict.fromkeys(frame["metric_name"].dropna()) if n and n in frame.columns]
+    return names
+
+
+def option_columns(frame: pd.DataFrame) -> list[str]:
+    """The suite options that identify cells (``key=value`` after the device in ``cell_id``, e.g.
+    cnf's ``dataset``), in order of appearance, where the frame has them as columns: rows that
+    differ only by an option stay apart in a readable table."""
+    if frame.empty or "cell_id" not in frame.columns:
+        return []
+    keys: dict[str, None] = {}
+    for cell_id in frame["cell_id"].dropna().astype(str):
+        for part in options_text(cell_id).replace("/", ",").split(","):
+            key, sep, _ = part.partition("=")
+            if sep and key in frame.columns:
+                keys[key] = None
+    return list(keys)
+
+
+def table_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The columns of a readable table, memory in MiB (names say so)."""
+    frame = frame.copy()
+    frame["peak_memory_mib"] = frame["peak_memory_bytes"].astype("float64") / MIB
+    frame["saved_for_backward_mib"] = frame["saved_for_backward_bytes"].astype("float64") / MIB
+    columns = list(TABLE_COLUMNS)
+    at = columns.index("status") + 1
+    columns[at:at] = metric_columns(frame)
+    at = columns.index("budget") + 1
+    columns[at:at] = [c for c in option_columns(frame) if c not in columns]
+    frame["error"] = frame["error"].fillna("").map(lambda e: e.splitlines()[0][:80] if e else "")
+    columns = [c for c in columns if c in frame.columns and not _all_missing(frame[c])]
+    return frame[columns]
+
+
+def _all_missing(column: pd.Series) -> bool:
+    return bool(column.isna().all() or (column.astype(str) == "").all())
+
+
+def render(frame: pd.DataFrame, fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise UnknownNameError("report format", fmt, FORMATS)
+    if fmt == "csv":
+        return frame.to_csv(index=False)
+    cells = [[format_value(v) for v in row] for row in frame.itertuples(index=False)]
+    header = [str(c) for c in frame.columns]
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
+        return "\n".join(lines) + "\n"
+    align = "".join("r" if _numeric(frame[c]) else "l" for c in frame.columns)
+    lines = [
+        "\\begin{tabular}{" + align + "}  % booktabs: \\usepackage{booktabs}",
+        "\\toprule",
+        " & ".join(_latex(h) for h in header) + " \\\\",
+        "\\midrule",
+        *(" & ".join(_latex(c) for c in row) + " \\\\" for row in cells),
+        "\\bottomrule",
+        "\\end{tabular}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _numeric(column: pd.Series) -> bool:
+    return bool(pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column))
+
+
+def select_columns(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """``frame`` with only ``columns``, in that order; an unknown one raises with the choices."""
+    for column in columns:
+        if column not in frame.columns:
+            raise UnknownNameError("column", column, list(frame.columns))
+    return frame[list(dict.fromkeys(columns))]
+
+
+def latex_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The paper columns of a run (:data:`LATEX_COLUMNS`, the suites' metrics after the
+    gradient method) that hold any value."""
+    table = table_frame(frame)
+    columns = list(LATEX_COLUMNS)
+    at = columns.index("gradient_method") + 1
+    columns[at:at] = metric_columns(frame)
+    return table[[c for c in columns if c in table.columns]]
+
+
+def format_value(value: Any) -> str:
+    """A table cell's text: missing as '-', whole floats without a fraction, else 4 digits."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        if value.is_integer() and abs(value) < 1e15:
+            return str(int(value))
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _latex(text: str) -> str:
+    for char in ("\\", "&", "%", "$", "#", "_", "{", "}"):
+        text = text.replace(char, "\\" + char if char != "\\" else "\\textbackslash{}")
+    return text
+
+
+def report(run_dirs: Sequence[str], fmt: str = "markdown",
+           columns: Sequence[str] | None = None) -> str:
+    """One run: its table (CSV: every column; LaTeX: the paper columns). Two runs: side by side,
+    with ratios B/A. ``columns`` picks the columns (an unknown one raises with the choices)."""
+    if fmt not in FORMATS:
+        raise UnknownNameError("report format", fmt, FORMATS)
+    if fmt == "html":
+        raise BenchError("--format html is a page: see bench.reports.html_report.report_page")
+    if len(run_dirs) == 1:
+        frame = load_run(run_dirs[0])
+        _warn_concurrency({run_dirs[0]: frame})
+        if frame.empty and fmt != "csv":
+            return f"no rows in {run_dirs[0]} (no cell has finished there yet)\n"
+        if columns:
+            table = frame if fmt == "csv" else table_frame(frame)
+            if fmt != "csv":  # a column left out of the readable table may still be asked for
+                table = pd.concat([table, frame.drop(columns=[c for c in frame.columns
+                                                              if c in table.columns])], axis=1)
+            table = select_columns(table, columns)
+        elif fmt == "latex":
+            table = latex_frame(frame)
+        else:
+            table = frame if fmt == "csv" else table_frame(frame)
+        return render(table, fmt)
+    if len(run_dirs) != 2:
+        raise BenchError("bench report takes one run directory, or two to compare")
+    a, b = load_run(run_dirs[0]), load_run(run_dirs[1])
+    _warn_concurrency({run_dirs[0]: a, run_dirs[1]: b})
+    for path, frame in ((run_dirs[0], a), (run_dirs[1], b)):
+        if frame.empty:
+            raise BenchError(f"nothing to compare: no rows in {path}")
+    if not _shared_cells(a, b):
+        raise BenchError(
+            f"nothing to compare: no cell of {run_dirs[0]} matches one of {run_dirs[1]} on "
+            f"{', '.join(COMPARE_KEYS)}. They differ in: {describe_difference(a, b)}"
+        )
+    table = compare_frame(a, b)
+    return render(select_columns(table, columns) if columns else table, fmt)
+
+
+def _warn_concurrency(frames: dict[str, pd.DataFrame]) -> None:
+    """On stderr (the table stays clean): timings measured at different concurrency."""
+    groups = {name: [_Row(r) for r in frame.to_dict("records")] if "concurrent_cells" in frame
+              else [] for name, frame in frames.items()}
+    message = concurrency_warning(groups)
+    if message:
+        print(message, file=sys.stderr, flush=True)
+
+
+class _Row:
+    """A table row as the attributes :func:`concurrency_warning` reads (missing: None)."""
+
+    def __init__(self, record: dict[str, Any]):
+        value = record.get("concurrent_cells")
+        self.status = record.get("status")
+        self.concurrent_cells = None if value is None or pd.isna(value) else int(value)
+
+
+def _shared_cells(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    keys = list(COMPARE_KEYS)
+    return not a[keys].merge(b[keys], on=keys, how="inner").empty
+
+
+def describe_difference(a: pd.DataFrame, b: pd.DataFrame) -> str:
+    """The compare keys whose values differ between two runs: ``budget A: quick; B: smoke``."""
+    parts = []
+    for key in COMPARE_KEYS:
+        values_a = sorted({str(v) for v in a[key]})
+        values_b = sorted({str(v) for v in b[key]})
+        if values_a != values_b:
+            parts.append(f"{key}s A: {', '.join(values_a)}; B: {', '.join(values_b)}")
+    return " | ".join(parts) or "nothing (no shared cell)"
+
+
+def compare_frame(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """Cells of two runs side by side (outer join on suite, backend, budget, seed)."""
+    metrics = metric_columns_of(a, b)
+    a, b = table_frame(a), table_frame(b)
+    values = [c for c in (*metrics, *COMPARE_VALUES) if c in a or c in b]
+    for frame in (a, b):
+        for column in values:
+            if column not in frame:
+                frame[column] = float("nan")
+    merged = a[[*COMPARE_KEYS, *values]].merge(
+        b[[*COMPARE_KEYS, *values]], on=list(COMPARE_KEYS), how="outer", suffixes=("_a", "_b")
+    )
+    for column in ("train_step_time_s", "peak_memory_mib"):
+        merged[f"{column}_ratio_b_a"] = merged[f"{column}_b"] / merged[f"{column}_a"]
+    ordered = list(COMPARE_KEYS)
+    for column in values:
+        ordered += [f"{column}_a", f"{column}_b"]
+        if f"{column}_ratio_b_a" in merged:
+            ordered.append(f"{column}_ratio_b_a")
+    return merged[ordered]
+
+
+def metric_columns_of(*frames: pd.DataFrame) -> list[str]:
+    names: list[str] = []
+    for frame in frames:
+        names += [n for n in metric_columns(frame) if n not in names]
+    return names
