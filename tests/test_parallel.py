@@ -22,7 +22,7 @@ from bench.core.errors import BenchError
 from bench.core.registry import Registry
 from bench.core.rows import ResultRow
 from bench.engine.cell_watch import CellLimits, Slot
-from bench.engine.parallel import LocalPool, run_cells
+from bench.engine.parallel import LocalPool
 from bench.engine.progress import ProgressView
 from bench.engine.runner import Runner
 from bench.planning.concurrency import HostCells, concurrency_warning, plan_slots, usable_cores
@@ -119,7 +119,7 @@ def test_a_slots_gpu_reaches_its_cell(fault_registry, tmp_path, monkeypatch):
     runner = Runner(fault_registry, FAULTS, RunDirectory.create(tmp_path / "run"),
                     threads=1, echo=lambda m: None)
     cells = expand(fault_registry, ["env"], ["numpy-plain"], "smoke", [0], "cpu")
-    (row,) = run_cells(runner, LocalPool(runner, [Slot(0, (), "1", "local/0")]), cells)
+    (row,) = runner.run(cells, pool=LocalPool(runner, [Slot(0, (), "1", "local/0")]))
     assert _notes(row)["CUDA_VISIBLE_DEVICES"] == "1"
 
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"  # the parent's own is restored
@@ -131,7 +131,7 @@ def test_rows_come_back_in_completion_order_and_limits_hold_per_cell(fake_regist
     cells = expand(fake_registry, ["linear", "picky"], ["numpy-hang", "numpy-euler"], "smoke",
                    [0], "cpu")
     pool = LocalPool(runner, [Slot(0, worker="local/0"), Slot(1, worker="local/1")])
-    rows = run_cells(runner, pool, cells)
+    rows = runner.run(cells, pool=pool)
     saved = [json.loads(line) for line in (tmp_path / "run" / "rows.jsonl").read_text()
              .splitlines()]
     assert [(r["suite"], r["backend"], r["status"]) for r in saved] == [

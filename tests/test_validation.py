@@ -243,7 +243,7 @@ def test_missing_mnist_is_one_whole_message_before_any_cell(monkeypatch, no_mnis
     monkeypatch.setattr(cli, "_selection", lambda: BUILTINS)
     out = tmp_path / "run"
     started = []
-    monkeypatch.setattr("bench.engine.runner.Runner._run_one", lambda *a: started.append(a))
+    monkeypatch.setattr("bench.engine.parallel.LocalPool.submit", lambda *a: started.append(a))
     code = cli.main(["run", "--suite", "mnist", "--plugins", "torch-direct,rknet", "--budget",
                      "smoke", "--out", str(out)])
     err = capsys.readouterr().err

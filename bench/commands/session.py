@@ -1,11 +1,12 @@
-"""The run session (application layer): one :class:`~bench.planning.request.RunRequest` carried out.
+"""The run session: one :class:`~bench.planning.request.RunRequest` carried out.
 
 A :class:`RunSession` starts (or, with ``resume``, reopens) and locks the run directory, records
-its configuration, invocations and environment, runs the cells (:class:`bench.engine.runner.Runner`,
-one process each), and writes what a run leaves behind: the table (``report.md``) and the plots
-of ``bench run``, or the measurements, slope fits and plot of ``bench memory``. It prints only
-progress and warnings (through ``echo``, stderr by default); the outcome goes back to the caller
-(:mod:`bench.cli.main`), which prints it.
+its configuration, invocations and environment, runs the cells through the engine
+(:class:`bench.engine.runner.Runner`, one process each, in the pool the request asks for), and
+writes what a run leaves behind: the table (``report.md``) and the plots of ``bench run``, or the
+measurements, slope fits and plot of ``bench memory``. It prints only progress and warnings
+(through ``echo``, stderr by default); the outcome goes back to the caller (:mod:`bench.cli.main`),
+which prints it.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from bench.core.registry import PluginSelection, Registry
 from bench.core.rows import ResultRow, now_iso
 from bench.engine.environment import capture_environment
 from bench.engine.parallel import ParallelOptions, make_pool
-from bench.engine.parallel import run_cells as run_parallel
 from bench.engine.runner import Runner
 from bench.planning.concurrency import concurrency_warning
 from bench.planning.request import RunRequest
 from bench.reports.plots import plot_run
 from bench.reports.report import render, table_frame
+from bench.store.files import atomic_write_text
+from bench.store.formats import csv_text
 from bench.store.results import RunDirectory, rows_to_frame
 from bench.studies.memory import plot_scaling, scaling_table
 from bench.studies.work_precision import plot_work_precision
@@ -135,12 +137,9 @@ class RunSession:
         options = ParallelOptions(self.request.jobs, self.request.scheduler,
                                   self.request.cluster)
         try:
-            if options.sequential:
-                runner.run(cells, resume=self.request.resume)
-            else:
-                pool = make_pool(runner, options, self.request.threads, self.request.device)
-                live = self.echo is _stderr and sys.stderr.isatty()
-                run_parallel(runner, pool, cells, resume=self.request.resume, live=live)
+            pool = make_pool(runner, options, self.request.threads, self.request.device)
+            live = self.echo is _stderr and sys.stderr.isatty()
+            runner.run(cells, resume=self.request.resume, pool=pool, live=live)
         except KeyboardInterrupt:
             return RunOutcome(run_dir, interrupted=True)
         finally:
@@ -162,7 +161,7 @@ class RunSession:
         path = outcome.run_dir.path
         table = render(table_frame(rows_to_frame(outcome.rows)), "markdown")
         try:
-            (path / "report.md").write_text(table)
+            atomic_write_text(path / "report.md", table)
         except OSError as exc:  # the rows are saved (or printed); the caller shows the table
             self.echo(f"warning: could not write {path / 'report.md'}: {exc}")
         warnings = timing_warnings(outcome.rows)
@@ -187,13 +186,13 @@ class RunSession:
             return outcome
         path = outcome.run_dir.path
         frame = rows_to_frame(outcome.rows)
-        frame.to_csv(path / "memory_measurements.csv", index=False)
+        atomic_write_text(path / "memory_measurements.csv", csv_text(frame))
         claims = {cell.backend_label: self.registry.backends[cell.backend].memory_claim
                   for cell in self.request.cells}
         table = scaling_table(frame, {k: v for k, v in claims.items() if v})
-        table.to_csv(path / "memory_scaling.csv", index=False)
+        atomic_write_text(path / "memory_scaling.csv", csv_text(table))
         text = render(table, "markdown") if not table.empty else "(no successful measurements)\n"
-        (path / "memory_scaling.md").write_text(text)
+        atomic_write_text(path / "memory_scaling.md", text)
         if not table.empty:
             plot_scaling(frame, str(path / "memory_scaling.png"),
                          f"training memory vs solver steps ({self.request.device})")

@@ -4,10 +4,69 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import enum
 import json
+import math
+import numbers
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+
+class _TextEnum(str, enum.Enum):
+    """An enumeration whose members are the text the tables print (``str(member)`` and
+    ``f"{member}"`` give the value on every Python version), equal to that text."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class Status(_TextEnum):
+    """How a cell ended: the row's ``status`` column."""
+
+    #: Trained and evaluated; every measured column is filled.
+    OK = "ok"
+    #: An exception, a crash, the memory limit or a row that could not be recorded: ``error``
+    #: says which.
+    FAILED = "failed"
+    #: The cell exceeded ``--timeout`` and was stopped.
+    TIMEOUT = "timeout"
+    #: The training loss became non-finite.
+    DIVERGED = "diverged"
+    #: The backend/suite pair cannot run (a missing extra, a model the suite does not have): a
+    #: reported outcome, not a failure.
+    UNSUPPORTED = "unsupported"
+
+
+class GradientMethod(_TextEnum):
+    """How a backend computes gradients: the row's ``gradient_method`` column. A backend
+    declares one of these (an unknown one is refused when the plugin registers it)."""
+
+    #: Backpropagation through every operation of the solver (memory O(steps)).
+    BACKPROP = "backprop"
+    #: The continuous adjoint: a reverse-time solve of the adjoint ODE (memory O(1) in steps).
+    ADJOINT = "adjoint"
+    #: Backpropagation through the solver with (binomial) checkpointing of the forward states.
+    RECURSIVE_CHECKPOINT = "recursive-checkpoint"
+    #: Forward sensitivities integrated alongside the state.
+    FORWARD_SENSITIVITY = "forward-sensitivity"
+    #: An algebraically reversible solver that reconstructs the forward states backwards.
+    REVERSIBLE = "reversible"
+    #: The adaptive checkpoint adjoint (one saved state per accepted step).
+    CHECKPOINT_ADJOINT = "checkpoint-adjoint"
+
+    @classmethod
+    def parse(cls, value: object, owner: str) -> GradientMethod:
+        """``value`` as a member; an unknown one raises ``ValueError`` naming ``owner`` and the
+        valid values."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"{owner}: gradient_method {value!r} is not one of "
+                             f"{', '.join(m.value for m in cls)}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +84,7 @@ class ResultRow:
     device: str
     seed: int
     budget: str
-    status: str
+    status: Status
     error: str = ""
     #: The suite's headline metric name (also a key of ``metrics``) and whether lower is better.
     metric_name: str = ""
@@ -126,6 +185,10 @@ class ResultRow:
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), default=json_default, allow_nan=True)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.status, Status):  # from JSON or CSV: the text; unknown raises
+            object.__setattr__(self, "status", Status(self.status))
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ResultRow:
         known = {f.name for f in dataclasses.fields(cls)}
@@ -152,6 +215,31 @@ def _show(value: Any) -> str:
     from bench.core.options import format_value
 
     return format_value(value)
+
+
+def metric_problem(metrics: Any) -> str:
+    """Why ``metrics`` are not a row's metrics ('' when they are): a mapping of names to finite
+    real numbers (numpy's scalars included; ``bool``, arrays, sets and text are not)."""
+    if not isinstance(metrics, Mapping):
+        return f"metrics are not a mapping of names to numbers: {metrics!r:.200}"
+    for name, value in metrics.items():
+        if not isinstance(name, str):
+            return f"metric name {name!r:.80} is not a string"
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return f"metric {name} is not a finite number: {value!r:.200}"
+        if not math.isfinite(float(value)):
+            return f"metric {name} is not a finite number: {value!r}"
+    return ""
+
+
+def finite_metrics(metrics: Any) -> dict[str, float]:
+    """The metrics of ``metrics`` that are finite real numbers, as floats (the others left
+    out); empty when it is not a mapping."""
+    if not isinstance(metrics, Mapping):
+        return {}
+    return {name: float(value) for name, value in metrics.items()
+            if isinstance(name, str) and not isinstance(value, bool)
+            and isinstance(value, numbers.Real) and math.isfinite(float(value))}
 
 
 def json_default(obj: Any) -> Any:

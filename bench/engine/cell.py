@@ -36,12 +36,13 @@ from bench.core.interfaces import (
     solver_settings,
 )
 from bench.core.measure import mean_or_none, median_or_none
-from bench.core.rows import ResultRow, now_iso
+from bench.core.rows import ResultRow, Status, metric_problem, now_iso
 from bench.planning.cells import CellSpec
+from bench.store.files import atomic_write_text
 
 
 def base_row(spec: CellSpec, backend: AbstractBackend | None, suite: AbstractSuite | None,
-             status: str, error: str = "", **fields: Any) -> ResultRow:
+             status: Status, error: str = "", **fields: Any) -> ResultRow:
     """A row with the identifying columns filled in."""
     return ResultRow(
         cell_id=spec.cell_id,
@@ -117,6 +118,10 @@ class _Diverged(Exception):
     pass
 
 
+class _BadMetric(Exception):
+    """An evaluation returned a metric that is not a finite number (the message says which)."""
+
+
 def timed_step(task: Any, backend: AbstractBackend, device: str, step: int
                ) -> tuple[StepStats, float]:
     """One training step as the harness measures it: synchronised before both clock readings;
@@ -140,7 +145,7 @@ def run_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite, wor
     try:
         device = backend.resolve_device(spec.device)
     except BenchError as exc:
-        return base_row(spec, backend, suite, "unsupported", str(exc))
+        return base_row(spec, backend, suite, Status.UNSUPPORTED, str(exc))
     fields: dict[str, Any] = {"device": device}
     try:
         fields["device_name"] = backend.device_name(device)
@@ -156,12 +161,14 @@ def run_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite, wor
         status, error = _train_and_evaluate(
             task, backend, device, work_dir, fields, progress,
             lambda: measure_final_gradients(task, backend, gradients, device, fields))
-        if status == "ok":  # after every other figure: nothing here can change one
+        if status == Status.OK:  # after every other figure: nothing here can change one
             measure_initial_gradients(lambda: suite.build_task(ctx), backend, gradients,
                                       gradient_key(spec, backend, suite), device, fields)
+    except _BadMetric as exc:
+        status, error = Status.FAILED, str(exc)
     except Exception as exc:  # the row keeps what was measured before the failure
-        (work_dir / "error.log").write_text(traceback.format_exc())
-        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        atomic_write_text(work_dir / "error.log", traceback.format_exc())
+        status, error = Status.FAILED, f"{type(exc).__name__}: {exc}"
     fields["total_time_s"] = time.perf_counter() - started
     return base_row(spec, backend, suite, status, error, **fields)
 
@@ -179,7 +186,7 @@ def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_d
     times: list[float] = []
     evals: list[dict[str, Any]] = []
     train_clock = 0.0
-    status, error = "ok", ""
+    status, error = Status.OK, ""
 
     def evaluate(step: int, final: bool) -> tuple[Evaluation, float]:
         backend.synchronize(device)
@@ -190,6 +197,9 @@ def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_d
         result = task.evaluate(final=final)
         backend.synchronize(device)
         seconds = time.perf_counter() - t1
+        problem = metric_problem(result.metrics)
+        if problem:  # a metric is a finite number, or the cell has failed
+            raise _BadMetric(problem)
         evals.append({"step": step, "train_time_s": train_clock, "eval_time_s": seconds,
                       "eval_prepare_time_s": t1 - t0, "final": final, **dict(result.metrics)})
         return result, seconds
@@ -211,20 +221,20 @@ def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_d
             if task.eval_every and (step + 1) % task.eval_every == 0 and step + 1 < n_steps:
                 evaluate(step + 1, final=False)
     except _Diverged as exc:
-        status, error = "diverged", str(exc)
+        status, error = Status.DIVERGED, str(exc)
     finally:
         _fill_training_fields(fields, stats, times)
         trace = {"steps": [{"step": i, "time_s": t, **dataclasses.asdict(s)}
                            for i, (s, t) in enumerate(zip(stats, times, strict=False))],
                  "evaluations": evals}
-        (work_dir / "trace.json").write_text(json.dumps(trace, default=float))
-    if status == "ok":
+        atomic_write_text(work_dir / "trace.json", json.dumps(trace, default=float))
+    if status == Status.OK:
         result, seconds = evaluate(n_steps, final=True)
         fields["eval_time_s"] = seconds
         fields["metrics"] = {**fields.get("metrics", {}), **result.metrics}
         fields["notes"] = result.notes
         trace["evaluations"] = evals
-        (work_dir / "trace.json").write_text(json.dumps(trace, default=float))
+        atomic_write_text(work_dir / "trace.json", json.dumps(trace, default=float))
         task.finish(work_dir, trace)
         if after_evaluation is not None:  # untimed, at the evaluated weights (gradient probe)
             after_evaluation()

@@ -16,11 +16,12 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from bench.core.registry import PluginSelection, Registry
-from bench.core.rows import now_iso
+from bench.core.rows import Status, now_iso
 from bench.engine.cell import base_row, run_cell
 from bench.engine.gradient_cell import gradient_setup, run_gradient_cell
 from bench.planning.backend_grid import configured_backend
 from bench.planning.cells import CellSpec
+from bench.store.files import atomic_write_text, open_append
 
 PR_SET_PDEATHSIG = 1
 
@@ -57,6 +58,8 @@ def cell_process_main(conn: Connection, spec: CellSpec, selection: PluginSelecti
     """Entry point of a cell's process; ``cpus``: the cores it is pinned to (``--jobs N``),
     set before any framework starts a thread."""
     die_with_parent()
+    with contextlib.suppress(OSError):  # its own process group: the cell's children end with it
+        os.setsid()
     if cpus:
         os.sched_setaffinity(0, cpus)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
@@ -64,7 +67,7 @@ def cell_process_main(conn: Connection, spec: CellSpec, selection: PluginSelecti
     # address-space limit (RLIMIT_AS) killed healthy torch cells, which reserve far more than
     # they use
     path = Path(work_dir)
-    log_file = open(path / "cell.log", "a")  # noqa: SIM115
+    log_file = open_append(path / "cell.log")  # never through a link
     # A crash (SIGSEGV, SIGABRT, ...) leaves the Python stack of every thread in cell.log.
     faulthandler.enable(file=log_file, all_threads=True)
 
@@ -87,8 +90,8 @@ def cell_process_main(conn: Connection, spec: CellSpec, selection: PluginSelecti
                            gradients=gradients)
     except BaseException as exc:  # noqa: BLE001 - always answer the parent
         with contextlib.suppress(OSError):
-            (path / "error.log").write_text(traceback.format_exc())
-        row = base_row(spec, None, None, "failed", f"{type(exc).__name__}: {exc}")
+            atomic_write_text(path / "error.log", traceback.format_exc())
+        row = base_row(spec, None, None, Status.FAILED, f"{type(exc).__name__}: {exc}")
     row = dataclasses.replace(row, finished_at=now_iso())
     conn.send(("result", row))
     conn.close()

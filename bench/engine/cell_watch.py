@@ -4,8 +4,9 @@
 the thread that started it, see :func:`bench.engine.cell_process.die_with_parent`), pinned to its
 :class:`Slot` (CPU cores, a GPU) when it has one, and watches it: the result, its resident memory
 against ``--max-memory-mb``, its time against ``--timeout``, the host's load, and how many cells
-of the run run on this host at once. The sequential runner, the ``--jobs N`` threads and the
-Dask workers all run a cell through it, so limits and clean-up hold per cell in every engine.
+of the run run on this host at once. The local slots (one for a serial run, N for ``--jobs N``)
+and the Dask workers all run a cell through it, so limits and clean-up hold per cell in every
+pool.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 from bench.core.interfaces import AbstractBackend, AbstractSuite
 from bench.core.measure import cpu_count
 from bench.core.registry import PluginSelection
-from bench.core.rows import ResultRow
+from bench.core.rows import ResultRow, Status
 from bench.engine.cell import base_row
 from bench.engine.cell_process import cell_process_main
 from bench.engine.monitor import CellMonitor, timing_warning, trace_step_times
@@ -111,7 +112,7 @@ def watch_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite,
                 if resident is not None:
                     _stop(proc)
                     limit_mb = limits.max_memory_bytes / 2**20  # type: ignore[operator]
-                    return finish(base_row(spec, backend, suite, "failed",
+                    return finish(base_row(spec, backend, suite, Status.FAILED,
                                            f"exceeded --max-memory-mb {limit_mb:g} (resident "
                                            f"{resident / 2**20:.0f} MiB); the cell was stopped"))
                 if parent_conn.poll(period):
@@ -119,7 +120,7 @@ def watch_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite,
                         kind, payload = parent_conn.recv()
                     except EOFError:
                         proc.join(5)
-                        return finish(base_row(spec, backend, suite, "failed",
+                        return finish(base_row(spec, backend, suite, Status.FAILED,
                                                exit_reason(proc, work_dir)))
                     if kind == "result":
                         monitor.sample_load(force=True)
@@ -132,15 +133,16 @@ def watch_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite,
                 if not proc.is_alive():
                     if parent_conn.poll(0):  # a result sent just before exiting
                         continue
-                    return finish(base_row(spec, backend, suite, "failed",
+                    return finish(base_row(spec, backend, suite, Status.FAILED,
                                            exit_reason(proc, work_dir)))
                 if deadline is not None and time.monotonic() > deadline:
                     _stop(proc)
-                    return finish(base_row(spec, backend, suite, "timeout",
+                    return finish(base_row(spec, backend, suite, Status.TIMEOUT,
                                            f"cell exceeded the timeout of {limits.timeout_s:g} s"))
     finally:
         if proc.is_alive():  # Ctrl-C, a stop or any other exit path: no orphan cell
             _stop(proc)
+        end_process_group(proc.pid)  # and none of its children (it leads its own group)
         parent_conn.close()
 
 
@@ -151,7 +153,7 @@ def _with_timing_check(row: ResultRow, monitor: CellMonitor, work_dir: Path, lim
     cells of the run on this host count as load: a cell pinned to its own cores is flagged
     only when they spill onto its cores' share."""
     other, cell = monitor.load()
-    if row.status != "ok":
+    if row.status != Status.OK:
         return dataclasses.replace(row, host_busy_cores_other=other)
     times, evaluations = trace_step_times(work_dir)
     cores = len(slot.cpus) if slot.cpus else cpu_count()
@@ -205,6 +207,15 @@ def _may_have_children() -> Iterator[None]:
     finally:
         if daemon:
             config["daemon"] = daemon
+
+
+def end_process_group(pgid: int | None) -> None:
+    """Kill what is left of the cell's process group (the processes its cell started: data
+    loaders, compilers, a library's helpers), whether the cell ended well or not."""
+    if not pgid:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def _stop(proc: Any) -> None:

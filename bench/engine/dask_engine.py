@@ -18,17 +18,21 @@ Dask is imported only here, and only when asked for.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import functools
 import importlib
+import shutil
+import socket
 import time
+import urllib.parse
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from bench.core.errors import BenchError
 from bench.core.registry import PluginSelection, Registry
 from bench.core.rows import ResultRow
-from bench.engine.cell import base_row
 from bench.engine.cell_watch import CellLimits, Slot, watch_cell
 from bench.engine.progress import ProgressView
 from bench.planning.backend_grid import configured_backend
@@ -50,6 +54,18 @@ SCHEDULER_CONFIG = {"distributed.scheduler.allowed-failures": 0,
                     "distributed.scheduler.worker-saturation": 1.0}
 #: Seconds a stopped run waits for its running cells to stop before closing the client.
 STOP_WAIT_S = 30.0
+#: The batch system's command each dask-jobqueue cluster submits its worker jobs with: without
+#: it on PATH the submissions fail in the background and the run would wait for ever.
+SUBMIT_COMMANDS = {"slurm": "sbatch", "pbs": "qsub", "sge": "qsub", "lsf": "bsub"}
+#: Seconds the cluster started for a run (or a running scheduler) may take to give its first
+#: worker (``--cluster-timeout``); a batch queue can be slow, so minutes, not seconds. Set for
+#: one run with :func:`cluster_timeout`, or in Dask's configuration as ``bench.cluster-timeout``.
+DEFAULT_CLUSTER_TIMEOUT_S = 300.0
+CLUSTER_TIMEOUT_KEY = "bench.cluster-timeout"
+#: Seconds the TCP check of a ``--scheduler`` address waits for a connection.
+CONNECT_CHECK_S = 3.0
+#: Dask's default scheduler port (an address without a port).
+DEFAULT_PORT = 8786
 
 
 def _import(module: str, what: str) -> Any:
@@ -60,12 +76,90 @@ def _import(module: str, what: str) -> Any:
                          f"{INSTALL_HINT}") from None
 
 
-def require(cluster: str | None) -> None:
-    """Raise :class:`BenchError` with the install hint unless what ``--scheduler`` /
-    ``--cluster`` needs imports (checked before the run directory is made)."""
+def require(cluster: str | None, scheduler: str | None = None) -> None:
+    """Raise :class:`BenchError` unless a run can reach its Dask cells (checked before the run
+    directory is made): what ``--scheduler`` / ``--cluster`` needs imports (else the install
+    hint), a batch cluster's submit command is on PATH (``sbatch``, ``qsub``, ``bsub``), and a
+    ``--scheduler`` address accepts a TCP connection within :data:`CONNECT_CHECK_S` seconds."""
     _import("distributed", "--scheduler/--cluster")
     if cluster in CLUSTERS:
         _import(CLUSTERS[cluster][0], f"--cluster {cluster}")
+    command = SUBMIT_COMMANDS.get(cluster or "")
+    if command and shutil.which(command) is None:
+        raise BenchError(f"--cluster {cluster}: the batch system's command {command!r} is not on "
+                         "PATH, so no worker job can be submitted; run bench on a machine that "
+                         f"submits {cluster} jobs (a login node), or use --cluster local")
+    if scheduler:
+        check_scheduler_address(scheduler)
+
+
+def scheduler_endpoint(address: str) -> tuple[str, int] | None:
+    """(host, port) of a TCP Dask address (``tcp://HOST:PORT``, ``tls://...``, ``HOST:PORT``);
+    None for other transports (``inproc://``, ``ucx://``), which are not checked here."""
+    text = address.strip()
+    if "://" not in text:
+        text = "tcp://" + text
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("tcp", "tls"):
+        return None
+    try:
+        port = parts.port
+    except ValueError:
+        raise BenchError(f"--scheduler {address!r}: the port is not a number from 0 to 65535; "
+                         "expected tcp://HOST:PORT") from None
+    if not parts.hostname:
+        raise BenchError(f"--scheduler {address!r}: no host; expected tcp://HOST:PORT")
+    return parts.hostname, port if port is not None else DEFAULT_PORT
+
+
+def check_scheduler_address(address: str, timeout_s: float = CONNECT_CHECK_S) -> None:
+    """Raise :class:`BenchError` unless something accepts a TCP connection at ``address``
+    within ``timeout_s`` seconds (Dask's own handshake waits far longer for a wrong one)."""
+    endpoint = scheduler_endpoint(address)
+    if endpoint is None:
+        return
+    host, port = endpoint
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except (OSError, UnicodeError, ValueError) as exc:
+        reason = (f"no answer within {timeout_s:g} s" if isinstance(exc, TimeoutError)
+                  else getattr(exc, "strerror", None) or str(exc) or type(exc).__name__)
+        raise BenchError(f"--scheduler {address}: cannot reach a Dask scheduler at {host}:{port} "
+                         f"({reason}); is it running, and is the address tcp://HOST:PORT?"
+                         ) from None
+
+
+@contextlib.contextmanager
+def cluster_timeout(seconds: float | None) -> Iterator[None]:
+    """Within it, a run waits ``seconds`` for its cluster's first worker (None: the default or
+    Dask's configuration). Nothing is imported when ``seconds`` is None."""
+    if seconds is None:
+        yield
+        return
+    dask = _import("dask", "--cluster-timeout")
+    with dask.config.set({CLUSTER_TIMEOUT_KEY: float(seconds)}):
+        yield
+
+
+def _wait_for_a_worker(client: Any, cluster: Any, what: str) -> None:
+    """Wait for the first worker, at most the cluster timeout; none: close what was started
+    and raise :class:`BenchError` saying so."""
+    import dask
+
+    timeout = float(dask.config.get(CLUSTER_TIMEOUT_KEY, DEFAULT_CLUSTER_TIMEOUT_S))
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except (TimeoutError, OSError) as exc:
+        with contextlib.suppress(Exception):
+            client.close()
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                cluster.close()
+        raise BenchError(f"{what}: no Dask worker joined within {timeout:g} s "
+                         f"({type(exc).__name__}); the worker jobs may still be queued or may "
+                         "have failed (see the batch system's queue and the jobs' logs). No "
+                         "cell was run; wait longer with --cluster-timeout SECONDS") from None
 
 
 def connect(scheduler: str | None, cluster: str | None, jobs: int) -> tuple[Any, Any]:
@@ -74,11 +168,13 @@ def connect(scheduler: str | None, cluster: str | None, jobs: int) -> tuple[Any,
     dask = _import("dask", "--scheduler/--cluster")
     if scheduler:
         try:
-            return distributed.Client(scheduler, timeout="30s"), None
+            client = distributed.Client(scheduler, timeout="30s")
         except (OSError, TimeoutError, ValueError) as exc:
             raise BenchError(f"--scheduler {scheduler}: cannot reach the Dask scheduler "
                              f"({type(exc).__name__}: {exc}); is it running, and is the address "
                              "tcp://HOST:PORT?") from None
+        _wait_for_a_worker(client, None, f"--scheduler {scheduler}")
+        return client, None
     if cluster not in CLUSTERS:
         raise BenchError(f"--cluster {cluster!r}: unknown; valid choices: "
                          f"{', '.join(CLUSTERS)}")
@@ -97,7 +193,9 @@ def connect(scheduler: str | None, cluster: str | None, jobs: int) -> tuple[Any,
                 f"--cluster {cluster}: cannot start the cluster ({type(exc).__name__}: {exc}); "
                 "its settings come from Dask's configuration (e.g. ~/.config/dask/"
                 "jobqueue.yaml: see README, 'Running cells in parallel')") from None
-    return distributed.Client(started), started
+    client = distributed.Client(started)
+    _wait_for_a_worker(client, started, f"--cluster {cluster}")
+    return client, started
 
 
 @functools.lru_cache(maxsize=4)
@@ -158,7 +256,7 @@ class DaskPool:
     def submit(self, spec: CellSpec, view: ProgressView) -> cf.Future:
         mirror: cf.Future = cf.Future()
         task = self.client.submit(
-            run_on_worker, spec, self.runner.selection,
+            run_on_worker, spec, self.runner.cell_selection(spec),
             str(self.runner.run_dir.cell_dir(spec.cell_id)), self.runner.limits,
             self.stop_name, pure=False, resources=self.resources,
             key=f"bench-cell-{uuid.uuid4().hex[:8]}-{spec.cell_id}")
@@ -178,20 +276,13 @@ class DaskPool:
         task.add_done_callback(done)
         return mirror
 
-    def failure(self, spec: CellSpec, exc: BaseException) -> ResultRow:
-        def failed_row(runner: Any, spec: CellSpec, reason: str) -> ResultRow:
-            registry = runner.registry
-            backend = configured_backend(registry, spec.choice)
-            return base_row(spec, backend, registry.suite(spec.suite), "failed", reason)
-
+    def describe_failure(self, exc: BaseException) -> str:
         if type(exc).__name__ == "KilledWorker":
             last = getattr(exc, "last_worker", None)
             where = getattr(last, "address", None) or "its worker"
-            return failed_row(self.runner, spec, f"the Dask worker running the cell ({where}) "
-                              "was lost (killed, out of memory or its machine gone); its cell "
-                              f"process died with it ({type(exc).__name__})")
-        return failed_row(self.runner, spec, f"the Dask task failed: {type(exc).__name__}: "
-                          f"{exc}")
+            return (f"the Dask worker running the cell ({where}) was lost (killed, out of memory "
+                    f"or its machine gone); its cell process died with it ({type(exc).__name__})")
+        return f"the Dask task failed: {type(exc).__name__}: {exc}"
 
     def stop(self) -> None:
         """Cancel the queued cells; tell the running ones to stop, and wait for them."""

@@ -21,10 +21,11 @@ from bench.core.gradients import (
 )
 from bench.core.interfaces import AbstractBackend, AbstractSuite, CellContext, solver_settings
 from bench.core.registry import Registry
-from bench.core.rows import ResultRow
+from bench.core.rows import ResultRow, Status
 from bench.engine.cell import base_row, configuration_columns, gradient_key
 from bench.planning.backend_grid import configured_backend, expand_backends
 from bench.planning.cells import CellSpec
+from bench.store.files import atomic_write_text
 
 
 def gradient_setup(registry: Registry, backend: AbstractBackend, cache_dir: Path | None
@@ -55,7 +56,7 @@ def run_gradient_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractS
         reason = f"no reference backend for {backend.framework} is loaded ({backend.name} " \
                  f"names {getattr(backend, 'gradient_reference', None)!r})"
     if reason:
-        return base_row(spec, backend, suite, "unsupported", reason, grad_scale=spec.scale)
+        return base_row(spec, backend, suite, Status.UNSUPPORTED, reason, grad_scale=spec.scale)
     fields: dict[str, Any] = {}
     try:
         device = backend.resolve_device(spec.device)
@@ -72,10 +73,10 @@ def run_gradient_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractS
         assert setup is not None
         fields.update(measure_study_point(task, backend, setup, gradient_key(spec, backend, suite),
                                           device, spec.scale))
-        status, error = "ok", ""
+        status, error = Status.OK, ""
     except Exception as exc:  # noqa: BLE001 - a failed point is a row
-        (work_dir / "error.log").write_text(traceback.format_exc())
-        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        atomic_write_text(work_dir / "error.log", traceback.format_exc())
+        status, error = Status.FAILED, f"{type(exc).__name__}: {exc}"
         fields.setdefault("grad_scale", spec.scale)
     fields["total_time_s"] = time.perf_counter() - started
     return base_row(spec, backend, suite, status, error, **fields)

@@ -98,6 +98,11 @@ class ProgressView:
             self.stream.write(text + "\n")
             self._draw(force=True)
 
+    def tick(self) -> None:
+        """Redraw the live view (its clocks move on between events)."""
+        with self._lock:
+            self._draw()
+
     def close(self) -> None:
         with self._lock:
             self._clear()

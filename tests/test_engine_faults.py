@@ -1,0 +1,104 @@
+"""The one engine under faults: whatever goes wrong with one cell (a plugin raising in the
+parent, an odd metric, children left behind) costs that cell only, as a ``failed`` row with the
+reason, in a serial run and with ``--jobs 2`` alike."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+from test_faults import _alive
+
+from bench.core.registry import PluginSelection, Registry
+from bench.core.rows import GradientMethod, ResultRow, Status, metric_problem
+from bench.engine.cell_watch import Slot
+from bench.engine.parallel import LocalPool
+from bench.engine.runner import Runner
+from bench.planning.request import expand
+from bench.store.results import RunDirectory
+
+ENGINE_FAULTS = PluginSelection(builtins=False, entry_points=False,
+                                extra_modules=("fake_plugins", "engine_fault_plugins"))
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return Registry.load(ENGINE_FAULTS)
+
+
+def _runner(registry: Registry, path, **kwargs) -> Runner:
+    return Runner(registry, ENGINE_FAULTS, RunDirectory.create(path), echo=lambda m: None,
+                  **kwargs)
+
+
+def _pool(runner: Runner, jobs: int) -> LocalPool:
+    return (LocalPool.serial(runner) if jobs == 1
+            else LocalPool(runner, [Slot(k, worker=f"local/{k}") for k in range(jobs)]))
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_plugin_raising_in_the_parent_costs_only_its_cell(registry, tmp_path, jobs):
+    cells = expand(registry, ["linear"], ["numpy-euler", "numpy-supports-raises"], "smoke",
+                   [0, 1], "cpu")
+    runner = _runner(registry, tmp_path / "run")
+    rows = runner.run(cells, pool=_pool(runner, jobs))
+    by_backend = {(r.backend, r.seed): r for r in runner.run_dir.rows()}
+    assert len(rows) == 4 and len(by_backend) == 4
+    for seed in (0, 1):
+        assert by_backend["numpy-euler", seed].status == Status.OK
+        broken = by_backend["numpy-supports-raises", seed]
+        assert broken.status == Status.FAILED
+        assert "RuntimeError: supports() is broken in this plugin" in broken.error
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_metric_that_is_not_a_finite_number_fails_its_row_only(registry, tmp_path, jobs):
+    suites = ["odd-array", "odd-set", "odd-string", "odd-nan", "odd-none", "linear"]
+    cells = expand(registry, suites, ["numpy-euler"], "smoke", [0], "cpu")
+    runner = _runner(registry, tmp_path / "run")
+    runner.run(cells, pool=_pool(runner, jobs))
+    saved = {r.suite: r for r in runner.run_dir.rows()}
+    assert set(saved) == set(suites)
+    assert saved["linear"].status == Status.OK
+    for suite in suites[:-1]:
+        row = saved[suite]
+        assert row.status == Status.FAILED, suite
+        assert row.error.startswith("metric rate_error is not a finite number: "), row.error
+        assert "rate_error" not in row.metrics
+    assert "array([1., 2.])" in saved["odd-array"].error
+    assert saved["odd-nan"].error.endswith("nan")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_cells_children_end_with_the_cell(registry, tmp_path):
+    cells = expand(registry, ["orphan"], ["numpy-euler"], "smoke", [0], "cpu")
+    runner = _runner(registry, tmp_path / "run")
+    (row,) = runner.run(cells)
+    assert row.status == Status.OK
+    child = int(row.notes.split("child=")[1])
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child), f"the cell's child {child} outlived it"
+
+
+def test_metric_problem_names_the_metric_and_the_value():
+    assert metric_problem({"a": 1, "b": 2.5}) == ""
+    assert metric_problem({"a": True}) == "metric a is not a finite number: True"
+    assert metric_problem({"a": float("inf")}) == "metric a is not a finite number: inf"
+    assert metric_problem([1]) .startswith("metrics are not a mapping")
+
+
+def test_statuses_and_gradient_methods_are_what_the_tables_print():
+    assert [s.value for s in Status] == ["ok", "failed", "timeout", "diverged", "unsupported"]
+    assert f"{Status.OK}" == str(Status.OK) == "ok" and Status.OK == "ok"
+    assert f"{GradientMethod.RECURSIVE_CHECKPOINT:>22}".strip() == "recursive-checkpoint"
+    row = ResultRow.from_dict({"cell_id": "c", "suite": "s", "backend": "b", "framework": "f",
+                               "gradient_method": "adjoint", "solver": "x", "device": "cpu",
+                               "seed": 0, "budget": "smoke", "status": "timeout"})
+    assert row.status is Status.TIMEOUT and '"status": "timeout"' in row.to_json()
+    with pytest.raises(ValueError):
+        ResultRow.from_dict({**row.flat(), "status": "fine"})
+    with pytest.raises(ValueError, match="gradient_method 'magic' is not one of backprop"):
+        GradientMethod.parse("magic", "backend x")
