@@ -102,3 +102,49 @@ def test_statuses_and_gradient_methods_are_what_the_tables_print():
         ResultRow.from_dict({**row.flat(), "status": "fine"})
     with pytest.raises(ValueError, match="gradient_method 'magic' is not one of backprop"):
         GradientMethod.parse("magic", "backend x")
+
+
+MIXED = PluginSelection(builtins=False, entry_points=False,
+                        extra_modules=("fake_plugins", "fault_plugins", "engine_fault_plugins"))
+#: backend -> (status, a piece of the reason) of its cell on suite linear
+FAULTY = {
+    "numpy-supports-raises": (Status.FAILED, "supports() is broken in this plugin"),
+    "numpy-segv": (Status.FAILED, "killed by signal SIGSEGV"),
+    "numpy-hang": (Status.TIMEOUT, "exceeded the timeout of 8 s"),
+    "numpy-oom": (Status.FAILED, "exceeded --max-memory-mb 512"),
+}
+
+
+def _mixed_pool(kind: str, runner: Runner):
+    if kind == "jobs2":
+        return LocalPool(runner, [Slot(k, worker=f"local/{k}") for k in range(2)])
+    distributed = pytest.importorskip("distributed")
+    from bench.engine.dask_engine import DaskPool
+
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       dashboard_address=None)
+    client = distributed.Client(cluster)
+    return DaskPool(runner, client, cluster, 2, "cpu")
+
+
+@pytest.mark.parametrize("kind", ["jobs2", "dask"])
+def test_healthy_rows_survive_every_kind_of_faulty_cell(tmp_path, kind):
+    """Healthy cells among cells that raise in supports(), crash, hang past the timeout, are
+    killed for memory and return odd metrics: every healthy row is recorded, every faulty cell
+    has its failed (or timeout) row with the reason."""
+    registry = Registry.load(MIXED)
+    cells = (expand(registry, ["linear"], ["numpy-euler", *FAULTY], "smoke", [0, 1], "cpu")
+             + expand(registry, ["odd-nan", "odd-array"], ["numpy-euler"], "smoke", [0], "cpu"))
+    runner = Runner(registry, MIXED, RunDirectory.create(tmp_path / "run"), timeout_s=8,
+                    max_memory_bytes=512 * 2**20, echo=lambda m: None)
+    runner.run(cells, pool=_mixed_pool(kind, runner))
+    saved = {r.cell_id: r for r in runner.run_dir.rows()}
+    assert set(saved) == {c.cell_id for c in cells}
+    for row in saved.values():
+        if row.suite.startswith("odd-"):
+            assert row.status == Status.FAILED and "is not a finite number" in row.error
+        elif row.backend == "numpy-euler":
+            assert row.status == Status.OK, row.error
+        else:
+            status, reason = FAULTY[row.backend]
+            assert row.status == status and reason in row.error, (row.backend, row.error)
