@@ -27,4 +27,4 @@ class UnknownNameError(BenchError, KeyError):
         super().__init__(message)
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
-        return self.args[0]
+        return str(self.args[0])

@@ -142,7 +142,7 @@ def reference_gradient(task: Any, setup: GradientSetup, sync: Callable[[], None]
     if probe is None:
         raise RuntimeError("the task measured no reference gradient")
     nfe = probe.nfe_forward
-    if path is not None:
+    if path is not None and key_parts is not None:  # path is only set with key_parts
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.tmp.npz")
         np.savez(partial, grad=probe.grad, nfe=-1.0 if nfe is None else nfe, time_s=seconds,

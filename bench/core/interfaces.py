@@ -15,17 +15,16 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from bench.core.measure import MemoryTracker
+# ``X as X``: re-exported, this module being the framework layers' import point
+from bench.core.measure import MemoryTracker as MemoryTracker
 
 if TYPE_CHECKING:
     from bench.core.gradients import GradientProbe
 from bench.core.options import OptionSpec
-from bench.core.tolerances import (  # noqa: F401 - re-exported: the framework layers' import point
-    FIXED_STEP_SOLVERS,
-    Tolerances,
-    effective_tolerances,
-    solver_settings,
-)
+from bench.core.tolerances import FIXED_STEP_SOLVERS as FIXED_STEP_SOLVERS
+from bench.core.tolerances import Tolerances as Tolerances
+from bench.core.tolerances import effective_tolerances as effective_tolerances
+from bench.core.tolerances import solver_settings as solver_settings
 
 MetricDirection = Literal["lower", "higher"]
 
@@ -336,7 +335,8 @@ class AbstractSuite(abc.ABC):
                              f"{', '.join(self.frameworks) or 'none'})")
         module, _, name = self.tasks[framework].partition(":")
         task_class = getattr(importlib.import_module(module), name)
-        return task_class(ctx, inputs)
+        task: AbstractTask = task_class(ctx, inputs)
+        return task
 
     def task_inputs(self, ctx: CellContext) -> Any:
         """The framework-neutral inputs that every framework's task of a cell is built from (its

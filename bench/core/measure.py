@@ -75,7 +75,7 @@ def return_freed_memory_to_os() -> bool:
         # /sbin/ldconfig in a forked child, which the parent's memory watchdog counted as the
         # cell's memory (a healthy cell stopped at --max-memory-mb 500)
         libc = ctypes.CDLL(None)
-        fixed = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
+        fixed: bool = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
         libc.malloc_trim(0)
     except (OSError, AttributeError):
         return False

@@ -142,8 +142,9 @@ class Registry:
             ("bench_register_suites", "suite", AbstractSuite, self.suites),
         ):
 
-            def register(obj: Any, kind: str = kind, interface: type = interface,
-                         table: dict = table) -> None:
+            def register(obj: Any, kind: str = kind,
+                         interface: type[AbstractBackend | AbstractSuite] = interface,
+                         table: dict[str, Any] = table) -> None:
                 if not isinstance(obj, interface):
                     raise TypeError(
                         f"register() takes an instance of {interface.__name__}, "

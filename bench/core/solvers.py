@@ -76,7 +76,7 @@ def framework_method(name: str, framework: str) -> str:
     """The method name of solver ``name`` in ``framework`` (``"torchdiffeq"``/``"diffrax"``);
     :class:`BenchError` with the reason when the framework lacks it."""
     info = solver_info(name)
-    method = getattr(info, framework)
+    method: str | None = getattr(info, framework)
     if method is None:
         raise BenchError(f"solver {name!r} is not available in {framework}: {info.missing}")
     return method

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-#: An :class:`bench.core.interfaces.AbstractBackend` / ``AbstractTask`` (not imported: interfaces
-#: imports this module).
-AbstractBackend = AbstractTask = Any
+if TYPE_CHECKING:  # for the annotations only: bench.core.interfaces imports this module
+    from bench.core.interfaces import AbstractBackend, AbstractTask
 
 #: Solvers that take a fixed number of steps: tolerances do not apply to them.
 FIXED_STEP_SOLVERS = ("euler", "midpoint", "rk4", "rk4-3/8", "explicit_adams", "resnet")

@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +197,7 @@ class HostCells:
             self.peak = max(self.peak, self.count())
 
 
-def concurrency_warning(groups: dict[str, Iterable[Any]]) -> str:
+def concurrency_warning(groups: Mapping[str, Iterable[Any]]) -> str:
     """A warning when the ``ok`` rows' timings were measured at different concurrency
     (``concurrent_cells``), '' otherwise. ``groups``: a name (a run) and its rows."""
     seen: dict[str, set[int]] = {}

@@ -157,6 +157,7 @@ def compare_runs(base: str | Path, new: str | Path, thresholds: Thresholds = Thr
                 continue
             (ma, lo_a, hi_a), (mb, lo_b, hi_b) = sa, sb
             if kind == "ratio":
+                assert limit is not None  # the ratio thresholds always have one
                 ratio = mb / ma if ma > 0 else math.inf if mb > 0 else 1.0
                 change = f"x{ratio:.3f} (limit x{limit:.3f})"
                 crossed = ratio > limit

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -194,7 +194,7 @@ def _warn_concurrency(frames: dict[str, pd.DataFrame]) -> None:
 class _Row:
     """A table row as the attributes :func:`concurrency_warning` reads (missing: None)."""
 
-    def __init__(self, record: dict[str, Any]):
+    def __init__(self, record: Mapping[Hashable, Any]):
         value = record.get("concurrent_cells")
         self.status = record.get("status")
         self.concurrent_cells = None if value is None or pd.isna(value) else int(value)

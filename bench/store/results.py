@@ -24,7 +24,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -280,7 +280,7 @@ def read_rows(path: Path) -> list[ResultRow]:
     return rows
 
 
-def read_csv_rows(path: Path, option_names: set[str] = frozenset()) -> list[ResultRow]:
+def read_csv_rows(path: Path, option_names: Collection[str] = frozenset()) -> list[ResultRow]:
     """The rows of a published ``results.csv`` (one flat row per cell, as
     :func:`bench.reports.publish.publish_run` writes it). Columns that are not row fields come back
     as

@@ -8,8 +8,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.core.options import format_value
 from bench.core.rows import ResultRow
-from bench.planning.backend_grid import BackendChoice, format_value
+from bench.planning.backend_grid import BackendChoice
 from bench.reports.plots import caption, finish, style_line
 from bench.store.results import safe_name
 

@@ -18,14 +18,12 @@ from typing import Any
 from bench.core.errors import BenchError
 from bench.core.registry import Registry
 from bench.core.rows import ResultRow
-from bench.engine.cell import (
-    CellSpec,
-)
 from bench.planning.backend_grid import (
     BackendChoice,
     configurations,
     expand_backends,
 )
+from bench.planning.cells import CellSpec
 
 DEFAULT_SCALES = (1.0, 4.0)
 STUDY_COLUMNS = ("suite", "backend", "gradient_method", "grad_scale", "rtol", "atol",

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -61,7 +62,7 @@ def classify(slope: float) -> str:
     return CLASSES[-1][0]
 
 
-def fit_scaling(steps: Sequence[float], memory: Sequence[float]) -> ScalingFit:
+def fit_scaling(steps: Iterable[float], memory: Iterable[float | None]) -> ScalingFit:
     """Least-squares slope of log(memory) on log(L), its standard error, and the class.
 
     Needs at least 3 points with positive memory; fewer raise ValueError.
@@ -109,7 +110,7 @@ def scaling_table(frame: pd.DataFrame, claims: dict[str, str] | None = None) -> 
             except ValueError as exc:
                 out.append({"backend": backend, "measure": column, "error": str(exc)})
                 continue
-            claim = claim_for(method, claims.get(backend))
+            claim = claim_for(method, claims.get(cast(str, backend)))  # pandas types keys loosely
             out.append({
                 "backend": backend,
                 "framework": group["framework"].iloc[0],

@@ -44,7 +44,7 @@ def work_precision_points(rows: Sequence[ResultRow]) -> dict[str, list[dict[str,
             continue
         out = []
         for (rtol, atol), members in sorted(points.items(), reverse=True):
-            metrics = [r.metric for r in members]
+            metrics = [r.metric for r in members if r.metric is not None]  # all of them
             nfe = [(r.nfe_forward or 0.0) + (r.nfe_backward or 0.0) for r in members
                    if r.nfe_forward is not None]
             times = [r.train_step_time_s for r in members if r.train_step_time_s is not None]
