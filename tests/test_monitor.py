@@ -13,7 +13,7 @@ from fake_plugins import LinearSuite, NumpyEulerBackend
 
 from bench.core.interfaces import Tolerances, solver_settings
 from bench.engine.cell import run_cell
-from bench.engine.monitor import CellMonitor, step_time_spread, timing_warning
+from bench.engine.monitor import CellMonitor, step_time_spread, step_time_tail, timing_warning
 from bench.engine.runner import Runner
 from bench.planning.cells import CellSpec
 from bench.planning.request import expand
@@ -81,6 +81,23 @@ def test_timing_warning_reasons():
     # an adaptive solver's steps differ by their evaluations: per evaluation they are steady
     assert step_time_spread(erratic, [10, 10, 150, 10, 140, 10, 130]) < 0.1
     assert step_time_spread([1.0, 0.1, 0.1], None or ()) is None  # too few steps
+
+
+def test_a_slow_tail_the_median_and_the_spread_hide_is_flagged():
+    """A loaded machine's steps: most at 0.135 s, a few 20x slower (measured: rknet median
+    0.135 s, mean 1.53 s). The median absolute deviation stays 0; the mean/median ratio does
+    not."""
+    tail = [2.0] + [0.135] * 16 + [2.7, 2.7, 2.7]
+    assert step_time_spread(tail) == 0.0
+    warning = timing_warning(0.0, 1.0, 1, 2, tail)
+    assert warning.startswith("slow tail: mean step time 0.54 s is 4.00x the median 0.135 s")
+    assert "slowest 2.7 s" in warning
+    quiet = [2.0] + [0.135, 0.14, 0.13, 0.137, 0.133, 0.15]
+    assert timing_warning(0.0, 1.0, 1, 2, quiet) == ""
+    # per evaluation: a step with 10x the evaluations may take 10x the time
+    assert timing_warning(0.0, 1.0, 1, 2, [2.0, 0.1, 0.1, 1.0, 0.1, 0.1],
+                          [10, 10, 10, 100, 10, 10]) == ""
+    assert step_time_tail([1.0, 0.1, 0.1]) is None  # too few steps
 
 
 class _Task:

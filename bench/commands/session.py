@@ -21,9 +21,10 @@ from bench.core.errors import BenchError
 from bench.core.registry import PluginSelection, Registry
 from bench.core.rows import ResultRow, now_iso
 from bench.engine.environment import capture_environment
+from bench.engine.monitor import host_too_busy, other_processes_cores
 from bench.engine.parallel import ParallelOptions, make_pool
 from bench.engine.runner import Runner
-from bench.planning.concurrency import concurrency_warning
+from bench.planning.concurrency import concurrency_warning, usable_cores
 from bench.planning.request import RunRequest
 from bench.reports.plots import plot_run
 from bench.reports.report import render, table_frame
@@ -114,7 +115,8 @@ class RunSession:
             if run_dir.read_json("config.json") is None:
                 run_dir.write_json("config.json", config)
             run_dir.append_jsonl("invocations.jsonl", json.dumps(config, default=str))
-            run_dir.write_json("environment.json", capture_environment())
+            run_dir.write_json("environment.json",
+                               {**capture_environment(), **self.check_host_load()})
         except OSError as exc:  # e.g. a read-only file in a resumed run: no cell has run yet
             run_dir.unlock()
             where = exc.filename or run_dir.path
@@ -123,6 +125,31 @@ class RunSession:
                              "or choose another --out") from None
         self.echo(f"run directory: {run_dir.path}")
         return run_dir
+
+    def check_host_load(self) -> dict[str, Any]:
+        """Before the first cell: how many cores other processes keep busy. When that would flag
+        the cells' timings, say so now, with the figures and what to do (the cells' own flags
+        come later). Returns what goes into ``environment.json``."""
+        request = self.request
+        if request.scheduler or request.cluster:  # the cells run elsewhere
+            return {}
+        other = other_processes_cores()
+        if other is None:
+            return {}
+        cores = len(usable_cores())
+        threads = request.threads or max(1, cores // max(request.jobs, 1))
+        used = min(cores, threads * max(request.jobs, 1))
+        busy = host_too_busy(other, used, cores)
+        if busy:
+            free = max(0, int(cores - other))
+            self.echo(
+                f"warning: other processes keep {other:.2f} of this machine's {cores} cores busy "
+                f"before the first cell; the cells' {used} core(s) would share them, and their "
+                "timings would be flagged as not comparable (column timing_warning). Run later "
+                "on a quiet machine, or leave the other work room: "
+                f"--jobs 1 --threads {max(1, free)}")
+        return {"host_busy_cores_before_run": other, "host_busy_before_run": busy,
+                "usable_cores": cores}
 
     def runner(self, run_dir: RunDirectory) -> Runner:
         request = self.request

@@ -101,6 +101,11 @@ class ResultRow:
     train_steps: int | None = None
     #: Median over steady-state steps (all but the first), synchronised.
     train_step_time_s: float | None = None
+    #: Mean, 90th percentile and slowest of the same steady-state steps: a slow tail that the
+    #: median hides (a loaded machine's 10-20x steps) shows here; see ``timing_warning``.
+    train_step_time_mean_s: float | None = None
+    train_step_time_p90_s: float | None = None
+    train_step_time_max_s: float | None = None
     #: Extra time of the first step over the steady-state median (JIT compilation, allocations).
     compile_time_s: float | None = None
     #: Time of the final evaluation.

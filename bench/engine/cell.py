@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+import statistics
 import threading
 import time
 import traceback
@@ -35,7 +36,7 @@ from bench.core.interfaces import (
     StepStats,
     solver_settings,
 )
-from bench.core.measure import mean_or_none, median_or_none
+from bench.core.measure import mean_or_none, median_or_none, percentile
 from bench.core.rows import ResultRow, Status, metric_problem, now_iso
 from bench.planning.cells import CellSpec
 from bench.store.files import atomic_write_text
@@ -176,7 +177,8 @@ def run_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite, wor
 def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_dir: Path,
                         fields: dict[str, Any],
                         progress: Callable[[int, int, float], None] | None,
-                        after_evaluation: Callable[[], None] | None = None) -> tuple[str, str]:
+                        after_evaluation: Callable[[], None] | None = None
+                        ) -> tuple[Status, str]:
     n_steps = int(task.num_train_steps)
     if n_steps < 2:
         raise BenchError("a task needs at least 2 training steps (the first is the warm-up)")
@@ -214,6 +216,9 @@ def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_d
             train_clock += seconds
             stats.append(s)
             times.append(seconds)
+            counting = backend.step_stats_problem(s, step)  # e.g. a block that counts no NFE
+            if counting:
+                raise BenchError(counting)
             if progress is not None:
                 progress(step + 1, n_steps, s.loss)
             if not math.isfinite(s.loss):
@@ -318,6 +323,10 @@ def _fill_training_fields(fields: dict[str, Any], stats: list[StepStats], times:
     steady = times[1:]
     median = median_or_none(steady)
     fields["train_step_time_s"] = median
+    if steady:
+        fields["train_step_time_mean_s"] = statistics.fmean(steady)
+        fields["train_step_time_p90_s"] = percentile(steady, 90)
+        fields["train_step_time_max_s"] = max(steady)
     if times and median is not None:  # signed: a first step faster than the median is negative
         fields["compile_time_s"] = times[0] - median
     for name in ("nfe_forward", "nfe_backward", "steps_accepted", "steps_rejected"):

@@ -18,6 +18,10 @@ from typing import Any
 #: evaluation where the steps count them, since an adaptive solver's steps legitimately differ)
 #: exceeds this fraction of their median. Quiet runs stay well below it.
 SPREAD_LIMIT = 0.25
+#: A cell is flagged when the mean of its steady step times (per function evaluation where the
+#: steps count them) exceeds this multiple of their median: a slow tail (a loaded machine's
+#: 10-20x steps) that the median and the spread check hide. Quiet runs stay near 1.0-1.1.
+TAIL_LIMIT = 1.5
 #: Fewest steady steps for the spread to mean anything.
 MIN_STEPS_FOR_SPREAD = 4
 #: Headroom kept free of other processes beside a cell: a cell pinned to N threads still runs
@@ -160,9 +164,14 @@ def timing_warning(other_cores: float | None, cell_cores: float | None, threads:
     if other_cores is not None:
         used = max(float(threads or 1), cell_cores or 0.0)
         free = max(0.0, cores - used)
-        if other_cores > max(free - LOAD_MARGIN_CORES, LOAD_MIN_CORES):
+        if host_too_busy(other_cores, used, cores):
             reasons.append(f"host loaded: other processes kept {other_cores:.2f} cores busy, "
                            f"{free:.2f} of {cores} were free beside the cell")
+    tail = step_time_tail(step_times, evaluations)
+    if tail is not None and tail[0] > TAIL_LIMIT:
+        ratio, mean, median, worst, per = tail
+        reasons.append(f"slow tail: mean step time{per} {mean:.3g} s is {ratio:.2f}x the median "
+                       f"{median:.3g} s (slowest {worst:.3g} s; usual: below {TAIL_LIMIT:g}x)")
     spread = step_time_spread(step_times, evaluations)
     if spread is not None and spread > SPREAD_LIMIT:
         reasons.append(f"step times spread: median absolute deviation {spread:.0%} of the "
@@ -170,14 +179,61 @@ def timing_warning(other_cores: float | None, cell_cores: float | None, threads:
     return "; ".join(reasons)
 
 
+def host_too_busy(other_cores: float, used_cores: float, cores: int) -> bool:
+    """Whether other processes keeping ``other_cores`` busy contaminate the timings of cells
+    that use ``used_cores`` of ``cores`` (the rule of :func:`timing_warning`)."""
+    free = max(0.0, cores - used_cores)
+    return other_cores > max(free - LOAD_MARGIN_CORES, LOAD_MIN_CORES)
+
+
+def other_processes_cores(seconds: float = LOAD_INTERVAL_S) -> float | None:
+    """Mean cores that processes other than this one (and its children) keep busy over
+    ``seconds`` (None where /proc/stat cannot be read)."""
+    start_host, start_own, t0 = host_busy_cpu_seconds(), _own_cpu_seconds(), time.monotonic()
+    time.sleep(seconds)
+    end_host, end_own, wall = host_busy_cpu_seconds(), _own_cpu_seconds(), time.monotonic() - t0
+    if start_host is None or end_host is None or wall <= 0:
+        return None
+    return round(max(0.0, (end_host - start_host - (end_own - start_own)) / wall), 2)
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def _steady_times(step_times: Sequence[float], evaluations: Sequence[float | None]
+                  ) -> tuple[list[float], str]:
+    """The steady steps' times (all but the first), each divided by its function evaluations
+    when every step counts them (an adaptive solver's steps legitimately differ), and the words
+    that say so."""
+    times = list(step_times[1:])
+    evals = list(evaluations[1:])
+    if len(evals) == len(times) and times and all(e and e > 0 for e in evals):
+        return ([t / float(e) for t, e in zip(times, evals, strict=True)],  # type: ignore[arg-type]
+                " per function evaluation")
+    return times, ""
+
+
+def step_time_tail(step_times: Sequence[float], evaluations: Sequence[float | None] = ()
+                   ) -> tuple[float, float, float, float, str] | None:
+    """(mean / median, mean, median, slowest, words) of the steady steps' times, per function
+    evaluation where they count them; None with too few steps."""
+    times, per = _steady_times(step_times, evaluations)
+    if len(times) < MIN_STEPS_FOR_SPREAD:
+        return None
+    median = _median(times)
+    if median <= 0:
+        return None
+    mean = sum(times) / len(times)
+    return mean / median, mean, median, max(times), per
+
+
 def step_time_spread(step_times: Sequence[float], evaluations: Sequence[float | None] = ()
                      ) -> float | None:
     """Median absolute deviation over the median of the steady steps (all but the first), each
     divided by its function evaluations when every step counts them."""
-    times = list(step_times[1:])
-    evals = list(evaluations[1:])
-    if len(evals) == len(times) and times and all(e and e > 0 for e in evals):
-        times = [t / float(e) for t, e in zip(times, evals, strict=True)]  # type: ignore[arg-type]
+    times, _ = _steady_times(step_times, evaluations)
     if len(times) < MIN_STEPS_FOR_SPREAD:
         return None
     median = _median(times)

@@ -1,0 +1,61 @@
+"""Timings a user can trust on a shared machine: the step-time tail is in the row, and a busy
+machine is named before the first cell, with the figures and what to do."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from conftest import FAKE_ONLY
+
+from bench.cli import main as cli
+from bench.core.measure import percentile
+
+
+def _run(tmp_path, monkeypatch, other_cores: float, *extra: str):
+    monkeypatch.setattr(cli, "_selection", lambda: FAKE_ONLY)
+    monkeypatch.setattr("bench.commands.session.other_processes_cores", lambda: other_cores)
+    monkeypatch.setattr("bench.commands.session.usable_cores", lambda: [0, 1])
+    out = tmp_path / "run"
+    code = cli.main(["run", "--suite", "linear", "--plugins", "numpy-euler", "--budget",
+                     "smoke", "--out", str(out), *extra])
+    return code, out
+
+
+def test_a_busy_machine_is_named_before_the_first_cell(tmp_path, monkeypatch, capsys):
+    code, out = _run(tmp_path, monkeypatch, 1.6)
+    err = capsys.readouterr().err
+    assert code == 0
+    warning = err.index("warning: other processes keep 1.60 of this machine's 2 cores busy")
+    assert warning < err.index("linear/numpy-euler/smoke/seed0/cpu: ok")
+    assert "--jobs 1 --threads 1" in err
+    env = json.loads((out / "environment.json").read_text())
+    assert env["host_busy_cores_before_run"] == 1.6 and env["host_busy_before_run"] is True
+
+
+def test_a_quiet_machine_gets_no_warning(tmp_path, monkeypatch, capsys):
+    code, out = _run(tmp_path, monkeypatch, 0.05)
+    assert code == 0 and "other processes keep" not in capsys.readouterr().err
+    env = json.loads((out / "environment.json").read_text())
+    assert env["host_busy_cores_before_run"] == 0.05 and env["host_busy_before_run"] is False
+
+
+def test_rows_carry_the_step_time_tail(tmp_path, monkeypatch):
+    code, out = _run(tmp_path, monkeypatch, 0.0)
+    (line,) = (out / "rows.jsonl").read_text().splitlines()
+    row = json.loads(line)
+    steps = [s["time_s"] for s in
+             json.loads((out / "cells" / "linear__numpy-euler__smoke__seed0__cpu" / "trace.json")
+                        .read_text())["steps"]][1:]
+    assert math.isclose(row["train_step_time_mean_s"], sum(steps) / len(steps))
+    assert math.isclose(row["train_step_time_max_s"], max(steps))
+    assert math.isclose(row["train_step_time_p90_s"], percentile(steps, 90))
+    assert row["train_step_time_s"] <= row["train_step_time_p90_s"] <= row["train_step_time_max_s"]
+
+
+def test_percentile_interpolates_as_numpy():
+    import numpy as np
+
+    values = [0.3, 0.1, 0.7, 0.2, 0.9, 0.4]
+    for q in (0, 10, 50, 90, 100):
+        assert math.isclose(percentile(values, q), float(np.percentile(values, q)))
