@@ -261,7 +261,8 @@ class DiffraxBackend(JaxBackend):
         term = diffrax.ODETerm(lambda t, y, args: f(t, y, args[0]))
         saveat = diffrax.SaveAt(t1=True) if ts is None else diffrax.SaveAt(ts=ts)
         solver, fsal, per_step, stage_loop = self.stepper()
-        reverse_controller = None
+        controller: diffrax.AbstractStepSizeController
+        reverse_controller: diffrax.AbstractStepSizeController | None = None
         if fixed_steps is not None:  # the suite's (the memory study): Dopri5 on an exact grid
             solver, fsal, per_step, stage_loop = diffrax.Dopri5(), True, 6, True
         elif not self.adaptive:

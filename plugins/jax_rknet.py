@@ -122,8 +122,8 @@ def _rk_intervals(integrate: Callable[[Any, Any, Any, int], Any], y0: Any,
     import numpy as np
 
     runs, y = [], y0
-    for n, group in itertools.groupby(intervals, key=lambda interval: interval[2]):
-        group = list(group)
+    for n, grouped in itertools.groupby(intervals, key=lambda interval: interval[2]):
+        group = list(grouped)
         if n == 0:  # empty intervals: the state as it is
             runs.append(_repeat(y, len(group)))
             continue

@@ -90,6 +90,7 @@ def watch_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite,
         )
         proc.start()
     child_conn.close()
+    assert proc.pid is not None  # set by start()
     deadline = None if limits.timeout_s is None else time.monotonic() + limits.timeout_s
     monitor = CellMonitor(proc.pid, limits.max_memory_bytes)
     monitor.sample_load(force=True)

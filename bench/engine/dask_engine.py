@@ -253,8 +253,8 @@ class DaskPool:
                     + (f", cluster {options.cluster}" if options.cluster else ""))
         return cls(runner, client, cluster, max(options.jobs, workers, 1), device)
 
-    def submit(self, spec: CellSpec, view: ProgressView) -> cf.Future:
-        mirror: cf.Future = cf.Future()
+    def submit(self, spec: CellSpec, view: ProgressView) -> cf.Future[ResultRow | None]:
+        mirror: cf.Future[ResultRow | None] = cf.Future()
         task = self.client.submit(
             run_on_worker, spec, self.runner.cell_selection(spec),
             str(self.runner.run_dir.cell_dir(spec.cell_id)), self.runner.limits,

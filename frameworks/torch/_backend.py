@@ -33,7 +33,8 @@ def positive_int(value: Any, what: str) -> int:
     """``value`` as an int, or a :class:`BenchError` naming ``what`` (0, 2.5, True are refused)."""
     try:
         ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
-              and value == int(value) and value >= 1)
+              # typeshed's numbers.Real declares neither __int__ nor __ge__
+              and value == int(value) and value >= 1)  # type: ignore[call-overload, operator]
     except (ValueError, OverflowError):  # nan, inf
         ok = False
     if not ok:

@@ -7,6 +7,7 @@ counters live on a plain object, never on an ``nn.Module`` (whose ``__setattr__`
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from bench.frameworks.fixed_grid import steps_in_interval
@@ -40,6 +41,8 @@ class Counter:
 class CountedDynamics(nn.Module):
     """Wraps the suite's dynamics: counts evaluations (forward pass or backward pass) and, through
     a hook on each output that requires grad, the vector-Jacobian products computed from it."""
+
+    counter: Counter  # set in __dict__: nn.Module would type it as a tensor or a submodule
 
     def __init__(self, dynamics: nn.Module, counter: Counter):
         super().__init__()
@@ -75,6 +78,7 @@ class OdeBlock(nn.Module):
     """Base: ``forward(y0, times=None)``, ``pop_stats()``."""
 
     counts_steps = True
+    counter: Counter  # set in __dict__: nn.Module would type it as a tensor or a submodule
 
     def __init__(self) -> None:
         super().__init__()
@@ -132,9 +136,9 @@ class TorchdiffeqBlock(OdeBlock):
         self.options = dict(options or {})
         self.counts_steps = adaptive
         # the reverse solve's own tolerances and options (absent: torchdiffeq's defaults)
-        self.adjoint_kwargs = {k: float(v) for k, v in (("adjoint_rtol", adjoint_rtol),
-                                                             ("adjoint_atol", adjoint_atol))
-                                   if v is not None}
+        self.adjoint_kwargs: dict[str, Any] = {
+            k: float(v) for k, v in (("adjoint_rtol", adjoint_rtol), ("adjoint_atol", adjoint_atol))
+            if v is not None}
         # e.g. the seminorm adjoint: dict(norm="seminorm") (Kidger et al. 2021)
         if adjoint_options:
             self.adjoint_kwargs["adjoint_options"] = dict(adjoint_options)
