@@ -5,9 +5,24 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
+import re
+from pathlib import Path
 from typing import Any
 
-from bench.planning.request import memory_problem, threads_problem, timeout_problem
+from bench.planning.request import (
+    max_cells_problem,
+    memory_problem,
+    threads_problem,
+    timeout_problem,
+)
+
+#: A whole number as a user types it: the digits 0-9 only, maybe signed (Python's ``int``
+#: also reads other scripts' digits, ``int("\u0663") == 3``, and ``1_000``).
+_DIGITS = re.compile(r"-?[0-9]{1,18}")
+#: The longest path and path component most file systems take (Linux: PATH_MAX, NAME_MAX).
+PATH_MAX = 4096
+NAME_MAX = 255
 
 
 def _option(text: str) -> tuple[str, Any]:
@@ -25,30 +40,67 @@ def _threads(text: str) -> int:
     """A positive thread count, or ``auto`` / ``0``: the frameworks' own choice (stored as 0)."""
     if text.strip().lower() == "auto":
         return 0
-    try:
-        value = int(text)
-    except ValueError:
+    if not _DIGITS.fullmatch(text.strip()):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a thread count: give a positive integer, or auto (or 0) for the "
-            "frameworks' own") from None
+            f"{text!r} is not a thread count: give a positive integer (digits 0-9), or auto (or "
+            "0) for the frameworks' own")
+    value = int(text)
     return _checked(value, threads_problem(value, repr(text)))
 
 
 def _jobs(text: str) -> int:
     """A positive number of cells at once."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
+    value = int(text) if _DIGITS.fullmatch(text.strip()) else 0
     return _checked(value, None if value >= 1 else
                     f"{text!r} is not a number of cells at once: give a positive integer")
 
 
+def _max_cells(text: str) -> int:
+    """``--max-cells``: a positive integer."""
+    value = int(text) if _DIGITS.fullmatch(text.strip()) else 0
+    return _checked(value, max_cells_problem(value, repr(text)))
+
+
 def _number(text: str) -> float:
+    if not text.isascii():  # float() reads other scripts' digits too
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (digits 0-9)")
     try:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def path_problem(path: Path | str) -> str | None:
+    """What makes ``path`` unusable as a file or folder name before the file system says so
+    with a traceback (None: fine): a NUL character, a name over :data:`NAME_MAX` bytes or a
+    path over :data:`PATH_MAX` bytes (UTF-8, as the file system stores them)."""
+    text = os.fspath(path)
+    if "\0" in text:
+        return "a path holds no NUL character"
+    if not text:
+        return "an empty path"
+    try:
+        absolute = os.fsencode(os.path.abspath(text))
+    except (UnicodeError, ValueError):
+        return "the path cannot be written in the file system's encoding"
+    if len(absolute) > PATH_MAX - 1:
+        return (f"the path is {len(absolute):,} bytes long (made absolute), more than the file "
+                f"system's limit of {PATH_MAX - 1:,}")
+    for part in Path(text).parts:
+        size = len(os.fsencode(part))
+        if size > NAME_MAX:
+            shown = part if len(part) <= 40 else part[:37] + "..."
+            return (f"the name {shown!r} is {size} bytes long, more than the file system's "
+                    f"limit of {NAME_MAX} bytes per name")
+    return None
+
+
+def _path(text: str) -> Path:
+    """A path argument, checked for what the file system would refuse (:func:`path_problem`)."""
+    problem = path_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return Path(text)
 
 
 def _positive_float(text: str) -> float:

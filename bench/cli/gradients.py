@@ -6,10 +6,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.cli.arguments import _memory_mb, _option, _positive_float, _threads
+from bench.cli.arguments import _memory_mb, _option, _path, _positive_float, _threads
 from bench.core.registry import PluginSelection, Registry
 
 if TYPE_CHECKING:
@@ -40,7 +39,7 @@ def add_parser(sub: Any, func: Callable[[argparse.Namespace, Registry], int]) ->
                    help="the suite budget that sets the probe batch (default: smoke, else the "
                    "suite's first)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    p.add_argument("--out", type=Path, default=None,
+    p.add_argument("--out", type=_path, default=None,
                    help="run directory (default: a new one under ./runs)")
     p.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
                    help="per-point time limit")

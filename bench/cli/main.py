@@ -14,14 +14,23 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import os
 import signal
 import sys
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench.cli.arguments import _jobs, _memory_mb, _option, _positive_float, _threads
+from bench.cli.arguments import (
+    _jobs,
+    _max_cells,
+    _memory_mb,
+    _option,
+    _path,
+    _positive_float,
+    _threads,
+    path_problem,
+)
 from bench.cli.gradients import add_parser as add_gradients_parser
 from bench.cli.gradients import run_study
 from bench.commands.session import RunOutcome, RunSession
@@ -31,14 +40,17 @@ from bench.planning.backend_grid import describe_parameters
 from bench.planning.request import (
     DEFAULT_BUDGET,
     DEFAULT_MEMORY_STEPS,
+    MAX_CELLS,
     MIN_MEMORY_MB,
     RunRequest,
 )
-from bench.planning.run_config import load_run_config
+from bench.planning.run_config import load_run_config, origin
 from bench.reports.compare import Thresholds, compare_runs, format_findings
 from bench.reports.html_report import PAGE_NAME, report_page
 from bench.reports.publish import publish_run
 from bench.reports.report import report
+from bench.store.files import atomic_write_text
+from bench.store.results import RunDirectory
 from bench.store.results_index import update_index_if_generated, write_index
 
 
@@ -63,14 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--backend-set", dest="backend_set", action="append", default=None,
                        metavar="KEY=VALUE", help="set a backend parameter on every selected "
                        "backend that has it (a list [v1,v2] makes a grid); repeatable")
-    p_run.add_argument("--config", type=Path, default=None, metavar="FILE",
+    p_run.add_argument("--config", type=_path, default=None, metavar="FILE",
                        help="a run file (TOML: suites, backends with parameter grids, budget, "
                        "seeds, options); arguments given here win over it")
     p_run.add_argument("--budget", default=None,
                        help=f"budget name, e.g. smoke, quick, paper (default {DEFAULT_BUDGET})")
     p_run.add_argument("--device", default=None, help="cpu (default), cuda or auto")
     p_run.add_argument("--seeds", default=None, help="seeds: 0,1,2 or 0-4 (default 0)")
-    p_run.add_argument("--out", type=Path, default=None,
+    p_run.add_argument("--out", type=_path, default=None,
                        help="run directory (default: a new one under ./runs)")
     p_run.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
                        help="per-cell time limit; a cell over it is stopped and marked timeout")
@@ -94,7 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--cluster", default=None, metavar="NAME",
                        help="start a Dask cluster for the run: local, slurm, pbs, sge or lsf "
                        "(dask-jobqueue, set up in Dask's config file), --jobs workers")
-    p_run.add_argument("--data-dir", type=Path, default=None,
+    p_run.add_argument("--cluster-timeout", type=_positive_float, default=None,
+                       metavar="SECONDS", help="with --cluster or --scheduler: end the run "
+                       "with a message when no Dask worker has joined after SECONDS (default "
+                       "300, or Dask's config key bench.cluster-timeout)")
+    p_run.add_argument("--max-cells", type=_max_cells, default=None, metavar="N",
+                       help=f"refuse a request that expands to more than N cells (default "
+                       f"{MAX_CELLS:,}: a bigger grid is usually a typo)")
+    p_run.add_argument("--data-dir", type=_path, default=None,
                        help="folder with a suite's data files (e.g. the four MNIST IDX files)")
     p_run.add_argument("--set", dest="options", type=_option, action="append", default=[],
                        metavar="KEY=VALUE", help="a suite option (see `bench list`)")
@@ -112,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="solver steps L to measure: positive integers, 8,16,32 or a range "
                        "(default 8,16,...,512)")
     p_mem.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    p_mem.add_argument("--out", type=Path, default=None,
+    p_mem.add_argument("--out", type=_path, default=None,
                        help="run directory (default: a new one under ./runs)")
     p_mem.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
                        help="per-measurement time limit")
@@ -126,14 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --out: measure only what has no 'ok' row there")
     p_mem.add_argument("--set", dest="options", type=_option, action="append", default=[],
                        metavar="KEY=VALUE", help="a memory-scaling suite option (width, batch)")
+    p_mem.add_argument("--max-cells", type=_max_cells, default=MAX_CELLS, metavar="N",
+                       help=f"refuse more than N measurements (default {MAX_CELLS:,})")
     p_mem.set_defaults(func=cmd_memory)
 
     p_report = sub.add_parser("report", help="print a run's table, or compare two runs")
-    p_report.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    p_report.add_argument("runs", nargs="+", type=_path, metavar="RUN_DIR")
     p_report.add_argument("--format", default="markdown",
                           help="markdown (default), csv, latex, html (writes RUN_DIR/index.html, "
                           "a self-contained page)")
-    p_report.add_argument("--out", type=Path, default=None, metavar="FILE",
+    p_report.add_argument("--out", type=_path, default=None, metavar="FILE",
                           help="--format html: the page to write (default RUN_DIR/index.html)")
     p_report.add_argument("--columns", default=None, metavar="A,B,C",
                           help="columns to show, in order (default: markdown the readable table, "
@@ -142,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_cmp = sub.add_parser(
         "compare", help="compare NEW with BASE for CI: exit 1 when a threshold is crossed")
-    p_cmp.add_argument("base", type=Path, metavar="BASE")
-    p_cmp.add_argument("new", type=Path, metavar="NEW")
+    p_cmp.add_argument("base", type=_path, metavar="BASE")
+    p_cmp.add_argument("new", type=_path, metavar="NEW")
     p_cmp.add_argument("--max-slowdown", type=float, default=1.10, metavar="RATIO",
                        help="fail when NEW's step time is over RATIO x BASE's (default 1.10)")
     p_cmp.add_argument("--max-memory-growth", type=float, default=1.05, metavar="RATIO",
@@ -155,14 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_idx = sub.add_parser(
         "index", help="write RESULTS_DIR/README.md, the index of its published folders")
-    p_idx.add_argument("results", type=Path, metavar="RESULTS_DIR")
+    p_idx.add_argument("results", type=_path, metavar="RESULTS_DIR")
     p_idx.set_defaults(func=cmd_index)
 
     p_pub = sub.add_parser(
         "publish", help="copy a run's table (markdown + CSV), environment, config and plots "
         "into a results folder")
-    p_pub.add_argument("run", type=Path, metavar="RUN_DIR")
-    p_pub.add_argument("--to", type=Path, required=True, metavar="DIR",
+    p_pub.add_argument("run", type=_path, metavar="RUN_DIR")
+    p_pub.add_argument("--to", type=_path, required=True, metavar="DIR",
                        help="destination, e.g. results/mnist-quick-cpu (must not exist)")
     p_pub.set_defaults(func=cmd_publish)
 
@@ -175,18 +196,33 @@ def run_request(args: argparse.Namespace, registry: Registry, check: bool = True
     """``bench run``'s arguments as a checked request (nothing is written or run); ``check``:
     the suites' data too."""
     settings: dict[str, Any] = {"suites": "all", "backends": "all", "budget": DEFAULT_BUDGET,
-                                "seeds": "0", "device": "cpu", "threads": None}
+                                "seeds": "0", "device": "cpu", "threads": None,
+                                "max_cells": MAX_CELLS}
+    from_file: dict[str, Any] = {}
     if getattr(args, "config", None) is not None:
-        settings.update(load_run_config(args.config))
+        from_file = load_run_config(args.config)
+        settings.update(from_file)
     given = {"suites": args.suite, "backends": args.backends, "budget": args.budget,
              "seeds": args.seeds, "device": args.device, "threads": args.threads,
              "data_dir": args.data_dir, "out": args.out, "timeout_s": args.timeout,
-             "max_memory_mb": args.max_memory_mb, "backend_set": args.backend_set}
-    settings.update({key: value for key, value in given.items() if value is not None})
+             "max_memory_mb": args.max_memory_mb, "backend_set": args.backend_set,
+             "max_cells": getattr(args, "max_cells", None)}
+    given = {key: value for key, value in given.items() if value is not None}
+    settings.update(given)
     # suite options: the file's, then --set's over them
     settings["options"] = [*settings.get("options", []), *args.options]
+    if args.options:
+        given["options"] = args.options
+    # a setting from the file is named with the file and key in its errors
+    origins = {key: origin(args.config, key) for key in from_file if key not in given}
+    for key in ("out", "data_dir"):  # the file's paths: checked as --out would be
+        problem = path_problem(from_file[key]) if key in origins else None
+        if problem:
+            raise BenchError(f"{origins[key]}: {problem}")
     return RunRequest.for_run(registry, resume=args.resume, check=check, jobs=args.jobs,
-                              scheduler=args.scheduler, cluster=args.cluster, **settings)
+                              scheduler=args.scheduler, cluster=args.cluster,
+                              cluster_timeout_s=getattr(args, "cluster_timeout", None) or 300.0,
+                              origins=origins, **settings)
 
 
 def memory_request(args: argparse.Namespace, registry: Registry, check: bool = True
@@ -196,7 +232,7 @@ def memory_request(args: argparse.Namespace, registry: Registry, check: bool = T
         registry, backends=args.backends, steps=args.steps, device=args.device,
         options=args.options, out=args.out, resume=args.resume, timeout_s=args.timeout,
         max_memory_mb=args.max_memory_mb, threads=args.threads, check=check,
-        backend_set=args.backend_set)
+        backend_set=args.backend_set, max_cells=args.max_cells)
 
 
 def _finish(outcome: RunOutcome, results_line: str) -> int:
@@ -214,7 +250,17 @@ def _finish(outcome: RunOutcome, results_line: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace, registry: Registry) -> int:
-    outcome = RunSession(registry, run_request(args, registry), _selection()).run()
+    request = run_request(args, registry)
+    if request.scheduler or request.cluster:  # before the run directory is made
+        from bench.engine.dask_engine import cluster_timeout, require
+
+        require(request.cluster, request.scheduler)
+        with cluster_timeout(args.cluster_timeout):
+            outcome = RunSession(registry, request, _selection()).run()
+    else:
+        if args.cluster_timeout is not None:
+            raise BenchError("--cluster-timeout is for runs on Dask (--cluster or --scheduler)")
+        outcome = RunSession(registry, request, _selection()).run()
     path = outcome.run_dir.path
     return _finish(outcome, f"results: {path}  (bench report {path} --format csv)")
 
@@ -230,41 +276,75 @@ def cmd_memory(args: argparse.Namespace, registry: Registry) -> int:
     return _finish(outcome, f"results: {outcome.run_dir.path}")
 
 
+def _lines_or_broken(kind: str, name: str, describe: Callable[[], list[str]],
+                     broken: dict[str, list[str]], registry: Registry) -> list[str]:
+    """A backend's or suite's lines for ``bench list``; when its plugin's code raises (a
+    property, ``check_available()``, ...), one line saying so, and the problem is kept under
+    its plugin for the Plugins section: one broken plugin never hides the others."""
+    try:
+        return describe()
+    except Exception as exc:  # noqa: BLE001 - a plugin's bug, shown and contained
+        problem = f"{kind} {name!r}: {_raised(exc)}"
+        broken.setdefault(registry.origin.get(name, "?"), []).append(problem)
+        return [f"  {name:<22} [broken: {_raised(exc)}]"]
+
+
+def _raised(exc: BaseException) -> str:
+    """An exception as one line: its type and message (the first line)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}" + (f": {text[0]}" if text else "")
+
+
+def _backend_lines(name: str, b: Any) -> list[str]:
+    missing = b.check_available()
+    state = f"  [unavailable: {missing}]" if missing else ""
+    state += "" if b.in_all else "  [not in 'all': run it by name]"
+    lines = [f"  {name:<22} {b.framework:<6} {b.gradient_method:<22} {b.solver:<8}{state}"]
+    if b.description:
+        lines.append(f"  {'':<22} {b.description}")
+    lines += [f"    parameter {line}" for line in describe_parameters(b)]
+    return lines
+
+
+def _suite_lines(name: str, s: Any) -> list[str]:
+    lines = [f"  {name:<22} metric {s.metric_name} ({s.metric_direction} is better); "
+             f"frameworks: {', '.join(s.frameworks)}"]
+    if s.description:
+        lines.append(f"  {'':<22} {s.description}")
+    for budget in s.budgets.values():
+        lines.append(f"    budget {budget.name:<10} {budget.description}")
+        tolerances = s.budget_tolerances(budget)
+        if tolerances:
+            lines.append(f"    {'':<17} solver tolerances {tolerances}: they replace each "
+                         "adaptive backend's own (recorded in every row's rtol/atol)")
+    for key in s.options:
+        spec = s.option_spec(key)
+        kind = getattr(spec.type, "__name__", str(spec.type))
+        lines.append(f"    option {key}={spec.default!r}  ({kind}; valid: "
+                     f"{spec.describe_valid()})" + (f"  {spec.help}" if spec.help else ""))
+    return lines
+
+
 def cmd_list(args: argparse.Namespace, registry: Registry) -> int:
+    broken: dict[str, list[str]] = {}  # plugin -> what of it raised
     print("Backends:")
     if not registry.backends:
         print("  (none)")
     for name, b in sorted(registry.backends.items()):
-        missing = b.check_available()
-        state = f"  [unavailable: {missing}]" if missing else ""
-        state += "" if b.in_all else "  [not in 'all': run it by name]"
-        print(f"  {name:<22} {b.framework:<6} {b.gradient_method:<22} {b.solver:<8}{state}")
-        if b.description:
-            print(f"  {'':<22} {b.description}")
-        for line in describe_parameters(b):
-            print(f"    parameter {line}")
+        for line in _lines_or_broken("backend", name, functools.partial(_backend_lines, name, b),
+                                     broken, registry):
+            print(line)
     print("Suites:")
     if not registry.suites:
         print("  (none)")
     for name, s in sorted(registry.suites.items()):
-        print(f"  {name:<22} metric {s.metric_name} ({s.metric_direction} is better); "
-              f"frameworks: {', '.join(s.frameworks)}")
-        if s.description:
-            print(f"  {'':<22} {s.description}")
-        for budget in s.budgets.values():
-            print(f"    budget {budget.name:<10} {budget.description}")
-            tolerances = s.budget_tolerances(budget)
-            if tolerances:
-                print(f"    {'':<17} solver tolerances {tolerances}: they replace each "
-                      "adaptive backend's own (recorded in every row's rtol/atol)")
-        for key in s.options:
-            spec = s.option_spec(key)
-            kind = getattr(spec.type, "__name__", str(spec.type))
-            print(f"    option {key}={spec.default!r}  ({kind}; valid: {spec.describe_valid()})"
-                  + (f"  {spec.help}" if spec.help else ""))
+        for line in _lines_or_broken("suite", name, functools.partial(_suite_lines, name, s),
+                                     broken, registry):
+            print(line)
     print("Plugins:")
     for p in registry.plugins:
-        print(f"  {p.name:<22} {p.source}" + (f"  ERROR: {p.error}" if p.error else ""))
+        line = f"  {p.name:<22} {p.source}" + (f"  ERROR: {p.error}" if p.error else "")
+        print(line + "".join(f"  BROKEN: {problem}" for problem in broken.get(p.name, [])))
     unmatched = registry.unmatched_plugin_names()
     if unmatched is not None:
         available = ", ".join(registry.available_plugin_names()) or "(none)"
@@ -291,7 +371,7 @@ def cmd_report(args: argparse.Namespace, registry: Registry) -> int:
         page = report_page([str(p) for p in args.runs], columns)
         out = args.out if args.out is not None else args.runs[0] / PAGE_NAME
         try:
-            out.write_text(page, encoding="utf-8")
+            atomic_write_text(out, page)  # whole, never through a link
         except OSError as exc:
             raise BenchError(f"cannot write {str(out)!r}: {exc.strerror or exc}") from None
         print(out)
@@ -303,6 +383,12 @@ def cmd_report(args: argparse.Namespace, registry: Registry) -> int:
 
 
 def cmd_publish(args: argparse.Namespace, registry: Registry) -> int:
+    rows = RunDirectory.open(args.run).rows()
+    if not any(r.status == "ok" for r in rows):
+        counts = ", ".join(f"{sum(r.status == s for r in rows)} {s}"
+                           for s in dict.fromkeys(r.status for r in rows)) or "no rows"
+        raise BenchError(f"{str(args.run)!r} has no 'ok' row ({counts}): nothing to publish; "
+                         "finish its cells first (bench run --resume --out RUN_DIR)")
     written = publish_run(args.run, args.to)
     index = update_index_if_generated(args.to.parent)
     for path in written + ([index] if index else []):

@@ -52,6 +52,20 @@ class BackendChoice:
         return self.label
 
 
+@dataclasses.dataclass(frozen=True)
+class BackendEntry:
+    """A backend and its parameter grid given as data, not ``--backends`` text (a run file's
+    ``[[backends]]`` table): ``params`` maps each key to its values, already typed; nothing is
+    parsed from text, so no value or key can splice another backend into the grid."""
+
+    name: str
+    params: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+
+
+#: A ``--backend-set`` assignment: ``key=value`` text, or (key, values) given as data.
+Assignment = str | tuple[str, Sequence[Any]]
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
@@ -61,7 +75,9 @@ def _stderr(message: str) -> None:
 
 def split_top_level(text: str, what: str) -> list[str]:
     """``text`` split at the commas outside brackets; unbalanced brackets raise."""
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in text:
         if char == "[":
             depth += 1
@@ -175,19 +191,25 @@ def _tied_keys(backend: AbstractBackend, key: str) -> tuple[str, ...] | None:
     return None
 
 
-def expand_backends(registry: Registry, backends: str | Sequence[str | BackendChoice],
-                    backend_set: Iterable[str] = (), echo: Callable[[str], None] = _stderr
-                    ) -> list[BackendChoice]:
+def expand_backends(registry: Registry,
+                    backends: str | Sequence[str | BackendChoice | BackendEntry],
+                    backend_set: Iterable[Assignment] = (), echo: Callable[[str], None] = _stderr,
+                    check_count: Callable[[int], None] | None = None) -> list[BackendChoice]:
     """The backend configurations a run asks for: ``backends`` as ``--backends`` text (``all``,
-    names, ``name[key=value,...]`` with lists for grids) or a sequence of such texts or
-    :class:`BackendChoice`; ``backend_set`` the ``--backend-set key=value`` assignments, applied
-    to every selected backend that declares the key and has not set it (the others are named
-    through ``echo``). Every value and configuration is checked here; duplicates are dropped."""
+    names, ``name[key=value,...]`` with lists for grids) or a sequence of such texts,
+    :class:`BackendChoice` or :class:`BackendEntry`; ``backend_set`` the ``--backend-set
+    key=value`` assignments, applied to every selected backend that declares the key and has not
+    set it (the others are named through ``echo``). Every value and configuration is checked
+    here; duplicates are dropped. ``check_count`` is called with the number of configurations
+    before any is built (it raises when the run would be too big), so an enormous grid is
+    refused at once; building them takes time linear in their number."""
     items: list[tuple[str, list[tuple[str, list[Any]]]]] = []
     texts = [backends] if isinstance(backends, str) else list(backends)
     for entry in texts:
         if isinstance(entry, BackendChoice):
             items.append((entry.name, [(k, [v]) for k, v in entry.params]))
+        elif isinstance(entry, BackendEntry):
+            items.append((entry.name, [(k, list(values)) for k, values in entry.params]))
         elif entry.strip() == "all":
             if not registry.backends:
                 raise BenchError("--backends all: no backends are loaded (see `bench list` and "
@@ -196,16 +218,23 @@ def expand_backends(registry: Registry, backends: str | Sequence[str | BackendCh
                          if registry.backends[name].in_all)
         else:
             items.extend(parse_backends(entry))
-    assignments = [parse_assignment(text, "--backend-set") for text in backend_set]
+    assignments = [parse_assignment(a, "--backend-set") if isinstance(a, str)
+                   else (str(a[0]), list(a[1])) for a in backend_set]
+    seen_keys: dict[str, None] = {}
+    for key, _ in assignments:
+        if key in seen_keys:
+            raise BenchError(f"--backend-set {key}=... is given more than once; a list of values "
+                             f"is one assignment: --backend-set '{key}=[v1,v2]'")
+        seen_keys[key] = None
     used: dict[str, list[str]] = {key: [] for key, _ in assignments}
-    choices: list[BackendChoice] = []
+    grids: list[tuple[str, AbstractBackend, dict[str, list[Any]], dict[str, str]]] = []
     for name, params in items:
         backend = registry.backend(name)
         grid: dict[str, list[Any]] = {}
         tied: dict[str, str] = {}
 
-        def put(key: str, values: list[Any], backend: Any = backend, grid: dict = grid,
-                tied: dict = tied) -> None:
+        def put(key: str, values: list[Any], backend: Any = backend,
+                grid: dict[str, list[Any]] = grid, tied: dict[str, str] = tied) -> None:
             pair = _tied_keys(backend, key)
             if pair:  # tol: rtol and atol, one axis
                 first, second = pair
@@ -220,30 +249,58 @@ def expand_backends(registry: Registry, backends: str | Sequence[str | BackendCh
             if key in grid or (key in TIED and set(TIED[key]) & set(grid)):
                 raise BenchError(f"backend {name}: parameter {key} is set twice")
             put(key, values)
+        in_brackets = set(grid)
+        by_set: dict[str, str] = {}  # parameter -> the --backend-set key that set it
         for key, values in assignments:
             canon = backend.parameter_aliases.get(key, key)
             names = set(TIED.get(canon, ())) if _tied_keys(backend, canon) else {canon}
-            if names <= {s.name for s in backend.parameters} and not names & set(grid):
-                put(canon, values)
-                used[key].append(name)
+            if not names <= {s.name for s in backend.parameters} or names & in_brackets:
+                continue
+            twice = sorted(names & set(by_set))
+            if twice:
+                raise BenchError(f"--backend-set {key}=... and --backend-set "
+                                 f"{by_set[twice[0]]}=... both set {twice[0]} of backend "
+                                 f"{name}: give one of them")
+            by_set.update({n: key for n in names})
+            put(canon, values)
+            used[key].append(name)
+        grids.append((name, backend, grid, tied))
+    if check_count is not None:
+        check_count(sum(configuration_count(grid, tied) for _, _, grid, tied in grids))
+    choices: dict[BackendChoice, None] = {}  # insertion-ordered, membership in O(1)
+    for name, backend, grid, tied in grids:
         for params_tuple in configurations(backend, grid, tied):
             choice = BackendChoice(name, params_tuple)
+            if choice in choices:
+                continue
             try:
                 backend.configure(dict(params_tuple))
             except BenchError as exc:
                 raise BenchError(f"backend {choice.label}: {exc}") from None
-            if choice not in choices:
-                choices.append(choice)
-    names = list(dict.fromkeys(name for name, _ in items))
+            except Exception as exc:  # noqa: BLE001 - a plugin's bug: named, no traceback
+                raise BenchError(f"backend {choice.label}: its plugin's configure() raised "
+                                 f"{type(exc).__name__}: {exc}") from None
+            choices[choice] = None
+    selected = list(dict.fromkeys(name for name, _ in items))
     for key, applied in used.items():
         if not applied:
             raise BenchError(f"--backend-set {key}=...: no selected backend has the parameter "
-                             f"{key} (selected: {', '.join(names)}; see `bench list`)")
-        skipped = [n for n in names if n not in applied]
+                             f"{key} (selected: {', '.join(selected)}; see `bench list`)")
+        skipped = [n for n in selected if n not in applied]
         if skipped:
             echo(f"--backend-set {key}: not applied to {', '.join(skipped)} (no such parameter, "
                  "or set in its brackets)")
-    return choices
+    return list(choices)
+
+
+def configuration_count(grid: Mapping[str, list[Any]], tied: Mapping[str, str] | None = None
+                        ) -> int:
+    """How many configurations :func:`configurations` makes of ``grid`` (without making them)."""
+    count = 1
+    for key, values in grid.items():
+        if key not in (tied or {}):
+            count *= len(values)
+    return count
 
 
 def configured_backend(registry: Registry, choice: BackendChoice) -> AbstractBackend:
