@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import multiprocessing
 import os
 import signal
@@ -228,8 +229,10 @@ def _stop(proc: Any) -> None:
 
 
 def exit_reason(proc: Any, work_dir: Path | None = None) -> str:
+    """Why a cell process ended without a row: its exit code or signal, and what its folder
+    holds (cell.log's last line, or that it is empty; the last step in trace.json)."""
     code = proc.exitcode
-    log = f"; the Python stack is in {work_dir / 'cell.log'}" if work_dir is not None else ""
+    log = _last_words(work_dir) if work_dir is not None else ""
     if code is None:
         return "cell process stopped answering"
     if code < 0:
@@ -237,3 +240,26 @@ def exit_reason(proc: Any, work_dir: Path | None = None) -> str:
         hint = " (killed: most likely out of memory)" if -code == signal.SIGKILL else log
         return f"cell process was killed by signal {name}{hint}"
     return f"cell process exited with code {code} without a result{log}"
+
+
+def _last_words(work_dir: Path) -> str:
+    """What a dead cell left: where its Python stack is (and the log's last line), or that
+    cell.log is empty; the last training step trace.json recorded, if any."""
+    path = work_dir / "cell.log"
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines()]
+    except OSError:
+        lines = []
+    lines = [line for line in lines if line]
+    if lines:
+        last = lines[-1] if len(lines[-1]) <= 200 else lines[-1][:197] + "..."
+        text = f"; the Python stack is in {path} (its last line: {last!r})"
+    else:
+        text = (f"; {path} is empty or missing: the process ended without a Python stack (killed "
+                "from outside, os._exit, or a crash in native code before faulthandler wrote)")
+    try:
+        steps = json.loads((work_dir / "trace.json").read_text()).get("steps") or []
+        text += f"; trace.json's last step: {int(steps[-1]['step'])}" if steps else ""
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        pass
+    return text

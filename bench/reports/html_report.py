@@ -134,7 +134,7 @@ def _failed(run_dir: RunDirectory, rows: list[Any]) -> str:
     items = []
     for row in bad:
         first = (row.error or "").strip().splitlines()
-        cell = run_dir.path / "cells" / safe_name(row.cell_id.replace("/", "__"))
+        cell = run_dir.cell_dir(row.cell_id, create=False)
         logs = [cell / name for name in ("error.log", "cell.log") if (cell / name).exists()]
         relative = logs[0].relative_to(run_dir.path).as_posix() if logs else ""
         where = (f' <span>log: <a href="{_e(relative)}"><code>{_e(relative)}</code></a></span>'
@@ -190,7 +190,7 @@ def _summary(run_dir: RunDirectory, rows: list[Any]) -> str:
         ("device", ", ".join(devices) or config.get("device", "-")),
         ("CPU", env.get("cpu_model", "-")),
         ("started", config.get("started_at", "-")),
-        ("commit", (git.get("commit") or "-") + (" (dirty)" if git.get("dirty") else "")),
+        ("commit", str(git.get("commit") or "-") + (" (dirty)" if git.get("dirty") else "")),
         ("cells", ", ".join(f"{sum(r.status == s for r in rows)} {s}"
                             for s in dict.fromkeys(r.status for r in rows)) or "none"),
     ]

@@ -61,7 +61,7 @@ def finish(fig: Any, ax: Any, out: Path, legend: bool = True) -> None:
 def _traces(run_dir: RunDirectory) -> list[tuple[ResultRow, dict]]:
     found = []
     for row in run_dir.rows():
-        path = run_dir.path / "cells" / safe_name(row.cell_id.replace("/", "__")) / "trace.json"
+        path = run_dir.cell_dir(row.cell_id, create=False) / "trace.json"
         if row.status in ("ok", "diverged") and path.exists():
             found.append((row, json.loads(path.read_text())))
     return found

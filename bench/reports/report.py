@@ -229,7 +229,8 @@ def compare_frame(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
         b[[*COMPARE_KEYS, *values]], on=list(COMPARE_KEYS), how="outer", suffixes=("_a", "_b")
     )
     for column in ("train_step_time_s", "peak_memory_mib"):
-        merged[f"{column}_ratio_b_a"] = merged[f"{column}_b"] / merged[f"{column}_a"]
+        if column in values:  # neither run measured it (e.g. every cell unsupported): no ratio
+            merged[f"{column}_ratio_b_a"] = merged[f"{column}_b"] / merged[f"{column}_a"]
     ordered = list(COMPARE_KEYS)
     for column in values:
         ordered += [f"{column}_a", f"{column}_b"]

@@ -19,6 +19,7 @@ import dataclasses
 import datetime as _dt
 import fcntl
 import functools
+import hashlib
 import json
 import math
 import os
@@ -34,6 +35,22 @@ from bench.core.rows import ResultRow, json_default
 
 def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
+#: The longest cell folder name. File systems take 255 bytes per name; a longer cell id (long
+#: option values, a huge seed) keeps a readable start and ends with a hash of the whole id.
+MAX_CELL_FOLDER = 200
+
+
+def cell_folder_name(cell_id: str) -> str:
+    """The folder name of a cell under ``cells/``: the id made safe, or, when that is longer than
+    :data:`MAX_CELL_FOLDER`, its start and a hash of the whole id (distinct ids, distinct
+    folders)."""
+    name = safe_name(cell_id.replace("/", "__"))
+    if len(name) <= MAX_CELL_FOLDER:
+        return name
+    digest = hashlib.sha256(cell_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{name[:MAX_CELL_FOLDER - len(digest) - 1]}-{digest}"
 
 
 class RunDirectory:
@@ -81,7 +98,7 @@ class RunDirectory:
                                   "; pass --out DIR somewhere writable") from None
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         for i in range(1000):
-            candidate = base / (f"{stamp}-{safe_name(label)}" + ("" if i == 0 else f"-{i}"))
+            candidate = base / (f"{stamp}-{safe_name(label)[:100]}" + ("" if i == 0 else f"-{i}"))
             try:
                 candidate.mkdir()
             except FileExistsError:
@@ -181,9 +198,12 @@ class RunDirectory:
         """Append one row durably (flushed and fsync'ed before returning)."""
         self.append_jsonl("rows.jsonl", row.to_json())
 
-    def cell_dir(self, cell_id: str) -> Path:
-        path = self.path / "cells" / safe_name(cell_id.replace("/", "__"))
-        path.mkdir(parents=True, exist_ok=True)
+    def cell_dir(self, cell_id: str, create: bool = True) -> Path:
+        """The folder of the cell ``cell_id`` (made unless ``create`` is False): the one place
+        that names it (:func:`cell_folder_name`)."""
+        path = self.path / "cells" / cell_folder_name(cell_id)
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
         return path
 
     # -- reading ----------------------------------------------------------------------------------
