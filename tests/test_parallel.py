@@ -190,9 +190,11 @@ def test_reports_warn_when_timings_at_different_concurrency_are_compared(tmp_pat
     assert concurrency_warning({"a": []}) == ""
     base = _write_run(tmp_path / "base", [1, 1])
     new = _write_run(tmp_path / "new", [2, 2])
-    _, notes = compare_runs(base, new)
-    assert any("different numbers of cells running at once" in n and "BASE: 1; NEW: 2" in n
-               for n in notes)
+    comparison = compare_runs(base, new)
+    times = [f for f in comparison.findings if f.column == "train_step_time_s"]
+    assert times and all(f.verdict == "not comparable" for f in times)
+    assert "ran at different concurrency (1 vs 2 cells at once)" in times[0].change
+    assert comparison.exit_status == 3
     report([str(base), str(new)])
     assert "concurrent_cells" in capsys.readouterr().err
     report([str(base)])

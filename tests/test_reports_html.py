@@ -81,14 +81,16 @@ def saved_figures(monkeypatch):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    import bench.reports.plots as plots
+
     saved = {}
-    real_savefig = matplotlib.figure.Figure.savefig
+    real_save = plots.save_figure
 
-    def savefig(fig, out, *args, **kwargs):
+    def save_figure(fig, out, **kwargs):  # every plot is saved through it (whole, no link)
         saved[Path(out).name] = fig
-        return real_savefig(fig, out, *args, **kwargs)
+        return real_save(fig, out, **kwargs)
 
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    monkeypatch.setattr(plots, "save_figure", save_figure)
     monkeypatch.setattr(plt, "close", lambda fig=None: None)
     yield saved
     plt.close("all")
@@ -205,12 +207,10 @@ def slower(backend, seed):
     return 0.13 if backend == "backend-02" else 0.1
 
 
-def noisy(backend, seed):  # the new run's seeds spread over the base's
-    return (0.09, 0.12, 0.115)[seed] if backend == "backend-02" else 0.1
-
-
-def base_noise(backend, seed):
-    return (0.095, 0.1, 0.105)[seed]
+def _rewrite_rows(path: Path, change) -> None:
+    """Edit a fake run's rows.jsonl in place: ``change(row dict)`` returns the new dict."""
+    rows = [json.loads(line) for line in (path / "rows.jsonl").read_text().splitlines()]
+    (path / "rows.jsonl").write_text("".join(json.dumps(change(r)) + "\n" for r in rows))
 
 
 def test_compare_fails_on_a_regression_and_names_it(tmp_path, capsys):
@@ -222,40 +222,91 @@ def test_compare_fails_on_a_regression_and_names_it(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 1
     failures = out.split("FAIL:")[1]
-    assert "mnist/backend-02/quick (seed 0) train_step_time_s: 0.1 -> 0.13, x1.300" in failures
-    assert "backend-05/quick (seed 0) peak_memory_mib: 100 -> 106, x1.060" in failures
-    assert "backend-07/quick (seed 0) test_error_pct: 2 -> 3, +1" in failures
+    assert "(time, memory, metric)" in out.split("\n  ")[0]
+    assert ("mnist/backend-02/quick/seed0/cpu train_step_time_s: 0.1 -> 0.13, x1.300 (limit "
+            "x1.100)") in failures
+    assert "backend-05/quick/seed0/cpu peak_memory_mib: 100 -> 106, x1.060" in failures
+    assert "backend-07/quick/seed0/cpu test_error_pct: 2 -> 3, +1" in failures
     assert failures.count("\n  ") == 3
-    # looser thresholds: nothing crossed
+    assert "moved: time 1, memory 1, metric 1" in out
+    # looser thresholds: nothing crossed, and the summary still says what moved
     assert cli.main(["compare", str(base), str(new), "--max-slowdown", "1.5",
-                     "--max-memory-growth", "1.1"]) == 0
-    assert "OK: no threshold crossed" in capsys.readouterr().out
-
-
-def test_compare_with_seeds_uses_medians_and_the_seed_spread(tmp_path, capsys):
-    base = fake_run(tmp_path / "base", traces=False, step_time=base_noise)
-    within = fake_run(tmp_path / "within", traces=False, step_time=noisy)
-    findings, _ = compare_runs(base, within, Thresholds())
-    step = [f for f in findings if f.group.startswith("mnist/backend-02/")
-            and f.column == "train_step_time_s"][0]
-    assert (step.base, step.new) == (0.1, 0.115)  # medians of 3 seeds; x1.15 > 1.10
-    assert step.verdict == "within seed spread"
-    assert cli.main(["compare", str(base), str(within)]) == 0
-    assert "within the seed spread" in capsys.readouterr().out
-    beyond = fake_run(tmp_path / "beyond", traces=False,
-                      step_time=lambda b, s: 0.2 + 0.01 * s if b == "backend-02" else 0.1)
-    assert cli.main(["compare", str(base), str(beyond)]) == 1
+                     "--max-memory-growth", "1.1", "--max-metric-change", "1"]) == 0
     out = capsys.readouterr().out
-    assert "backend-02/quick (median of 3 vs 3 seeds) train_step_time_s" in out.split("FAIL:")[1]
+    assert "OK: every figure within its tolerance" in out and "moved: memory 1, metric 1" in out
+
+
+def test_compare_pairs_seeds_and_fails_when_new_lacks_one(tmp_path, capsys):
+    base = fake_run(tmp_path / "base", seeds=(0, 1, 2), traces=False)
+    fewer = fake_run(tmp_path / "fewer", seeds=(0, 1), traces=False)
+    assert cli.main(["compare", str(base), str(fewer)]) == 1
+    out = capsys.readouterr().out
+    assert ("mnist/backend-00/quick/seed2/cpu cell: in BASE (ok), missing in NEW"
+            in out.split("FAIL:")[1])
+    assert out.split("FAIL:")[1].count("seed2/cpu cell") == len(BACKENDS)
+    # each seed pairs with its own: seed 1's metric (3.0) is not compared with seed 0's (2.0)
+    comparison = compare_runs(base, base, Thresholds())
+    assert comparison.exit_status == 0 and not comparison.failed
 
 
 def test_compare_fails_when_a_cell_stops_working(tmp_path, capsys):
     base = fake_run(tmp_path / "base", seeds=(0, 1, 2), traces=False)
     new = fake_run(tmp_path / "new", seeds=(0, 1, 2), traces=False, status=failing)
     assert cli.main(["compare", str(base), str(new)]) == 1
-    assert "ok in BASE, not in NEW: seed 1 failed" in capsys.readouterr().out
-    fewer = fake_run(tmp_path / "fewer", seeds=(0,), traces=False)  # fewer seeds: no failure
-    assert cli.main(["compare", str(base), str(fewer)]) == 0
+    assert "ok in BASE, failed in NEW" in capsys.readouterr().out
+
+
+def test_compare_fails_on_a_metric_that_is_missing_or_not_finite(tmp_path, capsys):
+    base = fake_run(tmp_path / "base", seeds=(0,), traces=False, backends=["b"])
+    new = fake_run(tmp_path / "new", seeds=(0,), traces=False, backends=["b"])
+    _rewrite_rows(new, lambda r: {**r, "metrics": {"test_error_pct": float("nan")}})
+    assert cli.main(["compare", str(base), str(new)]) == 1
+    assert "NEW's test_error_pct is nan: missing or not a finite number" in (
+        capsys.readouterr().out)
+    _rewrite_rows(new, lambda r: {**r, "metrics": {}})
+    assert cli.main(["compare", str(base), str(new)]) == 1
+    assert "NEW's test_error_pct is None" in capsys.readouterr().out
+
+
+def test_compare_fails_when_base_has_no_ok_row(tmp_path, capsys):
+    base = fake_run(tmp_path / "base", seeds=(0,), traces=False, backends=["b"],
+                    status=lambda b, s: "failed")
+    new = fake_run(tmp_path / "new", seeds=(0,), traces=False, backends=["b"])
+    assert cli.main(["compare", str(base), str(new)]) == 1
+    assert "BASE has no ok row: there is nothing to gate on" in capsys.readouterr().out
+
+
+def test_flagged_times_are_not_judged_and_exit_with_their_own_status(tmp_path, capsys):
+    """Counts and metrics match; only the step time differs, and NEW's timing is flagged (a
+    loaded machine): neither a pass nor a slowdown, exit 3, with the reason."""
+    base = fake_run(tmp_path / "base", seeds=(0,), traces=False, backends=["b"])
+    new = fake_run(tmp_path / "new", seeds=(0,), traces=False, backends=["b"],
+                   step_time=lambda b, s: 1.5)
+    _rewrite_rows(new, lambda r: {**r, "timing_flag": True,
+                                  "timing_warning": "host loaded: other processes kept 1.60 "
+                                                    "cores busy"})
+    assert cli.main(["compare", str(base), str(new)]) == 3
+    out = capsys.readouterr().out
+    assert "FAIL" not in out and "OK:" not in out
+    assert "TIMES NOT COMPARABLE: 1 step time(s) could not be judged (exit status 3)" in out
+    assert "NEW's timing is flagged (host loaded: other processes kept 1.60 cores busy)" in out
+    assert "moved: nothing" in out  # no count, metric or memory moved
+    # unflagged, the same slowdown fails as one
+    _rewrite_rows(new, lambda r: {**r, "timing_flag": False, "timing_warning": ""})
+    assert cli.main(["compare", str(base), str(new)]) == 1
+    assert "moved: time 1" in capsys.readouterr().out
+
+
+def test_compare_says_which_columns_it_could_not_compare(tmp_path, capsys):
+    base = fake_run(tmp_path / "base", seeds=(0,), traces=False, backends=["b"])
+    new = fake_run(tmp_path / "new", seeds=(0,), traces=False, backends=["b"])
+    _rewrite_rows(new, lambda r: {**r, "train_step_time_s": None, "nfe_backward": 41.0})
+    assert cli.main(["compare", str(base), str(new)]) == 1
+    out = capsys.readouterr().out
+    assert ("note: mnist/b/quick/seed0/cpu: train_step_time_s not compared (BASE 0.1, NEW None: "
+            "not measured on one side)") in out
+    assert "nfe_backward: 40 -> 41, +1 (limit 0 relative)" in out and "moved: count 1" in out
+    assert cli.main(["compare", str(base), str(new), "--max-count-change", "0.05"]) == 0
 
 
 def test_compare_bad_input_exits_2(tmp_path, capsys):
@@ -266,7 +317,8 @@ def test_compare_bad_input_exits_2(tmp_path, capsys):
     assert "--max-slowdown 0.0: expected a positive ratio" in capsys.readouterr().err
     other = fake_run(tmp_path / "other", seeds=(0,), traces=False, backends=["zzz"])
     assert cli.main(["compare", str(base), str(other)]) == 2
-    assert "nothing to compare" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "nothing to compare" in err and "backends BASE: backend-00" in err
 
 
 def test_compare_matches_options_like_memory_steps(tmp_path, capsys):
@@ -281,7 +333,7 @@ def test_compare_matches_options_like_memory_steps(tmp_path, capsys):
         (path / "rows.jsonl").write_text("\n".join(lines) + "\n")
     assert cli.main(["compare", str(base), str(new)]) == 1
     failures = capsys.readouterr().out.split("FAIL:")[1]
-    assert "mnist/b/quick/steps=64 (seed 0) train_step_time_s: 1 -> 1.2" in failures
+    assert "mnist/b/quick/seed0/cpu/steps=64 train_step_time_s: 1 -> 1.2" in failures
     assert "steps=8" not in failures
 
 
@@ -303,7 +355,7 @@ def test_results_index_keeps_hand_written_text_and_links_each_page(tmp_path):
     text = (results / "README.md").read_text()
     assert text.startswith("# Published\n\nHand-written words.\n") and MARKER in text
     line = [x for x in text.splitlines() if x.startswith("| [mnist-quick-cpu]")][0]
-    for part in ("mnist", "cpu (Fake <CPU> & co)", "quick", "2026-11-30", "`abc123def4`",
+    for part in ("mnist", "cpu (Fake \\<CPU\\> & co)", "quick", "2026-11-30", "`abc123def4`",
                  "[table](mnist-quick-cpu/results.md)", "[page](mnist-quick-cpu/index.html)"):
         assert part in line
     # publish refreshes a generated index; the hand-written text stays

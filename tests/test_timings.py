@@ -59,3 +59,36 @@ def test_percentile_interpolates_as_numpy():
     values = [0.3, 0.1, 0.7, 0.2, 0.9, 0.4]
     for q in (0, 10, 50, 90, 100):
         assert math.isclose(percentile(values, q), float(np.percentile(values, q)))
+
+
+def test_report_a_b_pairs_like_compare_and_shows_no_ratio_for_flagged_times(tmp_path):
+    import io
+
+    import pandas as pd
+
+    from bench.core.rows import ResultRow
+    from bench.reports.report import report
+    from bench.store.results import RunDirectory
+
+    def run(path, seeds, time_s, flag=False):
+        run_dir = RunDirectory.create(path)
+        for seed in seeds:
+            run_dir.append_row(ResultRow(
+                cell_id=f"linear/e/smoke/seed{seed}/cpu", suite="linear", backend="e",
+                framework="numpy", gradient_method="backprop", solver="euler", device="cpu",
+                seed=seed, budget="smoke", status="ok", metric_name="rate_error",
+                metrics={"rate_error": 0.1 * (seed + 1)}, train_step_time_s=time_s,
+                timing_flag=flag and seed == 0,
+                timing_warning="host loaded" if flag and seed == 0 else ""))
+        return str(path)
+
+    a = run(tmp_path / "a", (0, 1), 0.1)
+    b = run(tmp_path / "b", (0, 1, 2), 0.2, flag=True)
+    frame = pd.read_csv(io.StringIO(report([a, b], "csv")))
+    by_seed = frame.set_index("seed")
+    assert list(by_seed.index) == [0, 1, 2]
+    assert by_seed.rate_error_a[1] == 0.2 and by_seed.rate_error_b[1] == 0.2  # seed with seed
+    assert pd.isna(by_seed.train_step_time_s_ratio_b_a[0])  # B's seed 0 is flagged
+    assert by_seed.time_comparable[0] == "no: B's timing is flagged (host loaded)"
+    assert by_seed.train_step_time_s_ratio_b_a[1] == 2.0 and by_seed.time_comparable[1] == "yes"
+    assert pd.isna(by_seed.rate_error_a[2]) and by_seed.time_comparable[2] == "no: on one side only"

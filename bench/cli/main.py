@@ -45,7 +45,7 @@ from bench.planning.request import (
     RunRequest,
 )
 from bench.planning.run_config import load_run_config, origin
-from bench.reports.compare import Thresholds, compare_runs, format_findings
+from bench.reports.compare import Thresholds, compare_runs, format_comparison
 from bench.reports.html_report import PAGE_NAME, report_page
 from bench.reports.publish import publish_run
 from bench.reports.report import report
@@ -162,16 +162,24 @@ def build_parser() -> argparse.ArgumentParser:
     p_report.set_defaults(func=cmd_report)
 
     p_cmp = sub.add_parser(
-        "compare", help="compare NEW with BASE for CI: exit 1 when a threshold is crossed")
+        "compare", help="gate NEW against BASE for CI: exit 1 when a figure moved beyond its "
+        "tolerance or a cell is missing, 3 when only step times could not be judged")
     p_cmp.add_argument("base", type=_path, metavar="BASE")
     p_cmp.add_argument("new", type=_path, metavar="NEW")
     p_cmp.add_argument("--max-slowdown", type=float, default=1.10, metavar="RATIO",
-                       help="fail when NEW's step time is over RATIO x BASE's (default 1.10)")
+                       help="fail when NEW's step time is over RATIO x BASE's, where both are "
+                       "comparable: unflagged, same concurrency (default 1.10)")
     p_cmp.add_argument("--max-memory-growth", type=float, default=1.05, metavar="RATIO",
                        help="fail when NEW's peak memory is over RATIO x BASE's (default 1.05)")
-    p_cmp.add_argument("--max-metric-change", type=float, default=None, metavar="X",
-                       help="fail when the suite metric is worse by more than X (its unit; "
-                       "default: not checked)")
+    p_cmp.add_argument("--max-metric-change", type=float, default=0.0, metavar="X",
+                       help="fail when the suite metric at the same seed is worse by more than X "
+                       "(its unit; default 0: any worse value)")
+    p_cmp.add_argument("--max-count-change", type=float, default=0.0, metavar="FRACTION",
+                       help="fail when an NFE or step count changes by more than FRACTION of "
+                       "BASE's (default 0: counts must match)")
+    p_cmp.add_argument("--max-grad-error-growth", type=float, default=1.10, metavar="RATIO",
+                       help="fail when a gradient's relative error is over RATIO x BASE's "
+                       "(default 1.10)")
     p_cmp.set_defaults(func=cmd_compare)
 
     p_idx = sub.add_parser(
@@ -342,9 +350,17 @@ def cmd_list(args: argparse.Namespace, registry: Registry) -> int:
                                      broken, registry):
             print(line)
     print("Plugins:")
+    clashes = {plugin: [f"{kind} {name!r} also registered by "
+                        + ", ".join(repr(o) for o in owners if o != plugin)
+                        for (kind, name), owners in sorted(registry.clashes.items())
+                        if plugin in owners]
+               for plugin in {o for owners in registry.clashes.values() for o in owners}}
     for p in registry.plugins:
         line = f"  {p.name:<22} {p.source}" + (f"  ERROR: {p.error}" if p.error else "")
+        line += "".join(f"  CLASH: {clash}" for clash in clashes.get(p.name, []))
         print(line + "".join(f"  BROKEN: {problem}" for problem in broken.get(p.name, [])))
+    for kind, name in sorted(registry.clashes):  # using such a name is an error: say so loudly
+        print(f"bench: ERROR: {registry.duplicate_name(kind, name)}", file=sys.stderr)
     unmatched = registry.unmatched_plugin_names()
     if unmatched is not None:
         available = ", ".join(registry.available_plugin_names()) or "(none)"
@@ -397,10 +413,11 @@ def cmd_publish(args: argparse.Namespace, registry: Registry) -> int:
 
 
 def cmd_compare(args: argparse.Namespace, registry: Registry) -> int:
-    thresholds = Thresholds(args.max_slowdown, args.max_memory_growth, args.max_metric_change)
-    findings, notes = compare_runs(args.base, args.new, thresholds)
-    sys.stdout.write(format_findings(findings, notes))
-    return 1 if any(f.verdict == "FAIL" for f in findings) else 0
+    thresholds = Thresholds(args.max_slowdown, args.max_memory_growth, args.max_metric_change,
+                            args.max_count_change, args.max_grad_error_growth)
+    comparison = compare_runs(args.base, args.new, thresholds)
+    sys.stdout.write(format_comparison(comparison))
+    return comparison.exit_status
 
 
 def cmd_index(args: argparse.Namespace, registry: Registry) -> int:

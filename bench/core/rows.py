@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 
-class _TextEnum(str, enum.Enum):
+class TextEnum(str, enum.Enum):
     """An enumeration whose members are the text the tables print (``str(member)`` and
     ``f"{member}"`` give the value on every Python version), equal to that text."""
 
@@ -24,7 +24,7 @@ class _TextEnum(str, enum.Enum):
         return format(str(self.value), spec)
 
 
-class Status(_TextEnum):
+class Status(TextEnum):
     """How a cell ended: the row's ``status`` column."""
 
     #: Trained and evaluated; every measured column is filled.
@@ -41,7 +41,7 @@ class Status(_TextEnum):
     UNSUPPORTED = "unsupported"
 
 
-class GradientMethod(_TextEnum):
+class GradientMethod(TextEnum):
     """How a backend computes gradients: the row's ``gradient_method`` column. A backend
     declares one of these (an unknown one is refused when the plugin registers it)."""
 

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.core.rows import ResultRow
-from bench.reports.compare import options_part
-from bench.store.results import RunDirectory, safe_name
+from bench.reports.compare import options_text
+from bench.store.files import atomic_write, is_regular_file, read_bytes
+from bench.store.results import RunDirectory, safe_name, warn
 
 LINE_STYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
@@ -45,7 +46,8 @@ def caption(rows: list[ResultRow], env: dict | None = None) -> str:
 
 
 def finish(fig: Any, ax: Any, out: Path, legend: bool = True) -> None:
-    """Legend outside the axes (right), grid, saved tightly."""
+    """Legend outside the axes (right), grid, saved tightly: drawn into a temporary file in
+    ``out``'s folder and renamed into place (never written through a link)."""
     import matplotlib.pyplot as plt
 
     if legend:
@@ -54,23 +56,40 @@ def finish(fig: Any, ax: Any, out: Path, legend: bool = True) -> None:
             ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1),
                       borderaxespad=0, ncol=1 + len(handles) // 25)
     ax.grid(True, alpha=0.3)
-    fig.savefig(out, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        save_figure(fig, out, dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+
+
+def save_figure(fig: Any, out: str | Path, **options: Any) -> Path:
+    """``fig.savefig`` into ``out`` (its format from the suffix) through
+    :func:`bench.store.files.atomic_write`: whole, renamed into place, never through a link."""
+    out = Path(out)
+    fmt = out.suffix.lstrip(".").lower() or "png"
+    return atomic_write(out, lambda handle: fig.savefig(handle, format=fmt, **options))
 
 
 def _traces(run_dir: RunDirectory) -> list[tuple[ResultRow, dict]]:
     found = []
     for row in run_dir.rows():
         path = run_dir.cell_dir(row.cell_id, create=False) / "trace.json"
-        if row.status in ("ok", "diverged") and path.exists():
-            found.append((row, json.loads(path.read_text())))
+        if row.status not in ("ok", "diverged") or not is_regular_file(path):
+            continue
+        try:
+            trace = json.loads(read_bytes(path))
+        except (OSError, ValueError, RecursionError) as exc:
+            warn(f"{path}: not plotted ({getattr(exc, 'strerror', None) or exc})")
+            continue
+        if isinstance(trace, dict) and isinstance(trace.get("steps"), list):
+            found.append((row, trace))
     return found
 
 
 def configuration(row: ResultRow) -> tuple:
     """What makes cells one line: everything but the seed (backend, identifying options,
     tolerances)."""
-    return (row.backend, options_part(row), row.rtol, row.atol)
+    return (row.backend, options_text(row.cell_id), row.rtol, row.atol)
 
 
 def _label(row: ResultRow, rows: list[ResultRow], seeds: list[int]) -> str:

@@ -1,4 +1,7 @@
-"""Turn run directories into tables: markdown, CSV (all columns, raw units) or LaTeX."""
+"""Turn run directories into tables: markdown, CSV (all columns, raw units) or LaTeX.
+
+Every text field is escaped for the format it is written in (:mod:`bench.store.formats`):
+markdown and LaTeX markup, and spreadsheet formulas in CSV text cells."""
 
 from __future__ import annotations
 
@@ -7,11 +10,13 @@ import sys
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from bench.core.errors import BenchError, UnknownNameError
 from bench.planning.concurrency import concurrency_warning
 from bench.reports.compare import options_text
+from bench.store.formats import csv_text, latex_text, markdown_cell
 from bench.store.results import load_run
 
 FORMATS = ("markdown", "csv", "latex", "html")
@@ -30,7 +35,8 @@ LATEX_COLUMNS = (
     "suite", "backend", "gradient_method", "nfe_forward", "nfe_backward", "train_step_time_s",
     "peak_memory_mib",
 )
-COMPARE_KEYS = ("suite", "backend", "budget", "seed")
+#: The identifying columns ``bench report A B`` shows for each paired cell.
+COMPARE_KEYS = ("suite", "backend", "budget", "device", "seed")
 COMPARE_VALUES = ("status", "nfe_forward", "nfe_backward", "train_step_time_s", "peak_memory_mib")
 MIB = 1024 * 1024
 
@@ -81,12 +87,13 @@ def render(frame: pd.DataFrame, fmt: str) -> str:
     if fmt not in FORMATS:
         raise UnknownNameError("report format", fmt, FORMATS)
     if fmt == "csv":
-        return frame.to_csv(index=False)
+        return csv_text(frame)
     cells = [[format_value(v) for v in row] for row in frame.itertuples(index=False)]
     header = [str(c) for c in frame.columns]
     if fmt == "markdown":
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
+        lines = ["| " + " | ".join(markdown_cell(h) for h in header) + " |",
+                 "|" + "|".join(" --- " for _ in header) + "|"]
+        lines += ["| " + " | ".join(markdown_cell(c) for c in row) + " |" for row in cells]
         return "\n".join(lines) + "\n"
     align = "".join("r" if _numeric(frame[c]) else "l" for c in frame.columns)
     lines = [
@@ -137,9 +144,7 @@ def format_value(value: Any) -> str:
 
 
 def _latex(text: str) -> str:
-    for char in ("\\", "&", "%", "$", "#", "_", "{", "}"):
-        text = text.replace(char, "\\" + char if char != "\\" else "\\textbackslash{}")
-    return text
+    return latex_text(text)
 
 
 def report(run_dirs: Sequence[str], fmt: str = "markdown",
@@ -169,14 +174,15 @@ def report(run_dirs: Sequence[str], fmt: str = "markdown",
     if len(run_dirs) != 2:
         raise BenchError("bench report takes one run directory, or two to compare")
     a, b = load_run(run_dirs[0]), load_run(run_dirs[1])
-    _warn_concurrency({run_dirs[0]: a, run_dirs[1]: b})
     for path, frame in ((run_dirs[0], a), (run_dirs[1], b)):
         if frame.empty:
             raise BenchError(f"nothing to compare: no rows in {path}")
-    if not _shared_cells(a, b):
+    _warn_concurrency({run_dirs[0]: a, run_dirs[1]: b})
+    if not set(a["cell_id"]) & set(b["cell_id"]):
         raise BenchError(
-            f"nothing to compare: no cell of {run_dirs[0]} matches one of {run_dirs[1]} on "
-            f"{', '.join(COMPARE_KEYS)}. They differ in: {describe_difference(a, b)}"
+            f"nothing to compare: no cell of {run_dirs[0]} matches one of {run_dirs[1]} (rows "
+            "pair on suite, backend configuration, budget, device, options and seed). They "
+            f"differ in: {describe_difference(a, b)}"
         )
     table = compare_frame(a, b)
     return render(select_columns(table, columns) if columns else table, fmt)
@@ -200,43 +206,72 @@ class _Row:
         self.concurrent_cells = None if value is None or pd.isna(value) else int(value)
 
 
-def _shared_cells(a: pd.DataFrame, b: pd.DataFrame) -> bool:
-    keys = list(COMPARE_KEYS)
-    return not a[keys].merge(b[keys], on=keys, how="inner").empty
-
-
 def describe_difference(a: pd.DataFrame, b: pd.DataFrame) -> str:
-    """The compare keys whose values differ between two runs: ``budget A: quick; B: smoke``."""
+    """The identifying columns whose values differ between two runs: ``budgets A: quick; B:
+    smoke``."""
     parts = []
     for key in COMPARE_KEYS:
-        values_a = sorted({str(v) for v in a[key]})
-        values_b = sorted({str(v) for v in b[key]})
+        values_a = sorted({str(v) for v in a[key]}) if key in a else []
+        values_b = sorted({str(v) for v in b[key]}) if key in b else []
         if values_a != values_b:
             parts.append(f"{key}s A: {', '.join(values_a)}; B: {', '.join(values_b)}")
-    return " | ".join(parts) or "nothing (no shared cell)"
+    return " | ".join(parts) or "their options"
 
 
 def compare_frame(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
-    """Cells of two runs side by side (outer join on suite, backend, budget, seed)."""
+    """Cells of two runs side by side, paired by the rule of ``bench compare``
+    (:func:`bench.reports.compare.pair_rows`: on the cell, seed included; a cell on one side
+    only has empty columns on the other). A step-time ratio is shown only where both times are
+    comparable; ``time_comparable`` says why not (a flagged timing, another concurrency)."""
     metrics = metric_columns_of(a, b)
+    raw = {"a": a.drop_duplicates("cell_id", keep="last").set_index("cell_id"),
+           "b": b.drop_duplicates("cell_id", keep="last").set_index("cell_id")}
     a, b = table_frame(a), table_frame(b)
+    a.index, b.index = raw["a"].index, raw["b"].index
     values = [c for c in (*metrics, *COMPARE_VALUES) if c in a or c in b]
-    for frame in (a, b):
-        for column in values:
-            if column not in frame:
-                frame[column] = float("nan")
-    merged = a[[*COMPARE_KEYS, *values]].merge(
-        b[[*COMPARE_KEYS, *values]], on=list(COMPARE_KEYS), how="outer", suffixes=("_a", "_b")
-    )
+    cells = list(dict.fromkeys([*a.index, *b.index]))
+    merged = pd.DataFrame(index=pd.Index(cells, name="cell_id"))
+    for key in COMPARE_KEYS:
+        left = a[key] if key in a else pd.Series(dtype=object)
+        right = b[key] if key in b else pd.Series(dtype=object)
+        merged[key] = left.reindex(cells).combine_first(right.reindex(cells))
+    for column in values:
+        for side, frame in (("a", a), ("b", b)):
+            merged[f"{column}_{side}"] = (frame[column].reindex(cells) if column in frame
+                                          else float("nan"))
+    why = [_time_comparability(raw["a"], raw["b"], cell) for cell in cells]
     for column in ("train_step_time_s", "peak_memory_mib"):
         if column in values:  # neither run measured it (e.g. every cell unsupported): no ratio
-            merged[f"{column}_ratio_b_a"] = merged[f"{column}_b"] / merged[f"{column}_a"]
+            ratio = merged[f"{column}_b"] / merged[f"{column}_a"]
+            if column == "train_step_time_s":
+                ratio = ratio.where([not reason for reason in why])
+            merged[f"{column}_ratio_b_a"] = ratio
+    merged["time_comparable"] = ["yes" if not reason else f"no: {reason}" for reason in why]
     ordered = list(COMPARE_KEYS)
     for column in values:
         ordered += [f"{column}_a", f"{column}_b"]
         if f"{column}_ratio_b_a" in merged:
             ordered.append(f"{column}_ratio_b_a")
-    return merged[ordered]
+    ordered.append("time_comparable")
+    return merged.reset_index(drop=True)[ordered]
+
+
+def _time_comparability(a: pd.DataFrame, b: pd.DataFrame, cell: str) -> str:
+    """Why a cell's step times in runs A and B cannot be compared ('' when they can)."""
+    if cell not in a.index or cell not in b.index:
+        return "on one side only"
+    reasons = []
+    for side, frame in (("A", a), ("B", b)):
+        flag = frame.at[cell, "timing_flag"] if "timing_flag" in frame else False
+        if isinstance(flag, bool | np.bool_) and flag:
+            warning = frame.at[cell, "timing_warning"] if "timing_warning" in frame else ""
+            reasons.append(f"{side}'s timing is flagged ({warning or 'no reason'})")
+    cells = [frame.at[cell, "concurrent_cells"] if "concurrent_cells" in frame else None
+             for frame in (a, b)]
+    if all(c is not None and not pd.isna(c) for c in cells) and cells[0] != cells[1]:
+        reasons.append(f"ran at different concurrency ({int(cells[0])} vs {int(cells[1])} "
+                       "cells at once)")
+    return "; ".join(reasons)
 
 
 def metric_columns_of(*frames: pd.DataFrame) -> list[str]:
