@@ -2,15 +2,13 @@
 :mod:`bench.suites.mnist`).
 
 Layer for layer the model of :mod:`bench.suites.mnist_torch` for the continuous backends (ODE-Net
-and
-RK-Net; the ResNet has no JAX backend), computed channels-last (NHWC activations, HWIO kernels; see
-:class:`Conv2d`) with torch's values: GroupNorm(min(32, C), C) with torch's biased variance and eps
-= 1e-5, ConcatConv2d with t as input channel 0, global average pooling and a linear head. Initial
-weights come from :func:`bench.suites.mnist.model_weights` under the torch parameter names
-(``neutral_parameters``), and the batches, crops and learning rates from the same
-:class:`bench.suites.mnist.MnistPipeline`, so a JAX cell starts from the same arrays and sees the
-same
-batches as a torch cell of the same seed.
+and RK-Net; the ResNet has no JAX backend), computed channels-last (NHWC activations, HWIO kernels;
+see :class:`Conv2d`) with torch's values: GroupNorm(min(32, C), C) with torch's biased variance and
+eps = 1e-5, ConcatConv2d with t as input channel 0, global average pooling and a linear head.
+Initial weights come from :func:`bench.suites.mnist_data.model_weights` under the torch parameter
+names (``neutral_parameters``), and the batches, crops and learning rates from the same
+:class:`bench.suites.mnist_data.MnistPipeline`, so a JAX cell starts from the same arrays and sees
+the same batches as a torch cell of the same seed.
 
 The training step (forward, backward, SGD with momentum as torch.optim.SGD) is one XLA program,
 compiled at the first step (:class:`bench.frameworks.jax.CompiledStep`).

@@ -3,9 +3,8 @@
 The model is built around ``backend.ode_block(make_dynamics)``: the continuous backends call
 ``make_dynamics(True)`` once (the ODE-Net / RK-Net dynamics, with a time channel), the ResNet
 backend calls ``make_dynamics(False)`` six times (plain residual blocks). Initial weights come from
-:func:`bench.suites.mnist.model_weights`, keyed by the names below, so every backend and framework
-starts
-from the same arrays for a seed.
+:func:`bench.suites.mnist_data.model_weights`, keyed by the names below, so every backend and
+framework starts from the same arrays for a seed.
 """
 
 from __future__ import annotations

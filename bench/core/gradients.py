@@ -1,9 +1,8 @@
 """Gradient accuracy: how far a backend's parameter gradient is from a tight float64 reference.
 
 A task that can (:meth:`bench.core.interfaces.AbstractTask.gradient_probe`) returns the gradient of
-its
-training loss on a fixed probe batch at its current weights (optionally scaled by ``k``), flat in
-the order of the suite's neutral weights, without changing the weights. The reference is the same
+its training loss on a fixed probe batch at its current weights (optionally scaled by ``k``), flat
+in the order of the suite's neutral weights, without changing the weights. The reference is the same
 gradient computed by the cell's own framework in float64, by backpropagation through a dopri5
 solve at rtol = atol = :data:`REFERENCE_TOLERANCE` (the backend that the cell's backend names in
 ``gradient_reference``, e.g. ``torch-direct`` or ``diffrax-checkpoint``).

@@ -221,8 +221,7 @@ class AbstractBackend(abc.ABC):
         backend whose constructor takes its parameters as keywords needs nothing more; override
         it otherwise. The parameters already set on this instance are kept (``values`` win).
         Raise :class:`bench.core.errors.BenchError` for a combination that cannot run (checked in
-        the
-        parent, before any cell starts)."""
+        the parent, before any cell starts)."""
         if not values:
             return self
         merged = {**self.user_parameters, **values}
@@ -355,8 +354,7 @@ class AbstractSuite(abc.ABC):
     def validate_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """``options`` (a subset of :attr:`options`) converted and checked against the option
         specs; an unknown or invalid one raises :class:`bench.core.errors.BenchError` naming the
-        option
-        and its valid values. Options without a spec pass unchanged."""
+        option and its valid values. Options without a spec pass unchanged."""
         from bench.core.errors import BenchError
 
         unknown = sorted(set(options) - set(self.options))

@@ -7,8 +7,7 @@ step's counts after its clock stopped, memory is measured by the backend's track
 (first step; steady state, in untimed memory steps that also measure the bytes saved for
 backward), and evaluation time is kept out of the training-step times. The gradient-accuracy
 columns (:mod:`bench.core.gradients`) are measured after the final evaluation (``_final``, before
-the
-memory steps, which train on) and on a freshly built task after everything else (the initial
+the memory steps, which train on) and on a freshly built task after everything else (the initial
 weights), never inside a timed step.
 """
 

@@ -5,8 +5,7 @@ dask-jobqueue's, configured from Dask's own configuration file, e.g.
 
 Each Dask task runs one cell as its own fresh process on the worker
 (:func:`bench.engine.cell_watch.watch_cell`, as the parent does), so timeouts, the memory watchdog
-and
-the parent-death signal hold per cell; the row goes back to the parent, which appends it. A
+and the parent-death signal hold per cell; the row goes back to the parent, which appends it. A
 worker lost while running a cell gives the cell a ``failed`` row saying so (clusters started
 here fail it at once; a running scheduler may first retry it elsewhere, up to its
 ``distributed.scheduler.allowed-failures``). Ctrl-C cancels the queued cells and sets a Dask

@@ -22,7 +22,7 @@ class CellSpec:
     #: The backend parameters the user set (:class:`bench.planning.backend_grid.BackendChoice`).
     backend_params: tuple[tuple[str, Any], ...] = ()
     #: ``train`` (a training cell) or ``gradients`` (a point of the gradient study, no
-    #: training: :func:`bench.studies.gradient_study.run_gradient_cell`) at the weights times
+    #: training: :func:`bench.engine.gradient_cell.run_gradient_cell`) at the weights times
     #: ``scale``.
     mode: str = "train"
     scale: float = 1.0

@@ -25,7 +25,6 @@ from bench.planning.backend_grid import (
 )
 from bench.planning.cells import CellSpec
 
-DEFAULT_SCALES = (1.0, 4.0)
 STUDY_COLUMNS = ("suite", "backend", "gradient_method", "grad_scale", "rtol", "atol",
                  "adjoint_norm", "seed", "status", "grad_rel_error", "grad_cosine",
                  "grad_nfe_forward", "grad_nfe_backward", "grad_time_s", "grad_backward_time_s",

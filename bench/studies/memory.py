@@ -23,7 +23,6 @@ import pandas as pd
 
 from bench.reports.plots import finish, style_line
 
-SUITE_NAME = "memory-scaling"
 DEFAULT_STEPS = (8, 16, 32, 64, 128, 256, 512)
 
 #: Ideal log-log slopes over L = 8..512 and the cut points between classes (midpoints).

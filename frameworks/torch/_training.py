@@ -18,10 +18,9 @@ from bench.core.interfaces import AbstractTask, StepStats
 class StepCounts:
     """What a block counted since its last ``OdeBlock.pop_stats``.
 
-    ``backward_calls`` (an extra, not in :class:`~bench.core.interfaces.StepStats`): evaluations of
-    f
-    itself during the backward pass; the adjoint makes one per augmented-dynamics evaluation (so it
-    equals ``nfe_backward``), direct backpropagation none.
+    ``backward_calls`` (an extra, not in :class:`~bench.core.interfaces.StepStats`): evaluations
+    of f itself during the backward pass; the adjoint makes one per augmented-dynamics evaluation
+    (so it equals ``nfe_backward``), direct backpropagation none.
     """
 
     nfe_forward: int = 0
