@@ -15,6 +15,7 @@ from bench.suites import cnf_densities
 from bench.core.errors import UnknownNameError
 from bench.core.interfaces import Budget, Tolerances
 from bench.core.seeding import stream
+from bench.store.files import atomic_write
 
 DIM = 2
 HIDDEN = (64, 64, 64)
@@ -239,4 +240,5 @@ def plot_flow(path: Any, data: np.ndarray, samples: np.ndarray, xs: np.ndarray, 
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    # whole, renamed into place: never written through a link in the cell's folder
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=100))

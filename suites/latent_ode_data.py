@@ -15,6 +15,7 @@ from bench.suites import latent_ode_series
 from bench.core.errors import BenchError, UnknownNameError
 from bench.core.interfaces import Budget, Evaluation, Tolerances
 from bench.core.seeding import stream
+from bench.store.files import atomic_write
 
 DATASETS = tuple(latent_ode_series.GENERATORS)
 TABLE2_OBSERVED = (30, 50, 100)  # Chen et al. 2018, Table 2: observed points out of 100
@@ -374,4 +375,5 @@ def plot_series(path: Any, data: LatentOdeData, batch: Batch, clean: np.ndarray,
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    # whole, renamed into place: never written through a link in the cell's folder
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=100))

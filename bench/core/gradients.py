@@ -18,12 +18,17 @@ own (``grad_ref_nfe``, ``grad_ref_time_s``), never in the cell's.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import math
 import os
+import stat
+import sys
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -128,26 +133,104 @@ def reference_gradient(task: Any, setup: GradientSetup, sync: Callable[[], None]
                        ) -> tuple[np.ndarray, float | None, float]:
     """(reference gradient, its forward NFE, its time in s) of ``task`` at its current weights
     times ``scale``; read from / written to the cache when ``key_parts`` is given (the time is
-    then the one measured when it was computed)."""
+    then the one measured when it was computed). A cached file that does not verify
+    (:func:`load_cached_reference`) is recomputed and rewritten, with a line on stderr saying
+    why."""
     path = None
+    key_text = ""
     if key_parts is not None and setup.cache_dir is not None:
+        key_text = json.dumps({**key_parts, "scale": scale}, default=str)
         path = setup.cache_dir / f"{_cache_key({**key_parts, 'scale': scale})}.npz"
-        if path.is_file():
-            with np.load(path) as saved:
-                return (saved["grad"], float(saved["nfe"]) if saved["nfe"] >= 0 else None,
-                        float(saved["time_s"]))
+        cached, problem = load_cached_reference(path, key_text)
+        if cached is not None:
+            return cached
+        if problem:
+            _say(f"gradient reference cache: {path} {problem}: recomputing it")
     probe, seconds = _timed(lambda: task.gradient_probe(reference=setup.reference, scale=scale),
                             sync)
     if probe is None:
         raise RuntimeError("the task measured no reference gradient")
     nfe = probe.nfe_forward
-    if path is not None and key_parts is not None:  # path is only set with key_parts
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(partial, grad=probe.grad, nfe=-1.0 if nfe is None else nfe, time_s=seconds,
-                 key=json.dumps({**key_parts, "scale": scale}, default=str))
-        os.replace(partial, path)
+    if path is not None:
+        try:
+            _save_reference(path, np.asarray(probe.grad), nfe, seconds, key_text)
+        except OSError as exc:  # the reference stands; the next cell recomputes it
+            _say(f"gradient reference cache: could not write {path}: {exc.strerror or exc}")
     return probe.grad, nfe, seconds
+
+
+#: The arrays of a cached reference (``sha256``: of the gradient's dtype, shape and bytes).
+CACHE_KEYS = ("grad", "nfe", "time_s", "key", "sha256")
+
+
+def _digest(grad: np.ndarray) -> str:
+    grad = np.ascontiguousarray(grad)
+    return hashlib.sha256(f"{grad.dtype.str}{grad.shape}".encode() + grad.tobytes()).hexdigest()
+
+
+def _say(message: str) -> None:
+    """A line on stderr (the cell's output): the cache is an optimisation, never an error."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def load_cached_reference(path: Path, key_text: str
+                          ) -> tuple[tuple[np.ndarray, float | None, float] | None, str]:
+    """(the cached (gradient, NFE, time), '') when ``path`` holds a reference that verifies;
+    (None, why not) otherwise ('' when there is no file). Verified: a regular file (not a link)
+    that NumPy reads without pickles, with every key of :data:`CACHE_KEYS`, the expected key
+    text, a non-empty one-dimensional finite float gradient whose checksum matches, and finite
+    NFE and time."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None, ""
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or exc})"
+    if not stat.S_ISREG(info.st_mode):
+        return None, "is not a regular file (a link?)"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as handle, np.load(handle, allow_pickle=False) as saved:
+            missing = [k for k in CACHE_KEYS if k not in saved.files]
+            if missing:
+                return None, f"lacks {', '.join(missing)}"
+            grad, nfe, seconds = saved["grad"], saved["nfe"], saved["time_s"]
+            key, digest = str(saved["key"]), str(saved["sha256"])
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is recomputed
+        return None, f"cannot be read ({type(exc).__name__}: {exc})"
+    if key != key_text:
+        return None, "holds another reference (its key differs)"
+    if grad.ndim != 1 or grad.size == 0 or grad.dtype.kind != "f":
+        return None, f"holds a gradient of shape {grad.shape} and dtype {grad.dtype}"
+    if digest != _digest(grad):
+        return None, "fails its checksum"
+    if not np.isfinite(grad).all():
+        return None, "holds non-finite values"
+    if nfe.shape != () or seconds.shape != () or not (np.isfinite(nfe) and np.isfinite(seconds)):
+        return None, "holds no finite NFE and time"
+    return (grad, float(nfe) if nfe >= 0 else None, float(seconds)), ""
+
+
+def _save_reference(path: Path, grad: np.ndarray, nfe: float | None, seconds: float,
+                    key_text: str) -> None:
+    """Write a cached reference whole: into a new temporary file in its folder (created
+    exclusively), renamed into place; never through a link (the folder being one included)."""
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    if not stat.S_ISDIR(os.lstat(folder).st_mode):
+        raise OSError(errno.ELOOP, "the cache folder is a link: not written through", str(folder))
+    partial = folder / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        with open(partial, "xb") as handle:
+            np.savez(handle, grad=grad, nfe=-1.0 if nfe is None else nfe, time_s=seconds,
+                     key=key_text, sha256=_digest(grad))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise
 
 
 def compare(probe: GradientProbe, ref: np.ndarray, suffix: str = "") -> dict[str, float]:

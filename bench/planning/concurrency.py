@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
+import stat
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -125,32 +128,107 @@ def _ranges(cores: Iterable[int]) -> str:
     return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs) or "none"
 
 
+#: Seconds after which a lock file of another run that nobody holds is cleared (younger ones may
+#: be about to be locked by a cell that is starting).
+STALE_AFTER_S = 60.0
+
+
+@functools.lru_cache(maxsize=8)
+def _warn_once(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _folder_problem(folder: Path, check_parent: bool = False) -> str:
+    """Why ``folder`` is no private folder of this user ('' when it is one): a link, not a
+    folder, owned by another user, or writable by group or others; with ``check_parent``, also
+    a parent where others could rename it (owned by another user than root or this one, or
+    writable by others without the sticky bit)."""
+    try:
+        info = os.lstat(folder)
+    except OSError as exc:
+        return f"{exc.strerror or exc}"
+    if stat.S_ISLNK(info.st_mode):
+        return "it is a symbolic link"
+    if not stat.S_ISDIR(info.st_mode):
+        return "it is not a folder"
+    if info.st_uid != os.getuid():
+        return f"it is owned by user {info.st_uid}, not by this user ({os.getuid()})"
+    if info.st_mode & 0o022:
+        return f"it is writable by group or others (mode {stat.S_IMODE(info.st_mode):o})"
+    if check_parent:
+        try:
+            parent = os.stat(folder.parent)
+        except OSError as exc:
+            return f"its parent cannot be read ({exc.strerror or exc})"
+        if parent.st_uid not in (0, os.getuid()) or (
+                parent.st_mode & 0o022 and not parent.st_mode & stat.S_ISVTX):
+            return "its parent folder lets other users rename it (not sticky)"
+    return ""
+
+
+def private_folder() -> Path | None:
+    """This user's private folder for bookkeeping shared by the processes of a host:
+    ``$XDG_RUNTIME_DIR/neural-ode-bench`` where that variable is set, else
+    ``<temporary folder>/neural-ode-bench-<uid>``; made with mode 0700 when missing, and used
+    only when it is a real folder owned by this user that no one else can write (a planted link
+    or someone else's folder is refused: None, with a warning saying why)."""
+    candidates = []
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isabs(runtime):
+        candidates.append(Path(runtime) / "neural-ode-bench")
+    candidates.append(Path(tempfile.gettempdir()) / f"neural-ode-bench-{os.getuid()}")
+    problems = []
+    for folder in candidates:
+        with contextlib.suppress(OSError):
+            os.mkdir(folder, 0o700)
+        problem = _folder_problem(folder, check_parent=True)
+        if not problem:
+            return folder
+        problems.append(f"{folder}: {problem}")
+    _warn_once("no private folder to count the cells running on this host ("
+               + "; ".join(problems) + "): concurrent_cells counts each cell alone")
+    return None
+
+
 class HostCells:
     """The cells of one run that run on this host, across processes (the parent's threads and
     every Dask worker process on the host): each running cell holds a lock on its own file in a
-    folder named after the run; counting them is counting the locked files. A dead holder's
-    lock goes with it (its file is removed by the next count)."""
+    folder named after the run, inside this user's private folder (:func:`private_folder`);
+    counting them is counting the locked files. A dead holder's lock goes with it (its file is
+    removed by the next count), and the folders that runs which died left behind are cleared
+    when a cell starts. Without a private folder a cell counts only itself."""
 
     def __init__(self, run_key: str):
         digest = hashlib.sha1(run_key.encode()).hexdigest()[:16]
-        self.folder = Path(tempfile.gettempdir()) / f"bench-cells-{os.getuid()}-{digest}"
+        base = private_folder()
+        self.folder: Path | None = None if base is None else base / f"cells-{digest}"
         self.peak = 1
         self._handle: Any = None
         self._path: Path | None = None
         self._last_sample = -SAMPLE_S
 
     def __enter__(self) -> HostCells:
+        if self.folder is None:
+            self.sample()
+            return self
         self._path = self.folder / f"{os.getpid()}-{uuid.uuid4().hex}"
         for _ in range(3):  # the folder may vanish between mkdir and open (its last cell left)
             try:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                self._handle = open(self._path, "w")  # noqa: SIM115
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(self.folder, 0o700)
+                if _folder_problem(self.folder):
+                    break  # not ours (a link, another user's): this cell counts only itself
+                fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600)
+                self._handle = os.fdopen(fd, "w")
                 fcntl.flock(self._handle, fcntl.LOCK_EX)
                 break
             except FileNotFoundError:
                 continue
-            except OSError:  # no usable temporary folder: this cell counts only itself
+            except OSError:  # no usable folder: this cell counts only itself
                 break
+        if self._handle is not None:
+            self._clear_dead_runs()
         self.sample()
         return self
 
@@ -162,11 +240,45 @@ class HostCells:
             self._handle.close()
             self._handle = None
             with contextlib.suppress(OSError):  # the run's last cell here: leave no folder
+                assert self.folder is not None
                 self.folder.rmdir()
+
+    @staticmethod
+    def _held(path: Path) -> bool | None:
+        """Whether a process holds the lock on ``path`` (None: it cannot be opened)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return False
+
+    def _clear_dead_runs(self) -> None:
+        """Remove the lock files nobody holds (older than :data:`STALE_AFTER_S`) of the other
+        runs' folders, and those folders once empty: what runs that died left behind."""
+        assert self.folder is not None
+        now = time.time()
+        with contextlib.suppress(OSError):
+            for run_folder in self.folder.parent.iterdir():
+                if run_folder == self.folder or not run_folder.name.startswith("cells-"):
+                    continue
+                with contextlib.suppress(OSError):
+                    for path in run_folder.iterdir():
+                        old = now - os.lstat(path).st_mtime > STALE_AFTER_S
+                        if old and self._held(path) is False:
+                            path.unlink()
+                    run_folder.rmdir()
 
     def count(self) -> int:
         """The run's cells running on this host now (this one included)."""
-        if self._handle is None:
+        if self._handle is None or self.folder is None:
             return 1
         running = 0
         try:
@@ -177,14 +289,10 @@ class HostCells:
             if path == self._path:
                 running += 1
                 continue
-            try:
-                with open(path) as handle:
-                    fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
+            held = self._held(path)
+            if held:
                 running += 1
-            except OSError:
-                continue
-            else:  # nobody holds it: a cell whose process died
+            elif held is False:  # nobody holds it: a cell whose process died
                 with contextlib.suppress(OSError):
                     path.unlink()
         return max(running, 1)

@@ -3,7 +3,10 @@
 The page holds the results table (click a header to sort; select a suite, backend or status to
 filter; a few lines of inline JavaScript, no library), the run's PNG plots inlined as base64 data
 URIs, the failed cells with their errors, the command lines and the environment. It opens from
-disk with no server and no network: nothing is fetched. Every text is escaped."""
+disk with no server and no network: nothing is fetched. Every text is escaped. Only regular
+files inside the folder are read into the page (a PNG planted as a link to a file elsewhere is
+not, and the folder is refused: see :func:`bench.store.files.check_folder`); the page is written
+whole and renamed into place, never through a link."""
 
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ from typing import Any
 
 from bench.core.errors import BenchError
 from bench.reports.report import format_value, table_frame
-from bench.store.results import RunDirectory, rows_to_frame, safe_name
+from bench.store.files import atomic_write_text, is_regular_file, read_bytes
+from bench.store.results import RunDirectory, rows_to_frame, safe_name, warn
 
 PAGE_NAME = "index.html"
 PROBLEM_STATUSES = ("failed", "timeout", "diverged")
@@ -135,7 +139,8 @@ def _failed(run_dir: RunDirectory, rows: list[Any]) -> str:
     for row in bad:
         first = (row.error or "").strip().splitlines()
         cell = run_dir.cell_dir(row.cell_id, create=False)
-        logs = [cell / name for name in ("error.log", "cell.log") if (cell / name).exists()]
+        logs = [cell / name for name in ("error.log", "cell.log")
+                if is_regular_file(cell / name)]
         relative = logs[0].relative_to(run_dir.path).as_posix() if logs else ""
         where = (f' <span>log: <a href="{_e(relative)}"><code>{_e(relative)}</code></a></span>'
                  if logs else "")
@@ -147,11 +152,11 @@ def _failed(run_dir: RunDirectory, rows: list[Any]) -> str:
 def _commands(run_dir: RunDirectory) -> str:
     lines = []
     path = run_dir.path / "invocations.jsonl"
-    if path.exists():
-        for line in path.read_text(errors="replace").splitlines():
+    if is_regular_file(path):
+        for line in _read(path).splitlines():
             try:
                 data = json.loads(line)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 continue
             if isinstance(data, dict) and data.get("command_line"):
                 lines.append((data.get("started_at", ""), data["command_line"]))
@@ -162,17 +167,31 @@ def _commands(run_dir: RunDirectory) -> str:
     if not lines:
         return "<p>(no command line recorded)</p>"
     return "<pre>" + "\n".join(
-        (f"# {_e(when)}\n" if when else "") + _e(shlex.join(str(w) for w in words))
+        (f"# {_e(when)}\n" if when else "") + _e(shlex.join(str(w) for w in words)
+                                                 if isinstance(words, list) else words)
         for when, words in lines) + "</pre>"
 
 
+def _read(path: Path) -> str:
+    """A regular file's text ('' with a warning when it cannot be read)."""
+    try:
+        return read_bytes(path).decode("utf-8", errors="replace")
+    except OSError as exc:
+        warn(f"{path}: not read into the page ({exc.strerror or exc})")
+        return ""
+
+
 def _plots(run_dir: RunDirectory) -> str:
-    images = sorted(run_dir.path.glob("*.png"))
+    images = [p for p in sorted(run_dir.path.glob("*.png")) if is_regular_file(p)]
     if not images:
         return "<p>(no plots in this run)</p>"
     parts = []
     for image in images:
-        data = base64.b64encode(image.read_bytes()).decode("ascii")
+        try:
+            data = base64.b64encode(read_bytes(image)).decode("ascii")
+        except OSError as exc:
+            warn(f"{image}: not read into the page ({exc.strerror or exc})")
+            continue
         parts.append(f'<figure><img alt="{_e(image.name)}" src="data:image/png;base64,{data}">'
                      f"<figcaption>{_e(image.name)}</figcaption></figure>")
     return "\n".join(parts)
@@ -181,7 +200,8 @@ def _plots(run_dir: RunDirectory) -> str:
 def _summary(run_dir: RunDirectory, rows: list[Any]) -> str:
     env = run_dir.read_json("environment.json") or {}
     config = run_dir.read_json("config.json") or {}
-    git = env.get("git") or {}
+    git_info = env.get("git")
+    git: dict[str, Any] = git_info if isinstance(git_info, dict) else {}
     devices = sorted({f"{r.device}" + (f" ({r.device_name})" if r.device_name else "")
                       for r in rows})
     facts = [
@@ -217,9 +237,8 @@ def html_page(path: str | Path) -> str:
     parts += ["<h2>Failed cells</h2>", _failed(run_dir, rows),
               "<h2>Plots</h2>", _plots(run_dir)]
     notes = run_dir.path / "NOTES.md"
-    if notes.exists():
-        parts += ["<h2>Notes (NOTES.md)</h2>",
-                  f"<pre>{_e(notes.read_text(errors='replace'))}</pre>"]
+    if is_regular_file(notes):
+        parts += ["<h2>Notes (NOTES.md)</h2>", f"<pre>{_e(_read(notes))}</pre>"]
     env = run_dir.read_json("environment.json")
     parts += ["<h2>Command line</h2>", _commands(run_dir),
               "<h2>Environment (environment.json)</h2>",
@@ -241,7 +260,7 @@ def write_page(path: str | Path, dest: str | Path | None = None) -> Path:
     page = html_page(path)
     out = Path(dest) if dest is not None else Path(path) / PAGE_NAME
     try:
-        out.write_text(page, encoding="utf-8")
+        atomic_write_text(out, page)
     except OSError as exc:
         raise BenchError(f"cannot write {str(out)!r}: {exc.strerror or exc}") from None
     return out

@@ -1,15 +1,19 @@
 """``bench publish``: copy what a published table needs out of a scratch run into a results
-folder (which :class:`bench.store.results.RunDirectory` then opens like a run)."""
+folder (which :class:`bench.store.results.RunDirectory` then opens like a run).
+
+Only regular files inside the run directory are copied (the run is refused when it holds links,
+see :func:`bench.store.files.check_folder`), each written whole into the new folder."""
 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 from bench.core.errors import BenchError
 from bench.reports.html_report import write_page
 from bench.reports.report import render, table_frame
+from bench.store.files import atomic_write_bytes, atomic_write_text, is_regular_file, read_bytes
+from bench.store.formats import csv_text
 from bench.store.results import RunDirectory, check_writable, location_error, rows_to_frame
 
 
@@ -19,7 +23,7 @@ def publish_run(run: str | os.PathLike[str], dest: str | os.PathLike[str]) -> li
     write the folder's self-contained page, ``index.html``."""
     source = RunDirectory.open(Path(run))
     dest = Path(dest)
-    if dest.exists():
+    if dest.exists() or dest.is_symlink():
         raise BenchError(f"{str(dest)!r} already exists: publish into a new folder")
     try:
         dest.mkdir(parents=True)
@@ -27,15 +31,19 @@ def publish_run(run: str | os.PathLike[str], dest: str | os.PathLike[str]) -> li
     except OSError as exc:
         raise location_error("results folder", dest, exc) from None
     frame = rows_to_frame(source.rows())
-    written = [dest / "results.md", dest / "results.csv"]
-    written[0].write_text(render(table_frame(frame), "markdown"))
-    written[1].write_text(frame.to_csv(index=False))
-    for name in ("environment.json", "config.json", "invocations.jsonl"):
-        if (source.path / name).exists():
-            shutil.copy2(source.path / name, dest / name)
-            written.append(dest / name)
-    for extra in sorted(source.path.glob("*.png")) + sorted(source.path.glob("memory_*.*")):
-        shutil.copy2(extra, dest / extra.name)
-        written.append(dest / extra.name)
+    extras = [source.path / name for name in ("environment.json", "config.json",
+                                              "invocations.jsonl")]
+    extras += sorted(source.path.glob("*.png")) + sorted(source.path.glob("memory_*.*"))
+    written: list[Path] = []
+    try:
+        written += [atomic_write_text(dest / "results.md",
+                                      render(table_frame(frame), "markdown")),
+                    atomic_write_text(dest / "results.csv", csv_text(frame))]
+        for extra in extras:
+            if is_regular_file(extra):  # missing (or, after the check, no longer a file): left
+                written.append(atomic_write_bytes(dest / extra.name, read_bytes(extra)))
+    except OSError as exc:
+        raise BenchError(f"cannot publish into {str(dest)!r}: {exc.strerror or exc} "
+                         f"({exc.filename or dest})") from None
     written.append(write_page(dest))
     return written

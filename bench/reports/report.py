@@ -76,7 +76,29 @@ def table_frame(frame: pd.DataFrame) -> pd.DataFrame:
     columns[at:at] = [c for c in option_columns(frame) if c not in columns]
     frame["error"] = frame["error"].fillna("").map(lambda e: e.splitlines()[0][:80] if e else "")
     columns = [c for c in columns if c in frame.columns and not _all_missing(frame[c])]
-    return frame[columns]
+    table = frame[columns]
+    table.attrs[FLAGS] = timing_flags(frame)
+    return table
+
+
+#: ``DataFrame.attrs`` key of a readable table: which rows' timings are flagged (a marker goes
+#: beside each of their times in markdown and LaTeX, with a footnote).
+FLAGS = "timing_flags"
+#: Columns holding times that a flagged row marks.
+TIME_COLUMNS = ("train_step_time_s", "train_step_time_mean_s", "train_step_time_p90_s",
+                "train_step_time_max_s", "compile_time_s", "eval_time_s", "total_time_s")
+FLAG_NOTE = ("timing flagged as not comparable (a loaded host or a slow tail of steps; the "
+             "timing_warning column says why): do not compare these times")
+
+
+def timing_flags(frame: pd.DataFrame) -> list[bool]:
+    """Per row of a run's frame: whether its timings are flagged."""
+    if "timing_flag" in frame:
+        return [bool(v) if isinstance(v, bool | np.bool_) else v is True or v == "True"
+                for v in frame["timing_flag"]]
+    if "timing_warning" in frame:
+        return [bool(v) and isinstance(v, str) for v in frame["timing_warning"]]
+    return [False] * len(frame)
 
 
 def _all_missing(column: pd.Series) -> bool:
@@ -88,12 +110,19 @@ def render(frame: pd.DataFrame, fmt: str) -> str:
         raise UnknownNameError("report format", fmt, FORMATS)
     if fmt == "csv":
         return csv_text(frame)
+    flags = list(frame.attrs.get(FLAGS) or [False] * len(frame))
+    marked = [i for i, c in enumerate(frame.columns) if c in TIME_COLUMNS]
+    flagged = any(flags) and bool(marked)
     cells = [[format_value(v) for v in row] for row in frame.itertuples(index=False)]
     header = [str(c) for c in frame.columns]
     if fmt == "markdown":
+        rows = [[markdown_cell(c) + (" †" if flag and i in marked and c != "-" else "")
+                 for i, c in enumerate(row)] for row, flag in zip(cells, flags, strict=False)]
         lines = ["| " + " | ".join(markdown_cell(h) for h in header) + " |",
                  "|" + "|".join(" --- " for _ in header) + "|"]
-        lines += ["| " + " | ".join(markdown_cell(c) for c in row) + " |" for row in cells]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        if flagged:
+            lines += ["", f"† {FLAG_NOTE}."]
         return "\n".join(lines) + "\n"
     align = "".join("r" if _numeric(frame[c]) else "l" for c in frame.columns)
     lines = [
@@ -101,8 +130,12 @@ def render(frame: pd.DataFrame, fmt: str) -> str:
         "\\toprule",
         " & ".join(_latex(h) for h in header) + " \\\\",
         "\\midrule",
-        *(" & ".join(_latex(c) for c in row) + " \\\\" for row in cells),
+        *(" & ".join(_latex(c) + ("$^\\dagger$" if flag and i in marked and c != "-" else "")
+                     for i, c in enumerate(row)) + " \\\\"
+          for row, flag in zip(cells, flags, strict=False)),
         "\\bottomrule",
+        *([f"\\multicolumn{{{len(header)}}}{{l}}{{\\footnotesize $^\\dagger$ "
+           f"{_latex(FLAG_NOTE)}}} \\\\"] if flagged else []),
         "\\end{tabular}",
     ]
     return "\n".join(lines) + "\n"
@@ -117,7 +150,9 @@ def select_columns(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     for column in columns:
         if column not in frame.columns:
             raise UnknownNameError("column", column, list(frame.columns))
-    return frame[list(dict.fromkeys(columns))]
+    selected = frame[list(dict.fromkeys(columns))]
+    selected.attrs[FLAGS] = frame.attrs.get(FLAGS)
+    return selected
 
 
 def latex_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -127,7 +162,9 @@ def latex_frame(frame: pd.DataFrame) -> pd.DataFrame:
     columns = list(LATEX_COLUMNS)
     at = columns.index("gradient_method") + 1
     columns[at:at] = metric_columns(frame)
-    return table[[c for c in columns if c in table.columns]]
+    latex = table[[c for c in columns if c in table.columns]]
+    latex.attrs[FLAGS] = table.attrs[FLAGS]
+    return latex
 
 
 def format_value(value: Any) -> str:
@@ -165,6 +202,7 @@ def report(run_dirs: Sequence[str], fmt: str = "markdown",
             if fmt != "csv":  # a column left out of the readable table may still be asked for
                 table = pd.concat([table, frame.drop(columns=[c for c in frame.columns
                                                               if c in table.columns])], axis=1)
+            table.attrs[FLAGS] = timing_flags(frame)
             table = select_columns(table, columns)
         elif fmt == "latex":
             table = latex_frame(frame)

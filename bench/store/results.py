@@ -10,6 +10,10 @@ A run directory holds::
     cells/<cell>/      per-cell trace (per-step NFE, times, evaluations), plots, error logs
 
 A cell run again (``--resume``) appends a new row; when loading, the last row per cell wins.
+
+Every file is written and read through :mod:`bench.store.files`: written whole and renamed into
+place, appended and read without following a link. A folder that holds links or special files is
+refused when it is opened (:meth:`RunDirectory.open`), so nothing is read or written outside it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
-import fcntl
 import functools
 import hashlib
 import json
@@ -25,12 +28,24 @@ import math
 import os
 import re
 import sys
+import uuid
 from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
 from bench.core.errors import BenchError
-from bench.core.rows import ResultRow, json_default
+from bench.core.rows import ResultRow, Status, json_default
+from bench.store import lock as run_lock
+from bench.store.files import (
+    append_line,
+    atomic_write_text,
+    check_folder,
+    make_dirs,
+    nofollow_opener,
+    open_read,
+    read_bytes,
+)
+from bench.store.formats import csv_value
 
 
 def safe_name(text: str) -> str:
@@ -123,6 +138,8 @@ class RunDirectory:
                                                        RESULTS_CSV)):
             raise BenchError(f"{str(path)!r} is not a run directory (no rows.jsonl, config.json "
                              f"or {RESULTS_CSV})")
+        check_folder(path, "published results folder" if cls(path).is_published
+                     else "run directory")
         return cls(path)
 
     @property
@@ -131,68 +148,45 @@ class RunDirectory:
         return not (self.path / "rows.jsonl").exists() and (self.path / RESULTS_CSV).exists()
 
     def lock(self) -> None:
-        """Hold an exclusive lock for the rest of the process: two runs never write one dir.
-
-        The lock is an ``flock`` on ``.lock``: the kernel releases it when its owner dies (even
-        by SIGKILL), and cell processes never hold it (the lock file is opened close-on-exec and
-        cells are started with ``spawn``), so a dead run's directory is free for ``--resume``."""
+        """Hold an exclusive lock for the rest of the process: two runs never write one dir
+        (:func:`bench.store.lock.acquire`: an ``flock`` the kernel releases when its owner dies;
+        a stale lock of a process gone from this host is cleared with a message)."""
         try:
-            self._lock_file = open(self.path / ".lock", "a+")  # noqa: SIM115
+            self._lock_file = run_lock.acquire(self.path)
         except OSError as exc:
             raise location_error("run directory", self.path, exc) from None
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.seek(0)
-            owner = self._lock_file.read().strip()
-            self._lock_file.close()
-            self._lock_file = None
-            raise BenchError(
-                f"run directory {str(self.path)!r} is in use by another bench run"
-                + (f" (process {owner})" if owner.isdigit() else "")
-            ) from None
-        with contextlib.suppress(OSError):  # who holds it, for the message above
-            self._lock_file.seek(0)
-            self._lock_file.truncate()
-            self._lock_file.write(f"{os.getpid()}\n")
-            self._lock_file.flush()
 
     def check_writable(self) -> None:
-        """Raise :class:`BenchError` unless rows can be appended here (before any cell runs)."""
+        """Raise :class:`BenchError` unless rows can be appended here (before any cell runs):
+        never into a published results folder, whose rows.jsonl would hide its results.csv."""
+        if self.is_published:
+            raise BenchError(
+                f"{str(self.path)!r} is a published results folder ({RESULTS_CSV}, no "
+                "rows.jsonl): a run appended here would hide its rows. Resume the run directory "
+                "it was published from, or run into a new --out")
         check_writable(self.path, "run directory")
         rows = self.path / "rows.jsonl"
-        if rows.exists():
+        if rows.exists() or rows.is_symlink():
             try:
-                with open(rows, "a"):
+                with open(rows, "a", opener=nofollow_opener):
                     pass
             except OSError as exc:
                 raise location_error("rows file", rows, exc) from None
 
     def unlock(self) -> None:
-        if self._lock_file is not None:
-            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-            self._lock_file.close()
-            self._lock_file = None
+        run_lock.release(self._lock_file)
+        self._lock_file = None
 
     # -- writing ----------------------------------------------------------------------------------
     def write_json(self, name: str, data: Any) -> None:
-        tmp = self.path / (name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2, default=json_default) + "\n")
-        os.replace(tmp, self.path / name)
+        """Write ``name`` whole (a temporary file renamed into place, never through a link)."""
+        atomic_write_text(self.path / name,
+                          json.dumps(data, indent=2, default=json_default) + "\n")
 
     def append_jsonl(self, name: str, line: str) -> None:
-        """Append one line durably. It starts on a fresh line even after a torn last line (a
-        crash mid-write), so the torn line never swallows it."""
-        with open(self.path / name, "a+b") as f:
-            f.seek(0, os.SEEK_END)
-            start = b""
-            if f.tell() > 0:
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    start = b"\n"
-            f.write(start + line.encode() + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
+        """Append one line durably, never through a link. It starts on a fresh line even after
+        a torn last line (a crash mid-write), so the torn line never swallows it."""
+        append_line(self.path / name, line)
 
     def append_row(self, row: ResultRow) -> None:
         """Append one row durably (flushed and fsync'ed before returning)."""
@@ -200,16 +194,29 @@ class RunDirectory:
 
     def cell_dir(self, cell_id: str, create: bool = True) -> Path:
         """The folder of the cell ``cell_id`` (made unless ``create`` is False): the one place
-        that names it (:func:`cell_folder_name`)."""
+        that names it. Made only as real folders (``cells`` or the cell's folder planted as a
+        link is refused), so a cell's files stay inside the run directory."""
         path = self.path / "cells" / cell_folder_name(cell_id)
         if create:
-            path.mkdir(parents=True, exist_ok=True)
+            make_dirs(path, self.path)
         return path
 
     # -- reading ----------------------------------------------------------------------------------
     def read_json(self, name: str) -> Any:
+        """The JSON object in ``name`` (None when it is missing; a file that is not a JSON
+        object, or that cannot be read, gives a warning and None)."""
         path = self.path / name
-        return json.loads(path.read_text()) if path.exists() else None
+        if not path.exists() and not path.is_symlink():
+            return None
+        try:
+            data = json.loads(read_bytes(path).decode("utf-8", errors="replace"))
+        except (OSError, ValueError, RecursionError) as exc:
+            warn(f"{path}: ignored ({getattr(exc, 'strerror', None) or exc})")
+            return None
+        if not isinstance(data, dict):
+            warn(f"{path}: ignored (not a JSON object but {type(data).__name__})")
+            return None
+        return data
 
     def rows(self) -> list[ResultRow]:
         """The latest row of each cell, in the order cells first finished."""
@@ -230,10 +237,11 @@ def location_error(what: str, path: Path, exc: OSError, hint: str = "") -> Bench
 
 
 def check_writable(path: Path, what: str) -> None:
-    """Raise :class:`BenchError` naming ``path`` unless a file can be created in it."""
-    probe = Path(path) / f".write-test-{os.getpid()}"
+    """Raise :class:`BenchError` naming ``path`` unless a file can be created in it (a new,
+    randomly named file, created exclusively: never an existing file or a link)."""
+    probe = Path(path) / f".write-test-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     try:
-        with open(probe, "w") as f:
+        with open(probe, "x") as f:
             f.write("x")
         probe.unlink()
     except OSError as exc:
@@ -259,6 +267,9 @@ def _row_problem(data: Any) -> str:
     for name in ("metrics", "options"):
         if name in data and not isinstance(data[name], dict):
             return f"field {name!r} is not an object"
+    statuses = [s.value for s in Status]
+    if data["status"] not in statuses:
+        return f"field 'status' is {data['status']!r}, not one of {', '.join(statuses)}"
     for field in dataclasses.fields(ResultRow):
         value = data.get(field.name)
         if value is None or field.name in ("metrics", "options"):
@@ -275,11 +286,10 @@ def read_rows(path: Path) -> list[ResultRow]:
     """Every row of a rows.jsonl. A line that is not a row (torn by a crash mid-write, or
     edited by hand) is skipped with a warning naming the file and line; the rest are kept."""
     rows: list[ResultRow] = []
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return rows
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            lines = list(f)
+        lines = read_bytes(path).decode("utf-8", errors="replace").splitlines()
     except OSError as exc:
         raise BenchError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
     for lineno, line in enumerate(lines, 1):
@@ -303,12 +313,14 @@ def read_rows(path: Path) -> list[ResultRow]:
 def read_csv_rows(path: Path, option_names: Collection[str] = frozenset()) -> list[ResultRow]:
     """The rows of a published ``results.csv`` (one flat row per cell, as
     :func:`bench.reports.publish.publish_run` writes it). Columns that are not row fields come back
-    as
-    metrics, except options (the names in ``option_names`` and text columns)."""
+    as metrics, except options (the names in ``option_names`` and text columns). Text cells that
+    were quoted against spreadsheet formulas (:func:`bench.store.formats.csv_cell`) come back as
+    they were."""
     import pandas as pd
 
     try:
-        frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        with open_read(path) as handle:
+            frame = pd.read_csv(handle, keep_default_na=False, na_values=[""])
     except (OSError, ValueError) as exc:  # pandas' parser errors are ValueErrors
         raise BenchError(f"cannot read {str(path)!r}: {exc}") from None
     fields = {f.name: f for f in dataclasses.fields(ResultRow)}
@@ -316,12 +328,13 @@ def read_csv_rows(path: Path, option_names: Collection[str] = frozenset()) -> li
     for lineno, record in enumerate(frame.to_dict("records"), 2):
         data: dict[str, Any] = {"metrics": {}, "options": {}}
         for key, value in record.items():
-            value = _plain(value)
+            key, value = csv_value(str(key)), csv_value(_plain(value))
             if key in fields:
                 if value is None and fields[key].type == "str":
                     value = ""
                 if value is not None and fields[key].type in ("int", "int | None"):
-                    value = int(value)
+                    with contextlib.suppress(TypeError, ValueError, OverflowError):
+                        value = int(value)  # not a number: _row_problem names it
                 if value is not None and fields[key].type == "str":
                     value = str(value)
                 if value is not None or fields[key].default is None:

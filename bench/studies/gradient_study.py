@@ -108,7 +108,8 @@ def study_request(registry: Registry, *, suites: str, backends: str,
     ``gradients``), checked and expanded; nothing is written or run."""
     from bench.planning.request import RunRequest, check_data, parse_int_list, parse_names
 
-    suite_names = parse_names(suites, "suite", sorted(registry.suites))
+    suite_names = parse_names(suites, "suite", sorted(registry.suites),
+                              registry.failed_plugins())
     choices = expand_backends(registry, backends, backend_set)
     tols = parse_floats(tolerances, "--tolerances") if tolerances else []
     choices = with_tolerances(registry, choices, tols)
@@ -141,15 +142,17 @@ def study_table(rows: Sequence[ResultRow]) -> Any:
 def write_outputs(path: Path, rows: Sequence[ResultRow], echo: Callable[[str], None]) -> str:
     """``gradients.csv``, ``gradients.md`` and the plots in ``path``; returns the table."""
     from bench.reports.report import render
+    from bench.store.files import atomic_write_text
+    from bench.store.formats import csv_text
     from bench.studies.gradient_plots import plot_study
 
     table = study_table(rows)
     if table.empty:
         text = "(no measurements)\n"
     else:
-        table.to_csv(path / "gradients.csv", index=False)
+        atomic_write_text(path / "gradients.csv", csv_text(table))
         text = render(table, "markdown")
-    (path / "gradients.md").write_text(text)
+    atomic_write_text(path / "gradients.md", text)
     try:
         plot_study(list(rows), path)
     except ImportError:
