@@ -92,3 +92,28 @@ def test_report_a_b_pairs_like_compare_and_shows_no_ratio_for_flagged_times(tmp_
     assert by_seed.time_comparable[0] == "no: B's timing is flagged (host loaded)"
     assert by_seed.train_step_time_s_ratio_b_a[1] == 2.0 and by_seed.time_comparable[1] == "yes"
     assert pd.isna(by_seed.rate_error_a[2]) and by_seed.time_comparable[2] == "no: on one side only"
+
+
+def test_flagged_times_are_marked_in_markdown_and_latex(tmp_path):
+    from bench.core.rows import ResultRow
+    from bench.reports.report import report
+    from bench.store.results import RunDirectory
+
+    run_dir = RunDirectory.create(tmp_path / "run")
+    for seed, flag in ((0, False), (1, True)):
+        run_dir.append_row(ResultRow(
+            cell_id=f"linear/e/smoke/seed{seed}/cpu", suite="linear", backend="e",
+            framework="numpy", gradient_method="backprop", solver="euler", device="cpu",
+            seed=seed, budget="smoke", status="ok", metric_name="rate_error",
+            metrics={"rate_error": 0.5}, train_step_time_s=0.125, compile_time_s=0.25,
+            nfe_forward=20.0, timing_flag=flag, timing_warning="slow tail" if flag else ""))
+    markdown = report([str(run_dir.path)])
+    lines = [line for line in markdown.splitlines() if line.startswith("| linear")]
+    assert "0.125 †" not in lines[0] and "| 0.125 † | 0.25 † |" in lines[1]
+    assert "| 20 |" in lines[1]  # counts are not marked
+    assert "† timing flagged as not comparable" in markdown
+    latex = report([str(run_dir.path)], "latex")
+    assert latex.count("0.125$^\\dagger$") == 1
+    assert "\\footnotesize $^\\dagger$ timing flagged" in latex
+    chosen = report([str(run_dir.path)], "markdown", ["backend", "seed", "train_step_time_s"])
+    assert "| e | 1 | 0.125 † |" in chosen and "| e | 0 | 0.125 |" in chosen
