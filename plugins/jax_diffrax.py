@@ -337,7 +337,7 @@ class DiffraxBackend(JaxBackend):
             ys = jax.tree_util.tree_map(lambda y: y[0], ys)
         return ys, stats
 
-    def _backward_counts(self, solves: list[Any], probe: Any) -> tuple[float, dict[str, float]]:
+    def backward_counts(self, solves: list[Any], probe: Any) -> tuple[float, dict[str, float]]:
         import numpy as np
 
         if self.adjoint == "backsolve":

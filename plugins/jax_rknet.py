@@ -98,7 +98,7 @@ class JaxRkNetBackend(JaxBackend):
             recorder.records.append(stats)
         return ys, stats
 
-    def _backward_counts(self, solves: list[Any], probe: Any) -> tuple[float, dict[str, float]]:
+    def backward_counts(self, solves: list[Any], probe: Any) -> tuple[float, dict[str, float]]:
         import numpy as np
 
         vjp = float(sum(np.sum(r["nfe_backward_vjp"]) for r in solves))

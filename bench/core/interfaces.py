@@ -1,10 +1,30 @@
-"""The abstract interfaces a backend and a suite implement.
+"""The abstract interfaces a backend and a suite implement: the framework-neutral contract.
 
 The core never imports a numerical framework. A backend says which framework it belongs to
 (``"torch"``, ``"jax"``, ``"numpy"``, ...); a suite builds a :class:`AbstractTask` for that
-framework, using the framework layer's API that the backend implements (``bench.frameworks.torch``,
-``bench.frameworks.jax``). The core only drives the task: it times steps, synchronises the
-device through the backend, and measures memory through a :class:`MemoryTracker`.
+framework, using the framework layer's API that the backend implements (``bench.frameworks.torch``:
+:meth:`TorchBackend.ode_block <bench.frameworks.torch.TorchBackend.ode_block>`;
+``bench.frameworks.jax``: :meth:`JaxBackend.solve <bench.frameworks.jax.JaxBackend.solve>`; both
+abstract there). The core only drives the task: it times steps, synchronises the device through
+the backend, measures memory through a :class:`MemoryTracker`, and writes what the task's
+:class:`StepStats` counted into the row.
+
+What the core reads and calls, in order, for one cell (``bench run``):
+
+1. in the parent, before any cell starts: the registry checks each registered object's required
+   attributes (:func:`bench.core.registry.contract_problem`); ``backend.parameters`` convert and
+   check the user's values, :meth:`AbstractBackend.configure` builds the configured backend (its
+   :class:`~bench.core.errors.BenchError` names a combination that cannot run);
+   :meth:`AbstractBackend.check_available`, :meth:`AbstractBackend.supports` and
+   :meth:`AbstractSuite.supports` decide ``unsupported``; :meth:`AbstractSuite.check_data`.
+2. in the cell's process: :meth:`AbstractBackend.resolve_device`, ``device_name``,
+   ``memory_tracker``; :meth:`AbstractSuite.build_task` (which calls the framework layer's
+   methods on the backend); per training step ``synchronize``, :meth:`AbstractTask.train_step`,
+   ``synchronize``, :meth:`AbstractBackend.complete_step_stats` and
+   :meth:`AbstractBackend.step_stats_problem` (a continuous-time backend whose step counted no
+   evaluation fails the cell); the evaluations; the memory steps; ``configuration`` for the row.
+
+docs/plugins.md walks through a complete torch and a complete JAX backend.
 """
 
 from __future__ import annotations
@@ -171,9 +191,27 @@ class AbstractTask(abc.ABC):
 
 
 class AbstractBackend(abc.ABC):
-    """A way to integrate and differentiate a Neural ODE (a solver and a gradient method)."""
+    """A way to integrate and differentiate a Neural ODE (a solver and a gradient method).
 
+    Required, without a default (checked when a plugin registers the backend; ``bench list``
+    shows a problem as the plugin's error):
+
+    - ``name``: unique across all plugins (two plugins registering one name make the name an
+      error to use), without spaces or any of ``,[]=`` (the ``--backends`` syntax);
+    - ``framework``: the suites build the cell's task for it and call that framework layer's
+      abstract methods on the backend. Subclass :class:`bench.frameworks.torch.TorchBackend`
+      (implement ``ode_block``) or :class:`bench.frameworks.jax.JaxBackend` (implement
+      ``solve``), which set it; a backend of another framework needs suites written for it.
+
+    Everything else has a default: the attributes below describe the backend in every row and
+    table; the methods are called by the core as the module docstring lists, each overridable.
+    Parameters a user may set are declared with :class:`bench.core.options.OptionSpec` in
+    :attr:`parameters` and applied by :meth:`configure` (default: the constructor's keywords).
+    """
+
+    #: Unique across plugins (a class attribute, or an instance attribute set in ``__init__``).
     name: str
+    #: ``"torch"``, ``"jax"``, ...: which framework layer's contract the backend implements.
     framework: str
     #: How gradients are computed (``"adjoint"``, ``"backprop"``, ...).
     gradient_method: str = ""
@@ -214,6 +252,22 @@ class AbstractBackend(abc.ABC):
     #: Whether ``--backends all`` includes this backend (False: a variant run only by name, e.g.
     #: diffrax-direct; ``bench list`` says so).
     in_all: bool = True
+    #: Modules the backend needs, found (never imported) by the default :meth:`check_available`:
+    #: a missing one makes every cell ``unsupported`` with :attr:`install_hint`, not failed.
+    #: The framework bases set theirs (torch: torch and torchdiffeq; jax: jax, diffrax, equinox);
+    #: a backend that needs fewer or more sets its own.
+    required_modules: tuple[str, ...] = ()
+    #: How to install :attr:`required_modules` (shown when one is missing).
+    install_hint: str = ""
+    #: True when every training step evaluates the dynamics through the backend's counted solves:
+    #: a step of a continuous-time backend (:attr:`continuous_time`) that reports
+    #: ``nfe_forward`` 0 or None is then a counting bug, and the core fails the cell with
+    #: :meth:`step_stats_problem`'s message. The torch and JAX bases set it (their blocks and
+    #: solves count); False (the default) for a framework whose suites count otherwise.
+    counts_evaluations: bool = False
+    #: How a backend of this framework counts evaluations so that they reach the row (the
+    #: framework bases say it; shown when a step counted none).
+    counting_hint: str = ""
 
     def configure(self, values: Mapping[str, Any]) -> AbstractBackend:
         """This backend with the parameters ``values`` set (already converted and checked by
@@ -236,8 +290,17 @@ class AbstractBackend(abc.ABC):
 
     def check_available(self) -> str | None:
         """Return None when the backend's dependencies are importable, else the reason and the
-        install hint (e.g. ``"jax is not installed: pip install 'neural-ode-bench[jax]'"``)."""
-        return None
+        install hint (e.g. ``"jax is not installed: pip install 'neural-ode-bench[jax]'"``).
+        Called in the parent, where the framework may be missing: never import it here.
+        Default: the :attr:`required_modules` that cannot be found, with :attr:`install_hint`."""
+        from bench.core.availability import missing_modules
+
+        missing = missing_modules(self.required_modules)
+        if not missing:
+            return None
+        verb = "is" if len(missing) == 1 else "are"
+        hint = f": {self.install_hint}" if self.install_hint else ""
+        return f"{' and '.join(missing)} {verb} not installed{hint}"
 
     def supports(self, suite: AbstractSuite) -> Support:
         """Whether this backend can run ``suite``. The default: the suite has a model for this
@@ -274,6 +337,19 @@ class AbstractBackend(abc.ABC):
         are."""
         return stats
 
+    def step_stats_problem(self, stats: StepStats, step: int) -> str | None:
+        """What is wrong with a training step's completed statistics, or None; the core fails
+        the cell with the message. Default: a backend that :attr:`counts_evaluations` in
+        continuous time must count at least one evaluation of the dynamics in the forward pass
+        of every step (a ResNet's blocks, ``continuous_time`` False, are not checked)."""
+        if not (self.counts_evaluations and self.continuous_time) or stats.nfe_forward:
+            return None
+        return (f"backend {self.name!r} ({type(self).__module__}.{type(self).__qualname__}) "
+                f"counted no evaluation of the dynamics in training step {step} (nfe_forward="
+                f"{stats.nfe_forward!r}), so the row's NFE would be wrong. "
+                f"{self.counting_hint or 'Count every call of the dynamics in its solves.'} "
+                "See docs/plugins.md, 'Counting'.")
+
     def memory_tracker(self, device: str) -> MemoryTracker:
         """The tracker used for ``peak_memory_bytes``. Default: the process's resident memory."""
         from bench.core.measure import ResidentMemoryTracker
@@ -282,7 +358,16 @@ class AbstractBackend(abc.ABC):
 
 
 class AbstractSuite(abc.ABC):
-    """A standard task: data, per-framework models, a metric and budgets."""
+    """A standard task: data, per-framework models, a metric and budgets.
+
+    Required, without a default (checked when a plugin registers the suite): ``name`` (unique
+    across plugins, as a backend's), ``metric_name``, ``budgets`` (at least one
+    :class:`Budget`), and a task for each framework it runs on: :attr:`tasks`, or an override
+    of :meth:`build_task`. The task (:class:`AbstractTask`, abstract: ``train_step``,
+    ``evaluate``, ``num_params``) calls the framework layer's methods on the cell's backend and
+    returns each step's :class:`StepStats` from the backend's counts
+    (``bench.frameworks.torch.run_train_step``, ``bench.frameworks.jax.JaxBackend.step_stats``).
+    """
 
     name: str
     description: str = ""

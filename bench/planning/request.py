@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.core.errors import BenchError, UnknownNameError
+from bench.core.errors import BenchError, FailedPlugin, UnknownNameError
 from bench.core.options import format_value
 from bench.core.registry import LOAD_PLUGINS_ENV, Registry
 from bench.planning import concurrency
@@ -139,8 +139,11 @@ def given_by(origin: str | None) -> Iterator[None]:
 # -- names, lists ---------------------------------------------------------------------------------
 
 
-def parse_names(value: str | Sequence[str], kind: str, choices: Sequence[str]) -> list[str]:
-    """``all`` or a comma-separated list (or a sequence of names), each checked."""
+def parse_names(value: str | Sequence[str], kind: str, choices: Sequence[str],
+                failed_plugins: Sequence[FailedPlugin] = ()) -> list[str]:
+    """``all`` or a comma-separated list (or a sequence of names), each checked; an unknown
+    name's error lists ``failed_plugins`` (``Registry.failed_plugins()``), whose names it may
+    be."""
     if isinstance(value, str) and value.strip() == "all":
         if not choices:
             raise BenchError(f"--{kind} all: no {kind}s are loaded (see `bench list` and "
@@ -152,7 +155,7 @@ def parse_names(value: str | Sequence[str], kind: str, choices: Sequence[str]) -
         raise BenchError(f"no {kind} given")
     for name in names:
         if name not in choices:
-            raise UnknownNameError(kind, name, choices)
+            raise UnknownNameError(kind, name, choices, failed_plugins)
     return list(dict.fromkeys(names))
 
 
@@ -385,7 +388,8 @@ class RunRequest:
         if threads is None:
             threads = default_threads(jobs, bool(scheduler or cluster))
         with given_by(origins.get("suites")):
-            suite_names = parse_names(suites, "suite", sorted(registry.suites))
+            suite_names = parse_names(suites, "suite", sorted(registry.suites),
+                                  registry.failed_plugins())
         with given_by(origins.get("budget") or origins.get("suites")):
             if isinstance(suites, str) and suites.strip() == "all":
                 suite_names = suites_with_budget(registry, suite_names, budget, echo)

@@ -18,10 +18,12 @@ The API a JAX suite uses (the counterpart of :mod:`bench.frameworks.torch`)::
     stats = backend.step_stats(loss, counts, step.extra())  # reads the loss only
     stats = backend.complete_step_stats(stats)             # the counts (the core: after the clock)
 
-``solve`` works inside ``jax.jit`` and ``jax.grad``. ``stats`` is a dict of int32 arrays read from
-the solver (never from host callbacks): ``num_steps`` (accepted + rejected), ``num_accepted_steps``,
-``num_rejected_steps``, ``nfe_forward`` and what the backward count needs. Inside
-``value_and_grad`` every solve call also records its stats in ``counts`` (call ``solve`` at the top
+The contract is :meth:`JaxBackend.solve` (abstract; its docstring says everything a solve must
+do). ``solve`` works inside ``jax.jit`` and ``jax.grad``. ``stats`` is a dict of int32 arrays read
+from the solver (never from host callbacks): ``num_steps`` (accepted + rejected),
+``num_accepted_steps``, ``num_rejected_steps``, ``nfe_forward`` and what the backward count needs
+(``nfe_backward``, or what :meth:`JaxBackend.backward_counts` reads). Inside ``value_and_grad``
+every solve records its stats in ``counts`` through :func:`record_solve` (call ``solve`` at the top
 level of ``loss_fn``, not inside ``lax.scan``/``vmap`` bodies, whose tracers cannot leave them), and
 the backsolve backend reads the reverse solves' statistics through ``counts["probe"]`` (see
 :mod:`bench.plugins.jax_diffrax`). :meth:`JaxBackend.step_stats` turns the counts into a
@@ -30,6 +32,9 @@ module's docstring; inside the step's clock it only reads the loss back, and
 :meth:`JaxBackend.complete_step_stats` fetches and sums the counts after the clock stopped (the
 core calls it; call it yourself when driving a task outside the core). ``load_weights(model,
 where, weights)`` loads a suite's neutral numpy weights.
+
+A backend: subclass :class:`JaxBackend` and implement ``solve`` (docs/plugins.md walks through a
+complete one).
 
 Blocking: JAX dispatches asynchronously. :class:`CompiledStep` returns the step's outputs as
 dispatched, like a plain loop's jitted call; ``step_stats`` reads the loss, which waits for the
@@ -40,6 +45,7 @@ every live array and on pending effects, so nothing queued can leak into the nex
 from __future__ import annotations
 
 from bench.frameworks.jax._backend import (
+    COUNTING_HINT,
     INSTALL_HINT,
     PROBE_FIELDS,
     REQUIRED_MODULES,
@@ -49,6 +55,7 @@ from bench.frameworks.jax._backend import (
     current_recorder,
     jax_device,
     missing_modules,
+    record_solve,
 )
 from bench.frameworks.jax._checkpoint import checkpoint_backward_iterations
 from bench.frameworks.jax._gradients import GradientProber
@@ -70,10 +77,10 @@ from bench.frameworks.jax._step import (
 from bench.frameworks.jax._weights import load_weights
 
 __all__ = [
-    "INSTALL_HINT", "PROBE_FIELDS", "REQUIRED_MODULES", "CompileOnce", "CompiledStep",
-    "GradientProber",
-    "JaxBackend", "JaxGpuPeakTracker", "SolveBackend", "adam_init", "adam_update",
-    "checkpoint_backward_iterations", "current_recorder", "jax_device", "load_weights",
-    "missing_modules", "rk4_solvers", "rk4_step", "sgd_momentum_init", "sgd_momentum_update",
-    "torchdiffeq_first_step", "torchdiffeq_norm", "reverse_seminorm",
+    "COUNTING_HINT", "INSTALL_HINT", "PROBE_FIELDS", "REQUIRED_MODULES", "CompileOnce",
+    "CompiledStep", "GradientProber", "JaxBackend", "JaxGpuPeakTracker", "SolveBackend",
+    "adam_init", "adam_update", "checkpoint_backward_iterations", "current_recorder",
+    "jax_device", "load_weights", "missing_modules", "record_solve", "rk4_solvers", "rk4_step",
+    "sgd_momentum_init", "sgd_momentum_update", "torchdiffeq_first_step", "torchdiffeq_norm",
+    "reverse_seminorm",
 ]

@@ -3,6 +3,7 @@ and the solve / value_and_grad / step_stats contract a JAX suite asks of a backe
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
@@ -102,7 +103,23 @@ _RECORDERS: list[_Recorder] = []
 
 
 def current_recorder() -> _Recorder | None:
+    """The recorder of the :meth:`JaxBackend.value_and_grad` being traced (None outside one).
+    Its ``probe`` is the zero vector whose cotangent carries backward statistics out (see
+    :data:`PROBE_FIELDS`); its ``records`` the stats of the solves traced so far."""
     return _RECORDERS[-1] if _RECORDERS else None
+
+
+def record_solve(stats: dict[str, Any]) -> dict[str, Any]:
+    """Record one solve's ``stats`` for the step being traced, and return them: every
+    :meth:`JaxBackend.solve` calls this once with the dict it returns. Inside
+    :meth:`JaxBackend.value_and_grad` the step's counts are the recorded solves' stats (summed by
+    :meth:`JaxBackend.complete_step_stats`); outside one (an evaluation) it does nothing. A
+    solve that records nothing counts nothing: a training step without a recorded solve fails
+    the cell."""
+    recorder = current_recorder()
+    if recorder is not None:
+        recorder.records.append(stats)
+    return stats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,10 +135,26 @@ class _PendingStepStats(StepStats):
 # -------------------------------------------------------------------------------------------------
 
 
-class JaxBackend(AbstractBackend):
-    """Base of the JAX backends: availability, devices, synchronisation, memory, counting.
+#: What a JAX backend must do so that its NFE reach the row (shown when a step counted none).
+COUNTING_HINT = (
+    "A JAX backend's solve must return stats with 'nfe_forward' (an int32 array: evaluations of "
+    "f in this solve), 'num_accepted_steps' and 'num_rejected_steps', and pass them to "
+    "bench.frameworks.jax.record_solve(stats) before returning: a training step's counts are the "
+    "solves recorded while the suite's backend.value_and_grad traced its loss.")
 
-    Subclasses implement :meth:`solve` and :meth:`_backward_counts`.
+
+class JaxBackend(AbstractBackend):
+    """Base of the JAX backends: availability, devices, synchronisation, memory, counting, and
+    the one abstract method every JAX suite calls, :meth:`solve`.
+
+    A subclass sets ``name`` (unique), ``gradient_method``, ``solver``, ``description`` (a
+    fixed-step one also ``adaptive = False`` and ``rtol = atol = None``), declares its
+    user-settable parameters as :class:`bench.core.options.OptionSpec` in ``parameters``
+    (the constructor's keywords, applied by ``configure``), lists the modules it needs in
+    ``required_modules``, and implements :meth:`solve`; :meth:`backward_counts` when its
+    solves cannot put ``nfe_backward`` into their stats (an adjoint's reverse solve, known
+    only in the backward pass). The suite's side (:meth:`value_and_grad`,
+    :meth:`step_stats`, :meth:`complete_step_stats`) is done here.
     """
 
     framework = "jax"
@@ -129,13 +162,22 @@ class JaxBackend(AbstractBackend):
     gradient_reference = "diffrax-checkpoint"
     rtol: float | None = 1e-3
     atol: float | None = 1e-3
+    #: Modules this backend needs, found without importing them (a backend that needs no
+    #: diffrax: ``("jax",)``; one wrapping another library adds it).
+    required_modules: tuple[str, ...] = REQUIRED_MODULES
+    install_hint = INSTALL_HINT
+    #: Every JAX solve records its counts (:func:`record_solve`): a step without one fails.
+    counts_evaluations = True
+    counting_hint = COUNTING_HINT
 
     # -- environment ----------------------------------------------------------------------------
     def check_available(self) -> str | None:
-        missing = missing_modules()
+        """The missing :attr:`required_modules` (``jax`` alone when jax is among them: the rest
+        comes with the install hint), or None."""
+        missing = find_missing(self.required_modules)
         if missing:
             which = "jax" if "jax" in missing else ", ".join(missing)
-            return f"{which} is not installed: {INSTALL_HINT}"
+            return f"{which} is not installed: {self.install_hint}"
         return None
 
     def resolve_device(self, requested: str) -> str:
@@ -186,28 +228,73 @@ class JaxBackend(AbstractBackend):
 
     # -- numerics ------------------------------------------------------------------------------
     def import_modules(self) -> None:
-        """Import what :meth:`solve` needs (diffrax, equinox), so that the first timed step
-        imports nothing: its extra time, ``compile_time_s``, is then compilation only."""
-        import diffrax  # noqa: F401
-        import equinox  # noqa: F401
+        """Import what :meth:`solve` needs (default: :attr:`required_modules`), so that the
+        first timed step imports nothing: its extra time, ``compile_time_s``, is then
+        compilation only. Called when a task is built (:meth:`value_and_grad`)."""
+        import importlib
 
+        for module in self.required_modules:
+            importlib.import_module(module)
+
+    @abc.abstractmethod
     def solve(self, f: Callable[[Any, Any, Any], Any], params: Any, y0: Any, t0: float,
               t1: float, *, ts: Any = None, fixed_steps: int | None = None,
               tolerances: Tolerances | None = None) -> tuple[Any, dict[str, Any]]:
-        """Integrate dy/dt = f(t, y, params) from t0 to t1; usable inside ``jax.jit``/``grad``.
+        """Integrate dy/dt = f(t, y, params) from ``t0`` to ``t1``; called by the suites inside
+        ``jax.jit`` and inside :meth:`value_and_grad`'s ``jax.value_and_grad``, so it must be
+        traceable: jax operations only, no Python side effects on traced values, no host
+        callbacks for counting.
+
+        **Call forms**::
+
+            y1, stats = backend.solve(f, params, y0, t0, t1)            # the state at t1
+            ys, stats = backend.solve(f, params, y0, t0, t1, ts=ts)     # time-major trajectory
+            y1, stats = backend.solve(f, params, y0, t0, t1, fixed_steps=L)
+            y1, stats = backend.solve(f, params, y0, t0, t1, tolerances=Tolerances(1e-5, 1e-5))
+
+        ``t`` passed to f is a 0-dim (scalar) array; ``y`` has ``y0``'s pytree structure, shapes
+        and dtypes (float32 in the suites; float64 for a reference gradient, so do not hard-code
+        a dtype). ``params`` are the dynamics' own parameters (a pytree, e.g. an equinox
+        module): pass them to f unchanged and let autodiff differentiate through them (an
+        adjoint passes them as the ``args`` of its reverse solve); never close over copies.
+        ``t1 < t0`` is a solve backwards in time (a CNF's sampling), with a negative step; an
+        adjoint's reverse solve runs from t1 back to t0 and calls f with decreasing t.
+
+        **Counting**: ``stats`` is a dict of int32 arrays computed from the solver (static
+        Python ints made arrays, or loop counters; never host callbacks):
+
+        - ``nfe_forward``: evaluations of f in this forward solve (every stage of every step,
+          rejected steps and first-step probes included);
+        - ``num_accepted_steps``, ``num_rejected_steps`` (and ``num_steps``, their sum): solver
+          steps, never evaluations; a fixed-step solver's are all accepted;
+        - ``nfe_backward`` when the backward pass's count is known here (backpropagation
+          through stored stages: one vector-Jacobian product per forward evaluation);
+          otherwise implement :meth:`backward_counts`, which gets every recorded stats dict and
+          the probe's cotangent.
+
+        Pass ``stats`` to :func:`record_solve` before returning them: the step's counts are the
+        solves recorded while :meth:`value_and_grad` traced the loss (summed over them); a
+        training step of a continuous-time backend that records no evaluation fails the cell.
 
         :param f: the dynamics, ``f(t, y, params) -> dy/dt`` (same pytree structure as y).
         :param params: pytree of the dynamics' parameters (differentiated through).
         :param y0: initial state (pytree of float arrays).
-        :param ts: None: return y(t1); else a 1-D array of increasing times in [t0, t1]: return
-            the states at those times, stacked along a new leading axis.
+        :param t0: start time (a Python float).
+        :param t1: end time; below ``t0`` for a backwards solve.
+        :param ts: None: return y(t1); else a 1-D array of times from t0 towards t1 (the
+            suites pass ``ts[0] == t0``): return the states at those times, **time-major**,
+            each leaf stacked along a new leading axis (``(len(ts), *leaf.shape)``).
         :param fixed_steps: take exactly this many equal steps over [t0, t1] (no step-size
-            control), e.g. for the memory-scaling study.
-        :param tolerances: replace the backend's own tolerances (adaptive solvers; a fixed-step
-            solve has none and ignores them); None: the backend's.
-        :returns: ``(y, stats)``; ``stats`` holds int32 arrays (see the module docstring).
+            control) in place of the backend's own step rule: the memory-scaling study's L;
+            record the solver that does this as the class's ``fixed_step_solver`` (None: the
+            backend's own ``solver``, already fixed-step).
+        :param tolerances: the task's tolerances (e.g. a budget's), to use in place of the
+            backend's own: pass them through
+            :func:`bench.core.tolerances.effective_tolerances` (a user's setting on the
+            backend wins, then these, then the backend's defaults), the rule the row's
+            ``rtol``/``atol`` are recorded with. A fixed-step solve has none and ignores them.
+        :returns: ``(y, stats)``.
         """
-        raise NotImplementedError
 
     def value_and_grad(self, loss_fn: Callable[..., Any], has_aux: bool = False
                        ) -> Callable[..., tuple[Any, Any, dict[str, Any]]]:
@@ -254,7 +341,7 @@ class JaxBackend(AbstractBackend):
 
     def complete_step_stats(self, stats: StepStats) -> StepStats:
         """The counts of :meth:`step_stats`: fetched, summed over the step's solves, and the
-        backward counts from :meth:`_backward_counts` (diffrax-checkpoint replays its checkpoint
+        backward counts from :meth:`backward_counts` (diffrax-checkpoint replays its checkpoint
         schedule there). Statistics that are not pending come back as they are."""
         if not isinstance(stats, _PendingStepStats):
             return stats
@@ -269,7 +356,7 @@ class JaxBackend(AbstractBackend):
                              saved_for_backward_bytes=stats.saved_for_backward_bytes)
         total = {key: float(sum(np.sum(r[key]) for r in solves))
                  for key in ("nfe_forward", "num_accepted_steps", "num_rejected_steps")}
-        nfe_backward, backward_extra = self._backward_counts(solves, counts["probe"])
+        nfe_backward, backward_extra = self.backward_counts(solves, counts["probe"])
         more.update(backward_extra)
         return StepStats(
             loss=stats.loss, nfe_forward=total["nfe_forward"], nfe_backward=nfe_backward,
@@ -277,10 +364,23 @@ class JaxBackend(AbstractBackend):
             steps_rejected=total["num_rejected_steps"],
             saved_for_backward_bytes=stats.saved_for_backward_bytes, extra=more)
 
-    def _backward_counts(self, solves: list[Mapping[str, Any]], probe: Any
-                         ) -> tuple[float | None, dict[str, float]]:
-        """(nfe_backward, extra) from the fetched per-solve stats and probe gradient."""
-        raise NotImplementedError
+    def backward_counts(self, solves: list[Mapping[str, Any]], probe: Any
+                        ) -> tuple[float | None, dict[str, float]]:
+        """``(nfe_backward, extra)`` of one step, on the host, after the step's clock stopped:
+        ``solves`` are the recorded stats of the step's solves (fetched: numpy arrays), ``probe``
+        the cotangent of the zero probe (:data:`PROBE_FIELDS`; a reverse solve can add its own
+        statistics to it). ``extra`` goes into the row's metrics. Default: the sum of every
+        solve's ``nfe_backward``; a backend whose solves do not report it overrides this."""
+        import numpy as np
+
+        lacking = sum(1 for record in solves if "nfe_backward" not in record)
+        if lacking:
+            raise NotImplementedError(
+                f"{type(self).__name__}.backward_counts: {lacking} of the step's solves have no "
+                "'nfe_backward' in their stats; put it there in solve() (backpropagation "
+                "through stored stages: one VJP per forward evaluation) or override "
+                "backward_counts(solves, probe) to count the backward pass")
+        return float(sum(np.sum(record["nfe_backward"]) for record in solves)), {}
 
 
 @runtime_checkable

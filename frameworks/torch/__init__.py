@@ -9,7 +9,7 @@ The API a torch suite uses::
 
     block = backend.ode_block(make_dynamics, t0=0.0, t1=1.0, tolerances=None)  # an nn.Module
     y1 = block(y0)                        # the state at t1
-    ys = block(y0, times=ts)              # the trajectory at the 1-D increasing times ts
+    ys = block(y0, times=ts)              # time-major: (len(ts), *y0.shape), ys[0] = y0
     counts = block.pop_stats()            # StepCounts since the last pop (then zeroed)
     stats = run_train_step([block], compute_loss, optimizer, params)   # -> StepStats
     probe = probe_gradient([block], compute_loss, named_params, order)  # gradient accuracy
@@ -21,7 +21,8 @@ ignores ``t`` when ``time_dependent`` is False. The continuous backends call it 
 backend calls it once per residual block (untied weights). ``tolerances``
 (:class:`bench.core.interfaces.Tolerances`) replace the backend's own; None keeps them.
 
-What the counts mean (the same for every torch backend):
+The contract is :meth:`TorchBackend.ode_block` (abstract; its docstring says everything a block
+must do) and :class:`CountingBlock`. What the counts mean (the same for every torch backend):
 
 - ``nfe_forward``: evaluations of the dynamics inside the block's forward call.
 - ``nfe_backward``: vector-Jacobian products of the dynamics computed during the backward pass,
@@ -33,9 +34,11 @@ What the counts mean (the same for every torch backend):
   ``callback_accept_step`` / ``callback_reject_step``; rknet and resnet: all accepted; None where
   the solver reports none, i.e. torchdiffeq's fixed-grid solvers under ``fixed_steps``).
 
-A backend: subclass :class:`TorchBackend` and implement ``ode_block`` (returning a
-:class:`CountingBlock`), or subclass :class:`TorchdiffeqBackend` (torchdiffeq's solvers; set
-``name``, ``gradient_method``, ``adjoint`` and the constructor's ``method``/tolerances).
+A backend: subclass :class:`TorchBackend` and implement ``ode_block`` (returning a block that
+follows :class:`CountingBlock`: an :class:`OdeBlock` subclass with the dynamics wrapped in
+:class:`CountedDynamics` counts for you), or subclass :class:`TorchdiffeqBackend` (torchdiffeq's
+solvers; set ``name``, ``gradient_method``, ``adjoint`` and the constructor's
+``solver``/tolerances). docs/plugins.md walks through a complete one.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from bench.frameworks.torch._backend import (
+    COUNTING_HINT,
     INSTALL_HINT,
     CountingBlock,
     CudaAllocatorTracker,
@@ -53,7 +57,11 @@ from bench.frameworks.torch._backend import (
     positive_int,
 )
 from bench.frameworks.torch._gradients import copy_parameters, probe_gradient, scaled_weights
-from bench.frameworks.torch._torchdiffeq import TorchdiffeqBackend, UniformGrid
+from bench.frameworks.torch._torchdiffeq import (
+    TorchdiffeqBackend,
+    UniformGrid,
+    torchdiffeq_parameters,
+)
 from bench.frameworks.torch._training import (
     StepCounts,
     TorchTask,
@@ -68,6 +76,7 @@ if TYPE_CHECKING:
     from bench.frameworks.torch._blocks import (
         AdaptiveCountedDynamics,
         CountedDynamics,
+        Counter,
         OdeBlock,
         ResNetBlock,
         RK4Block,
@@ -76,15 +85,17 @@ if TYPE_CHECKING:
 
 #: Loaded from ``_blocks`` (which imports torch) on first access.
 _BLOCKS = ("OdeBlock", "TorchdiffeqBlock", "RK4Block", "ResNetBlock", "CountedDynamics",
-           "AdaptiveCountedDynamics")
+           "AdaptiveCountedDynamics", "Counter")
 
 __all__ = [
-    "INSTALL_HINT", "CountingBlock", "CudaAllocatorTracker", "OdeBlockBackend", "StepCounts",
+    "COUNTING_HINT", "INSTALL_HINT", "CountingBlock", "CudaAllocatorTracker", "OdeBlockBackend",
+    "StepCounts",
     "TorchBackend", "TorchTask", "TorchdiffeqBackend", "copy_parameters", "probe_gradient",
     "scaled_weights", "UniformGrid", "load_weights", "metering",
     "metering_saved_tensors", "missing_message", "missing_modules", "positive_int",
     "run_train_step", "saved_tensors_meter", "OdeBlock", "TorchdiffeqBlock", "RK4Block",
-    "ResNetBlock", "CountedDynamics", "AdaptiveCountedDynamics",
+    "ResNetBlock", "CountedDynamics", "AdaptiveCountedDynamics", "Counter",
+    "torchdiffeq_parameters",
 ]
 
 

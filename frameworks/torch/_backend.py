@@ -1,9 +1,10 @@
 """The torch backend base: availability (without importing torch), devices, synchronisation,
-memory trackers, and the ODE-block contract a torch suite asks of a backend
-(:class:`OdeBlockBackend`)."""
+memory trackers, and the ODE-block contract a torch suite asks of a backend: the abstract
+:meth:`TorchBackend.ode_block` and the blocks it returns (:class:`CountingBlock`)."""
 
 from __future__ import annotations
 
+import abc
 import numbers
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -64,20 +65,38 @@ class CudaAllocatorTracker(MemoryTracker):
         return max(0, torch.cuda.max_memory_allocated(self.device) - self._baseline)
 
 
+#: What a torch backend must do so that its NFE reach the row (shown when a step counted none).
+COUNTING_HINT = (
+    "A torch backend's block must count every call of the dynamics in its forward pass and "
+    "return it as StepCounts.nfe_forward from block.pop_stats() (then zero its counters): wrap "
+    "the module make_dynamics returns in bench.frameworks.torch.CountedDynamics (subclassing "
+    "bench.frameworks.torch.OdeBlock does it for you), or count in a wrapper of your own; the "
+    "suite's bench.frameworks.torch.run_train_step reads pop_stats() after the forward and "
+    "after the backward pass.")
+
+
 class TorchBackend(AbstractBackend):
-    """Base of the torch backends: device handling, synchronisation, memory, blocks
-    (``continuous_time`` False: a block cannot return the state at arbitrary times, e.g. resnet).
+    """Base of the torch backends: device handling, synchronisation, memory, and the one
+    abstract method every torch suite calls, :meth:`ode_block`.
+
+    A subclass sets ``name`` (unique), ``gradient_method``, ``solver``, ``description`` and,
+    when the solver takes fixed steps, ``adaptive = False`` with ``rtol = atol = None``; declares
+    its user-settable parameters as :class:`bench.core.options.OptionSpec` in ``parameters``
+    (the constructor's keywords, applied by :meth:`configure`); and implements :meth:`ode_block`.
+    ``continuous_time`` False: a block cannot return the state at arbitrary times (resnet).
+    torchdiffeq's solvers are ready-made in :class:`bench.frameworks.torch.TorchdiffeqBackend`.
     """
 
     framework = "torch"
     #: float64 backpropagation through torchdiffeq dopri5 at rtol = atol = 1e-12.
     gradient_reference = "torch-direct"
-    #: Modules this backend needs (rknet and resnet need torch only).
+    #: Modules this backend needs, found without importing them (rknet and resnet: torch only;
+    #: a backend wrapping another library adds it, e.g. ``("torch", "torchode")``).
     required_modules: tuple[str, ...] = ("torch", "torchdiffeq")
-
-    def check_available(self) -> str | None:
-        missing = missing_modules(self.required_modules)
-        return missing_message(missing) if missing else None
+    install_hint = INSTALL_HINT
+    #: Every torch block counts its evaluations (:meth:`ode_block`): a step without one fails.
+    counts_evaluations = True
+    counting_hint = COUNTING_HINT
 
     def resolve_device(self, requested: str) -> str:
         import torch
@@ -117,24 +136,82 @@ class TorchBackend(AbstractBackend):
 
         return ResidentMemoryTracker()
 
+    @abc.abstractmethod
     def ode_block(self, make_dynamics: Callable[[bool], Any], t0: float = 0.0, t1: float = 1.0,
                   *, fixed_steps: int | None = None,
                   tolerances: Tolerances | None = None) -> CountingBlock:
-        """Build the block that integrates (or, for resnet, replaces) the ODE from t0 to t1.
+        """Build the ``nn.Module`` that integrates (or, for resnet, replaces) the ODE
+        dy/dt = f(t, y) from ``t0`` to ``t1``; called once per block when a suite builds its
+        model (never inside a timed step), the block then called in every step.
 
-        :param make_dynamics: the suite's factory of the dynamics module; ``forward(t, h)``.
-        :param fixed_steps: force exactly this many fixed steps (the memory-scaling study):
-            torchdiffeq rk4 for torch-adjoint / torch-direct, classical RK4 for rknet, L blocks
-            for resnet.
-        :param tolerances: replace the backend's own tolerances (adaptive solvers; the fixed-step
-            backends and ``fixed_steps`` have none and ignore them); None: the backend's.
+        **The dynamics.** ``make_dynamics(time_dependent)`` is the suite's factory: it returns
+        an ``nn.Module`` whose ``forward(t, h)`` is f. Call it once (``True``) for one shared f;
+        resnet calls it ``fixed_steps``/L times with ``False`` (untied weights; t ignored). The
+        block must hold the returned module(s) as submodule(s), so that ``block.parameters()``
+        are exactly the dynamics' own tensors: the suite's optimiser, ``.to(device)``, an
+        adjoint's ``adjoint_params`` and the gradient probes all use those tensors, and a block
+        with parameters of its own (or copies) is refused by the suites. ``t`` passed to f is
+        a 0-dim tensor of the state's dtype and device (not a Python float, not shape (1,)); h
+        has the state's shape.
+
+        **Call forms of the block** (see :class:`CountingBlock`):
+
+        - ``block(y0)``: the state at ``t1``, the same shape as ``y0`` (a batch: any shape);
+        - ``block(y0, times=ts)``: ``ts`` a 1-D increasing (or, for a block built with
+          t1 < t0, decreasing) tensor of at least two times, ``ts[0]`` the start: the states at
+          every time, **time-major**, shape ``(len(ts), *y0.shape)``, ``out[0]`` being ``y0``.
+          A backend that cannot output arbitrary times sets ``continuous_time = False`` and
+          raises :class:`~bench.core.errors.BenchError` here.
+
+        ``t1 < t0`` is a solve backwards in time (the CNF's sampling block runs from 1 to 0):
+        the step is negative and f is called with decreasing t. An adjoint method's reverse
+        solve also runs from t1 back to t0 on the augmented state and calls f (and its
+        vector-Jacobian product) with decreasing t.
+
+        **Counting** (what reaches the row: ``nfe_forward``, ``nfe_backward``,
+        ``steps_accepted``, ``steps_rejected``): ``block.pop_stats()`` returns a
+        :class:`~bench.frameworks.torch.StepCounts` of what happened since the last pop and
+        zeroes the counters; the suite's :func:`~bench.frameworks.torch.run_train_step` pops
+        after the forward pass and after ``loss.backward()``, so:
+
+        - ``nfe_forward``: calls of f during ``block(...)`` (every stage of every step,
+          rejected steps and a first-step heuristic's probes included);
+        - ``nfe_backward``: vector-Jacobian products of f computed during ``loss.backward()``
+          (a hook on each evaluation's output that requires grad counts them:
+          backpropagation through the steps makes one per forward evaluation the loss depends
+          on; an adjoint one per evaluation of the augmented dynamics in its reverse solve);
+          ``backward_calls``: calls of f itself during the backward pass;
+        - ``steps_accepted``/``steps_rejected``: the forward solve's solver steps (never
+          evaluations); a fixed-step solver's steps are all accepted (rejected 0); None where
+          the solver cannot report them.
+
+        :class:`~bench.frameworks.torch.CountedDynamics` (with the block's
+        :class:`~bench.frameworks.torch.Counter`) does the evaluation counting, and subclassing
+        :class:`~bench.frameworks.torch.OdeBlock` gives ``forward``, the call forms and
+        ``pop_stats``; a block of one's own must behave the same. A training step of a
+        continuous-time backend that counts no forward evaluation fails the cell.
+
+        :param make_dynamics: the suite's factory of the dynamics module (above).
+        :param t0: start of the interval (a Python float).
+        :param t1: end of the interval; below ``t0`` for a backwards solve.
+        :param fixed_steps: take exactly this many equal fixed steps over [t0, t1] (the
+            memory-scaling study's L), in place of the backend's own step control: record the
+            solver that does this as the class's ``fixed_step_solver`` (None: the backend's own
+            ``solver``, already fixed-step). torch-adjoint / torch-direct use torchdiffeq rk4,
+            rknet classical RK4, resnet L blocks.
+        :param tolerances: the task's tolerances (e.g. a budget's), to use in place of the
+            backend's own: pass them through
+            :func:`bench.core.tolerances.effective_tolerances` (a user's setting on the backend
+            wins over them, they win over the backend's defaults), the same rule the row's
+            ``rtol``/``atol`` are recorded with. A fixed-step solver has none and ignores them.
+        :returns: the block, an ``nn.Module`` following :class:`CountingBlock`.
         """
-        raise NotImplementedError
 
 
 @runtime_checkable
 class OdeBlockBackend(Protocol):
-    """What a torch suite asks of a backend (:class:`TorchBackend` implements it)."""
+    """What a torch suite asks of a backend (:class:`TorchBackend` implements it; see
+    :meth:`TorchBackend.ode_block`)."""
 
     def ode_block(self, make_dynamics: Callable[[bool], Any], t0: float = 0.0, t1: float = 1.0,
                   *, fixed_steps: int | None = None,
@@ -142,9 +219,11 @@ class OdeBlockBackend(Protocol):
 
 
 class CountingBlock(Protocol):
-    """What a block built by :meth:`TorchBackend.ode_block` is (an ``nn.Module``): called as
+    """What a block built by :meth:`TorchBackend.ode_block` is: an ``nn.Module`` called as
     ``block(y0)`` (the state at t1) or ``block(y0, times=ts)`` (the trajectory at the 1-D
-    increasing times ``ts``); :meth:`pop_stats` returns the counts since the last pop."""
+    times ``ts``, time-major: ``(len(ts), *y0.shape)``), whose ``parameters()`` are the
+    dynamics' own, and whose :meth:`pop_stats` returns the counts since the last pop (zeroing
+    them). :class:`~bench.frameworks.torch.OdeBlock` is one."""
 
     def __call__(self, y0: Any, times: Any = None) -> Any: ...
 

@@ -6,6 +6,7 @@ counters live on a plain object, never on an ``nn.Module`` (whose ``__setattr__`
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +24,14 @@ except Exception:  # noqa: BLE001 - a private module; its absence costs only a f
 
 
 class Counter:
-    """Plain counters shared by a block and its counted dynamics."""
+    """Plain counters shared by a block and its counted dynamics (what
+    :meth:`OdeBlock.pop_stats` reports).
+
+    ``in_forward`` is True while the block's forward call runs (the block sets it): a call of f
+    then counts in ``calls`` (``nfe_forward``), otherwise in ``backward_calls`` (an adjoint's
+    reverse solve). ``vjps`` (``nfe_backward``) counts the vector-Jacobian products computed from
+    f's outputs during the backward pass, through :meth:`vjp_hook`. ``accepted``/``rejected``:
+    the forward solve's steps, counted by the block's solver loop (or its callbacks)."""
 
     __slots__ = ("in_forward", "calls", "backward_calls", "vjps", "accepted", "rejected")
 
@@ -40,7 +48,10 @@ class Counter:
 
 class CountedDynamics(nn.Module):
     """Wraps the suite's dynamics: counts evaluations (forward pass or backward pass) and, through
-    a hook on each output that requires grad, the vector-Jacobian products computed from it."""
+    a hook on each output that requires grad, the vector-Jacobian products computed from it.
+
+    The dynamics is a submodule, so the block's ``parameters()`` are the dynamics' own tensors;
+    call it as the dynamics, ``self(t, h)`` with ``t`` a 0-dim tensor."""
 
     counter: Counter  # set in __dict__: nn.Module would type it as a tensor or a submodule
 
@@ -74,10 +85,20 @@ class AdaptiveCountedDynamics(CountedDynamics):
             self.counter.rejected += 1
 
 
-class OdeBlock(nn.Module):
-    """Base: ``forward(y0, times=None)``, ``pop_stats()``."""
+class OdeBlock(nn.Module, abc.ABC):
+    """Base of the torch blocks (:class:`bench.frameworks.torch.CountingBlock`): ``forward(y0,
+    times=None)`` checks the times, marks the forward pass on :attr:`counter` and calls
+    :meth:`integrate`; ``pop_stats()`` reports and zeroes the counters.
+
+    A subclass sets ``t0``/``t1`` (floats), wraps the dynamics in
+    ``CountedDynamics(dynamics, self.counter)`` (a submodule: its parameters are the block's),
+    counts its solver's steps in ``self.counter.accepted``/``rejected`` and implements
+    :meth:`integrate`. ``counts_steps`` False: ``pop_stats`` reports no steps (None), for a
+    solver that cannot say how many it took."""
 
     counts_steps = True
+    t0: float
+    t1: float
     counter: Counter  # set in __dict__: nn.Module would type it as a tensor or a submodule
 
     def __init__(self) -> None:
@@ -85,6 +106,7 @@ class OdeBlock(nn.Module):
         self.__dict__["counter"] = Counter()
 
     def pop_stats(self) -> StepCounts:
+        """The counts since the last pop (then zeroed)."""
         c = self.counter
         counts = StepCounts(
             nfe_forward=c.calls,
@@ -107,13 +129,17 @@ class OdeBlock(nn.Module):
     def forward(self, y0: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
         self.counter.in_forward = True
         try:
-            out = self._integrate(y0, self._times(y0, times))
+            out = self.integrate(y0, self._times(y0, times))
         finally:
             self.counter.in_forward = False
         return out[-1] if times is None else out
 
-    def _integrate(self, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def integrate(self, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The states at every time of ``t`` (1-D, ``t[0]`` the start; ``[t0, t1]`` for a plain
+        call), time-major: shape ``(len(t), *y0.shape)``, ``out[0]`` = ``y0``. Call the
+        counted dynamics for every evaluation and count the solver's steps on
+        ``self.counter``."""
 
 
 class TorchdiffeqBlock(OdeBlock):
@@ -143,7 +169,7 @@ class TorchdiffeqBlock(OdeBlock):
         if adjoint_options:
             self.adjoint_kwargs["adjoint_options"] = dict(adjoint_options)
 
-    def _integrate(self, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def integrate(self, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         import torchdiffeq
 
         kwargs = dict(rtol=self.rtol, atol=self.atol, method=self.method,
@@ -167,7 +193,7 @@ class RK4Block(OdeBlock):
         self.func = CountedDynamics(dynamics, self.counter)
         self.t0, self.t1, self.steps = float(t0), float(t1), int(steps)
 
-    def _integrate(self, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def integrate(self, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         f = self.func
         step = abs(self.t1 - self.t0) / self.steps
         out, y = [y0], y0
@@ -211,3 +237,8 @@ class ResNetBlock(OdeBlock):
         finally:
             self.counter.in_forward = False
         return h
+
+    def integrate(self, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Never called (:meth:`forward` is resnet's own): there is no time to integrate over."""
+        raise BenchError("ResNetBlock.integrate: resnet has no continuous time (its forward "
+                         "applies the residual blocks)")
