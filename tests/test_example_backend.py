@@ -12,6 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from bench.suites.cnf import CnfSuite
+
+from bench.core.errors import BenchError
+from bench.core.registry import PluginSelection, Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "bench_example_backend"
@@ -19,8 +23,9 @@ EXAMPLE = ROOT / "examples" / "bench_example_backend"
 
 def install_like_pip(project: Path, target: Path) -> Path:
     """What ``pip install --no-deps --target <target> <project>`` leaves for a pure-Python
-    package: its modules and a ``<name>-<version>.dist-info`` with METADATA, entry_points.txt,
-    INSTALLER and RECORD, all from the project's pyproject.toml. (pip itself would need the
+    project: its modules (``py-modules``) or packages (``packages``) and a
+    ``<name>-<version>.dist-info`` with METADATA, entry_points.txt, INSTALLER and RECORD, all
+    from the project's pyproject.toml. (pip itself would need the
     ``wheel`` package, or the network for an isolated build, to build setuptools projects: the
     test must run offline.)"""
     tomllib = pytest.importorskip("tomllib")
@@ -29,9 +34,16 @@ def install_like_pip(project: Path, target: Path) -> Path:
     name, version = project_table["name"], project_table["version"]
     target.mkdir(parents=True, exist_ok=True)
     files = []
-    for module in meta["tool"]["setuptools"]["py-modules"]:
+    setuptools = meta["tool"]["setuptools"]
+    for module in setuptools.get("py-modules", []):
         shutil.copy(project / f"{module}.py", target / f"{module}.py")
         files.append(f"{module}.py")
+    for package in setuptools.get("packages", []):
+        folder = package.replace(".", "/")
+        shutil.copytree(project / folder, target / folder,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        files.extend(path.relative_to(target).as_posix()
+                     for path in sorted((target / folder).rglob("*.py")))
     dist_info = target / f"{name.replace('-', '_')}-{version}.dist-info"
     dist_info.mkdir()
     (dist_info / "METADATA").write_text(
@@ -68,5 +80,59 @@ def test_the_installed_example_backend_runs_a_cnf_smoke_cell(tmp_path):
     assert result.returncode == 0, result.stderr
     (row,) = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
     assert (row["backend"], row["status"], row["solver"]) == ("example-bosh3", "ok", "bosh3")
-    assert row["rtol"] == row["atol"] == 1e-3  # the smoke budget's tolerances reached the solve
+    # the smoke budget's tolerances, not the backend's own (the same 1e-3: the source tells)
+    smoke = CnfSuite().budgets["smoke"].settings
+    assert row["tolerance_source"] == "budget"
+    assert (row["rtol"], row["atol"]) == (smoke["rtol"], smoke["atol"])
     assert row["nfe_forward"] > 0 and row["nfe_backward"] > 0
+
+
+def _example_module():
+    """The example's module, imported from its folder (installed or not)."""
+    import importlib
+
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        return importlib.import_module("bench_example_backend")
+    finally:
+        sys.path.remove(str(EXAMPLE))
+
+
+def test_the_example_passes_the_tasks_tolerances_to_its_solves():
+    """A task's tolerances (a budget's) reach the block in place of the backend's defaults; a
+    user's setting on the backend wins over them (effective_tolerances)."""
+    pytest.importorskip("torchdiffeq")
+    from bench.core.interfaces import Tolerances
+
+    example = _example_module()
+
+    def make_dynamics(time_dependent):
+        import torch
+
+        return torch.nn.Linear(2, 2)
+
+    budget = Tolerances(1e-5, 2e-5)
+    block = example.Bosh3Backend().ode_block(make_dynamics, tolerances=budget)
+    assert (block.method, block.rtol, block.atol) == ("bosh3", 1e-5, 2e-5)
+    assert example.Bosh3Backend().ode_block(make_dynamics).rtol == 1e-3  # its own default
+    user = example.Bosh3Backend().configure({"rtol": 1e-7})
+    assert user.ode_block(make_dynamics, tolerances=budget).rtol == 1e-7
+
+
+def test_the_example_refuses_a_solver_instead_of_replacing_it():
+    """bosh3 is what the backend is: solver (and torchdiffeq's alias method) is no parameter,
+    so `example-bosh3[solver=dopri5]` is an error naming the valid parameters, never a bosh3
+    run labelled dopri5."""
+    from bench.planning.backend_grid import expand_backends
+
+    example = _example_module()
+    names = [spec.name for spec in example.Bosh3Backend.parameters]
+    assert names == ["rtol", "atol", "first_step"]
+    registry = Registry.load(PluginSelection(builtins=False, entry_points=False))
+    registry.backends["example-bosh3"] = example.Bosh3Backend()
+    for text in ("example-bosh3[solver=dopri5]", "example-bosh3[method=dopri5]"):
+        with pytest.raises(BenchError, match="unknown parameter of backend 'example-bosh3'") as e:
+            expand_backends(registry, text)
+        assert "rtol, atol, first_step" in str(e.value) or "atol, first_step, rtol" in str(e.value)
+    with pytest.raises(BenchError, match="always solves with bosh3: it takes no solver"):
+        example.Bosh3Backend(solver="dopri5")
