@@ -117,3 +117,29 @@ def test_flagged_times_are_marked_in_markdown_and_latex(tmp_path):
     assert "\\footnotesize $^\\dagger$ timing flagged" in latex
     chosen = report([str(run_dir.path)], "markdown", ["backend", "seed", "train_step_time_s"])
     assert "| e | 1 | 0.125 † |" in chosen and "| e | 0 | 0.125 |" in chosen
+
+
+def test_publish_refuses_flagged_times_unless_told_and_then_says_so(tmp_path, capsys):
+    from bench.core.rows import ResultRow
+    from bench.store.results import RunDirectory
+
+    run_dir = RunDirectory.create(tmp_path / "run")
+    for seed, flag in ((0, False), (1, True)):
+        run_dir.append_row(ResultRow(
+            cell_id=f"linear/e/smoke/seed{seed}/cpu", suite="linear", backend="e",
+            framework="numpy", gradient_method="backprop", solver="euler", device="cpu",
+            seed=seed, budget="smoke", status="ok", metric_name="rate_error",
+            metrics={"rate_error": 0.5}, train_step_time_s=0.125, timing_flag=flag,
+            timing_warning="host loaded: other processes kept 1.6 cores busy" if flag else ""))
+    dest = tmp_path / "results" / "x"
+    assert cli.main(["publish", str(run_dir.path), "--to", str(dest)]) == 2
+    err = capsys.readouterr().err
+    assert "the timings of 1 cell(s) are flagged as not comparable" in err
+    assert "linear/e/smoke/seed1/cpu: host loaded" in err and "--allow-flagged-times" in err
+    assert not dest.exists()
+    assert cli.main(["publish", str(run_dir.path), "--to", str(dest),
+                     "--allow-flagged-times"]) == 0
+    notes = (dest / "NOTES.md").read_text()
+    assert "## Timings flagged as not comparable" in notes
+    assert "- `linear/e/smoke/seed1/cpu`: host loaded" in notes and "seed0" not in notes
+    assert "0.125 †" in (dest / "results.md").read_text()

@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_pub.add_argument("run", type=_path, metavar="RUN_DIR")
     p_pub.add_argument("--to", type=_path, required=True, metavar="DIR",
                        help="destination, e.g. results/mnist-quick-cpu (must not exist)")
+    p_pub.add_argument("--allow-flagged-times", action="store_true",
+                       help="publish even when some cells' timings are flagged as not "
+                       "comparable (NOTES.md then lists them); default: refuse")
     p_pub.set_defaults(func=cmd_publish)
 
     add_gradients_parser(sub, cmd_gradients)
@@ -405,7 +408,7 @@ def cmd_publish(args: argparse.Namespace, registry: Registry) -> int:
                            for s in dict.fromkeys(r.status for r in rows)) or "no rows"
         raise BenchError(f"{str(args.run)!r} has no 'ok' row ({counts}): nothing to publish; "
                          "finish its cells first (bench run --resume --out RUN_DIR)")
-    written = publish_run(args.run, args.to)
+    written = publish_run(args.run, args.to, allow_flagged_times=args.allow_flagged_times)
     index = update_index_if_generated(args.to.parent)
     for path in written + ([index] if index else []):
         print(path)

@@ -10,18 +10,30 @@ import os
 from pathlib import Path
 
 from bench.core.errors import BenchError
+from bench.core.rows import ResultRow
 from bench.reports.html_report import write_page
 from bench.reports.report import render, table_frame
 from bench.store.files import atomic_write_bytes, atomic_write_text, is_regular_file, read_bytes
-from bench.store.formats import csv_text
+from bench.store.formats import csv_text, markdown_cell
 from bench.store.results import RunDirectory, check_writable, location_error, rows_to_frame
 
 
-def publish_run(run: str | os.PathLike[str], dest: str | os.PathLike[str]) -> list[Path]:
+def publish_run(run: str | os.PathLike[str], dest: str | os.PathLike[str],
+                allow_flagged_times: bool = False) -> list[Path]:
     """Copy what a published table needs out of a scratch run: the markdown table, the CSV of
     every column, environment.json, config.json, invocations.jsonl and the run's plots; then
-    write the folder's self-contained page, ``index.html``."""
+    write the folder's self-contained page, ``index.html``. A run whose timings are flagged as
+    not comparable is refused unless ``allow_flagged_times``; then ``NOTES.md`` lists them."""
     source = RunDirectory.open(Path(run))
+    flagged = [row for row in source.rows() if row.timing_flag]
+    if flagged and not allow_flagged_times:
+        shown = "\n".join(f"  {row.cell_id}: {row.timing_warning}" for row in flagged[:10])
+        more = f"\n  ... and {len(flagged) - 10} more" if len(flagged) > 10 else ""
+        raise BenchError(f"{str(run)!r}: the timings of {len(flagged)} cell(s) are flagged as "
+                         f"not comparable, and a published time is read as a clean one:\n"
+                         f"{shown}{more}\nrerun them on a quiet machine (bench run --resume "
+                         "after deleting their rows), or publish with --allow-flagged-times "
+                         "(NOTES.md then lists them)")
     dest = Path(dest)
     if dest.exists() or dest.is_symlink():
         raise BenchError(f"{str(dest)!r} already exists: publish into a new folder")
@@ -45,5 +57,18 @@ def publish_run(run: str | os.PathLike[str], dest: str | os.PathLike[str]) -> li
     except OSError as exc:
         raise BenchError(f"cannot publish into {str(dest)!r}: {exc.strerror or exc} "
                          f"({exc.filename or dest})") from None
+    if flagged:
+        written.append(atomic_write_text(dest / "NOTES.md", flagged_notes(flagged)))
     written.append(write_page(dest))
     return written
+
+
+def flagged_notes(flagged: list[ResultRow]) -> str:
+    """NOTES.md's section on the cells published with flagged timings."""
+    lines = ["# Notes", "", "## Timings flagged as not comparable", "",
+             f"Published with `--allow-flagged-times`: the timings of {len(flagged)} cell(s) "
+             "were flagged when they ran (a loaded host, or a slow tail of steps). Their counts, "
+             "metrics and memory stand; do not compare their times (marked † in results.md).",
+             ""]
+    lines += [f"- `{row.cell_id}`: {markdown_cell(row.timing_warning)}" for row in flagged]
+    return "\n".join(lines) + "\n"
