@@ -1,0 +1,192 @@
+"""The declared plugin contract: the framework layers' abstract methods, the errors an author
+meets (a block that counts nothing, a NotImplementedError naming its class and method), and
+docs/plugins.md's code kept in step with the example packages it shows."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from bench.core.interfaces import AbstractBackend, StepStats
+from bench.engine.cell import run_cell
+from bench.planning.cells import CellSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+GUIDE = ROOT / "docs" / "plugins.md"
+
+
+# -- the abstract methods --------------------------------------------------------------------------
+
+
+def test_a_torch_backend_without_ode_block_cannot_be_built():
+    from bench.frameworks.torch import TorchBackend
+
+    class Incomplete(TorchBackend):
+        name = "incomplete"
+
+    with pytest.raises(TypeError, match="abstract method.*ode_block"):
+        Incomplete()
+
+
+def test_a_jax_backend_without_solve_cannot_be_built():
+    from bench.frameworks.jax import JaxBackend
+
+    class Incomplete(JaxBackend):
+        name = "incomplete"
+
+    with pytest.raises(TypeError, match="abstract method.*solve"):
+        Incomplete()
+
+
+def test_an_ode_block_without_integrate_cannot_be_built():
+    pytest.importorskip("torch")
+    from bench.frameworks.torch import OdeBlock
+
+    class Incomplete(OdeBlock):
+        pass
+
+    with pytest.raises(TypeError, match="abstract method.*integrate"):
+        Incomplete()
+
+
+def test_every_built_in_backend_implements_its_frameworks_contract():
+    from bench.frameworks.jax import JaxBackend, SolveBackend
+    from bench.frameworks.torch import OdeBlockBackend, TorchBackend
+
+    from bench.core.registry import PluginSelection, Registry
+
+    registry = Registry.load(PluginSelection(entry_points=False))
+    assert not registry.load_errors
+    for backend in registry.backends.values():
+        if isinstance(backend, TorchBackend):
+            assert isinstance(backend, OdeBlockBackend)
+        else:
+            assert isinstance(backend, JaxBackend) and isinstance(backend, SolveBackend)
+        assert backend.counts_evaluations and backend.counting_hint
+
+
+def test_required_modules_make_a_backend_unavailable_with_the_install_hint():
+    class NeedsTorchode(AbstractBackend):
+        name, framework = "needs-torchode", "torch"
+        required_modules = ("torch", "torchode_not_installed_here")
+        install_hint = "pip install torchode"
+
+    assert NeedsTorchode().check_available() == (
+        "torchode_not_installed_here is not installed: pip install torchode")
+
+
+# -- a block that counts nothing -------------------------------------------------------------------
+
+
+def _uncounted_backend():
+    """A torch backend whose Euler block calls the dynamics without counting (the bug)."""
+    import torch
+    from bench.frameworks.torch import StepCounts, TorchBackend
+
+    class Uncounted(torch.nn.Module):
+        def __init__(self, dynamics, t0, t1):
+            super().__init__()
+            self.dynamics, self.t0, self.t1 = dynamics, t0, t1
+
+        def forward(self, y0, times=None):
+            h = (self.t1 - self.t0) / 4
+            y = y0
+            for i in range(4):
+                t = torch.tensor(self.t0 + i * h, dtype=y0.dtype)
+                y = y + h * self.dynamics(t, y)
+            return y
+
+        def pop_stats(self):
+            return StepCounts()  # forgot to count
+
+    class UncountedBackend(TorchBackend):
+        name = "uncounted-euler"
+        gradient_method = "backprop"
+        solver = "euler-uncounted"
+        adaptive = False
+        rtol = atol = None
+        required_modules = ("torch",)
+
+        def ode_block(self, make_dynamics, t0=0.0, t1=1.0, *, fixed_steps=None,
+                      tolerances=None):
+            return Uncounted(make_dynamics(True), t0, t1)
+
+    return UncountedBackend()
+
+
+def test_a_cell_whose_block_counts_no_evaluation_fails_saying_how_to_count(tmp_path,
+                                                                           one_torch_thread):
+    pytest.importorskip("torch")
+    from bench.suites.cnf import CnfSuite
+
+    backend = _uncounted_backend()
+    row = run_cell(CellSpec("cnf", backend.name, "smoke", 0, "cpu"), backend, CnfSuite(),
+                   tmp_path, log=lambda _: None)
+    assert row.status == "failed"
+    assert row.error.startswith("BenchError: backend 'uncounted-euler' (")
+    assert "counted no evaluation of the dynamics in training step 0 (nfe_forward=0)" in row.error
+    assert "bench.frameworks.torch.CountedDynamics" in row.error and "pop_stats" in row.error
+    assert "docs/plugins.md" in row.error
+
+
+def test_a_jax_solve_that_records_nothing_is_reported():
+    """A solve that never calls record_solve leaves the step without counts (nfe None)."""
+    pytest.importorskip("jax")
+    import jax.numpy as jnp
+    from bench.frameworks.jax import JaxBackend
+
+    class Silent(JaxBackend):
+        name = "silent"
+
+        def solve(self, f, params, y0, t0, t1, *, ts=None, fixed_steps=None, tolerances=None):
+            return y0, {}
+
+    backend = Silent()
+    stats = backend.complete_step_stats(backend.step_stats(
+        jnp.float32(1.0), {"solves": [], "probe": jnp.zeros(4)}))
+    assert stats.nfe_forward is None
+    problem = backend.step_stats_problem(stats, 3)
+    assert "counted no evaluation of the dynamics in training step 3 (nfe_forward=None)" in problem
+    assert "bench.frameworks.jax.record_solve(stats)" in problem
+
+
+def test_backends_that_need_not_count_are_not_checked():
+    """resnet's blocks are no ODE solve (continuous_time False); a backend of a framework
+    without counting blocks (counts_evaluations False: the fake numpy one) is not checked."""
+    from bench.plugins.resnet import ResNetBackend
+    from fake_plugins import NumpyEulerBackend
+
+    empty = StepStats(loss=0.0, nfe_forward=0)
+    assert ResNetBackend().step_stats_problem(empty, 0) is None
+    assert NumpyEulerBackend().step_stats_problem(StepStats(loss=0.0), 0) is None
+
+
+# -- NotImplementedError ---------------------------------------------------------------------------
+
+
+def test_every_not_implemented_error_names_the_class_and_the_method():
+    bare = []
+    for folder in ("bench", "frameworks", "plugins", "suites", "examples"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if re.search(r"raise NotImplementedError\s*(\(\s*\))?\s*(#.*)?$", line):
+                    bare.append(f"{path.relative_to(ROOT)}:{number}")
+    assert bare == [], "NotImplementedError without a message naming the class and method"
+
+
+def test_backward_counts_names_the_class_and_the_method():
+    pytest.importorskip("jax")
+    from bench.frameworks.jax import JaxBackend
+
+    class ForwardOnly(JaxBackend):
+        name = "forward-only"
+
+        def solve(self, f, params, y0, t0, t1, *, ts=None, fixed_steps=None, tolerances=None):
+            raise AssertionError("not called")
+
+    with pytest.raises(NotImplementedError, match=r"^ForwardOnly\.backward_counts: 1 of the "):
+        ForwardOnly().backward_counts([{"nfe_forward": 4}], None)
+    assert ForwardOnly().backward_counts([{"nfe_backward": 4}, {"nfe_backward": 2}], None) == (
+        6.0, {})
