@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bench.frameworks.jax import INSTALL_HINT, JaxBackend
+from bench.frameworks.jax import INSTALL_HINT, REQUIRED_MODULES, JaxBackend
 from bench.plugins import jax_diffrax
 
+from bench.core.availability import missing_modules
 from bench.core.errors import BenchError
 from bench.core.interfaces import (
     AbstractSuite,
@@ -37,6 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 NAMES = ("diffrax-checkpoint", "diffrax-backsolve", "jax-rknet")
 T1 = 1.0
 RKNET_STEPS = 6  # jax-rknet's default, as torch's rknet
+#: For the tests that need the jax extra installed (the others run with the torch extra alone).
+needs_jax = pytest.mark.skipif(bool(missing_modules(REQUIRED_MODULES)),
+                               reason=f"needs the jax extra: {INSTALL_HINT}")
 
 
 def backend(name: str, **params) -> JaxBackend:
@@ -91,7 +95,10 @@ def test_plugin_modules_do_not_import_jax():
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("hidden, shown", [(("jax", "jaxlib"), "jax"), (("diffrax",), "diffrax")])
+@pytest.mark.parametrize("hidden, shown", [
+    (("jax", "jaxlib"), "jax"),  # jax is named alone, whatever else is missing
+    pytest.param(("diffrax",), "diffrax", marks=needs_jax),  # only diffrax missing: jax is here
+])
 def test_missing_jax_is_reported_with_the_install_hint(monkeypatch, hidden, shown):
     real = importlib.util.find_spec
 
@@ -108,6 +115,7 @@ def test_missing_jax_is_reported_with_the_install_hint(monkeypatch, hidden, show
         assert check_support(backend(name), JaxToySuite()) == expected
 
 
+@needs_jax
 def test_available_here():
     assert all(backend(name).check_available() is None for name in NAMES)
 
