@@ -429,6 +429,14 @@ def test_accepted_nonsense_is_now_an_error(cli_main, tmp_path, capsys, args, mes
     assert not out.exists()
 
 
+def test_a_set_value_python_cannot_parse_as_a_literal_stays_text():
+    from bench.cli.arguments import _option
+
+    for raw in ("-" * 100_000 + "1", "[" * 100_000, "(" * 10_000):
+        key, value = _option("lr=" + raw)  # MemoryError / RecursionError inside literal_eval
+        assert key == "lr" and value in (raw, 1, -1)
+
+
 def test_device_cuda_without_a_gpu_is_one_error_naming_the_devices(cli_main, tmp_path, capsys,
                                                                    monkeypatch):
     if Path("/dev/kfd").exists():

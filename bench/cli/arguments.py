@@ -31,7 +31,7 @@ def _option(text: str) -> tuple[str, Any]:
     key, raw = text.split("=", 1)
     try:
         value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):  # not a literal
         value = raw
     return key.strip(), value
 
