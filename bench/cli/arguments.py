@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from bench.planning.request import (
+from bench.planning.checks import (
     max_cells_problem,
     memory_problem,
     threads_problem,

@@ -18,7 +18,7 @@ import functools
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from bench.cli.arguments import (
@@ -29,22 +29,20 @@ from bench.cli.arguments import (
     _path,
     _positive_float,
     _threads,
-    path_problem,
 )
 from bench.cli.gradients import add_parser as add_gradients_parser
 from bench.cli.gradients import run_study
+from bench.cli.listing import backend_lines, lines_or_broken, suite_lines
+from bench.cli.requests import memory_request, run_request
 from bench.commands.session import RunOutcome, RunSession
 from bench.core.errors import BenchError
 from bench.core.registry import LOAD_PLUGINS_ENV, PluginSelection, Registry
-from bench.planning.backend_grid import describe_parameters
 from bench.planning.request import (
     DEFAULT_BUDGET,
     DEFAULT_MEMORY_STEPS,
     MAX_CELLS,
     MIN_MEMORY_MB,
-    RunRequest,
 )
-from bench.planning.run_config import load_run_config, origin
 from bench.reports.compare import Thresholds, compare_runs, format_comparison
 from bench.reports.html_report import PAGE_NAME, report_page
 from bench.reports.publish import publish_run
@@ -202,50 +200,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_request(args: argparse.Namespace, registry: Registry, check: bool = True
-                ) -> RunRequest:
-    """``bench run``'s arguments as a checked request (nothing is written or run); ``check``:
-    the suites' data too."""
-    settings: dict[str, Any] = {"suites": "all", "backends": "all", "budget": DEFAULT_BUDGET,
-                                "seeds": "0", "device": "cpu", "threads": None,
-                                "max_cells": MAX_CELLS}
-    from_file: dict[str, Any] = {}
-    if getattr(args, "config", None) is not None:
-        from_file = load_run_config(args.config)
-        settings.update(from_file)
-    given = {"suites": args.suite, "backends": args.backends, "budget": args.budget,
-             "seeds": args.seeds, "device": args.device, "threads": args.threads,
-             "data_dir": args.data_dir, "out": args.out, "timeout_s": args.timeout,
-             "max_memory_mb": args.max_memory_mb, "backend_set": args.backend_set,
-             "max_cells": getattr(args, "max_cells", None)}
-    given = {key: value for key, value in given.items() if value is not None}
-    settings.update(given)
-    # suite options: the file's, then --set's over them
-    settings["options"] = [*settings.get("options", []), *args.options]
-    if args.options:
-        given["options"] = args.options
-    # a setting from the file is named with the file and key in its errors
-    origins = {key: origin(args.config, key) for key in from_file if key not in given}
-    for key in ("out", "data_dir"):  # the file's paths: checked as --out would be
-        problem = path_problem(from_file[key]) if key in origins else None
-        if problem:
-            raise BenchError(f"{origins[key]}: {problem}")
-    return RunRequest.for_run(registry, resume=args.resume, check=check, jobs=args.jobs,
-                              scheduler=args.scheduler, cluster=args.cluster,
-                              cluster_timeout_s=getattr(args, "cluster_timeout", None) or 300.0,
-                              origins=origins, **settings)
-
-
-def memory_request(args: argparse.Namespace, registry: Registry, check: bool = True
-                   ) -> RunRequest:
-    """``bench memory``'s arguments as a checked request (nothing is written or run)."""
-    return RunRequest.for_memory(
-        registry, backends=args.backends, steps=args.steps, device=args.device,
-        options=args.options, out=args.out, resume=args.resume, timeout_s=args.timeout,
-        max_memory_mb=args.max_memory_mb, threads=args.threads, check=check,
-        backend_set=args.backend_set, max_cells=args.max_cells)
-
-
 def _finish(outcome: RunOutcome, results_line: str) -> int:
     """Print a session's outcome; the exit status (130 after an interruption)."""
     if outcome.interrupted:
@@ -287,69 +241,20 @@ def cmd_memory(args: argparse.Namespace, registry: Registry) -> int:
     return _finish(outcome, f"results: {outcome.run_dir.path}")
 
 
-def _lines_or_broken(kind: str, name: str, describe: Callable[[], list[str]],
-                     broken: dict[str, list[str]], registry: Registry) -> list[str]:
-    """A backend's or suite's lines for ``bench list``; when its plugin's code raises (a
-    property, ``check_available()``, ...), one line saying so, and the problem is kept under
-    its plugin for the Plugins section: one broken plugin never hides the others."""
-    try:
-        return describe()
-    except Exception as exc:  # noqa: BLE001 - a plugin's bug, shown and contained
-        problem = f"{kind} {name!r}: {_raised(exc)}"
-        broken.setdefault(registry.origin.get(name, "?"), []).append(problem)
-        return [f"  {name:<22} [broken: {_raised(exc)}]"]
-
-
-def _raised(exc: BaseException) -> str:
-    """An exception as one line: its type and message (the first line)."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}" + (f": {text[0]}" if text else "")
-
-
-def _backend_lines(name: str, b: Any) -> list[str]:
-    missing = b.check_available()
-    state = f"  [unavailable: {missing}]" if missing else ""
-    state += "" if b.in_all else "  [not in 'all': run it by name]"
-    lines = [f"  {name:<22} {b.framework:<6} {b.gradient_method:<22} {b.solver:<8}{state}"]
-    if b.description:
-        lines.append(f"  {'':<22} {b.description}")
-    lines += [f"    parameter {line}" for line in describe_parameters(b)]
-    return lines
-
-
-def _suite_lines(name: str, s: Any) -> list[str]:
-    lines = [f"  {name:<22} metric {s.metric_name} ({s.metric_direction} is better); "
-             f"frameworks: {', '.join(s.frameworks)}"]
-    if s.description:
-        lines.append(f"  {'':<22} {s.description}")
-    for budget in s.budgets.values():
-        lines.append(f"    budget {budget.name:<10} {budget.description}")
-        tolerances = s.budget_tolerances(budget)
-        if tolerances:
-            lines.append(f"    {'':<17} solver tolerances {tolerances}: they replace each "
-                         "adaptive backend's own (recorded in every row's rtol/atol)")
-    for key in s.options:
-        spec = s.option_spec(key)
-        kind = getattr(spec.type, "__name__", str(spec.type))
-        lines.append(f"    option {key}={spec.default!r}  ({kind}; valid: "
-                     f"{spec.describe_valid()})" + (f"  {spec.help}" if spec.help else ""))
-    return lines
-
-
 def cmd_list(args: argparse.Namespace, registry: Registry) -> int:
     broken: dict[str, list[str]] = {}  # plugin -> what of it raised
     print("Backends:")
     if not registry.backends:
         print("  (none)")
     for name, b in sorted(registry.backends.items()):
-        for line in _lines_or_broken("backend", name, functools.partial(_backend_lines, name, b),
+        for line in lines_or_broken("backend", name, functools.partial(backend_lines, name, b),
                                      broken, registry):
             print(line)
     print("Suites:")
     if not registry.suites:
         print("  (none)")
     for name, s in sorted(registry.suites.items()):
-        for line in _lines_or_broken("suite", name, functools.partial(_suite_lines, name, s),
+        for line in lines_or_broken("suite", name, functools.partial(suite_lines, name, s),
                                      broken, registry):
             print(line)
     print("Plugins:")
