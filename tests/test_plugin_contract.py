@@ -190,3 +190,39 @@ def test_backward_counts_names_the_class_and_the_method():
         ForwardOnly().backward_counts([{"nfe_forward": 4}], None)
     assert ForwardOnly().backward_counts([{"nfe_backward": 4}, {"nfe_backward": 2}], None) == (
         6.0, {})
+
+
+# -- docs/plugins.md -------------------------------------------------------------------------------
+
+#: ``<!-- synced: <path> -->`` followed by a fenced code block: an excerpt of that file.
+SYNCED = re.compile(r"<!-- synced: (?P<path>\S+) -->\n```[a-z]*\n(?P<code>.*?)\n```", re.S)
+
+
+def _synced_blocks() -> list[tuple[str, str]]:
+    return [(m["path"], m["code"]) for m in SYNCED.finditer(GUIDE.read_text())]
+
+
+def test_the_guides_code_is_the_example_packages_code():
+    """Every code block marked as synced is a verbatim, contiguous excerpt of its file: edit the
+    example and the guide together."""
+    blocks = _synced_blocks()
+    assert len(blocks) >= 5
+    for path, code in blocks:
+        source = (ROOT / path).read_text()
+        assert code in source, f"docs/plugins.md's excerpt of {path} is not in the file any more"
+        assert len(code.splitlines()) >= 3
+
+
+def test_the_guide_shows_every_example_file_and_how_to_run_it():
+    shown = {path for path, _ in _synced_blocks()}
+    for folder in ("examples/bench_example_torch_heun", "examples/bench_example_jax"):
+        files = {p.relative_to(ROOT).as_posix() for p in (ROOT / folder).rglob("*")
+                 if p.suffix in (".py", ".toml") and "egg-info" not in str(p)
+                 and "__pycache__" not in p.parts}
+        assert files - shown <= {"examples/bench_example_jax/pyproject.toml"}, files - shown
+    text = GUIDE.read_text()
+    assert "bench run --suite cnf --budget smoke --backends example-heun" in text
+    for topic in ("OptionSpec", "record_solve", "pop_stats", "time-major", "0-dim",
+                  "effective_tolerances", "fixed_steps", "required_modules", "entry-points.bench",
+                  "backward_counts", "failed to load", "more than one plugin"):
+        assert topic in text, topic

@@ -88,7 +88,13 @@ def test_every_documented_command_parses_and_expands_with_the_builtin_plugins(tm
     from bench.core.registry import PluginSelection, Registry
     from bench.studies.gradient_study import study_request
 
-    registry = Registry.load(PluginSelection(builtins=True, entry_points=False))
+    # and docs/plugins.md's example backends, loaded from their folders (installed or not)
+    for folder in ("bench_example_torch_heun", "bench_example_jax"):
+        monkeypatch.syspath_prepend(str(ROOT / "examples" / folder))
+    registry = Registry.load(PluginSelection(
+        builtins=True, entry_points=False,
+        extra_modules=("bench_example_torch_heun", "bench_example_jax")))
+    assert not registry.load_errors, registry.load_errors
     parser = cli.build_parser()
     pages = documented_bench_commands()
     assert len(pages["README.md"]) >= 8, "README shows the main commands"
