@@ -25,18 +25,18 @@ def publish_run(run: str | os.PathLike[str], dest: str | os.PathLike[str],
     write the folder's self-contained page, ``index.html``. A run whose timings are flagged as
     not comparable is refused unless ``allow_flagged_times``; then ``NOTES.md`` lists them."""
     source = RunDirectory.open(Path(run))
+    dest = Path(dest)
+    if dest.exists() or dest.is_symlink():
+        raise BenchError(f"{str(dest)!r} already exists: publish into a new folder")
     flagged = [row for row in source.rows() if row.timing_flag]
     if flagged and not allow_flagged_times:
         shown = "\n".join(f"  {row.cell_id}: {row.timing_warning}" for row in flagged[:10])
         more = f"\n  ... and {len(flagged) - 10} more" if len(flagged) > 10 else ""
         raise BenchError(f"{str(run)!r}: the timings of {len(flagged)} cell(s) are flagged as "
                          f"not comparable, and a published time is read as a clean one:\n"
-                         f"{shown}{more}\nrerun them on a quiet machine (bench run --resume "
-                         "after deleting their rows), or publish with --allow-flagged-times "
+                         f"{shown}{more}\nrun it again on a quiet machine (with --threads pinned), "
+                         "or publish with --allow-flagged-times "
                          "(NOTES.md then lists them)")
-    dest = Path(dest)
-    if dest.exists() or dest.is_symlink():
-        raise BenchError(f"{str(dest)!r} already exists: publish into a new folder")
     try:
         dest.mkdir(parents=True)
         check_writable(dest, "results folder")
