@@ -305,8 +305,11 @@ def test_compare_says_which_columns_it_could_not_compare(tmp_path, capsys):
     out = capsys.readouterr().out
     assert ("note: mnist/b/quick/seed0/cpu: train_step_time_s not compared (BASE 0.1, NEW None: "
             "not measured on one side)") in out
-    assert "nfe_backward: 40 -> 41, +1 (limit 0 relative)" in out and "moved: count 1" in out
+    assert "nfe_backward: 40 -> 41, +1 (limit 0.01 relative)" in out and "moved: count 1" in out
     assert cli.main(["compare", str(base), str(new), "--max-count-change", "0.05"]) == 0
+    _rewrite_rows(new, lambda r: {**r, "nfe_backward": 40.2})  # 0.5%: within the default 1%
+    assert cli.main(["compare", str(base), str(new)]) == 0
+    assert cli.main(["compare", str(base), str(new), "--max-count-change", "0"]) == 1
 
 
 def test_compare_bad_input_exits_2(tmp_path, capsys):

@@ -169,12 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "comparable: unflagged, same concurrency (default 1.10)")
     p_cmp.add_argument("--max-memory-growth", type=float, default=1.05, metavar="RATIO",
                        help="fail when NEW's peak memory is over RATIO x BASE's (default 1.05)")
-    p_cmp.add_argument("--max-metric-change", type=float, default=0.0, metavar="X",
+    p_cmp.add_argument("--max-metric-change", type=float, default=None, metavar="X",
                        help="fail when the suite metric at the same seed is worse by more than X "
-                       "(its unit; default 0: any worse value)")
-    p_cmp.add_argument("--max-count-change", type=float, default=0.0, metavar="FRACTION",
+                       "(its unit; default: 1%% of BASE's; 0: any worse value)")
+    p_cmp.add_argument("--max-count-change", type=float, default=0.01, metavar="FRACTION",
                        help="fail when an NFE or step count changes by more than FRACTION of "
-                       "BASE's (default 0: counts must match)")
+                       "BASE's (default 0.01; 0: counts must match exactly)")
     p_cmp.add_argument("--max-grad-error-growth", type=float, default=1.10, metavar="RATIO",
                        help="fail when a gradient's relative error is over RATIO x BASE's "
                        "(default 1.10)")

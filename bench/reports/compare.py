@@ -5,10 +5,10 @@ that is suite, backend configuration, budget, device, identifying options and se
 the latest row of each cell counts. Then, figure by figure, each with its own tolerance
 (:class:`Thresholds`):
 
-- **counts** (forward/backward NFE, accepted/rejected steps): deterministic at a seed, compared
-  exactly by default (``--max-count-change``, relative);
+- **counts** (forward/backward NFE, accepted/rejected steps): deterministic at a seed on one
+  machine, compared near-exactly (``--max-count-change``, relative, default 1%; 0: exactly);
 - **the metric** at the same seed: ``--max-metric-change`` in its own unit, in the worse
-  direction; a metric missing or not finite in NEW fails;
+  direction (default 1% of BASE's); a metric missing or not finite in NEW fails;
 - **memory** (peak, MiB): ``--max-memory-growth``, a ratio;
 - **gradient error** (``grad_rel_error``, ``grad_rel_error_final``): ``--max-grad-error-growth``;
 - **time** (steady step time): only when neither side's timing is flagged and both ran at the
@@ -75,16 +75,22 @@ class Thresholds:
     #: NEW / BASE of the steady-state peak memory above which a cell fails.
     max_memory_growth: float = 1.05
     #: Largest change of the suite metric at the same seed in its worse direction (its own
-    #: unit); 0: any worse value fails.
-    max_metric_change: float = 0.0
-    #: Largest relative change of a count (NFE, steps); 0: counts must match exactly.
-    max_count_change: float = 0.0
+    #: unit); None: 1% of BASE's value (float rounding on another core count or CPU moves a
+    #: trained metric a little at the same seed); 0: any worse value fails.
+    max_metric_change: float | None = None
+    #: Largest relative change of a count (NFE, steps; means over the training steps); 0: counts
+    #: must match exactly. Default 1%: an adaptive solver's counts are exact at a seed on one
+    #: machine and thread count, and drift by a fraction of a percent across them (cnf quick,
+    #: diffrax-backsolve: 26.82 against 26.86 forward NFE).
+    max_count_change: float = 0.01
     #: NEW / BASE of a gradient's relative error above which a cell fails.
     max_grad_error_growth: float = 1.10
 
     def check(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            if value is None:
+                continue
             ratio = field.name in ("max_slowdown", "max_memory_growth", "max_grad_error_growth")
             if not math.isfinite(value) or value < 0 or (ratio and value <= 0):
                 option = "--" + field.name.replace("_", "-")
@@ -239,11 +245,13 @@ class _Gate:
         assert ma is not None and mb is not None
         lower = a.metric_direction != "higher"
         worse = (mb - ma) if lower else (ma - mb)
-        verdict = (Verdict.SAME if mb == ma else Verdict.FAIL
-                   if worse > self.t.max_metric_change else Verdict.MOVED)
+        limit = (self.t.max_metric_change if self.t.max_metric_change is not None
+                 else 0.01 * abs(ma))
+        verdict = (Verdict.SAME if mb == ma else Verdict.FAIL if worse > limit
+                   else Verdict.MOVED)
         self.add(cell, FigureKind.METRIC, name, ma, mb,
                  f"{mb - ma:+.4g} ({'lower' if lower else 'higher'} is better; limit "
-                 f"{self.t.max_metric_change:g} worse)", verdict)
+                 f"{limit:.4g} worse)", verdict)
 
     def ratio(self, cell: str, kind: FigureKind, column: str, a: float | None,
               b: float | None, limit: float) -> None:
