@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import equinox as eqx
 import jax
@@ -189,7 +189,7 @@ class CnfJaxTask(AbstractTask):
 
         s = data.settings
         self.tolerances = tolerances = data.tolerances
-        self.backend = backend = ctx.backend
+        self.backend = backend = cast(SolveBackend, ctx.backend)  # a JAX task: a JAX backend
         self.backend_name = ctx.backend.name
         self.data = data
         self.device = jax_device(ctx.device)
@@ -254,8 +254,9 @@ class CnfJaxTask(AbstractTask):
         """Compile the log-density for the shapes of the test chunks."""
         n = len(self.data.test_samples(final))
         for size in {min(EVAL_CHUNK, n - start) for start in range(0, n, EVAL_CHUNK)}:
-            self._compile_once(size, lambda size=size: self._log_prob(
-                self.model, self._put(np.zeros((size, 2), np.float32))))
+            def log_prob_of(size: int = size) -> Any:
+                return self._log_prob(self.model, self._put(np.zeros((size, 2), np.float32)))
+            self._compile_once(size, log_prob_of)
 
     def log_prob(self, x: np.ndarray, chunk: int = EVAL_CHUNK) -> tuple[np.ndarray, float]:
         parts, nfe = [], []

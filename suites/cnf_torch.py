@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -189,7 +189,8 @@ class CnfTorchTask(TorchTask):
         self.seed = ctx.seed
         self.device = torch.device(ctx.device)
         s = data.settings
-        self.flow = build_flow(ctx.backend, s, ctx.seed).to(self.device)
+        backend = cast(OdeBlockBackend, ctx.backend)  # a torch task: a torch backend
+        self.flow = build_flow(backend, s, ctx.seed).to(self.device)
         self.params = [p for p in self.flow.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=float(s["lr"]),
                                           weight_decay=float(s["weight_decay"]))

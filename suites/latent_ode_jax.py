@@ -12,13 +12,13 @@ compiled at the first step. """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench.frameworks.jax import load_weights
+from bench.frameworks.jax import SolveBackend, load_weights
 from bench.suites.latent_ode_data import (
     Batch,
     LatentOdeData,
@@ -62,7 +62,7 @@ class LatentOdeModel(eqx.Module):
         batch = values.shape[0]
         h0 = jnp.zeros((batch, i2h.bias.shape[0]), values.dtype)
 
-        def step(h: jax.Array, i: jax.Array) -> tuple[jax.Array, None]:
+        def step(h: jax.Array, i: jax.Array | int) -> tuple[jax.Array, None]:
             t = jnp.broadcast_to(times[i], (batch, 1))
             candidate = jnp.tanh(i2h(jnp.concatenate([values[:, i], t, h], axis=1)))
             m = mask[:, i][:, None]
@@ -127,7 +127,7 @@ class LatentOdeJaxTask(AbstractTask):
 
         s = data.settings
         self.tolerances = tolerances = data.tolerances
-        self.backend = backend = ctx.backend
+        self.backend = backend = cast(SolveBackend, ctx.backend)  # a JAX task: a JAX backend
         self.backend_name = ctx.backend.name
         self.data = data
         self.device = jax_device(ctx.device)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -85,4 +86,4 @@ def periodic(rng: np.random.Generator, num_series: int = 1000, num_points: int =
                   {"frequency": frequency, "phase": phase})
 
 
-GENERATORS = {"spirals": spirals, "periodic": periodic}
+GENERATORS: dict[str, Callable[..., Series]] = {"spirals": spirals, "periodic": periodic}

@@ -10,11 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
-from bench.frameworks.torch import OdeBlockBackend, TorchTask, load_weights, run_train_step
+from bench.frameworks.torch import (
+    CountingBlock,
+    OdeBlockBackend,
+    TorchTask,
+    load_weights,
+    run_train_step,
+)
 from bench.suites.latent_ode_data import (
     Batch,
     LatentOdeData,
@@ -101,6 +107,12 @@ class Decoder(nn.Module):
 
 
 class LatentOdeModel(nn.Module):
+    #: Buffers (registered in __init__): the solve's time grid, the series' times, the ODE-RNN's
+    #: gaps between observations.
+    grid: torch.Tensor
+    times: torch.Tensor
+    gaps: torch.Tensor
+
     def __init__(self, backend: OdeBlockBackend, data: LatentOdeData):
         super().__init__()
         sizes = data.sizes
@@ -114,7 +126,7 @@ class LatentOdeModel(nn.Module):
         self.register_buffer("times", torch.from_numpy(np.asarray(data.times, np.float32)))
         self.window = data.window
         self.obs_std = data.obs_std
-        self.encoder_block: nn.Module | None = None
+        self.encoder_block: CountingBlock | None = None
         self.__dict__["_encoder_ode"] = None
         if sizes.encoder == "ode-rnn":
             self.__dict__["_encoder_ode"] = EncoderDynamics(sizes)
@@ -122,7 +134,7 @@ class LatentOdeModel(nn.Module):
                                                    tolerances=data.tolerances)
             self.register_buffer("gaps", torch.from_numpy(data.encoder_gaps()))
         for block, module in ((self.block, self.dynamics), (self.encoder_block, self.encoder_ode)):
-            if block is not None and ({id(p) for p in block.parameters()}
+            if block is not None and module is not None and ({id(p) for p in block.parameters()}
                                       != {id(p) for p in module.parameters()}):
                 raise BenchError(f"backend {backend.name!r}: its block has parameters of its own "
                                  "or never called make_dynamics; the latent ODE needs one module "
@@ -136,7 +148,7 @@ class LatentOdeModel(nn.Module):
     def encoder_ode(self) -> EncoderDynamics | None:
         return self.__dict__["_encoder_ode"]
 
-    def blocks(self) -> list[nn.Module]:
+    def blocks(self) -> list[CountingBlock]:
         """Every ODE block (the latent ODE's, and the ODE-RNN encoder's)."""
         return [self.block] + ([self.encoder_block] if self.encoder_block is not None else [])
 
@@ -145,6 +157,7 @@ class LatentOdeModel(nn.Module):
         if float(gap) <= 0.0:  # two observations at one time
             return h
         state = torch.cat([h, gap.expand(h.shape[0], 1)], 1)
+        assert self.encoder_block is not None  # _evolve is used with the ODE-RNN encoder only
         return self.encoder_block(state)[:, :-1]
 
     def _make_dynamics(self, time_dependent: bool) -> nn.Module:
@@ -194,7 +207,8 @@ class LatentOdeTorchTask(TorchTask):
         self.data = data
         self.backend_name = ctx.backend.name
         self.device = torch.device(ctx.device)
-        self.model = build_model(ctx.backend, data, ctx.seed).to(self.device)
+        backend = cast(OdeBlockBackend, ctx.backend)  # a torch task: a torch backend
+        self.model = build_model(backend, data, ctx.seed).to(self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=float(data.settings["lr"]))
         self.num_train_steps = data.num_train_steps

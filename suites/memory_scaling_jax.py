@@ -8,7 +8,7 @@ memory analysis (temporary buffers) of that program.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from bench.suites.memory_scaling_data import initial_state, initial_weights
 
@@ -22,11 +22,11 @@ class JaxMemoryTask(AbstractTask):
         self.solver = ctx.backend.fixed_step_solver
         import jax
         import jax.numpy as jnp
-        from bench.frameworks.jax import CompiledStep, GradientProber, jax_device
+        from bench.frameworks.jax import CompiledStep, GradientProber, SolveBackend, jax_device
 
         self.num_train_steps = int(ctx.budget.settings["steps"])
         steps, width, batch = int(options["steps"]), int(options["width"]), int(options["batch"])
-        self.backend = backend = ctx.backend
+        self.backend = backend = cast(SolveBackend, ctx.backend)  # a JAX task: a JAX backend
         device = jax_device(ctx.device)
         weights = initial_weights(width, ctx.seed)
         self.params = jax.device_put({

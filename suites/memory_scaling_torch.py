@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from bench.frameworks.torch import (
+    OdeBlockBackend,
     TorchTask,
     copy_parameters,
     load_weights,
@@ -57,7 +58,8 @@ class TorchMemoryTask(TorchTask):
         if self.fixed_steps is None:
             self.solver = None
         self.width = width
-        self.block = ctx.backend.ode_block(make_dynamics, 0.0, 1.0, fixed_steps=self.fixed_steps)
+        backend = cast(OdeBlockBackend, ctx.backend)  # a torch task: a torch backend
+        self.block = backend.ode_block(make_dynamics, 0.0, 1.0, fixed_steps=self.fixed_steps)
         self.block.to(ctx.device)
         self.h0 = torch.from_numpy(initial_state(batch, width, ctx.seed)).to(ctx.device)
         self.params = [p for p in self.block.parameters() if p.requires_grad]

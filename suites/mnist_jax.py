@@ -16,7 +16,8 @@ compiled at the first step (:class:`bench.frameworks.jax.CompiledStep`).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import equinox as eqx
 import jax
@@ -294,11 +295,10 @@ class MnistJaxTask(AbstractTask):
             sgd_momentum_update,
         )
 
-        backend = ctx.backend
-        if not backend.continuous_time:
-            raise BenchError(f"backend {backend.name!r}: the JAX MNIST model needs a "
+        if not ctx.backend.continuous_time:
+            raise BenchError(f"backend {ctx.backend.name!r}: the JAX MNIST model needs a "
                              "continuous-time backend (ODE-Net / RK-Net)")
-        self.backend = backend
+        self.backend = backend = cast(SolveBackend, ctx.backend)  # a JAX task: a JAX backend
         self.data = data
         self.tolerances = tolerances = data.tolerances
         self.device = jax_device(ctx.device)
@@ -309,6 +309,7 @@ class MnistJaxTask(AbstractTask):
         model = build_model(ctx.seed, self.conv_impl, data.channels)
         self.model = jax.device_put(model, self.device)
         momentum = float(data.settings["momentum"])
+        update: Callable[[Any, Any, Any, Any], tuple[Any, Any]]
         if data.optimizer == "adam":
             init, update = adam_init, adam_update
         else:
@@ -346,7 +347,7 @@ class MnistJaxTask(AbstractTask):
         self._evaluate_batch = jax.jit(evaluate_batch)
         self._compile_once = CompileOnce()
 
-    def _put(self, array: np.ndarray) -> jax.Array:
+    def _put(self, array: np.ndarray | np.generic) -> jax.Array:
         return jax.device_put(array, self.device)
 
     def train_step(self, step: int) -> StepStats:
@@ -361,9 +362,10 @@ class MnistJaxTask(AbstractTask):
         last one)."""
         shapes = {x.shape: len(y) for x, y in self.data.test_batches(final)}
         for shape, count in shapes.items():
-            self._compile_once(shape, lambda shape=shape, count=count: self._evaluate_batch(
-                self.model, self._put(np.zeros(shape, np.float32)),
-                self._put(np.zeros(count, np.int32))))
+            def evaluate_zeros(shape: tuple[int, ...] = shape, count: int = count) -> Any:
+                return self._evaluate_batch(self.model, self._put(np.zeros(shape, np.float32)),
+                                            self._put(np.zeros(count, np.int32)))
+            self._compile_once(shape, evaluate_zeros)
 
     def evaluate(self, final: bool = True) -> Evaluation:
         wrong, total, loss_sum, nfe, batches = 0, 0, 0.0, 0.0, 0

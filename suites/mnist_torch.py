@@ -9,7 +9,7 @@ framework starts from the same arrays for a seed.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -151,7 +151,8 @@ class MnistTorchTask(TorchTask):
         self.data = data
         self.device = torch.device(ctx.device)
         self.tolerances = data.tolerances
-        self.model = build_model(ctx.backend, ctx.seed, data.tolerances,
+        backend = cast(OdeBlockBackend, ctx.backend)  # a torch task: a torch backend
+        self.model = build_model(backend, ctx.seed, data.tolerances,
                                  data.channels).to(self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.blocks = [self.model.block]

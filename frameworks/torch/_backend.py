@@ -213,6 +213,9 @@ class OdeBlockBackend(Protocol):
     """What a torch suite asks of a backend (:class:`TorchBackend` implements it; see
     :meth:`TorchBackend.ode_block`)."""
 
+    #: The backend's name (a suite's messages name it).
+    name: str
+
     def ode_block(self, make_dynamics: Callable[[bool], Any], t0: float = 0.0, t1: float = 1.0,
                   *, fixed_steps: int | None = None,
                   tolerances: Tolerances | None = None) -> CountingBlock: ...
@@ -229,4 +232,9 @@ class CountingBlock(Protocol):
 
     def pop_stats(self) -> StepCounts: ...
 
+    # nn.Module's, which suites use too
     def parameters(self) -> Any: ...
+
+    def named_parameters(self) -> Any: ...
+
+    def to(self, *args: Any, **kwargs: Any) -> Any: ...
