@@ -9,20 +9,11 @@ abstract there). The core only drives the task: it times steps, synchronises the
 the backend, measures memory through a :class:`MemoryTracker`, and writes what the task's
 :class:`StepStats` counted into the row.
 
-What the core reads and calls, in order, for one cell (``bench run``):
-
-1. in the parent, before any cell starts: the registry checks each registered object's required
-   attributes (:func:`bench.core.registry.contract_problem`); ``backend.parameters`` convert and
-   check the user's values, :meth:`AbstractBackend.configure` builds the configured backend (its
-   :class:`~bench.core.errors.BenchError` names a combination that cannot run);
-   :meth:`AbstractBackend.check_available`, :meth:`AbstractBackend.supports` and
-   :meth:`AbstractSuite.supports` decide ``unsupported``; :meth:`AbstractSuite.check_data`.
-2. in the cell's process: :meth:`AbstractBackend.resolve_device`, ``device_name``,
-   ``memory_tracker``; :meth:`AbstractSuite.build_task` (which calls the framework layer's
-   methods on the backend); per training step ``synchronize``, :meth:`AbstractTask.train_step`,
-   ``synchronize``, :meth:`AbstractBackend.complete_step_stats` and
-   :meth:`AbstractBackend.step_stats_problem` (a continuous-time backend whose step counted no
-   evaluation fails the cell); the evaluations; the memory steps; ``configuration`` for the row.
+The core calls, in the parent before any cell: the registry's contract check
+(:func:`bench.core.registry.contract_problem`), ``configure``, ``check_available`` and both
+``supports``; in the cell: ``resolve_device``, :meth:`AbstractSuite.build_task`, then per step
+``synchronize``, ``train_step``, ``synchronize``, ``complete_step_stats`` and
+:meth:`AbstractBackend.step_stats_problem` (a step that counted no evaluation fails the cell).
 
 docs/plugins.md walks through a complete torch and a complete JAX backend.
 """
@@ -33,7 +24,7 @@ import abc
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 # ``X as X``: re-exported, this module being the framework layers' import point
 from bench.core.measure import MemoryTracker as MemoryTracker
@@ -45,67 +36,11 @@ from bench.core.tolerances import FIXED_STEP_SOLVERS as FIXED_STEP_SOLVERS
 from bench.core.tolerances import Tolerances as Tolerances
 from bench.core.tolerances import effective_tolerances as effective_tolerances
 from bench.core.tolerances import solver_settings as solver_settings
-
-MetricDirection = Literal["lower", "higher"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Support:
-    """Whether a backend/suite pair can run, and if not, why (recorded as ``unsupported``)."""
-
-    ok: bool
-    reason: str = ""
-
-    @classmethod
-    def yes(cls) -> Support:
-        return cls(True, "")
-
-    @classmethod
-    def no(cls, reason: str) -> Support:
-        if not reason:
-            raise ValueError("an unsupported pair needs a reason")
-        return cls(False, reason)
-
-    def __bool__(self) -> bool:
-        return self.ok
-
-
-@dataclasses.dataclass(frozen=True)
-class Budget:
-    """A named amount of work for a suite (``smoke``, ``quick``, ``paper``, ...).
-
-    ``settings`` is read by the suite only (epochs, batch size, subset sizes, tolerances).
-    """
-
-    name: str
-    description: str
-    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
-class StepStats:
-    """What one training iteration measured (filled by the task, from the backend's counters).
-
-    ``nfe_forward`` counts evaluations of the dynamics in the forward pass; ``nfe_backward``
-    counts evaluations of the dynamics (or of its vector-Jacobian product) in the backward pass.
-    Steps are solver steps, never confused with function evaluations.
-    """
-
-    loss: float
-    nfe_forward: float | None = None
-    nfe_backward: float | None = None
-    steps_accepted: float | None = None
-    steps_rejected: float | None = None
-    saved_for_backward_bytes: int | None = None
-    extra: Mapping[str, float] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
-class Evaluation:
-    """Metrics of an evaluation pass. ``metrics`` must hold the suite's ``metric_name``."""
-
-    metrics: Mapping[str, float]
-    notes: str = ""
+from bench.core.values import Budget as Budget
+from bench.core.values import Evaluation as Evaluation
+from bench.core.values import MetricDirection as MetricDirection
+from bench.core.values import StepStats as StepStats
+from bench.core.values import Support as Support
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,20 +128,13 @@ class AbstractTask(abc.ABC):
 class AbstractBackend(abc.ABC):
     """A way to integrate and differentiate a Neural ODE (a solver and a gradient method).
 
-    Required, without a default (checked when a plugin registers the backend; ``bench list``
-    shows a problem as the plugin's error):
-
-    - ``name``: unique across all plugins (two plugins registering one name make the name an
-      error to use), without spaces or any of ``,[]=`` (the ``--backends`` syntax);
-    - ``framework``: the suites build the cell's task for it and call that framework layer's
-      abstract methods on the backend. Subclass :class:`bench.frameworks.torch.TorchBackend`
-      (implement ``ode_block``) or :class:`bench.frameworks.jax.JaxBackend` (implement
-      ``solve``), which set it; a backend of another framework needs suites written for it.
-
-    Everything else has a default: the attributes below describe the backend in every row and
-    table; the methods are called by the core as the module docstring lists, each overridable.
-    Parameters a user may set are declared with :class:`bench.core.options.OptionSpec` in
-    :attr:`parameters` and applied by :meth:`configure` (default: the constructor's keywords).
+    Required (checked when a plugin registers it; ``bench list`` shows a problem): ``name``,
+    unique across plugins, without spaces or any of ``,[]=``; ``framework``, for which the suites
+    build the task and whose layer's abstract method they call: subclass
+    :class:`bench.frameworks.torch.TorchBackend` (``ode_block``) or
+    :class:`bench.frameworks.jax.JaxBackend` (``solve``), which set it. Everything else has a
+    default; user-settable parameters are :class:`bench.core.options.OptionSpec` in
+    :attr:`parameters`, applied by :meth:`configure` (default: the constructor's keywords).
     """
 
     #: Unique across plugins (a class attribute, or an instance attribute set in ``__init__``).
@@ -254,19 +182,13 @@ class AbstractBackend(abc.ABC):
     in_all: bool = True
     #: Modules the backend needs, found (never imported) by the default :meth:`check_available`:
     #: a missing one makes every cell ``unsupported`` with :attr:`install_hint`, not failed.
-    #: The framework bases set theirs (torch: torch and torchdiffeq; jax: jax, diffrax, equinox);
-    #: a backend that needs fewer or more sets its own.
     required_modules: tuple[str, ...] = ()
     #: How to install :attr:`required_modules` (shown when one is missing).
     install_hint: str = ""
-    #: True when every training step evaluates the dynamics through the backend's counted solves:
-    #: a step of a continuous-time backend (:attr:`continuous_time`) that reports
-    #: ``nfe_forward`` 0 or None is then a counting bug, and the core fails the cell with
-    #: :meth:`step_stats_problem`'s message. The torch and JAX bases set it (their blocks and
-    #: solves count); False (the default) for a framework whose suites count otherwise.
+    #: True (the torch and JAX bases) when every training step evaluates the dynamics through
+    #: counted solves: a continuous-time step reporting ``nfe_forward`` 0 or None then fails the
+    #: cell (:meth:`step_stats_problem`), with :attr:`counting_hint` saying how to count.
     counts_evaluations: bool = False
-    #: How a backend of this framework counts evaluations so that they reach the row (the
-    #: framework bases say it; shown when a step counted none).
     counting_hint: str = ""
 
     def configure(self, values: Mapping[str, Any]) -> AbstractBackend:
