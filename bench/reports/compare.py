@@ -343,7 +343,7 @@ def format_comparison(comparison: Comparison) -> str:
     lines.append(f"\n{same} figure(s) identical in BASE and NEW, {within} step time(s) within "
                  "the slowdown limit (not listed).")
     lines += [f"note: {n}" for n in comparison.notes]
-    moved = {}
+    moved: dict[FigureKind, int] = {}
     for f in comparison.findings:
         if f.verdict in (Verdict.MOVED, Verdict.FAIL):
             moved[f.kind] = moved.get(f.kind, 0) + 1

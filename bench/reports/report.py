@@ -282,7 +282,7 @@ def compare_frame(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
         if column in values:  # neither run measured it (e.g. every cell unsupported): no ratio
             ratio = merged[f"{column}_b"] / merged[f"{column}_a"]
             if column == "train_step_time_s":
-                ratio = ratio.where([not reason for reason in why])
+                ratio = ratio.where(np.array([not reason for reason in why], dtype=bool))
             merged[f"{column}_ratio_b_a"] = ratio
     merged["time_comparable"] = ["yes" if not reason else f"no: {reason}" for reason in why]
     ordered = list(COMPARE_KEYS)
@@ -302,10 +302,10 @@ def _time_comparability(a: pd.DataFrame, b: pd.DataFrame, cell: str) -> str:
     for side, frame in (("A", a), ("B", b)):
         flag = frame.at[cell, "timing_flag"] if "timing_flag" in frame else False
         if isinstance(flag, bool | np.bool_) and flag:
-            warning = frame.at[cell, "timing_warning"] if "timing_warning" in frame else ""
+            warning: Any = frame.at[cell, "timing_warning"] if "timing_warning" in frame else ""
             reasons.append(f"{side}'s timing is flagged ({warning or 'no reason'})")
-    cells = [frame.at[cell, "concurrent_cells"] if "concurrent_cells" in frame else None
-             for frame in (a, b)]
+    cells: list[Any] = [frame.at[cell, "concurrent_cells"] if "concurrent_cells" in frame else None
+                        for frame in (a, b)]
     if all(c is not None and not pd.isna(c) for c in cells) and cells[0] != cells[1]:
         reasons.append(f"ran at different concurrency ({int(cells[0])} vs {int(cells[1])} "
                        "cells at once)")
