@@ -131,12 +131,6 @@ def initial_weights(seed: int, time_length: float = 0.5, hidden: tuple[int, ...]
 # -------------------------------------------------------------------------------------------------
 
 
-def standard_normal_log_density(z: np.ndarray) -> np.ndarray:
-    """log N(z; 0, I) in nats, per row."""
-    z = np.asarray(z, dtype=np.float64)
-    return -0.5 * (z ** 2).sum(-1) - 0.5 * z.shape[-1] * math.log(2.0 * math.pi)
-
-
 class CnfData:
     """Training batches, test samples, probe vectors and plot inputs for one dataset and seed.
 
