@@ -44,14 +44,31 @@ def nofollow_opener(path: str, flags: int) -> int:
     return os.open(path, flags | _SAFE_FLAGS, 0o666)
 
 
-def _require_regular(handle: IO[Any], path: Path, single_name: bool = False) -> None:
-    """Raise :class:`OSError` unless ``handle`` is a regular file (with one name, if asked)."""
-    info = os.fstat(handle.fileno())
-    if not stat.S_ISREG(info.st_mode):
-        raise OSError(errno.EINVAL, "not a regular file", str(path))
-    if single_name and info.st_nlink > 1:
-        raise OSError(errno.EMLINK, "a hard link (the file has another name elsewhere): "
-                      "refusing to write through it", str(path))
+def _checked_opener(single_name: bool) -> Callable[[str, int], int]:
+    """An ``opener`` like :func:`nofollow_opener` that also refuses (``OSError``) anything but a
+    regular file (with one name, if asked), before :func:`open` touches it."""
+    def opener(path: str, flags: int) -> int:
+        fd = nofollow_opener(path, flags)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", path)
+            if single_name and info.st_nlink > 1:
+                raise OSError(errno.EMLINK, "a hard link (the file has another name elsewhere): "
+                              "refusing to write through it", path)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    return opener
+
+
+_REGULAR = _checked_opener(single_name=False)
+#: An ``opener`` for a file the harness writes in place (appends, the lock): never through a
+#: link, only a regular file with no second name (a hard link would write a file elsewhere).
+one_name_opener = _checked_opener(single_name=True)
+_REGULAR_ONE_NAME = one_name_opener
 
 
 def _temporary_name(path: Path) -> Path:
@@ -94,8 +111,7 @@ def append_line(path: str | os.PathLike[str], line: str) -> None:
     without following a link (created if missing). It starts on a fresh line even after a torn
     last line (a crash mid-write), so the torn line never swallows it."""
     path = Path(path)
-    with open(path, "a+b", opener=nofollow_opener) as handle:
-        _require_regular(handle, path, single_name=True)
+    with open(path, "a+b", opener=_REGULAR_ONE_NAME) as handle:
         size = os.fstat(handle.fileno()).st_size
         start = b""
         if size > 0 and os.pread(handle.fileno(), 1, size - 1) != b"\n":
@@ -108,23 +124,14 @@ def append_line(path: str | os.PathLike[str], line: str) -> None:
 def open_append(path: str | os.PathLike[str]) -> IO[str]:
     """A text file opened for appending (a cell's ``cell.log``), without following a link; a
     regular file with one name. The caller closes it."""
-    path = Path(path)
-    handle = open(path, "a", opener=nofollow_opener)  # noqa: SIM115 - the caller closes it
-    try:
-        _require_regular(handle, path, single_name=True)
-    except OSError:
-        handle.close()
-        raise
-    return handle
+    return open(path, "a", opener=_REGULAR_ONE_NAME)  # noqa: SIM115 - the caller closes it
 
 
 @contextlib.contextmanager
 def open_read(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     """A regular file opened for reading, not through a link (``OSError`` otherwise: ELOOP for
     a link, EINVAL for a FIFO, a socket or a device)."""
-    path = Path(path)
-    with open(path, "rb", opener=nofollow_opener) as handle:
-        _require_regular(handle, path)
+    with open(path, "rb", opener=_REGULAR) as handle:
         yield handle
 
 

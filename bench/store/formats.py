@@ -14,6 +14,7 @@ comes from plugins and from the files of a run folder, and must stay text wherev
 
 from __future__ import annotations
 
+import csv
 import re
 from typing import Any
 from urllib.parse import quote
@@ -51,11 +52,16 @@ def csv_text(frame: Any) -> str:
     """``frame`` (a pandas DataFrame) as CSV text with every text cell and column name passed
     through :func:`csv_cell`: no cell is a formula in a spreadsheet."""
     safe = frame.copy()
+    carriage_return = False
     for column in safe.columns:
-        if safe[column].dtype == object:
+        if safe[column].dtype.kind not in "biufcmM":  # text (object or pandas' str): not numbers
             safe[column] = safe[column].map(csv_cell)
+            carriage_return |= bool(safe[column].map(lambda v: "\r" in str(v)).any())
     safe.columns = [csv_cell(str(c)) for c in safe.columns]
-    return str(safe.to_csv(index=False))
+    # a lone carriage return in a cell is read back as the end of the line unless the cell is
+    # quoted, and the CSV writers quote it only when they quote every text
+    quoting = csv.QUOTE_NONNUMERIC if carriage_return else csv.QUOTE_MINIMAL
+    return str(safe.to_csv(index=False, quoting=quoting))
 
 
 def _underscore(text: str) -> str:

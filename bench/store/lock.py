@@ -6,7 +6,8 @@ by SIGKILL), and cell processes never hold it (the lock file is opened close-on-
 started with ``spawn``). The file records its owner's process id and host; a lock still held
 although that process is gone from this host (a process it forked kept the file open) is stale:
 it is cleared with a message on stderr, and taken. The lock file is opened without following a
-link."""
+link, and only as a regular file with no second name (a hard link to a file elsewhere would
+have it written)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from bench.core.errors import BenchError
-from bench.store.files import nofollow_opener
+from bench.store.files import one_name_opener
 
 LOCK_NAME = ".lock"
 
@@ -62,7 +63,7 @@ def acquire(folder: Path, what: str = "run directory") -> IO[str] | None:
     be opened (a link planted as ``.lock`` included)."""
     path = Path(folder) / LOCK_NAME
     for attempt in range(2):
-        handle = open(path, "a+", opener=nofollow_opener)  # noqa: SIM115 - held open
+        handle = open(path, "a+", opener=one_name_opener)  # noqa: SIM115 - held open
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -41,7 +41,7 @@ from bench.store.files import (
     atomic_write_text,
     check_folder,
     make_dirs,
-    nofollow_opener,
+    one_name_opener,
     open_read,
     read_bytes,
 )
@@ -168,7 +168,7 @@ class RunDirectory:
         rows = self.path / "rows.jsonl"
         if rows.exists() or rows.is_symlink():
             try:
-                with open(rows, "a", opener=nofollow_opener):
+                with open(rows, "a", opener=one_name_opener):
                     pass
             except OSError as exc:
                 raise location_error("rows file", rows, exc) from None
