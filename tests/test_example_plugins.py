@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from test_example_backend import install_like_pip
 
+from bench.core.availability import missing_modules
 from bench.core.registry import PluginSelection, Registry
 from bench.engine.cell import run_cell
 from bench.planning.cells import CellSpec
@@ -63,7 +64,9 @@ def test_the_examples_register_through_their_hooks(examples_on_path):
     for backend in (heun, rk4):  # their parameter, declared with OptionSpec
         assert [spec.name for spec in backend.parameters] == ["steps"]
         assert backend.configure({"steps": 3}).steps == 3
-        assert backend.check_available() is None
+        missing = missing_modules(backend.required_modules)  # torch or jax: one extra may lack it
+        assert backend.check_available() == (
+            f"{missing[0]} is not installed: {backend.install_hint}" if missing else None)
         assert not backend.in_all  # examples: run by name only
 
 

@@ -70,7 +70,7 @@ def test_every_built_in_backend_implements_its_frameworks_contract():
 def test_required_modules_make_a_backend_unavailable_with_the_install_hint():
     class NeedsTorchode(AbstractBackend):
         name, framework = "needs-torchode", "torch"
-        required_modules = ("torch", "torchode_not_installed_here")
+        required_modules = ("numpy", "torchode_not_installed_here")  # numpy: always installed
         install_hint = "pip install torchode"
 
     assert NeedsTorchode().check_available() == (
