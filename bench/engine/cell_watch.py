@@ -33,6 +33,7 @@ from bench.engine.cell_process import cell_process_main
 from bench.engine.monitor import CellMonitor, timing_warning, trace_step_times
 from bench.planning.cells import CellSpec
 from bench.planning.concurrency import HostCells
+from bench.store.files import read_text
 
 #: Environment of every cell process: JAX does not preallocate GPU memory (so it can share a GPU
 #: with torch, and its peak is measurable). glibc keeps its default allocation policy for the
@@ -247,7 +248,7 @@ def _last_words(work_dir: Path) -> str:
     cell.log is empty; the last training step trace.json recorded, if any."""
     path = work_dir / "cell.log"
     try:
-        lines = [line.strip() for line in path.read_text(errors="replace").splitlines()]
+        lines = [line.strip() for line in read_text(path, errors="replace").splitlines()]
     except OSError:
         lines = []
     lines = [line for line in lines if line]
@@ -258,7 +259,7 @@ def _last_words(work_dir: Path) -> str:
         text = (f"; {path} is empty or missing: the process ended without a Python stack (killed "
                 "from outside, os._exit, or a crash in native code before faulthandler wrote)")
     try:
-        steps = json.loads((work_dir / "trace.json").read_text()).get("steps") or []
+        steps = json.loads(read_text(work_dir / "trace.json")).get("steps") or []
         text += f"; trace.json's last step: {int(steps[-1]['step'])}" if steps else ""
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         pass

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.store.files import read_text
+
 #: A cell is flagged when the median absolute deviation of its steady step times (per function
 #: evaluation where the steps count them, since an adaptive solver's steps legitimately differ)
 #: exceeds this fraction of their median. Quiet runs stay well below it.
@@ -251,7 +253,7 @@ def _median(values: Sequence[float]) -> float:
 def trace_step_times(work_dir: Path) -> tuple[list[float], list[float | None]]:
     """(step times, evaluations per step) from a cell's ``trace.json``; empty when missing."""
     try:
-        trace: Any = json.loads((work_dir / "trace.json").read_text())
+        trace: Any = json.loads(read_text(work_dir / "trace.json"))
         steps = trace["steps"]
         times = [float(s["time_s"]) for s in steps]
         evals = []
