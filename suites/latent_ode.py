@@ -74,7 +74,7 @@ from bench.core.interfaces import (
     CellContext,
     Support,
 )
-from bench.core.options import OptionSpec, in_unit_interval, option_defaults
+from bench.core.options import OptionSpec, in_unit_interval, option_defaults, positive
 
 # -------------------------------------------------------------------------------------------------
 # The suite
@@ -99,6 +99,11 @@ class LatentOdeSuite(AbstractSuite):
         OptionSpec("encoder", str, "rnn", choices=ENCODERS,
                    help="rnn, or ode-rnn (the hidden state also follows an ODE between "
                    "observations)"),
+        OptionSpec("noise_std", float, None, validator=positive, valid="a positive number",
+                   nullable=True,
+                   help="std of the Gaussian noise on the observations (and of the likelihood); "
+                   "none: the dataset's under the budget (spirals 0.3, paper budget 0.1; "
+                   "periodic 0.01)"),
     )
     options = option_defaults(option_specs)
 
@@ -120,7 +125,8 @@ class LatentOdeSuite(AbstractSuite):
     def task_inputs(self, ctx: CellContext) -> LatentOdeData:
         options = self.cell_options(ctx)
         return LatentOdeData(str(options["dataset"]), ctx.budget.settings, ctx.seed,
-                             options["observed_fraction"], str(options["encoder"]))
+                             options["observed_fraction"], str(options["encoder"]),
+                             options["noise_std"])
 
 
 @bench.hookimpl

@@ -24,20 +24,40 @@ ENCODERS = ("rnn", "ode-rnn")
 #: The suite's random streams (bench.core.seeding: one numpy stream per seed, purpose and keys).
 STREAMS = ("weights", "dataset", "train_batches", "test_masks")
 
-#: Per dataset: generator arguments, architecture, likelihood noise and the paper's settings.
+#: What the training loss covers: every point of a training series, or its window only (the
+#: future is then never trained on: Chen et al.'s split of interpolation and extrapolation).
+LOSS_POINTS = ("all", "window")
+
+#: Per dataset: generator arguments, architecture, observation noise (``noise_std``: the std of
+#: the Gaussian noise on the data, and the likelihood's), what the loss covers and the paper's
+#: settings (which override the others under the paper budget).
 DATASET_SETTINGS: dict[str, dict[str, Any]] = {
     "spirals": {
-        "data": {"num_series": 1000, "num_points": 200, "noise_std": 0.3},
+        "data": {"num_series": 1000, "num_points": 200},
         # Sec. 5.1: "f with a one-hidden-layer network with 20 hidden units" (the example code
         # latent_ode.py has two; the paper's Table 2 is the claim, so its text is followed)
-        "latent_dim": 4, "rnn_hidden": 25, "hidden": 20, "dynamics_layers": 1, "obs_std": 0.3,
-        # Chen et al.'s latent_ode.py: 2000 Adam iterations (lr 0.01) on all spirals at once,
-        # torchdiffeq's default tolerances (rtol 1e-7, atol 1e-9)
-        "paper": {"steps": 2000, "batch_size": None, "lr": 0.01, "rtol": 1e-7, "atol": 1e-9},
+        "latent_dim": 4, "rnn_hidden": 25, "hidden": 20, "dynamics_layers": 1,
+        # quick/smoke: torchdiffeq's examples/latent_ode.py (noise_std = .3 in its main), the loss
+        # over all 200 points (published quick figures stay comparable)
+        "noise_std": 0.3, "loss_points": "all",
+        # Chen et al. 2018 Sec. 5.1 gives no noise std ("we add gaussian noise to the
+        # observations") nor an iteration count. 0.1: the default of generate_spiral2d in
+        # torchdiffeq's examples/latent_ode.py (its main passes 0.3; a std of 0.3 puts the RMSE
+        # against the noisy series above 0.3, while Table 2 reports 0.1346). 4000 Adam steps at
+        # lr 0.01 on all training series (the example: 2000, still improving there; independent
+        # code converged by 4000). The loss covers the 100 window points only: the example
+        # trains on its 100 sampled points, and Table 2's RMSE is "on 100 time points extending
+        # beyond those that were used for training". Tolerances: torchdiffeq's defaults, which
+        # the example uses (rtol 1e-7, atol 1e-9).
+        "paper": {"steps": 4000, "batch_size": None, "lr": 0.01, "rtol": 1e-7, "atol": 1e-9,
+                  "noise_std": 0.1, "loss_points": "window"},
     },
     "periodic": {
-        "data": {"num_series": 1000, "num_points": 100, "noise_std": 0.01},
-        "latent_dim": 10, "rnn_hidden": 20, "hidden": 100, "dynamics_layers": 2, "obs_std": 0.01,
+        "data": {"num_series": 1000, "num_points": 100},
+        "latent_dim": 10, "rnn_hidden": 20, "hidden": 100, "dynamics_layers": 2,
+        # Rubanova et al.'s --noise-weight 0.01, as Gaussian noise (the paper's text; see
+        # bench.suites.latent_ode_series.periodic); Rubanova's extrapolation trains on the future
+        "noise_std": 0.01, "loss_points": "all",
         # Rubanova et al.: 500 epochs of 16 batches of 50 (800 training series), lr 0.01,
         # dopri5 rtol 1e-3, atol 1e-4
         "paper": {"steps": 8000, "batch_size": 50, "lr": 0.01, "rtol": 1e-3, "atol": 1e-4},
@@ -65,18 +85,21 @@ BUDGETS: dict[str, Budget] = {
     ),
     "paper": Budget(
         "paper",
-        "the reference settings of each dataset: spirals as Chen et al. 2018 (2000 Adam steps, "
-        "lr 0.01, all 800 training series per step, dopri5 rtol=1e-7, atol=1e-9); periodic as "
-        "Rubanova et al. 2019 (8000 steps = 500 epochs of batch 50, lr 0.01, dopri5 rtol=1e-3, "
-        "atol=1e-4); evaluation every 500 steps",
+        "the reference settings of each dataset: spirals as Chen et al. 2018 (noise std 0.1, "
+        "the loss on the 100 window points only, 4000 Adam steps, lr 0.01, all 800 training "
+        "series per step, dopri5 rtol=1e-7, atol=1e-9); periodic as Rubanova et al. 2019 (8000 "
+        "steps = 500 epochs of batch 50, lr 0.01, dopri5 rtol=1e-3, atol=1e-4); evaluation "
+        "every 500 steps",
         {**_COMMON, "paper": True},
     ),
 }
 
 
-def resolve_settings(dataset: str, budget_settings: Mapping[str, Any]) -> dict[str, Any]:
+def resolve_settings(dataset: str, budget_settings: Mapping[str, Any],
+                     noise_std: float | None = None) -> dict[str, Any]:
     """The flat settings of one dataset under one budget (the paper budget takes the dataset's
-    reference settings)."""
+    reference settings); ``noise_std`` (the suite option), when given, replaces the noise std of
+    the data and of the likelihood."""
     if dataset not in DATASET_SETTINGS:
         raise UnknownNameError("latent-ode dataset", dataset, DATASETS)
     spec = DATASET_SETTINGS[dataset]
@@ -89,6 +112,19 @@ def resolve_settings(dataset: str, budget_settings: Mapping[str, Any]) -> dict[s
         if key in budget:
             settings["data"][key] = int(budget.pop(key))
     settings.update(budget)
+    if noise_std is not None:
+        settings["noise_std"] = noise_std
+    try:
+        std = float(settings["noise_std"])
+    except (TypeError, ValueError):
+        std = float("nan")
+    if not (math.isfinite(std) and std > 0.0):
+        raise BenchError(f"noise_std must be a positive number (the std of the observation "
+                         f"noise and of the likelihood), not {settings['noise_std']!r}")
+    settings["data"]["noise_std"] = settings["obs_std"] = std
+    if settings["loss_points"] not in LOSS_POINTS:
+        raise UnknownNameError("latent-ode loss_points", str(settings["loss_points"]),
+                               LOSS_POINTS)
     return settings
 
 
@@ -179,9 +215,10 @@ class LatentOdeData:
     """
 
     def __init__(self, dataset: str, budget_settings: Mapping[str, Any], seed: int,
-                 observed_fraction: float = 0.5, encoder: str = "rnn"):
+                 observed_fraction: float = 0.5, encoder: str = "rnn",
+                 noise_std: float | None = None):
         self.dataset = dataset
-        self.settings = s = resolve_settings(dataset, budget_settings)
+        self.settings = s = resolve_settings(dataset, budget_settings, noise_std)
         #: the budget's (or the dataset's paper) tolerances replace the backend's (in the row)
         self.tolerances = Tolerances.from_settings(s)
         try:
@@ -209,6 +246,11 @@ class LatentOdeData:
         self.sizes = Sizes(self.series.dim, int(s["latent_dim"]), int(s["rnn_hidden"]),
                            int(s["hidden"]), int(s["dynamics_layers"]), self.encoder)
         self.obs_std = float(s["obs_std"])
+        #: the noise std of the data (and of the likelihood)
+        self.noise_std = float(s["noise_std"])
+        #: what the training loss covers: "all" points, or the "window" only (the future is then
+        #: pure extrapolation, never trained on)
+        self.loss_points = str(s["loss_points"])
         batch = s.get("batch_size")
         self.batch_size = self.num_train if batch is None else min(int(batch), self.num_train)
         self.num_train_steps = int(s["steps"])
@@ -225,6 +267,14 @@ class LatentOdeData:
             return np.concatenate([[0.0], self.times]).astype(np.float32), 1
         return self.times, 0
 
+    def train_solve_times(self) -> tuple[np.ndarray, int]:
+        """:meth:`solve_times` cut to what the loss covers: with ``loss_points == "window"``
+        training integrates to the window's last time only (the future's terms would be zero)."""
+        grid, offset = self.solve_times()
+        if self.loss_points == "window":
+            return grid[:offset + self.window], offset
+        return grid, offset
+
     def encoder_gaps(self) -> np.ndarray:
         """(window - 1,) float32: ``gaps[i] = t[i + 1] - t[i]``, the span the ODE-RNN encoder's
         hidden state is integrated over between window times i + 1 and i (backwards in time)."""
@@ -240,7 +290,10 @@ class LatentOdeData:
             index = rng.choice(self.num_train, size=self.batch_size, replace=False)
         mask = observation_mask(rng, len(index), self.num_points, self.window, self.observed)
         eps = rng.standard_normal((len(index), self.sizes.latent_dim)).astype(np.float32)
-        return Batch(self.series.noisy[index], mask, eps)
+        values = self.series.noisy[index]
+        if self.loss_points == "window":  # what the loss sees: the window's points only
+            values, mask = values[:, :self.window], mask[:, :self.window]
+        return Batch(values, mask, eps)
 
     def _test_slice(self, final: bool) -> slice:
         count = self.num_test if final else self.eval_size
@@ -288,16 +341,25 @@ class LatentOdeData:
                       ) -> dict[str, float]:
         """Chen et al.'s Table 2 quantity for n = 30, 50, 100 of the 100 window points observed:
         ``rmse_obs{n}``, the predictive RMSE "on 100 time points extending beyond those that were
-        used for training" (Sec. 5.1), i.e. over the 100 future points; and
-        ``rmse_window_obs{n}``, the RMSE of the window's reconstruction (all 100 window points)."""
+        used for training" (Sec. 5.1), i.e. over the 100 future points, against the noiseless
+        series; ``rmse_noisy_obs{n}`` the same against the noisy series (what the model could
+        be scored on with the data alone); ``rmse_window_obs{n}``, the RMSE of the window's
+        reconstruction (all 100 window points, noiseless). And ``noise_floor``: the RMSE of the
+        noiseless series against the noisy one over those future points, what a perfect model
+        scores in ``rmse_noisy_obs{n}`` (about ``noise_std``): no model's ``rmse_noisy`` falls
+        below it, while ``rmse_obs`` may."""
         out: dict[str, float] = {}
+        future = slice(self.window, self.window + 100)
+        noisy = np.asarray(self.series.noisy[self._test_slice(final)], np.float64)
         for n in TABLE2_OBSERVED:
             b, c = self.test_batch(final, observed=n)
-            p, _ = predict(b)
-            err = (np.asarray(p, np.float64) - c) ** 2
-            future = err[:, self.window:self.window + 100]
-            out[f"rmse_obs{n}"] = float(np.sqrt(future.mean()))
+            p = np.asarray(predict(b)[0], np.float64)
+            err = (p - c) ** 2
+            out[f"rmse_obs{n}"] = float(np.sqrt(err[:, future].mean()))
+            out[f"rmse_noisy_obs{n}"] = float(np.sqrt(((p - noisy)[:, future] ** 2).mean()))
             out[f"rmse_window_obs{n}"] = float(np.sqrt(err[:, :self.window].mean()))
+            clean = c
+        out["noise_floor"] = float(np.sqrt(((noisy - clean)[:, future] ** 2).mean()))
         return out
 
     def eval_notes(self, final: bool) -> str:
@@ -308,14 +370,19 @@ class LatentOdeData:
                   else "mse_interp is the window's reconstruction error (all points observed)")
         notes = (f"{self.dataset}: {which}; {self.observed} of {self.window} window points "
                  f"observed, {self.num_points - self.window} future points; {interp}; errors "
-                 "against the noiseless series, z0 = posterior mean")
+                 f"against the noiseless series, z0 = posterior mean; noise std "
+                 f"{self.noise_std:g}; the loss on "
+                 + ("the window only (the future never trained on)"
+                    if self.loss_points == "window" else "every point of a training series"))
         if self.encoder != "rnn":
             notes += f"; {self.encoder} encoder"
         if self.dataset == "spirals" and self.window == 100:
             notes += ("; rmse_obs30/50/100: RMSE on the 100 future points (Chen et al.'s "
                       "predictive RMSE) with 30/50/100 window points observed, "
-                      "rmse_window_obs30/50/100 on the window, from the one model trained with "
-                      f"{self.observed} observed points (Chen et al. trained one model per count)")
+                      "rmse_noisy_obs30/50/100 the same against the noisy series (noise_floor: "
+                      "a perfect model's rmse_noisy), rmse_window_obs30/50/100 on the window, "
+                      f"from the one model trained with {self.observed} observed points (Chen et "
+                      "al. trained one model per count)")
         return notes
 
     def plot(self, work_dir: Any, predict: Callable[[Batch], tuple[np.ndarray, float]],

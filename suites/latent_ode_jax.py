@@ -139,6 +139,7 @@ class LatentOdeJaxTask(AbstractTask):
         self.opt_state = jax.device_put(adam_init(model), self.device)
         grid, offset = data.solve_times()
         grid = np.asarray(grid, np.float32)  # concrete: fixed-step backends need static times
+        train_grid = np.asarray(data.train_solve_times()[0], np.float32)
         times = jnp.asarray(data.times, jnp.float32)
         window, obs_std, lr = data.window, data.obs_std, float(s["lr"])
         log_constant = gaussian_log_constant(obs_std)
@@ -165,16 +166,19 @@ class LatentOdeJaxTask(AbstractTask):
             mean, logvar = model.posterior(values, mask, times, window, evolve)
             return mean, logvar, sum(nfe, jnp.int32(0))
 
-        def decode(model: LatentOdeModel, z0: jax.Array) -> tuple[jax.Array, Any]:
+        def decode(model: LatentOdeModel, z0: jax.Array, ts: np.ndarray = grid
+                   ) -> tuple[jax.Array, Any]:
+            """The decoded trajectory at ``ts`` (the series' times; in training, what the loss
+            covers)."""
             zs, stats = backend.solve(latent_field, model.dynamics(), z0, 0.0,
-                                      float(grid[-1]), ts=grid, tolerances=tolerances)
+                                      float(ts[-1]), ts=ts, tolerances=tolerances)
             return jnp.swapaxes(model.decode(zs[offset:]), 0, 1), stats
 
         def negative_elbo(model: LatentOdeModel, values: jax.Array, mask: jax.Array,
                           eps: jax.Array) -> jax.Array:
             mean, logvar, _ = posterior(model, values, mask)
             z0 = mean + eps * jnp.exp(0.5 * logvar)
-            prediction, _ = decode(model, z0)
+            prediction, _ = decode(model, z0, train_grid)
             log_lik = jnp.sum(log_constant - 0.5 * ((values - prediction) / obs_std) ** 2,
                               axis=(1, 2))
             kl = 0.5 * jnp.sum(mean ** 2 + jnp.exp(logvar) - 1.0 - logvar, axis=1)

@@ -107,9 +107,10 @@ class Decoder(nn.Module):
 
 
 class LatentOdeModel(nn.Module):
-    #: Buffers (registered in __init__): the solve's time grid, the series' times, the ODE-RNN's
-    #: gaps between observations.
+    #: Buffers (registered in __init__): the solve's time grid (and the training solve's, cut to
+    #: what the loss covers), the series' times, the ODE-RNN's gaps between observations.
     grid: torch.Tensor
+    train_grid: torch.Tensor
     times: torch.Tensor
     gaps: torch.Tensor
 
@@ -123,6 +124,8 @@ class LatentOdeModel(nn.Module):
                                        tolerances=data.tolerances)
         self.decoder = Decoder(sizes)
         self.register_buffer("grid", torch.from_numpy(np.asarray(grid, np.float32)))
+        train_grid, _ = data.train_solve_times()
+        self.register_buffer("train_grid", torch.from_numpy(np.asarray(train_grid, np.float32)))
         self.register_buffer("times", torch.from_numpy(np.asarray(data.times, np.float32)))
         self.window = data.window
         self.obs_std = data.obs_std
@@ -168,16 +171,18 @@ class LatentOdeModel(nn.Module):
         evolve = self._evolve if self.encoder_block is not None else None
         return self.encoder(values, mask, self.times, self.window, evolve)
 
-    def decode(self, z0: torch.Tensor) -> torch.Tensor:
-        """(B, T, D): the decoded latent trajectory at every time of the series."""
-        zs = self.block(z0, times=self.grid)[self.offset:]  # (T, B, latent)
+    def decode(self, z0: torch.Tensor, train: bool = False) -> torch.Tensor:
+        """(B, T, D): the decoded latent trajectory at every time of the series (``train``: at
+        the times the loss covers, :meth:`LatentOdeData.train_solve_times`)."""
+        grid = self.train_grid if train else self.grid
+        zs = self.block(z0, times=grid)[self.offset:]  # (T, B, latent)
         return self.decoder(zs).transpose(0, 1)
 
     def negative_elbo(self, values: torch.Tensor, mask: torch.Tensor, eps: torch.Tensor
                       ) -> torch.Tensor:
         mean, logvar = self.posterior(values, mask)
         z0 = mean + eps * torch.exp(0.5 * logvar)
-        prediction = self.decode(z0)
+        prediction = self.decode(z0, train=True)
         log_lik = (gaussian_log_constant(self.obs_std)
                    - 0.5 * ((values - prediction) / self.obs_std) ** 2).sum((1, 2))
         kl = 0.5 * (mean ** 2 + torch.exp(logvar) - 1.0 - logvar).sum(1)

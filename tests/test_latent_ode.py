@@ -175,7 +175,12 @@ def test_settings_bad_input_and_the_paper_budget():
             LatentOdeData("periodic", TINY.settings, 0, observed_fraction=bad)
     spirals = resolve_settings("spirals", BUDGETS["paper"].settings)
     assert (spirals["steps"], spirals["batch_size"], spirals["rtol"], spirals["atol"]) == (
-        2000, None, 1e-7, 1e-9)
+        4000, None, 1e-7, 1e-9)
+    # the paper budget: noise std 0.1, the loss on the window only (Chen et al.'s split)
+    assert (spirals["noise_std"], spirals["obs_std"], spirals["loss_points"]) == (
+        0.1, 0.1, "window")
+    quick = resolve_settings("spirals", BUDGETS["quick"].settings)
+    assert (quick["noise_std"], quick["loss_points"]) == (0.3, "all")
     assert (spirals["latent_dim"], spirals["rnn_hidden"], spirals["hidden"]) == (4, 25, 20)
     periodic = resolve_settings("periodic", BUDGETS["paper"].settings)
     assert (periodic["steps"], periodic["batch_size"], periodic["rtol"]) == (8000, 50, 1e-3)
