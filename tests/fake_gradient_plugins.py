@@ -14,6 +14,7 @@ from bench.core.options import OptionSpec, positive
 class NumpyToleranceBackend(NumpyEulerBackend):
     parameters = (OptionSpec("rtol", float, 1e-2, validator=positive, valid="positive"),
                   OptionSpec("atol", float, 1e-2, validator=positive, valid="positive"))
+    parameter_aliases: dict[str, str] = {}  # its parent's `n` names `steps`, not declared here
 
     def __init__(self, rtol: float = 1e-2, atol: float = 1e-2):
         super().__init__("numpy-tol", steps=math.ceil(0.1 / rtol))

@@ -203,15 +203,15 @@ def test_a_killed_worker_gives_its_cell_a_failed_row(client, env, tmp_path):
     assert _gone(cells), "the cell process outlived its killed worker"
 
 
-def test_the_readme_slurm_configuration_makes_one_cell_per_job(monkeypatch):
-    """The jobqueue.yaml a user copies from the README gives one worker thread per job with
-    the booked cores."""
+def test_the_documented_slurm_configuration_makes_one_cell_per_job(monkeypatch):
+    """The jobqueue.yaml a user copies from the manual (docs/usage.md) gives one worker thread
+    per job with the booked cores."""
     import re
 
     import yaml
 
     jobqueue = pytest.importorskip("dask_jobqueue")
-    readme = (TESTS_DIR.parent / "README.md").read_text()
+    readme = (TESTS_DIR.parent / "docs" / "usage.md").read_text()
     section = readme.split("## Running cells in parallel", 1)[1].split("\n## ", 1)[0]
     (text,) = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)
     settings = yaml.safe_load(text)["jobqueue"]["slurm"]

@@ -20,6 +20,7 @@ import bench
 from bench.cli import main as cli
 from bench.core.errors import BenchError
 from bench.core.registry import PluginSelection, Registry
+from bench.core.rows import ResultRow
 from bench.engine.runner import Runner
 from bench.planning.request import expand
 from bench.reports.publish import publish_run
@@ -151,6 +152,10 @@ def _file(tmp_path: Path) -> Path:
 def test_unwritable_or_wrong_locations_give_one_clear_error(cli_env, tmp_path, where, message):
     run = RunDirectory.create(tmp_path / "run")
     run.write_json("config.json", {})
+    run.append_row(ResultRow(  # one ok row: a run `bench publish` takes
+        cell_id="linear/numpy-euler/smoke/seed0/cpu", suite="linear", backend="numpy-euler",
+        framework="numpy", gradient_method="backprop", solver="euler", device="cpu", seed=0,
+        budget="smoke", status="ok", metric_name="rate_error", metrics={"rate_error": 0.1}))
     args = where(tmp_path)
     if args[0] == "run":
         args += ["--suite", "linear", "--plugins", "numpy-euler", "--budget", "smoke"]

@@ -28,8 +28,14 @@ def publish_run(run: str | os.PathLike[str], dest: str | os.PathLike[str],
     dest = Path(dest)
     if dest.exists() or dest.is_symlink():
         raise BenchError(f"{str(dest)!r} already exists: publish into a new folder")
+    try:
+        dest.mkdir(parents=True)
+        check_writable(dest, "results folder")
+    except OSError as exc:
+        raise location_error("results folder", dest, exc) from None
     flagged = [row for row in source.rows() if row.timing_flag]
     if flagged and not allow_flagged_times:
+        dest.rmdir()  # made empty just above: the location is fine, the run is not
         shown = "\n".join(f"  {row.cell_id}: {row.timing_warning}" for row in flagged[:10])
         more = f"\n  ... and {len(flagged) - 10} more" if len(flagged) > 10 else ""
         raise BenchError(f"{str(run)!r}: the timings of {len(flagged)} cell(s) are flagged as "
@@ -37,11 +43,6 @@ def publish_run(run: str | os.PathLike[str], dest: str | os.PathLike[str],
                          f"{shown}{more}\nrun it again on a quiet machine (with --threads pinned), "
                          "or publish with --allow-flagged-times "
                          "(NOTES.md then lists them)")
-    try:
-        dest.mkdir(parents=True)
-        check_writable(dest, "results folder")
-    except OSError as exc:
-        raise location_error("results folder", dest, exc) from None
     frame = rows_to_frame(source.rows())
     extras = [source.path / name for name in ("environment.json", "config.json",
                                               "invocations.jsonl")]
