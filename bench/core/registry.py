@@ -17,9 +17,11 @@ from typing import Any
 import pluggy
 
 from bench.core import hookspecs
+from bench.core.claims import AbstractClaim, claim_problem
 from bench.core.errors import DuplicateNameError, FailedPlugin, UnknownNameError
 from bench.core.interfaces import AbstractBackend, AbstractSuite, Budget
 from bench.core.options import OptionSpec
+from bench.core.rows import GradientMethod
 
 ENTRY_POINT_GROUP = "bench"
 #: Comma-separated plugin names to load (built-in module names or entry-point names). Unset: all.
@@ -37,6 +39,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "bench.suites.cnf",
     "bench.suites.latent_ode",
     "bench.suites.memory_scaling",
+    "bench.claims.builtin",
 )
 
 
@@ -91,6 +94,8 @@ class Registry:
     clashes: dict[tuple[str, str], list[str]] = dataclasses.field(default_factory=dict)
     #: The plugin that registered each ``(kind, name)`` first.
     owners: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
+    #: The claims (``bench_register_claims``), by name: ``bench claims`` judges them.
+    claims: dict[str, AbstractClaim] = dataclasses.field(default_factory=dict)
 
     @property
     def load_errors(self) -> list[PluginInfo]:
@@ -113,7 +118,7 @@ class Registry:
     def unknown_name(self, kind: str, name: str) -> UnknownNameError:
         """The error for a ``kind`` (``"backend"``/``"suite"``) name that is not registered: the
         valid names, and the plugins that failed to load with their errors."""
-        table = self.backends if kind == "backend" else self.suites
+        table = {"backend": self.backends, "suite": self.suites, "claim": self.claims}[kind]
         return UnknownNameError(kind, name, table, self.failed_plugins())
 
     def duplicate_name(self, kind: str, name: str) -> DuplicateNameError | None:
@@ -142,6 +147,15 @@ class Registry:
         if name not in self.suites:
             raise self.unknown_name("suite", name)
         return self.suites[name]
+
+    def claim(self, name: str) -> AbstractClaim:
+        """The claim registered as ``name``; raises as :meth:`backend` does."""
+        clash = self.duplicate_name("claim", name)
+        if clash is not None:
+            raise clash
+        if name not in self.claims:
+            raise self.unknown_name("claim", name)
+        return self.claims[name]
 
     def problems(self) -> list[str]:
         """What is wrong with the loaded plugins, one line each, for ``bench list``: every name
@@ -199,11 +213,12 @@ class Registry:
         for hook, kind, interface, table in (
             ("bench_register_backends", "backend", AbstractBackend, self.backends),
             ("bench_register_suites", "suite", AbstractSuite, self.suites),
+            ("bench_register_claims", "claim", AbstractClaim, self.claims),
         ):
 
             def register(obj: Any, kind: str = kind,
-                         interface: type[AbstractBackend | AbstractSuite] = interface,
-                         table: dict[str, Any] = table) -> None:
+                         interface: type[AbstractBackend | AbstractSuite | AbstractClaim]
+                         = interface, table: dict[str, Any] = table) -> None:
                 if not isinstance(obj, interface):
                     raise TypeError(
                         f"register() takes an instance of {interface.__name__}, "
@@ -219,7 +234,8 @@ class Registry:
                     owners.append(info.name)
                     return
                 table[obj.name] = obj
-                self.origin[obj.name] = info.name
+                if kind != "claim":  # origin names backends and suites only
+                    self.origin[obj.name] = info.name
                 self.owners[(kind, obj.name)] = info.name
 
             caller = pm.subset_hook_caller(hook, remove_plugins=others)
@@ -270,11 +286,15 @@ def _candidates(selection: PluginSelection, available: list[str] | None = None
 _NAME_SEPARATORS = frozenset(",[]= \t\n")
 
 
-def contract_problem(obj: AbstractBackend | AbstractSuite, kind: str) -> str | None:
-    """What in the declared contract a registered ``kind`` (``"backend"``/``"suite"``) object
-    lacks, or None: the attributes the core reads without a default (see
-    :class:`bench.core.interfaces.AbstractBackend` and ``AbstractSuite``). Checked at
-    registration, so an author meets the problem in ``bench list``, not in a cell."""
+def contract_problem(obj: AbstractBackend | AbstractSuite | AbstractClaim, kind: str
+                     ) -> str | None:
+    """What in the declared contract a registered ``kind`` (``"backend"``/``"suite"``/
+    ``"claim"``) object lacks, or None: the attributes the core reads without a default (see
+    :class:`bench.core.interfaces.AbstractBackend`, ``AbstractSuite`` and
+    :class:`bench.core.claims.AbstractClaim`). Checked at registration, so an author meets the
+    problem in ``bench list``, not in a cell."""
+    if kind == "claim":
+        return claim_problem(obj)  # type: ignore[arg-type]
     cls = type(obj)
     where = f"{kind} class {cls.__module__}.{cls.__qualname__}"
     name = getattr(obj, "name", None)
@@ -297,6 +317,12 @@ def _backend_problem(backend: AbstractBackend, where: str) -> str | None:
         return (f"{where} has no framework: set framework = 'torch' (or 'jax', ...): the suites "
                 "build their task for it (a torch backend subclasses "
                 "bench.frameworks.torch.TorchBackend, which sets it)")
+    method = getattr(backend, "gradient_method", "")
+    methods = [m.value for m in GradientMethod]
+    if method not in methods:
+        return (f"{where}: gradient_method {method!r} is not one of {', '.join(methods)} "
+                "(bench.core.rows.GradientMethod: the tables compare gradient methods by this "
+                "column, so it takes one of these values)")
     specs = list(backend.parameters)
     wrong = [spec for spec in specs if not isinstance(spec, OptionSpec)]
     if wrong:
