@@ -24,9 +24,10 @@ class TorchAdjointBackend(TorchdiffeqBackend):
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
+        clamp = ", last step clamped to t1" if self.last_step == "clamp" else ""
         norm = ", seminorm reverse solve" if self.adjoint_norm == "seminorm" else ""
         self.description = (f"torchdiffeq odeint_adjoint, {self.solver} rtol={self.rtol:g} "
-                            f"atol={self.atol:g}{norm}; gradients by the continuous adjoint")
+                            f"atol={self.atol:g}{clamp}{norm}; gradients by the continuous adjoint")
 
 
 @bench.hookimpl

@@ -20,8 +20,10 @@ class TorchDirectBackend(TorchdiffeqBackend):
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
+        clamp = ", last step clamped to t1" if self.last_step == "clamp" else ""
         self.description = (f"torchdiffeq odeint, {self.solver} rtol={self.rtol:g} "
-                            f"atol={self.atol:g}; gradients by backpropagation through the solver")
+                            f"atol={self.atol:g}{clamp}; gradients by backpropagation through "
+                            "the solver")
 
 
 @bench.hookimpl

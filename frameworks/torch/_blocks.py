@@ -143,12 +143,16 @@ class OdeBlock(nn.Module, abc.ABC):
 
 
 class TorchdiffeqBlock(OdeBlock):
-    """torchdiffeq ``odeint`` (direct backpropagation) or ``odeint_adjoint``."""
+    """torchdiffeq ``odeint`` (direct backpropagation) or ``odeint_adjoint``.
+
+    ``clamp_last_step``: every output time is a step end (torchdiffeq's ``step_t`` option, in the
+    forward solve and in the adjoint's reverse solves), so the adaptive solve shortens the step
+    that would pass it instead of stepping past and interpolating back."""
 
     def __init__(self, dynamics: nn.Module, t0: float, t1: float, *, adjoint: bool, method: str,
                  rtol: float, atol: float, options: dict | None,
                  adjoint_rtol: float | None = None, adjoint_atol: float | None = None,
-                 adjoint_options: dict | None = None):
+                 adjoint_options: dict | None = None, clamp_last_step: bool = False):
         # imported here, when the task is built, never inside the first timed step: importing
         # torchdiffeq (it pulls in scipy) took 1.2 s, counted as compile_time_s
         import torchdiffeq  # noqa: F401
@@ -168,16 +172,26 @@ class TorchdiffeqBlock(OdeBlock):
         # e.g. the seminorm adjoint: dict(norm="seminorm") (Kidger et al. 2021)
         if adjoint_options:
             self.adjoint_kwargs["adjoint_options"] = dict(adjoint_options)
+        self.clamp_last_step = bool(clamp_last_step)
 
     def integrate(self, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         import torchdiffeq
 
+        options = dict(self.options)
+        adjoint_kwargs = dict(self.adjoint_kwargs)
+        if self.clamp_last_step:
+            # every output time a step must end on (torchdiffeq flips them with the time of a
+            # backwards solve); the reverse solve gets them too, as its own options
+            options["step_t"] = t
+            if self.adjoint:
+                adjoint_kwargs["adjoint_options"] = {
+                    **adjoint_kwargs.get("adjoint_options", {}), "step_t": t}
         kwargs = dict(rtol=self.rtol, atol=self.atol, method=self.method,
-                      options=dict(self.options) or None)
+                      options=options or None)
         if self.adjoint:
             return torchdiffeq.odeint_adjoint(self.func, y0, t,
                                               adjoint_params=tuple(self.func.parameters()),
-                                              **self.adjoint_kwargs, **kwargs)
+                                              **adjoint_kwargs, **kwargs)
         return torchdiffeq.odeint(self.func, y0, t, **kwargs)
 
 

@@ -37,12 +37,23 @@ class UniformGrid:
         return grid
 
 
+#: torchdiffeq's rules for an adaptive solve's last step (the ``last_step`` parameter).
+LAST_STEP_RULES = ("interpolate", "clamp")
+
+LAST_STEP_PARAMETER = OptionSpec(
+    "last_step", str, "interpolate", "an adaptive solve's last step: interpolate (torchdiffeq's "
+    "default: step past t1 and evaluate the dense interpolant there) or clamp (shorten the step "
+    "that would pass an output time so that it lands on it, as diffrax does: options "
+    "step_t=<the output times>, and adjoint_options step_t=... for the reverse solve)",
+    choices=LAST_STEP_RULES)
+
+
 def torchdiffeq_parameters(adjoint: bool) -> tuple[OptionSpec, ...]:
     """The parameters of a torchdiffeq backend (with the reverse solve's for the adjoint)."""
     first_step = OptionSpec("first_step", float, None, "initial step size (none: torchdiffeq's "
                             "heuristic, one extra evaluation)", validator=positive,
                             nullable=True, valid="a positive number")
-    return ode_parameters(first_step, adjoint=adjoint)
+    return ode_parameters(first_step, adjoint=adjoint, extra=(LAST_STEP_PARAMETER,))
 
 
 class TorchdiffeqBackend(TorchBackend):
@@ -58,6 +69,11 @@ class TorchdiffeqBackend(TorchBackend):
     :param fixed_steps: the number of equal steps of a fixed-step solver.
     :param adjoint_rtol: adjoint_atol: the reverse solve's tolerances (None: rtol, atol).
     :param adjoint_norm: ``default`` or ``seminorm`` (``adjoint_options=dict(norm="seminorm")``).
+    :param last_step: ``interpolate`` (torchdiffeq's default: the adaptive solve steps past each
+        output time and evaluates its interpolant there) or ``clamp`` (the step that would pass an
+        output time is shortened to land on it: torchdiffeq's ``step_t`` option set to the output
+        times, in the forward and, for the adjoint, the reverse solve). Fixed-step solves land on
+        their grid already: ``clamp`` with one is refused.
     :param method: torchdiffeq's name for ``solver`` (kept for subclasses that pass it).
     """
 
@@ -78,7 +94,8 @@ class TorchdiffeqBackend(TorchBackend):
     def __init__(self, solver: str = "dopri5", rtol: float = 1e-3, atol: float = 1e-3,
                  first_step: float | None = None, fixed_steps: int | None = None,
                  adjoint_rtol: float | None = None, adjoint_atol: float | None = None,
-                 adjoint_norm: str = "default", *, method: str | None = None):
+                 adjoint_norm: str = "default", last_step: str = "interpolate", *,
+                 method: str | None = None):
         solver = method if method is not None else solver
         if not (rtol > 0 and atol > 0):
             raise BenchError(f"rtol and atol must be positive, got rtol={rtol}, atol={atol}")
@@ -95,6 +112,12 @@ class TorchdiffeqBackend(TorchBackend):
         if adjoint_norm not in ADJOINT_NORMS:
             raise BenchError(f"adjoint_norm must be one of {', '.join(ADJOINT_NORMS)}, not "
                              f"{adjoint_norm!r}")
+        if last_step not in LAST_STEP_RULES:
+            raise BenchError(f"last_step must be one of {', '.join(LAST_STEP_RULES)}, not "
+                             f"{last_step!r}")
+        if last_step == "clamp" and solver in SOLVERS and not SOLVERS[solver].adaptive:
+            raise BenchError(f"last_step=clamp shortens an adaptive solve's last step: solver "
+                             f"{solver!r} takes fixed steps, which end on t1 already")
         if not self.adjoint and (adjoint_rtol, adjoint_atol, adjoint_norm) != (
                 None, None, "default"):
             raise BenchError("adjoint_rtol, adjoint_atol and adjoint_norm apply to the adjoint "
@@ -105,6 +128,7 @@ class TorchdiffeqBackend(TorchBackend):
                                                                          "fixed_steps")
         self.adjoint_rtol, self.adjoint_atol = adjoint_rtol, adjoint_atol
         self.adjoint_norm = adjoint_norm if self.adjoint else None
+        self.last_step = last_step
         info = SOLVERS.get(solver)
         self.adaptive = info.adaptive if info is not None else None
 
@@ -152,7 +176,8 @@ class TorchdiffeqBackend(TorchBackend):
             make_dynamics(True), t0, t1, adjoint=self.adjoint, method=method,
             rtol=tol.rtol, atol=tol.atol, options=options,
             adjoint_rtol=tol.adjoint_rtol, adjoint_atol=tol.adjoint_atol,
-            adjoint_options=adjoint_options)
+            adjoint_options=adjoint_options,
+            clamp_last_step=grid_steps is None and self.last_step == "clamp")
         if grid_steps is not None:
             # ... and the solve then uses an exact grid of L steps instead (see UniformGrid).
             block.options = {"grid_constructor": UniformGrid(grid_steps)}
