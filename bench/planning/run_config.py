@@ -32,14 +32,15 @@ from __future__ import annotations
 import math
 import os
 import stat
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
-    import tomli as tomllib  # type: ignore[no-redef, import-not-found, unused-ignore]
+else:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
 
 from bench.core.errors import BenchError, UnknownNameError
 from bench.planning.backend_grid import BackendEntry
