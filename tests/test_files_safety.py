@@ -310,7 +310,7 @@ def test_a_linked_png_is_not_read_into_the_page(template, tmp_path, fake_selecti
 
 # -- 5. CSV formula injection --------------------------------------------------------------------
 NASTY = {"backend": "=HYPERLINK(\"http://x\",\"y\")", "error": "-2+3+cmd|' /C calc'!A0",
-         "notes": "@SUM(1,1)", "solver": "+1", "device_name": "\tTAB", "timing_warning": "\rCR",
+         "notes": "@SUM(1,1)", "solver": "+A1", "device_name": "\tTAB", "timing_warning": "\rCR",
          "gradient_method": "'=already quoted"}
 
 
@@ -339,10 +339,14 @@ def test_csv_text_cells_are_no_formulas_and_round_trip(tmp_path):
     assert all(report_csv[c][0].startswith("'") for c in NASTY)
 
 
-@pytest.mark.parametrize("text", ["=1", "'=1", "''+x", "plain", "'plain", "-", "", "@", "\t"])
-def test_csv_cell_round_trips(text):
-    written = csv_cell(text)
-    assert not written.startswith(("=", "+", "-", "@", "\t", "\r"))
+@pytest.mark.parametrize("text, written", [
+    ("=1", "'=1"), ("'=1", "''=1"), ("''+x", "'''+x"), ("@", "'@"), ("\t1", "'\t1"),
+    ("-2+3", "'-2+3"), ("-1\t", "'-1\t"),
+    ("plain", "plain"), ("'plain", "'plain"), ("", ""), ("-0.5", "-0.5"), ("-", "-"),
+    ("'-", "'-"), ("+1e3", "+1e3")])
+def test_csv_cell_round_trips(text, written):
+    """A formula gets one quote more; a number as text and a lone '-' stay as they are."""
+    assert csv_cell(text) == written
     assert csv_value(written) == text
 
 

@@ -4,7 +4,7 @@ comes from plugins and from the files of a run folder, and must stay text wherev
 - CSV: a text cell that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return is a
   formula to a spreadsheet; it is prefixed with a single quote, as OWASP advises
   (:func:`csv_cell`), and :func:`csv_value` undoes it on reading, so values round-trip. Numbers
-  are left alone (``-0.5`` is a number, not a formula).
+  are left alone (``-0.5`` is a number, not a formula, also as text), and so is a lone ``-``.
 - Markdown table cells: ``\\``, ``|``, backticks, ``*``, ``_`` (where it could open or close
   emphasis), ``[``, ``]``, ``<``, ``>``, ``~`` escaped with a backslash; line breaks become spaces
   (:func:`markdown_cell`).
@@ -28,9 +28,18 @@ _BREAKS = re.compile(r"\r\n|\r|\n")
 
 
 def _formula_like(text: str) -> bool:
-    """``text``, after any leading single quotes, starts as a formula: such a text is written
-    with one more quote, so that reading strips exactly the one added."""
-    return text.lstrip("'").startswith(FORMULA_STARTS)
+    """``text``, after any leading single quotes, starts as a formula (and is neither a plain
+    number such as ``-0.5`` nor the lone ``-`` of a missing value, which a spreadsheet reads as
+    a number or as text): such a text is written with one more quote, so that reading strips
+    exactly the one added."""
+    text = text.lstrip("'")
+    if not text.startswith(FORMULA_STARTS) or text == "-":
+        return False
+    try:
+        float(text)
+    except ValueError:
+        return True
+    return text != text.strip()  # " -1" is a number to Python, a tab-led text to a spreadsheet
 
 
 def csv_cell(value: Any) -> Any:
