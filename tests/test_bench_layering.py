@@ -18,7 +18,7 @@ import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 FRAMEWORKS = ("torch", "torchdiffeq", "jax", "jaxlib", "equinox", "diffrax", "optax")
-UPPER_LAYERS = ("bench.plugins", "bench.suites", "bench.frameworks")
+UPPER_LAYERS = ("bench.plugins", "bench.suites", "bench.frameworks", "bench.claims")
 #: The stages of a run, in the only direction they may import each other.
 STAGES = ("core", "planning", "store", "engine", "reports", "studies", "commands", "cli")
 MAX_LINES = 400

@@ -47,7 +47,7 @@ def test_the_quickstart_page_shows_the_readme_commands():
 def test_every_hook_is_documented_under_its_exact_signature():
     reference = PAGES["docs/hooks.md"]
     hooks = [name for name in dir(hookspecs) if name.startswith("bench_")]
-    assert hooks == ["bench_register_backends", "bench_register_suites"]
+    assert hooks == ["bench_register_backends", "bench_register_claims", "bench_register_suites"]
     for name in hooks:
         signature = str(inspect.signature(getattr(hookspecs, name))).replace("'", "")
         assert f"`{name}{signature}`" in reference, f"{name}{signature} is not in docs/hooks.md"

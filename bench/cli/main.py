@@ -3,8 +3,9 @@
 Commands: ``list`` (backends, suites, budgets, options, plugin load errors), ``run`` (suites x
 backends x seeds, one process per cell), ``memory`` (the memory scaling study), ``report`` (a
 run's table, or two runs compared), ``compare`` (a regression gate for CI), ``index`` (the index
-of a results folder) and ``publish`` (a run's table, environment and plots into a results
-folder). A run is a :class:`bench.planning.request.RunRequest` carried out by a
+of a results folder), ``publish`` (a run's table, environment and plots into a results
+folder) and ``claims`` (published claims judged on run or published folders). A run is a
+:class:`bench.planning.request.RunRequest` carried out by a
 :class:`bench.commands.session.RunSession`; errors of the user's input are
 :class:`bench.core.errors.BenchError`
 (exit 2).
@@ -30,6 +31,7 @@ from bench.cli.arguments import (
     _positive_float,
     _threads,
 )
+from bench.cli.claims import add_parser as add_claims_parser
 from bench.cli.gradients import add_parser as add_gradients_parser
 from bench.cli.gradients import run_study
 from bench.cli.listing import backend_lines, lines_or_broken, suite_lines
@@ -197,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_pub.set_defaults(func=cmd_publish)
 
     add_gradients_parser(sub, cmd_gradients)
+    add_claims_parser(sub)
     return parser
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from bench.core.claims import AbstractClaim
     from bench.core.interfaces import AbstractBackend, AbstractSuite
 
 PROJECT_NAME = "bench"
@@ -51,4 +52,17 @@ def bench_register_suites(register: Callable[[AbstractSuite], None]) -> None:
     :class:`bench.core.interfaces.AbstractSuite`. Suite names must be unique across all plugins.
 
     :param register: callback taking one suite instance.
+    """
+
+
+@hookspec
+def bench_register_claims(register: Callable[[AbstractClaim], None]) -> None:
+    """Register the claims this plugin checks.
+
+    Call ``register(claim)`` once per claim, with an instance of
+    :class:`bench.core.claims.AbstractClaim` (or :class:`bench.core.claims.Claim`, built from a
+    judge function). Claim names must be unique across all plugins; ``bench claims`` judges
+    every registered claim on the rows of the folders it is given.
+
+    :param register: callback taking one claim instance.
     """

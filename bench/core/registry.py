@@ -11,7 +11,7 @@ import importlib
 import importlib.metadata
 import os
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pluggy
@@ -118,8 +118,9 @@ class Registry:
     def unknown_name(self, kind: str, name: str) -> UnknownNameError:
         """The error for a ``kind`` (``"backend"``/``"suite"``) name that is not registered: the
         valid names, and the plugins that failed to load with their errors."""
-        table = {"backend": self.backends, "suite": self.suites, "claim": self.claims}[kind]
-        return UnknownNameError(kind, name, table, self.failed_plugins())
+        tables: dict[str, Mapping[str, object]] = {
+            "backend": self.backends, "suite": self.suites, "claim": self.claims}
+        return UnknownNameError(kind, name, tables[kind], self.failed_plugins())
 
     def duplicate_name(self, kind: str, name: str) -> DuplicateNameError | None:
         """The error for a ``kind`` name registered by more than one plugin (None: it is not)."""

@@ -197,6 +197,16 @@ def _plots(run_dir: RunDirectory) -> str:
     return "\n".join(parts)
 
 
+def _claims(run_dir: RunDirectory) -> str:
+    """The verdicts of the registered claims that this folder's cells measure
+    (:func:`bench.reports.claims.claims_section`; ``bench claims`` judges several folders)."""
+    from bench.core.registry import PluginSelection, Registry
+    from bench.reports.claims import claims_section
+
+    registry = Registry.load(PluginSelection.from_environment())
+    return claims_section(list(registry.claims.values()), run_dir.path)
+
+
 def _summary(run_dir: RunDirectory, rows: list[Any]) -> str:
     env = run_dir.read_json("environment.json") or {}
     config = run_dir.read_json("config.json") or {}
@@ -235,6 +245,7 @@ def html_page(path: str | Path) -> str:
                   "training iteration). Click a header to sort.</p>",
                   _filters(table), _table(table)]
     parts += ["<h2>Failed cells</h2>", _failed(run_dir, rows),
+              "<h2>Claims</h2>", _claims(run_dir),
               "<h2>Plots</h2>", _plots(run_dir)]
     notes = run_dir.path / "NOTES.md"
     if is_regular_file(notes):

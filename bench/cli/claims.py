@@ -1,0 +1,231 @@
+"""``bench claims``: the command line of the claims (the judging and the tables are
+:mod:`bench.reports.claims`; the claims themselves are plugins, :mod:`bench.claims` the
+built-in ones). With ``--run`` it first runs, through ``bench run``'s, ``bench memory``'s and
+``bench gradients``' own sessions, the cells the selected claims need, into one run directory."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fnmatch
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.cli.arguments import _path, _positive_float
+from bench.core.claims import AbstractClaim, Need
+from bench.core.errors import BenchError
+from bench.core.registry import PluginSelection, Registry
+from bench.reports.claims import (
+    FORMATS,
+    Source,
+    comparison_records,
+    flips,
+    judge_sources,
+    load_source,
+    matrix_records,
+    render_records,
+    summary_line,
+    verdict_records,
+)
+
+#: ``--run``'s budget when none is given: seconds per cell.
+DEFAULT_RUN_BUDGET = "smoke"
+
+
+def add_parser(sub: Any) -> None:
+    """Add the ``claims`` subcommand to ``bench``'s subparsers."""
+    p = sub.add_parser(
+        "claims", help="judge published claims (papers, issues) on run or published folders: "
+        "a verdict per claim; with --base, exit 1 when a claim that held in BASE fails")
+    p.add_argument("paths", nargs="*", type=_path, metavar="PATH",
+                   help="run directories or published results folders (results/*), or folders "
+                   "of them (each counts as one)")
+    p.add_argument("--base", type=_path, action="append", default=[], metavar="BASE",
+                   help="compare: the folders the claims are judged on first (repeatable); exit "
+                   "1 when a claim that held there fails in PATH")
+    p.add_argument("--claims", default=None, metavar="NAMES",
+                   help="claim names, comma-separated, shell patterns allowed ('memory-*'); "
+                   "default: every registered claim (see --list)")
+    p.add_argument("--per-folder", action="store_true",
+                   help="one column per PATH (e.g. one per library version) instead of one "
+                   "verdict over all of them")
+    p.add_argument("--format", default="markdown", choices=FORMATS,
+                   help="markdown (default), csv, or html (a table to put in a page)")
+    p.add_argument("--list", action="store_true",
+                   help="list the registered claims with their sources and the cells they need")
+    p.add_argument("--run", action="store_true",
+                   help="first run the cells the selected claims need (into --out), then judge")
+    p.add_argument("--budget", default=DEFAULT_RUN_BUDGET,
+                   help=f"--run: the suites' budget (default {DEFAULT_RUN_BUDGET}); a claim "
+                   "that needs another (paper) is skipped unless asked for by name here")
+    p.add_argument("--out", type=_path, default=None, metavar="DIR",
+                   help="--run: the run directory (default: runs/claims-<budget>-<time>); "
+                   "cells already 'ok' there are not run again")
+    p.add_argument("--data-dir", type=_path, default=None,
+                   help="--run: folder with a suite's data files (MNIST's four IDX files)")
+    p.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
+                   help="--run: per-cell time limit")
+    p.set_defaults(func=cmd_claims)
+
+
+def select(registry: Registry, names: str | None) -> list[AbstractClaim]:
+    """The claims named (patterns allowed), in registration order; every claim when None."""
+    if names is None:
+        return list(registry.claims.values())
+    wanted: list[str] = []
+    for item in (n.strip() for n in names.split(",")):
+        if not item:
+            continue
+        if any(c in item for c in "*?["):
+            matched = [n for n in registry.claims if fnmatch.fnmatchcase(n, item)]
+            if not matched:
+                raise BenchError(f"--claims: {item!r} matches no claim; the claims are "
+                                 f"{', '.join(registry.claims)}")
+        else:
+            matched = [registry.claim(item).name]
+        wanted += [n for n in matched if n not in wanted]
+    if not wanted:
+        raise BenchError("--claims: no claim named (e.g. --claims 'memory-*,nfe-per-step')")
+    return [registry.claims[n] for n in registry.claims if n in wanted]
+
+
+def split_backends(text: str) -> list[str]:
+    """``--backends`` text split on its top-level commas (a ``[...]`` grid stays whole)."""
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += char
+    parts.append(current.strip())
+    return [p for p in parts if p]
+
+
+def merged_needs(claims: Sequence[AbstractClaim], budget: str,
+                 echo: Callable[[str], None]) -> list[Need]:
+    """The selected claims' needs at ``budget``, one per command line: needs that differ only
+    in their backends are run together. A need of another fixed budget is left out, saying so."""
+    merged: dict[tuple[Any, ...], Need] = {}
+    for claim in claims:
+        for need in claim.needs:
+            if need.budget and need.budget != budget:
+                echo(f"claims: {claim.name} needs budget {need.budget!r}, not run at {budget!r} "
+                     f"(bench claims --run --budget {need.budget} --claims {claim.name})")
+                continue
+            need = dataclasses.replace(need, budget=need.budget or budget)
+            key = (need.command, need.suite, need.budget, need.seeds, need.options, need.steps,
+                   need.tolerances, need.scales)
+            if key in merged:
+                have = split_backends(merged[key].backends)
+                extra = [b for b in split_backends(need.backends) if b not in have]
+                need = dataclasses.replace(merged[key], backends=",".join(have + extra))
+            merged[key] = need
+    return list(merged.values())
+
+
+def run_needs(registry: Registry, needs: Sequence[Need], out: Path, args: argparse.Namespace,
+              selection: PluginSelection) -> list[str]:
+    """Run every need into ``out`` (resuming it); the warnings of the runs."""
+    from bench.commands.session import RunSession
+    from bench.planning.request import RunRequest
+    from bench.studies.gradient_study import study_request, write_outputs
+
+    warnings: list[str] = []
+    for need in needs:
+        print(f"claims: running {need.describe()}", file=sys.stderr)
+        common: dict[str, Any] = {"out": out, "resume": True, "timeout_s": args.timeout}
+        if need.command == "memory":
+            request = RunRequest.for_memory(registry, backends=need.backends,
+                                            steps=need.steps or "8,16,32", **common)
+            outcome = RunSession(registry, request, selection).memory_study()
+        elif need.command == "gradients":
+            request = study_request(registry, suites=need.suite, backends=need.backends,
+                                    tolerances=need.tolerances, scales=need.scales or "1",
+                                    seeds=need.seeds, options=dict(need.options), **common)
+            session = RunSession(registry, request, selection)
+            outcome = session.run_cells(session.start())
+            if not outcome.interrupted:
+                write_outputs(outcome.run_dir.path, outcome.rows, session.echo)
+        else:
+            request = RunRequest.for_run(registry, suites=need.suite, backends=need.backends,
+                                         budget=need.budget or args.budget, seeds=need.seeds,
+                                         options=list(need.options), data_dir=args.data_dir,
+                                         **common)
+            outcome = RunSession(registry, request, selection).run()
+        if outcome.interrupted:
+            raise KeyboardInterrupt
+        warnings += list(outcome.warnings)
+        bad = [r for r in outcome.rows if r.status not in ("ok", "unsupported")]
+        warnings += [f"claims: {r.cell_id} {r.status}: {(r.error or '').splitlines()[:1]}"
+                     for r in bad]
+    return warnings
+
+
+def sources(paths: Sequence[Path]) -> list[Source]:
+    """The folders' rows; a plain file among them (``results/*`` holds README.md) is skipped
+    with a warning."""
+    found = []
+    for path in paths:
+        if path.is_file():
+            print(f"warning: {str(path)!r} is a file, not a folder: skipped", file=sys.stderr)
+            continue
+        found.append(load_source(path))
+    if not found:
+        raise BenchError(f"no folder among {', '.join(map(str, paths))}")
+    return found
+
+
+def list_claims(claims: Sequence[AbstractClaim]) -> str:
+    lines = []
+    for claim in claims:
+        lines += [f"{claim.name}", f"  {claim.statement}", f"  source: {claim.source}"]
+        lines += [f"  measured by: {need.describe()}" for need in claim.needs]
+    return "\n".join(lines) + "\n"
+
+
+def cmd_claims(args: argparse.Namespace, registry: Registry) -> int:
+    claims = select(registry, args.claims)
+    if args.list:
+        sys.stdout.write(list_claims(claims))
+        return 0
+    paths: list[Path] = list(args.paths)
+    if args.run:
+        out = args.out or Path("runs") / f"claims-{args.budget}-{time.strftime('%Y%m%d-%H%M%S')}"
+        needs = merged_needs(claims, args.budget, lambda m: print(m, file=sys.stderr))
+        try:
+            warnings = run_needs(registry, needs, out, args, PluginSelection.from_environment())
+        except KeyboardInterrupt:
+            return 130
+        for line in warnings:
+            print(line, file=sys.stderr)
+        if out.exists():
+            paths.append(out)
+    elif args.out is not None or args.data_dir is not None or args.timeout is not None:
+        raise BenchError("--out, --data-dir and --timeout are for --run")
+    if not paths:
+        raise BenchError("give run or published folders to judge the claims on (e.g. "
+                         "bench claims results/*), or --run to measure them first")
+    if args.per_folder and args.base:
+        raise BenchError("--per-folder and --base are two different tables: choose one")
+    new = judge_sources(claims, sources(paths))
+    if args.base:
+        base = judge_sources(claims, sources(args.base))
+        sys.stdout.write(render_records(comparison_records(base, new), args.format))
+        regressions = flips(base, new)
+        for before, after in regressions:
+            print(f"bench: claim {after.claim.name!r} held in BASE "
+                  f"({before.judgement.reason}) and fails now: {after.judgement.reason}",
+                  file=sys.stderr)
+        print(f"BASE: {summary_line(base)}; NEW: {summary_line(new)}", file=sys.stderr)
+        return 1 if regressions else 0
+    records = matrix_records(new) if args.per_folder else verdict_records(new)
+    if not args.per_folder and args.format == "markdown":  # the statement is in --list
+        records = [{k: v for k, v in r.items() if k != "statement"} for r in records]
+    sys.stdout.write(render_records(records, args.format))
+    print(summary_line(new), file=sys.stderr)
+    return 0
