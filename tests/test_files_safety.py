@@ -185,6 +185,20 @@ def test_a_hard_link_to_a_file_outside_is_never_written(template, tmp_path, fake
     assert snapshot(outside) == before
 
 
+def test_a_fifo_as_config_json_never_hangs_a_resumed_run(template, tmp_path, cli_env):
+    """--resume reads config.json (the data folder the run used) before the folder check: a
+    FIFO there is refused, not read (which would wait for a writer forever)."""
+    from conftest import run_cli
+
+    _, run = copy_run(template, tmp_path)
+    (run / "config.json").unlink()
+    os.mkfifo(run / "config.json")
+    result = run_cli([*RUN_ARGS, "--plugins", "numpy-euler", "--out", str(run), "--resume"],
+                     cli_env, tmp_path, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "config.json (a FIFO)" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_writers_replace_a_link_and_never_write_through_it(tmp_path):
     """Even past the folder check (a link planted while a run writes): a file is written as a
     new file renamed over the link; an append or a read through a link fails."""

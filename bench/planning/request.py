@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import stat
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -91,11 +93,16 @@ def suites_with_budget(registry: Registry, suites: list[str], budget: str,
 
 
 def recorded_data_dir(run: Path) -> str | None:
-    """The ``--data-dir`` a run was started with (config.json), if that folder still exists."""
+    """The ``--data-dir`` a run was started with (config.json), if that folder still exists.
+    Read only as a regular file, not through a link (a FIFO planted there never blocks)."""
     try:
-        config = json.loads((run / "config.json").read_text())
+        fd = os.open(run / "config.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return None
+            config = json.loads(handle.read())
         folder = config.get("options", {}).get("data_dir")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return None
     return folder if isinstance(folder, str) and Path(folder).is_dir() else None
 
