@@ -35,6 +35,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "bench.plugins.resnet",
     "bench.plugins.jax_diffrax",
     "bench.plugins.jax_rknet",
+    "bench.plugins.torchode_backends",
+    "bench.plugins.torchdiffeqpack_backends",
     "bench.suites.mnist",
     "bench.suites.cnf",
     "bench.suites.latent_ode",
