@@ -194,12 +194,29 @@ def test_page_renders_in_headless_chromium(tmp_path):
     assert len(re.findall(r'<tr class="st-[a-z]+" style="display: none;">', dom)) == 35
     # the sort script runs: descending by the backward NFE (20 + the backend's number)
     dom = _dump_dom(page.as_uri() + "#sort=-nfe_backward", tmp_path)
-    header = re.findall(r"<th[^>]*>([^<]*)</th>", dom.split('id="results"')[1])
+    header = re.findall(r'<th [^>]*data-col="([^"]*)"', dom.split('id="results"')[1])
     at = header.index("nfe_backward")
     body = dom.split('id="results"')[1].split("<tbody>")[1]
     values = [float(re.findall(r'<td data-v="([^"]*)"', row)[at])
               for row in body.split("</tr>") if "<td" in row]
     assert values == sorted(values, reverse=True) and values[0] > values[-1]
+    # and the sorted column says so: aria-sort and a down arrow on its header alone
+    heads = re.findall(r"<th [^>]*>.*?</th>", dom.split('id="results"')[1].split("<tbody>")[0])
+    assert 'aria-sort="descending"' in heads[at] and "\u25bc" in heads[at]
+    assert sum("aria-sort" in h for h in heads) == 1
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium binary (apt-get install chromium)")
+def test_status_filter_shows_no_row_when_no_cell_has_that_status(tmp_path):
+    """A published page without failures: #status=failed shows none of its rows (it used to
+    leave the select unchanged and show them all)."""
+    path = fake_run(tmp_path / "run", seeds=(0,), traces=False)
+    assert cli.main(["report", str(path), "--format", "html"]) == 0
+    dom = _dump_dom((path / "index.html").as_uri() + "#status=failed", tmp_path)
+    shown = re.search(r'<span id="shown">(\d+)</span>', dom)
+    assert shown and shown.group(1) == "0"
+    assert len(re.findall(r'<tr class="st-ok" style="display: none;">', dom)) == len(BACKENDS)
+    assert "failed (none)" in dom
 
 
 # -- compare --------------------------------------------------------------------------------------

@@ -185,6 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
     p_idx = sub.add_parser(
         "index", help="write RESULTS_DIR/README.md, the index of its published folders")
     p_idx.add_argument("results", type=_path, metavar="RESULTS_DIR")
+    p_idx.add_argument("--regenerate", action="store_true",
+                       help="also rebuild every published folder's pages (results.md, a study's "
+                       "table, index.html) from its sources (results.csv, NOTES.md, plots, "
+                       "config and environment); prints the pages that changed")
+    p_idx.add_argument("--check", action="store_true",
+                       help="with --regenerate: write nothing, list the stale pages, exit 1 "
+                       "when there are any")
+    p_idx.add_argument("--plots", action="store_true",
+                       help="with --regenerate: first redraw the plots drawn from the rows "
+                       "alone (gradient study, work-precision)")
     p_idx.set_defaults(func=cmd_index)
 
     p_pub = sub.add_parser(
@@ -332,8 +342,19 @@ def cmd_compare(args: argparse.Namespace, registry: Registry) -> int:
 
 
 def cmd_index(args: argparse.Namespace, registry: Registry) -> int:
-    print(write_index(args.results))
-    return 0
+    if not args.regenerate:
+        if args.check or args.plots:
+            raise BenchError("--check and --plots go with --regenerate")
+        print(write_index(args.results))
+        return 0
+    from bench.cli.regenerate import regenerate
+
+    stale = regenerate(args.results, check=args.check, plots=args.plots)
+    for path in stale:
+        print(f"{'stale' if args.check else 'rewritten'}: {path}")
+    if not stale:
+        print(f"every page under {args.results} is as its sources make it")
+    return 1 if args.check and stale else 0
 
 
 def _selection() -> PluginSelection:

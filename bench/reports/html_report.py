@@ -1,8 +1,11 @@
 """One self-contained HTML page per run or published results folder (``index.html``).
 
-The page holds the results table (click a header to sort; select a suite, backend or status to
-filter; a few lines of inline JavaScript, no library), the run's PNG plots inlined as base64 data
-URIs, the failed cells with their errors, the command lines and the environment. It opens from
+The page holds the results table (click a header to sort, the sorted column marked with an arrow;
+select a suite, backend or status to filter, also from the address, ``#status=failed``; a few
+lines of inline JavaScript, no library; the ``timing_warning`` column beside the times, flagged
+times marked with a dagger), the run's PNG plots inlined as base64 data URIs, the failed cells
+with their errors and the unsupported ones with their reasons in full, NOTES.md, the command
+lines and the environment. It opens from
 disk with no server and no network: nothing is fetched. Every text is escaped. Only regular
 files inside the folder are read into the page (a PNG planted as a link to a file elsewhere is
 not, and the folder is refused: see :func:`bench.store.files.check_folder`); the page is written
@@ -14,13 +17,14 @@ import base64
 import html
 import json
 import math
+import re
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from bench.core.errors import BenchError
-from bench.reports.report import format_value, table_frame
+from bench.reports.report import FLAGS, TIME_COLUMNS, format_value, table_frame
 from bench.store.files import atomic_write_text, is_regular_file, read_bytes
 from bench.store.results import RunDirectory, rows_to_frame, safe_name, warn
 
@@ -33,6 +37,10 @@ table{border-collapse:collapse;font-size:13px}
 .wide{overflow-x:auto;max-width:100%}
 th,td{border:1px solid #ccc;padding:2px 6px;white-space:nowrap}
 th{background:#f0f0f0;cursor:pointer;position:sticky;top:0}
+th .ind{color:#888;margin-left:0.3em}
+th[aria-sort] .ind{color:#000}
+td.error{max-width:40em;overflow:hidden;text-overflow:ellipsis}
+.flag{color:#b00}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.st-failed,tr.st-timeout,tr.st-diverged{background:#fde8e8}
 tr.st-unsupported{color:#888}
@@ -41,21 +49,28 @@ img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}
 pre{background:#f7f7f7;padding:0.5em;overflow-x:auto;white-space:pre-wrap}
 """
 
-# Sort by a column (numbers as numbers, missing last), filter rows by the selects (also from the
-# address: index.html#status=failed&backend=x&sort=-train_step_time_s, '-' for descending);
-# decoded images are marked data-rendered.
+# Sort by a column (numbers as numbers, missing last; the sorted header gets aria-sort and an
+# arrow), filter rows by the selects, also from the address (index.html#status=failed&backend=x&
+# sort=-train_step_time_s, '-' for descending), read at load and on every change of the address
+# (a link to #status=failed on the page itself); a value the column does not hold becomes an
+# option and shows no row. Decoded images are marked data-rendered.
 _SCRIPT = """
 (function(){
 var table=document.getElementById('results');if(!table)return;
-var body=table.tBodies[0],heads=table.tHead.rows[0].cells,dir={};
+var body=table.tBodies[0],heads=table.tHead.rows[0].cells;
 function key(td){var v=td.getAttribute('data-v');var n=parseFloat(v);
  return (v!==''&&!isNaN(n)&&isFinite(v))?n:v;}
-Array.prototype.forEach.call(heads,function(th,i){th.addEventListener('click',function(){
- dir[i]=-(dir[i]||-1);var rows=Array.prototype.slice.call(body.rows);
+function sortBy(i,d){var rows=Array.prototype.slice.call(body.rows);
  rows.sort(function(a,b){var x=key(a.cells[i]),y=key(b.cells[i]);
   if(x===y)return 0;if(x==='')return 1;if(y==='')return -1;
-  if(typeof x!==typeof y){x=String(x);y=String(y);}return (x<y?-1:1)*dir[i];});
- rows.forEach(function(r){body.appendChild(r);});});});
+  if(typeof x!==typeof y){x=String(x);y=String(y);}return (x<y?-1:1)*d;});
+ rows.forEach(function(r){body.appendChild(r);});
+ Array.prototype.forEach.call(heads,function(th,j){var ind=th.querySelector('.ind');
+  if(j===i){th.setAttribute('aria-sort',d>0?'ascending':'descending');
+   ind.textContent=d>0?'\u25b2':'\u25bc';}
+  else{th.removeAttribute('aria-sort');ind.textContent='\u21c5';}});}
+Array.prototype.forEach.call(heads,function(th,i){th.addEventListener('click',function(){
+ sortBy(i,th.getAttribute('aria-sort')==='ascending'?-1:1);});});
 var selects=document.querySelectorAll('select[data-col]');
 function apply(){var shown=0;Array.prototype.forEach.call(body.rows,function(r){var ok=true;
  Array.prototype.forEach.call(selects,function(s){var c=+s.getAttribute('data-col');
@@ -63,12 +78,18 @@ function apply(){var shown=0;Array.prototype.forEach.call(body.rows,function(r){
  r.style.display=ok?'':'none';if(ok)shown++;});
  document.getElementById('shown').textContent=shown;}
 Array.prototype.forEach.call(selects,function(s){s.addEventListener('change',apply);});
-location.hash.replace(/^#/,'').split('&').forEach(function(kv){var p=kv.split('=');
- var v=decodeURIComponent(p[1]||''),s=document.getElementById('filter-'+p[0]);
- if(s&&p.length===2)s.value=v;
- if(p[0]==='sort')Array.prototype.forEach.call(heads,function(th){
-  if(th.textContent===v.replace(/^-/,'')){th.click();if(v[0]==='-')th.click();}});});
-apply();
+function fromAddress(){
+ Array.prototype.forEach.call(selects,function(s){s.value='';});
+ location.hash.replace(/^#/,'').split('&').forEach(function(kv){var p=kv.split('=');
+  if(p.length!==2)return;var v=decodeURIComponent(p[1]),s=document.getElementById('filter-'+p[0]);
+  if(s){if(!Array.prototype.some.call(s.options,function(o){return o.value===v;})){
+    var o=document.createElement('option');o.value=v;o.textContent=v+' (none)';s.appendChild(o);}
+   s.value=v;}
+  if(p[0]==='sort')Array.prototype.forEach.call(heads,function(th,i){
+   if(th.getAttribute('data-col')===v.replace(/^-/,''))sortBy(i,v[0]==='-'?-1:1);});});
+ apply();}
+window.addEventListener('hashchange',fromAddress);
+fromAddress();
 Array.prototype.forEach.call(document.images,function(img){function done(){
  if(img.naturalWidth>0)img.setAttribute('data-rendered','1');}
  if(img.complete)done();else img.addEventListener('load',done);});
@@ -101,16 +122,38 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def page_columns(columns: Sequence[str]) -> list[str]:
+    """The page's column order: the readable table's, with ``timing_warning`` moved beside the
+    last time column (the warning reads with the times it flags, not at the far right)."""
+    columns = list(columns)
+    times = [i for i, c in enumerate(columns) if c in TIME_COLUMNS]
+    if "timing_warning" in columns and times:
+        columns.remove("timing_warning")
+        at = max(i for i, c in enumerate(columns) if c in TIME_COLUMNS) + 1
+        columns.insert(at, "timing_warning")
+    return columns
+
+
+def _td(column: str, value: Any, flagged: bool) -> str:
+    classes = (["num"] if _is_number(value) else []) + (["error"] if column == "error" else [])
+    text = _e(_cell_text(value))
+    if flagged and column in TIME_COLUMNS and _raw(value) != "":
+        text += '<span class="flag" title="timing flagged: see timing_warning"> \u2020</span>'
+    title = f' title="{_e(value)}"' if column == "error" and value else ""
+    return (f'<td data-v="{_e(_raw(value))}"' + (f' class="{" ".join(classes)}"' if classes
+                                                  else "") + f"{title}>{text}</td>")
+
+
 def _table(frame: Any) -> str:
     columns = [str(c) for c in frame.columns]
-    head = "".join(f'<th title="click to sort">{_e(c)}</th>' for c in columns)
+    head = "".join(f'<th title="click to sort" data-col="{_e(c)}">{_e(c)}'
+                   '<span class="ind">\u21c5</span></th>' for c in columns)
+    flags = list(frame.attrs.get(FLAGS) or [False] * len(frame))
     lines = []
-    for record in frame.itertuples(index=False):
+    for record, flagged in zip(frame.itertuples(index=False), flags, strict=False):
         values = [_plain(v) for v in record]
         status = str(values[columns.index("status")]) if "status" in columns else ""
-        cells = "".join(
-            f'<td data-v="{_e(_raw(v))}"' + (' class="num"' if _is_number(v) else "")
-            + f">{_e(_cell_text(v))}</td>" for v in values)
+        cells = "".join(_td(c, v, bool(flagged)) for c, v in zip(columns, values, strict=True))
         lines.append(f'<tr class="st-{_e(safe_name(status))}">{cells}</tr>')
     return (f'<div class="wide"><table id="results"><thead><tr>{head}</tr></thead>\n<tbody>\n'
             + "\n".join(lines) + "\n</tbody></table></div>")
@@ -197,14 +240,43 @@ def _plots(run_dir: RunDirectory) -> str:
     return "\n".join(parts)
 
 
-def _claims(run_dir: RunDirectory) -> str:
-    """The verdicts of the registered claims that this folder's cells measure
-    (:func:`bench.reports.claims.claims_section`; ``bench claims`` judges several folders)."""
-    from bench.core.registry import PluginSelection, Registry
-    from bench.reports.claims import claims_section
+#: A torch cell's device name ends with its thread count (``AMD EPYC, 1 threads``).
+_THREADS = re.compile(r",\s*(\d+) threads?$")
 
-    registry = Registry.load(PluginSelection.from_environment())
-    return claims_section(list(registry.claims.values()), run_dir.path)
+
+def device_line(rows: Sequence[Any], env: dict[str, Any] | None = None) -> str:
+    """Each device the cells ran on, once, with its model: ``cpu (AMD EPYC)``. Torch cells name
+    their thread count in the device name and JAX cells do not; that is the same CPU, and the
+    threads are a fact of their own (the summary's ``threads per cell``), not a second
+    device."""
+    models: dict[str, set[str]] = {}
+    for row in rows:
+        name = _THREADS.sub("", str(row.device_name or "")).strip()
+        models.setdefault(str(row.device), set()).update([name] if name else [])
+    cpu = (env or {}).get("cpu_model")
+    parts = []
+    for device, names in sorted(models.items()):
+        if device.startswith("cpu") and cpu:
+            names = {str(cpu)}
+        parts.append(device + (f" ({', '.join(sorted(names))})" if names else ""))
+    return ", ".join(parts)
+
+
+def _threads(config: dict[str, Any]) -> str:
+    threads = config.get("threads")
+    if threads in (None, ""):
+        return "-"
+    return "the frameworks' own" if threads == 0 else str(threads)
+
+
+def _unsupported(rows: list[Any]) -> str:
+    """The unsupported cells with their reasons in full (the table shows one line of each)."""
+    skipped = [r for r in rows if r.status == "unsupported"]
+    if not skipped:
+        return ""
+    items = "\n".join(f"<li><b>{_e(r.cell_id)}</b>: {_e((r.error or '').strip())}</li>"
+                      for r in skipped)
+    return f"<h2>Unsupported cells</h2>\n<ul id=\"unsupported\">{items}</ul>"
 
 
 def _summary(run_dir: RunDirectory, rows: list[Any]) -> str:
@@ -212,13 +284,11 @@ def _summary(run_dir: RunDirectory, rows: list[Any]) -> str:
     config = run_dir.read_json("config.json") or {}
     git_info = env.get("git")
     git: dict[str, Any] = git_info if isinstance(git_info, dict) else {}
-    devices = sorted({f"{r.device}" + (f" ({r.device_name})" if r.device_name else "")
-                      for r in rows})
     facts = [
         ("suites", ", ".join(dict.fromkeys(r.suite for r in rows)) or "-"),
         ("budget", ", ".join(sorted({r.budget for r in rows})) or config.get("budget", "-")),
-        ("device", ", ".join(devices) or config.get("device", "-")),
-        ("CPU", env.get("cpu_model", "-")),
+        ("device", device_line(rows, env) or config.get("device", "-")),
+        ("threads per cell", _threads(config)),
         ("started", config.get("started_at", "-")),
         ("commit", str(git.get("commit") or "-") + (" (dirty)" if git.get("dirty") else "")),
         ("cells", ", ".join(f"{sum(r.status == s for r in rows)} {s}"
@@ -239,13 +309,16 @@ def html_page(path: str | Path) -> str:
         parts.append("<p>No rows: no cell has finished in this run yet.</p>")
     else:
         table = table_frame(frame)
+        flags = table.attrs.get(FLAGS)
+        table = table[page_columns([str(c) for c in table.columns])]
+        table.attrs[FLAGS] = flags
         parts += ["<h2>Results</h2>",
                   "<p>Units are in the column names (<code>_s</code> seconds, <code>_mib</code> "
                   "MiB, <code>_pct</code> percent, <code>nfe</code> function evaluations per "
-                  "training iteration). Click a header to sort.</p>",
+                  "training iteration). Click a header to sort. Times marked \u2020 were "
+                  "flagged as not comparable (<code>timing_warning</code> says why).</p>",
                   _filters(table), _table(table)]
-    parts += ["<h2>Failed cells</h2>", _failed(run_dir, rows),
-              "<h2>Claims</h2>", _claims(run_dir),
+    parts += ["<h2>Failed cells</h2>", _failed(run_dir, rows), _unsupported(rows),
               "<h2>Plots</h2>", _plots(run_dir)]
     notes = run_dir.path / "NOTES.md"
     if is_regular_file(notes):

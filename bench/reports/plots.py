@@ -5,8 +5,10 @@ traces).
 
 One style for every plot (:func:`style_line`, :func:`finish`): units on the axes, colours and
 line styles cycling together (so more than ten lines stay apart), the legend outside the axes,
-and the run's device and budget in the title. The seeds of one configuration are one line, their
-median, with a band from their minimum to their maximum."""
+no tick label over another (:func:`tidy_ticks`), and the run's device and budget in the title.
+Plots with many lines over the same points layer them (:func:`layered`) and label points only
+where the label overlaps no other (:func:`label_points`). The seeds of one configuration are
+one line, their median, with a band from their minimum to their maximum."""
 
 from __future__ import annotations
 
@@ -31,6 +33,84 @@ def style_line(i: int) -> dict[str, Any]:
             "marker": MARKERS[i % len(MARKERS)], "markersize": 3}
 
 
+def layered(i: int, n: int) -> dict[str, Any]:
+    """:func:`style_line` of line i of n, layered so that lines on the same points stay visible:
+    the first drawn widest, with the biggest markers, underneath; each later one thinner and on
+    top (two identical lines show as a thin line inside a wide one)."""
+    share = (n - 1 - i) / max(1, n - 1)
+    return {**style_line(i), "linewidth": 1.0 + 2.5 * share, "markersize": 3.0 + 5.0 * share,
+            "markerfacecolor": "none" if i % 2 else style_line(i)["color"], "zorder": 2 + i}
+
+
+def _boxes_overlap(a: Any, b: Any, pad: float = 1.0) -> bool:
+    return not (a.x1 + pad <= b.x0 or b.x1 + pad <= a.x0 or a.y1 + pad <= b.y0
+                or b.y1 + pad <= a.y0)
+
+
+def tidy_ticks(ax: Any) -> None:
+    """Hide tick labels that would overlap another (a log axis over less than a decade labels
+    its minor ticks too: 2x10^-3, 3x10^-3, ... run into each other). Major labels are kept
+    first, then minor ones where there is room; measured in the figure's drawn text extents."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    fig.canvas.draw()
+    for axis in (ax.xaxis, ax.yaxis):
+        kept: list[Any] = []
+        for ticks in (axis.get_major_ticks(), axis.get_minor_ticks()):
+            for tick in ticks:
+                label = tick.label1
+                if not label.get_visible() or not label.get_text():
+                    continue
+                box = label.get_window_extent(renderer)
+                if any(_boxes_overlap(box, other) for other in kept):
+                    label.set_visible(False)
+                else:
+                    kept.append(box)
+
+
+def label_points(ax: Any, points: list[tuple[float, float, str, Any]],
+                 fontsize: float = 6) -> int:
+    """Label each ``(x, y, text, colour)`` point beside it where its text overlaps no label
+    placed before it (eight positions around the point are tried); a label that fits nowhere is
+    left out. Returns how many were left out (a caption says so)."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    fig.canvas.draw()
+    offsets = ((3, 3), (3, -9), (-3, 3), (-3, -9), (6, -3), (-6, -3), (0, 7), (0, -12))
+    placed: list[Any] = []
+    left_out = 0
+    for x, y, text, color in points:
+        for dx, dy in offsets:
+            note = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points",
+                               fontsize=fontsize, color=color,
+                               ha="left" if dx >= 0 else "right")
+            box = note.get_window_extent(renderer)
+            if not any(_boxes_overlap(box, other) for other in placed):
+                placed.append(box)
+                break
+            note.remove()
+        else:
+            left_out += 1
+    return left_out
+
+
+def backend_parameters(row: ResultRow) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """The row's backend name and parameters: its ``backend_params``, or, for a row read back
+    from a published ``results.csv`` (which keeps only the label), parsed from its backend label
+    ``name[key=value,...]``."""
+    if row.backend_params:
+        return row.backend_name or row.backend.split("[")[0], tuple(
+            dict(row.backend_params).items())
+    from bench.core.errors import BenchError
+    from bench.planning.backend_grid import parse_backends
+
+    try:
+        (name, params), = parse_backends(row.backend, "backend label")
+    except (BenchError, ValueError):
+        return row.backend, ()
+    return row.backend_name or name, tuple((k, v[0] if len(v) == 1 else v) for k, v in params)
+
+
 def caption(rows: list[ResultRow], env: dict | None = None) -> str:
     """The run's device(s) and budget(s), for a plot's title."""
     devices = sorted({r.device + (f" {r.device_name}" if r.device_name else "") for r in rows})
@@ -46,8 +126,9 @@ def caption(rows: list[ResultRow], env: dict | None = None) -> str:
 
 
 def finish(fig: Any, ax: Any, out: Path, legend: bool = True) -> None:
-    """Legend outside the axes (right), grid, saved tightly: drawn into a temporary file in
-    ``out``'s folder and renamed into place (never written through a link)."""
+    """Legend outside the axes (right), grid, no overlapping tick labels (:func:`tidy_ticks`,
+    on every axes of the figure), saved tightly: drawn into a temporary file in ``out``'s folder
+    and renamed into place (never written through a link)."""
     import matplotlib.pyplot as plt
 
     if legend:
@@ -56,6 +137,8 @@ def finish(fig: Any, ax: Any, out: Path, legend: bool = True) -> None:
             ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1),
                       borderaxespad=0, ncol=1 + len(handles) // 25)
     ax.grid(True, alpha=0.3)
+    for each in fig.axes:
+        tidy_ticks(each)
     try:
         save_figure(fig, out, dpi=120, bbox_inches="tight")
     finally:

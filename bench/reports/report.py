@@ -21,10 +21,12 @@ from bench.store.results import load_run
 
 FORMATS = ("markdown", "csv", "latex", "html")
 #: Columns of the human-readable tables (CSV keeps every column). The metric columns of the run's
-#: suites are inserted after ``status``.
+#: suites are inserted after ``status``. Every column that tells cells apart is among them (a
+#: gradient study's ``grad_scale``; the options after ``budget``), so no two rows look alike.
 TABLE_COLUMNS = (
     "suite", "backend", "gradient_method", "solver", "rtol", "atol", "device", "budget", "seed",
-    "status", "nfe_forward", "nfe_backward", "train_step_time_s", "compile_time_s", "eval_time_s",
+    "grad_scale", "status", "nfe_forward", "nfe_backward", "train_step_time_s", "compile_time_s",
+    "eval_time_s",
     "peak_memory_mib", "peak_memory_method", "saved_for_backward_mib", "grad_rel_error",
     "grad_cosine", "grad_rel_error_final", "grad_cosine_final", "params", "host_load_1m",
     "concurrent_cells", "timing_warning", "error",
@@ -67,6 +69,11 @@ def option_columns(frame: pd.DataFrame) -> list[str]:
 def table_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """The columns of a readable table, memory in MiB (names say so)."""
     frame = frame.copy()
+    if "grad_scale" in frame.columns and "cell_id" in frame.columns:
+        # a gradient-study cell that measured nothing (unsupported) has its scale in its id only
+        from_id = pd.to_numeric(frame["cell_id"].astype(str).str.extract(
+            r"/gradients/scale=([^/]+)")[0], errors="coerce")
+        frame["grad_scale"] = frame["grad_scale"].astype("float64").fillna(from_id)
     frame["peak_memory_mib"] = frame["peak_memory_bytes"].astype("float64") / MIB
     frame["saved_for_backward_mib"] = frame["saved_for_backward_bytes"].astype("float64") / MIB
     columns = list(TABLE_COLUMNS)
@@ -74,7 +81,9 @@ def table_frame(frame: pd.DataFrame) -> pd.DataFrame:
     columns[at:at] = metric_columns(frame)
     at = columns.index("budget") + 1
     columns[at:at] = [c for c in option_columns(frame) if c not in columns]
-    frame["error"] = frame["error"].fillna("").map(lambda e: e.splitlines()[0][:80] if e else "")
+    # the first line in full (an unsupported cell's reason is one line; a traceback's first line
+    # names the error), never cut: the rest is in results.csv
+    frame["error"] = frame["error"].fillna("").map(lambda e: e.splitlines()[0] if e else "")
     columns = [c for c in columns if c in frame.columns and not _all_missing(frame[c])]
     table = frame[columns]
     table.attrs[FLAGS] = timing_flags(frame)

@@ -5,7 +5,10 @@ backend configuration with its tolerances as the points, each point labelled wit
 A line is a backend with every parameter but the tolerances (``rtol``, ``atol``,
 ``adjoint_rtol``, ``adjoint_atol``) fixed, e.g. ``torch-adjoint[adjoint_norm=seminorm]``; seeds
 of one point are their median (with a min-max bar). Drawn for each suite where some line has at
-least two tolerances (``<suite>_work_precision.png``).
+least two tolerances (``<suite>_work_precision.png``). Lines are layered (the first widest,
+underneath; :func:`bench.reports.plots.layered`) so that lines on the same points stay visible,
+and a point's rtol label is drawn only where it overlaps no other label (the title says how many
+were left out).
 """
 
 from __future__ import annotations
@@ -18,15 +21,16 @@ from typing import Any
 from bench.core.rows import ResultRow
 from bench.core.tolerances import TOLERANCE_NAMES
 from bench.planning.backend_grid import BackendChoice
-from bench.reports.plots import caption, finish, style_line
+from bench.reports.plots import backend_parameters, caption, finish, label_points, layered
 from bench.store.results import RunDirectory, safe_name
 
 
 def line_label(row: ResultRow) -> str:
-    """The row's backend with its tolerance parameters left out (a line of the plot)."""
-    params = dict(row.backend_params or {})
-    kept = tuple((k, v) for k, v in params.items() if k not in TOLERANCE_NAMES)
-    return BackendChoice(row.backend_name or row.backend.split("[")[0], kept).label
+    """The row's backend with its tolerance parameters left out (a line of the plot; also for
+    rows read back from a published results.csv)."""
+    name, params = backend_parameters(row)
+    kept = tuple((k, v) for k, v in params if k not in TOLERANCE_NAMES and k != "tol")
+    return BackendChoice(name, kept).label
 
 
 def work_precision_points(rows: Sequence[ResultRow]) -> dict[str, list[dict[str, Any]]]:
@@ -75,10 +79,13 @@ def plot_work_precision(path: str | Path) -> list[Path]:
             continue
         metric = suite_rows[0].metric_name
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
-        for ax, key, xlabel in (
+        fig.subplots_adjust(wspace=0.08, top=0.84)  # the final layout: labels are placed in it
+        labels: dict[int, list[tuple[float, float, str, Any]]] = {0: [], 1: []}
+        for a, (ax, key, xlabel) in enumerate((
                 (axes[0], "nfe_per_iteration",
                  "NFE per training iteration (forward + backward, mean over steps)"),
-                (axes[1], "train_step_time_s", "training step time, s (median, synchronised)")):
+                (axes[1], "train_step_time_s",
+                 "training step time, s (median, synchronised)"))):
             for i, (label, points) in enumerate(lines.items()):
                 pts = [p for p in points if p[key] is not None]
                 if not pts:
@@ -87,19 +94,19 @@ def plot_work_precision(path: str | Path) -> list[Path]:
                 ys = [p["metric"] for p in pts]
                 errors = [[p["metric"] - p["metric_min"] for p in pts],
                           [p["metric_max"] - p["metric"] for p in pts]]
-                style = style_line(i)
+                style = layered(i, len(lines))
                 ax.errorbar(xs, ys, yerr=errors if any(p["seeds"] > 1 for p in pts) else None,
                             label=label, capsize=2, **style)
-                for p, x, y in zip(pts, xs, ys, strict=True):
-                    ax.annotate(f"{p['rtol']:g}", (x, y), fontsize=6, xytext=(3, 3),
-                                textcoords="offset points", color=style["color"])
+                labels[a] += [(x, y, f"{p['rtol']:g}", style["color"])
+                              for p, x, y in zip(pts, xs, ys, strict=True)]
             ax.set_xscale("log")
             ax.set_xlabel(xlabel, fontsize=8)
             ax.grid(True, alpha=0.3)
         axes[0].set_ylabel(f"{metric} (final)")
-        fig.suptitle(f"{suite}: work-precision (points labelled with rtol)\n"
+        left_out = sum(label_points(ax, labels[a]) for a, ax in enumerate(axes))
+        note = f"; {left_out} overlapping point labels left out" if left_out else ""
+        fig.suptitle(f"{suite}: work-precision (points labelled with rtol{note})\n"
                      f"{caption(suite_rows, env)}", fontsize=10)
-        fig.subplots_adjust(wspace=0.08, top=0.84)
         out = run_dir.path / f"{safe_name(suite)}_work_precision.png"
         finish(fig, axes[1], out)
         written.append(out)
