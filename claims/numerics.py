@@ -11,6 +11,7 @@ rounding, not the solver: the comparisons leave such pairs out or allow for them
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 
 from bench.claims._rows import (
@@ -187,7 +188,7 @@ def judge_adjoint_vs_backprop(rows: Sequence[ResultRow]) -> Judgement:
                        "backpropagation in one framework at the same tolerance")
     interval = median_interval(ratios)
     if interval is None:
-        return too_few(10 ** sorted(ratios)[len(ratios) // 2], f"{len(ratios)} pair(s) above "
+        return too_few(10 ** statistics.median(ratios), f"{len(ratios)} pair(s) above "
                        "float32 rounding: a median's interval needs 5", "ratio", cells)
     median, low, high, coverage = interval
     verdict = interval_verdict(low, high, 0.0, "above")
@@ -201,7 +202,7 @@ def judge_adjoint_vs_backprop(rows: Sequence[ResultRow]) -> Judgement:
 def gradient_accuracy(name: str, backend: str, statement: str, source: str) -> Claim:
     """The claim that ``backend``'s gradient is within 1% of the reference at rtol <= 1e-4 (a
     non-finite gradient fails it)."""
-    need = Need("gradients", "cnf", backend, tolerances="1e-3,1e-4,1e-5", scales="1")
+    need = Need("gradients", "cnf", backend, tolerances=GRADIENT_TOLERANCES, scales="1")
 
     def check(rows: Sequence[ResultRow]) -> Judgement:
         measured = ok_rows(rows, backends=(backend,),
@@ -242,7 +243,7 @@ def judge_compile_apart(rows: Sequence[ResultRow]) -> Judgement:
         return Judgement(Verdict.INCONCLUSIVE, unit="ratio", cells=len(jax),
                          reason=f"timing flagged in all {len(jax)} JAX cells (a loaded host)")
     ratios = sorted((r.compile_time_s or 0.0) / (r.train_step_time_s or 1.0) for r in clean)
-    median = ratios[len(ratios) // 2]
+    median = statistics.median(ratios)
     verdict = interval_verdict(ratios[0], ratios[-1], COMPILE_RATIO, "above")
     return Judgement(verdict, median, ratios[0], ratios[-1], "ratio",
                      f"compile time / steady step time: median {fmt(median)}, range "

@@ -340,6 +340,11 @@ def test_needs_merge_by_command_line_and_a_paper_budget_waits_for_its_own(regist
     assert len(memory) == 1 and {"torch-adjoint", "diffrax-backsolve", "rknet"} <= set(
         split_backends(memory[0].backends))
     assert split_backends("a[x=[1,2]],b, c[y=3]") == ["a[x=[1,2]]", "b", "c[y=3]"]
+    torch_only = merged_needs(list(registry.claims.values()), "smoke", said.append,
+                              {"torch-adjoint"})
+    assert torch_only and all(split_backends(n.backends) == ["torch-adjoint"] or
+                              split_backends(n.backends)[0].startswith("torch-adjoint[")
+                              for n in torch_only)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -432,3 +437,27 @@ def test_the_published_folders_answer_at_least_ten_claims(capsys):
     measured = [r for r in records if r["verdict"] != "not measured"]
     assert len(measured) >= 10 and all(r["source"] for r in records)
     assert {r["verdict"] for r in measured} >= {"holds", "fails"}
+
+
+def test_per_folder_gives_versions_and_compile_and_step_times(tmp_path, capsys):
+    """The claim x version form: each folder's library versions and its training cells' median
+    compile and step time under the verdicts; HTML is one self-contained page."""
+    folders = []
+    for version, compile_s in (("0.6.0", 10.0), ("0.6.2", 40.0)):
+        cells = [row("diffrax-checkpoint", "cnf", framework="jax", method="recursive-checkpoint",
+                     budget="smoke", seed=s, compile_time_s=compile_s + s, train_step_time_s=0.1,
+                     train_steps=4, timing_flag=s == 1) for s in range(3)]
+        run = write_run(tmp_path / f"diffrax-{version}", cells)
+        (run / "environment.json").write_text(json.dumps(
+            {"packages": {"diffrax": version, "jax": "0.4.38", "torch": None}}))
+        folders.append(str(run))
+    assert main(["claims", *folders, "--per-folder", "--claims", "jax-compile-apart"]) == 0
+    out = capsys.readouterr().out
+    assert ("| jax-compile-apart | holds: 110 \\[100, 120\\] ratio | holds: 410 \\[400, 420\\] "
+            "ratio |") in out  # the flagged seed left out
+    assert "| diffrax-0.6.0 | - | - | 0.4.38 | 0.6.0 | - |" in out
+    assert "| diffrax-0.6.2 | diffrax-checkpoint | 3 | 41 | 0.1 | 1 |" in out
+    assert main(["claims", *folders, "--per-folder", "--format", "html"]) == 0
+    page = capsys.readouterr().out
+    assert page.startswith("<!DOCTYPE html>") and page.count("<table") == 3
+    assert "<script" not in page and "http" not in page.split("<body>")[1]

@@ -8,9 +8,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fnmatch
+import html
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from bench.core.registry import PluginSelection, Registry
 from bench.reports.claims import (
     FORMATS,
     Source,
+    claims_page,
     comparison_records,
     flips,
     judge_sources,
@@ -28,7 +30,9 @@ from bench.reports.claims import (
     matrix_records,
     render_records,
     summary_line,
+    timing_records,
     verdict_records,
+    version_records,
 )
 
 #: ``--run``'s budget when none is given: seconds per cell.
@@ -64,6 +68,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--out", type=_path, default=None, metavar="DIR",
                    help="--run: the run directory (default: runs/claims-<budget>-<time>); "
                    "cells already 'ok' there are not run again")
+    p.add_argument("--backends", default=None, metavar="NAMES",
+                   help="--run: run only these backends of the claims' cells (comma-separated "
+                   "names), e.g. the ones a library version under test provides")
     p.add_argument("--data-dir", type=_path, default=None,
                    help="--run: folder with a suite's data files (MNIST's four IDX files)")
     p.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
@@ -106,10 +113,11 @@ def split_backends(text: str) -> list[str]:
     return [p for p in parts if p]
 
 
-def merged_needs(claims: Sequence[AbstractClaim], budget: str,
-                 echo: Callable[[str], None]) -> list[Need]:
+def merged_needs(claims: Sequence[AbstractClaim], budget: str, echo: Callable[[str], None],
+                 only: Collection[str] | None = None) -> list[Need]:
     """The selected claims' needs at ``budget``, one per command line: needs that differ only
-    in their backends are run together. A need of another fixed budget is left out, saying so."""
+    in their backends are run together. A need of another fixed budget is left out, saying so;
+    ``only``: the backend names to keep (a need left with none is dropped)."""
     merged: dict[tuple[Any, ...], Need] = {}
     for claim in claims:
         for need in claim.needs:
@@ -117,6 +125,11 @@ def merged_needs(claims: Sequence[AbstractClaim], budget: str,
                 echo(f"claims: {claim.name} needs budget {need.budget!r}, not run at {budget!r} "
                      f"(bench claims --run --budget {need.budget} --claims {claim.name})")
                 continue
+            if only is not None:
+                kept = [b for b in split_backends(need.backends) if b.split("[")[0] in only]
+                if not kept:
+                    continue
+                need = dataclasses.replace(need, backends=",".join(kept))
             need = dataclasses.replace(need, budget=need.budget or budget)
             key = (need.command, need.suite, need.budget, need.seeds, need.options, need.steps,
                    need.tolerances, need.scales)
@@ -196,7 +209,14 @@ def cmd_claims(args: argparse.Namespace, registry: Registry) -> int:
     paths: list[Path] = list(args.paths)
     if args.run:
         out = args.out or Path("runs") / f"claims-{args.budget}-{time.strftime('%Y%m%d-%H%M%S')}"
-        needs = merged_needs(claims, args.budget, lambda m: print(m, file=sys.stderr))
+        only = None if args.backends is None else {
+            b.strip() for b in args.backends.split(",") if b.strip()}
+        unknown = sorted((only or set()) - set(registry.backends))
+        if unknown:
+            raise registry.unknown_name("backend", unknown[0])
+        needs = merged_needs(claims, args.budget, lambda m: print(m, file=sys.stderr), only)
+        if not needs:
+            raise BenchError("--run: the selected claims need no cell of the backends given")
         try:
             warnings = run_needs(registry, needs, out, args, PluginSelection.from_environment())
         except KeyboardInterrupt:
@@ -205,17 +225,20 @@ def cmd_claims(args: argparse.Namespace, registry: Registry) -> int:
             print(line, file=sys.stderr)
         if out.exists():
             paths.append(out)
-    elif args.out is not None or args.data_dir is not None or args.timeout is not None:
-        raise BenchError("--out, --data-dir and --timeout are for --run")
+    elif any(v is not None for v in (args.out, args.data_dir, args.timeout, args.backends)):
+        raise BenchError("--out, --backends, --data-dir and --timeout are for --run")
     if not paths:
         raise BenchError("give run or published folders to judge the claims on (e.g. "
                          "bench claims results/*), or --run to measure them first")
     if args.per_folder and args.base:
         raise BenchError("--per-folder and --base are two different tables: choose one")
-    new = judge_sources(claims, sources(paths))
+    found = sources(paths)
+    new = judge_sources(claims, found)
     if args.base:
         base = judge_sources(claims, sources(args.base))
-        sys.stdout.write(render_records(comparison_records(base, new), args.format))
+        write(args.format, "bench claims: BASE against NEW",
+              [(f"BASE: {summary_line(base)}; NEW: {summary_line(new)}",
+                comparison_records(base, new))])
         regressions = flips(base, new)
         for before, after in regressions:
             print(f"bench: claim {after.claim.name!r} held in BASE "
@@ -223,9 +246,35 @@ def cmd_claims(args: argparse.Namespace, registry: Registry) -> int:
                   file=sys.stderr)
         print(f"BASE: {summary_line(base)}; NEW: {summary_line(new)}", file=sys.stderr)
         return 1 if regressions else 0
-    records = matrix_records(new) if args.per_folder else verdict_records(new)
-    if not args.per_folder and args.format == "markdown":  # the statement is in --list
-        records = [{k: v for k, v in r.items() if k != "statement"} for r in records]
-    sys.stdout.write(render_records(records, args.format))
+    if args.per_folder:
+        tables = [(summary_line(new), matrix_records(new))]
+        if args.format != "csv":  # one table a CSV
+            tables += [("The libraries' versions in each folder (environment.json)",
+                        version_records(found)),
+                       ("Compile and step time per folder and backend: medians over its "
+                        "training cells; flagged: cells timed on a loaded host",
+                        timing_records(found))]
+    else:
+        records = verdict_records(new)
+        if args.format == "markdown":  # the statement is in --list
+            records = [{k: v for k, v in r.items() if k != "statement"} for r in records]
+        tables = [(summary_line(new), records)]
+    write(args.format, "bench claims", tables)
     print(summary_line(new), file=sys.stderr)
     return 0
+
+
+def write(fmt: str, title: str, tables: Sequence[tuple[str, list[dict[str, Any]]]]) -> None:
+    """Print the tables: markdown ones one after the other under their captions (the first
+    table bare), CSV the first only, HTML as one self-contained page."""
+    if fmt == "csv":
+        sys.stdout.write(render_records(tables[0][1], fmt))
+    elif fmt == "html":
+        sys.stdout.write(claims_page(title, [("", f"<p>{html.escape(caption)}</p>\n"
+                                              + render_records(records, fmt))
+                                             for caption, records in tables if records]))
+    else:
+        parts = [render_records(tables[0][1], fmt)]
+        parts += [f"\n{caption}:\n\n{render_records(records, fmt)}"
+                  for caption, records in tables[1:] if records]
+        sys.stdout.write("".join(parts))

@@ -37,6 +37,8 @@ class Source:
 
     label: str
     runs: tuple[tuple[str, tuple[ResultRow, ...]], ...]
+    #: The first run's environment.json (library versions), empty when it has none.
+    environment: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,13 +63,17 @@ def load_source(path: Path) -> Source:
     """A run or published folder, or a folder of them (each run folder inside it, sorted)."""
     path = Path(path)
     if path.is_dir() and not is_run_folder(path):
-        runs = sorted(p for p in path.iterdir() if p.is_dir() and is_run_folder(p))
-        if not runs:
+        folders = sorted(p for p in path.iterdir() if p.is_dir() and is_run_folder(p))
+        if not folders:
             raise BenchError(f"{str(path)!r} is not a run directory or a published results "
                              "folder, and holds none (no rows.jsonl, config.json or results.csv)")
-        return Source(path.name or str(path), tuple(
-            (p.name, tuple(RunDirectory.open(p).rows())) for p in runs))
-    return Source(path.name or str(path), ((str(path), tuple(RunDirectory.open(path).rows())),))
+    else:
+        folders = [path]
+    runs = [RunDirectory.open(p) for p in folders]
+    label = path.resolve().name or str(path)
+    return Source(label, tuple((p.name if len(runs) > 1 else str(p), tuple(run.rows()))
+                               for p, run in zip(folders, runs, strict=True)),
+                  runs[0].read_json("environment.json") or {})
 
 
 def judge(claim: AbstractClaim, rows: Sequence[ResultRow]) -> Judgement:
@@ -172,6 +178,56 @@ def matrix_records(verdicts: Sequence[ClaimVerdict]) -> list[dict[str, Any]]:
     return [{"claim": v.claim.name, **{label: f"{j.verdict}: {figure_text(j)}"
                                        if j.verdict is not Verdict.NOT_MEASURED else str(j.verdict)
                                        for label, j in v.folders}} for v in verdicts]
+
+
+#: The libraries whose versions a claim across versions is about.
+LIBRARIES = ("torch", "torchdiffeq", "jax", "diffrax", "equinox")
+
+
+def version_records(sources: Sequence[Source]) -> list[dict[str, Any]]:
+    """Per folder: the libraries' versions its cells imported (its environment.json)."""
+    return [{"folder": source.label, **{name: (source.environment.get("packages") or {}).get(
+        name) or "-" for name in LIBRARIES}} for source in sources]
+
+
+def timing_records(sources: Sequence[Source]) -> list[dict[str, Any]]:
+    """Per folder and backend: the medians of compile_time_s and train_step_time_s over its
+    training cells (at least 4 steps), with how many of them were flagged (a loaded host):
+    compile and step time per library version."""
+    import statistics
+
+    records = []
+    for source in sources:
+        by_backend: dict[str, list[ResultRow]] = {}
+        for _, rows in source.runs:
+            for row in rows:
+                if row.status == "ok" and row.compile_time_s is not None and \
+                        row.train_step_time_s and (row.train_steps or 0) >= 4:
+                    by_backend.setdefault(row.backend, []).append(row)
+        for backend, rows in sorted(by_backend.items()):
+            compile_s = statistics.median(r.compile_time_s or 0.0 for r in rows)
+            step_s = statistics.median(r.train_step_time_s or 0.0 for r in rows)
+            records.append({"folder": source.label, "backend": backend,
+                            "cells": len(rows), "compile_time_s": f"{compile_s:.3g}",
+                            "train_step_time_s": f"{step_s:.3g}",
+                            "flagged": sum(r.timing_flag for r in rows)})
+    return records
+
+
+_PAGE_STYLE = ("body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}"
+               "table{border-collapse:collapse;font-size:13px;margin:0.5em 0}"
+               "th,td{border:1px solid #ccc;padding:2px 6px;vertical-align:top}"
+               "th{background:#f0f0f0}tr.verdict-holds td:nth-child(2){background:#e6f4e6}"
+               "tr.verdict-fails td:nth-child(2){background:#fde8e8}")
+
+
+def claims_page(title: str, sections: Sequence[tuple[str, str]]) -> str:
+    """A self-contained HTML page: ``title`` and ``(heading, html)`` sections (no script, nothing
+    fetched)."""
+    body = "\n".join(f"<h2>{html.escape(h)}</h2>\n{part}" if h else part for h, part in sections)
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{_PAGE_STYLE}</style></head><body>\n"
+            f"<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
 
 
 def render_records(records: Sequence[dict[str, Any]], fmt: str) -> str:
