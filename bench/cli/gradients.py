@@ -42,7 +42,8 @@ def add_parser(sub: Any, func: Callable[[argparse.Namespace, Registry], int]) ->
     p.add_argument("--out", type=_path, default=None,
                    help="run directory (default: a new one under ./runs)")
     p.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
-                   help="per-point time limit")
+                   help="per-point time limit (default: none, a point runs as long as it "
+                   "needs)")
     p.add_argument("--max-memory-mb", type=_memory_mb, default=None, metavar="MIB",
                    help="per-point limit on resident memory in MiB")
     p.add_argument("--threads", type=_threads, default=1,

@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--out", type=_path, default=None,
                        help="run directory (default: a new one under ./runs)")
     p_run.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
-                       help="per-cell time limit; a cell over it is stopped and marked timeout")
+                       help="per-cell time limit; a cell over it is stopped and marked timeout "
+                       "(default: none, a cell runs as long as it needs; a run file's timeout_s)")
     p_run.add_argument("--max-memory-mb", type=_memory_mb, default=None, metavar="MIB",
                        help="per-cell limit on resident memory (the cell process and its "
                        f"children) in MiB, at least {MIN_MEMORY_MB:g}; a cell over it is stopped "
@@ -134,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_mem.add_argument("--out", type=_path, default=None,
                        help="run directory (default: a new one under ./runs)")
     p_mem.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
-                       help="per-measurement time limit")
+                       help="per-measurement time limit (default: none, a measurement runs as "
+                       "long as it needs)")
     p_mem.add_argument("--max-memory-mb", type=_memory_mb, default=None, metavar="MIB",
                        help="per-measurement limit on resident memory in MiB, at least "
                        f"{MIN_MEMORY_MB:g}")

@@ -141,6 +141,44 @@ def reference_gradient(task: Any, setup: GradientSetup, sync: Callable[[], None]
     if key_parts is not None and setup.cache_dir is not None:
         key_text = json.dumps({**key_parts, "scale": scale}, default=str)
         path = setup.cache_dir / f"{_cache_key({**key_parts, 'scale': scale})}.npz"
+    with _computing(path):  # cells at once (--jobs 2): one computes, the others read its file
+        return _reference(task, setup, sync, path, key_text, scale)
+
+
+@contextlib.contextmanager
+def _computing(path: Path | None) -> Any:
+    """Hold an exclusive lock (``flock``) on ``path``'s ``.lock`` file while its reference is
+    looked up and, if missing, computed and written: two cells that need one reference at
+    once compute it once, the second reading the first's file. Without a cache, a lockable
+    folder or ``fcntl`` (Windows), nothing is held and each cell computes its own."""
+    if path is None:
+        yield
+        return
+    handle = None
+    try:
+        import fcntl
+
+        folder = path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        if stat.S_ISDIR(os.lstat(folder).st_mode):  # never through a link
+            handle = os.open(folder / f".{path.name}.lock",
+                             os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+    except (ImportError, OSError):
+        if handle is not None:
+            os.close(handle)
+        handle = None
+    try:
+        yield
+    finally:
+        if handle is not None:
+            os.close(handle)  # releases the lock
+
+
+def _reference(task: Any, setup: GradientSetup, sync: Callable[[], None], path: Path | None,
+               key_text: str, scale: float) -> tuple[np.ndarray, float | None, float]:
+    """:func:`reference_gradient`'s lookup and computation (under its lock)."""
+    if path is not None:
         cached, problem = load_cached_reference(path, key_text)
         if cached is not None:
             return cached
