@@ -16,10 +16,37 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:  # for the annotations only: bench.core.interfaces imports this module
-    from bench.core.interfaces import AbstractBackend, AbstractTask
+
+class SolvingBackend(Protocol):
+    """What these functions read of a backend (:class:`bench.core.interfaces.AbstractBackend`,
+    which imports this module: a protocol keeps the two apart)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def solver(self) -> str: ...
+    @property
+    def gradient_method(self) -> str: ...
+    @property
+    def rtol(self) -> float | None: ...
+    @property
+    def atol(self) -> float | None: ...
+    @property
+    def adaptive(self) -> bool | None: ...
+    @property
+    def user_parameters(self) -> Mapping[str, Any]: ...
+
+
+class SolvingTask(Protocol):
+    """What :func:`solver_settings` reads of a task (an
+    :class:`~bench.core.interfaces.AbstractTask`)."""
+
+    @property
+    def solver(self) -> str | None: ...
+    @property
+    def tolerances(self) -> Tolerances | None: ...
 
 #: Solvers that take a fixed number of steps: tolerances do not apply to them.
 FIXED_STEP_SOLVERS = ("euler", "midpoint", "rk4", "rk4-3/8", "explicit_adams", "resnet")
@@ -59,7 +86,7 @@ class Tolerances:
                 self.atol if self.adjoint_atol is None else self.adjoint_atol)
 
 
-def effective_tolerances(backend: AbstractBackend, given: Tolerances | None) -> Tolerances:
+def effective_tolerances(backend: SolvingBackend, given: Tolerances | None) -> Tolerances:
     """The tolerances a solve of ``backend`` uses when its task passes ``given`` (None: none):
     the user's values on the backend over ``given`` over the backend's defaults (see the module
     docstring). Raises when an adaptive solve would end up without rtol/atol."""
@@ -79,7 +106,7 @@ def effective_tolerances(backend: AbstractBackend, given: Tolerances | None) -> 
     return Tolerances(**values)
 
 
-def tolerance_source(backend: AbstractBackend, given: Tolerances | None) -> str:
+def tolerance_source(backend: SolvingBackend, given: Tolerances | None) -> str:
     """Where a cell's forward ``rtol``/``atol`` came from: ``user``, ``budget`` or ``backend``."""
     user = getattr(backend, "user_parameters", {}) or {}
     if any(user.get(name) is not None for name in ("rtol", "atol")):
@@ -87,10 +114,10 @@ def tolerance_source(backend: AbstractBackend, given: Tolerances | None) -> str:
     return "backend" if given is None else "budget"
 
 
-def solver_settings(backend: AbstractBackend, task: AbstractTask) -> dict[str, Any]:
+def solver_settings(backend: SolvingBackend, task: SolvingTask) -> dict[str, Any]:
     """The solver settings a cell ran with, for its row: ``rtol``/``atol`` (None for a fixed-step
     solve), for the adjoint ``adjoint_rtol``/``adjoint_atol`` of the reverse solve, and
-    ``tolerance_source``. The task's :attr:`AbstractTask.tolerances` are what it passed to its
+    ``tolerance_source``. The task's ``tolerances`` are what it passed to its
     solves; :func:`effective_tolerances` says which win."""
     solver = task.solver or backend.solver
     # a task's own solver (e.g. the memory study's fixed steps) is judged by its name

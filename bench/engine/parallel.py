@@ -19,17 +19,38 @@ import concurrent.futures as cf
 import dataclasses
 import queue
 import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
+from bench.core.interfaces import AbstractBackend
+from bench.core.registry import PluginSelection, Registry
 from bench.core.rows import ResultRow
-from bench.engine.cell_watch import Slot, watch_cell
+from bench.engine.cell_watch import CellLimits, Slot, watch_cell
 from bench.engine.progress import ProgressView
 from bench.planning.cells import CellSpec
 from bench.planning.concurrency import plan_slots, usable_cores, visible_gpus
+from bench.store.results import RunDirectory
 
-if TYPE_CHECKING:
-    from bench.engine.runner import Runner
+
+class CellLauncher(Protocol):
+    """What a pool needs of the engine (:class:`bench.engine.runner.Runner`) to start a cell: a
+    protocol, so that the pools do not import the engine that imports them."""
+
+    @property
+    def registry(self) -> Registry: ...
+
+    @property
+    def run_dir(self) -> RunDirectory: ...
+
+    @property
+    def echo(self) -> Callable[[str], None]: ...
+
+    @property
+    def limits(self) -> CellLimits: ...
+
+    def backend(self, spec: CellSpec) -> AbstractBackend: ...
+
+    def cell_selection(self, spec: CellSpec) -> PluginSelection: ...
 
 
 class CellPool(Protocol):
@@ -68,7 +89,7 @@ class ParallelOptions:
 class LocalPool:
     """Slots of this machine, each a thread of the parent with its :class:`Slot` (cores, GPU)."""
 
-    def __init__(self, runner: Runner, slots: Sequence[Slot]):
+    def __init__(self, runner: CellLauncher, slots: Sequence[Slot]):
         self.runner = runner
         self.jobs = len(slots)
         self._slots: queue.Queue[Slot] = queue.Queue()
@@ -78,12 +99,12 @@ class LocalPool:
         self._executor = cf.ThreadPoolExecutor(len(slots), thread_name_prefix="bench-cell")
 
     @classmethod
-    def serial(cls, runner: Runner) -> LocalPool:
+    def serial(cls, runner: CellLauncher) -> LocalPool:
         """One unpinned slot: a cell at a time, with the cores the run has."""
         return cls(runner, [Slot(0, (), None, "local")])
 
     @classmethod
-    def for_request(cls, runner: Runner, jobs: int, threads: int, device: str) -> LocalPool:
+    def for_request(cls, runner: CellLauncher, jobs: int, threads: int, device: str) -> LocalPool:
         if jobs == 1:
             return cls.serial(runner)
         gpus = visible_gpus() if device in ("cuda", "auto") else []
@@ -121,7 +142,8 @@ class LocalPool:
         self._executor.shutdown(wait=True)
 
 
-def make_pool(runner: Runner, options: ParallelOptions, threads: int, device: str) -> CellPool:
+def make_pool(runner: CellLauncher, options: ParallelOptions, threads: int, device: str
+              ) -> CellPool:
     """The pool for ``options``: local slots (one for ``--jobs 1``), or Dask (imported only
     then)."""
     if options.scheduler or options.cluster:
