@@ -96,10 +96,11 @@ BUDGETS: dict[str, Budget] = {
 
 
 def resolve_settings(dataset: str, budget_settings: Mapping[str, Any],
-                     noise_std: float | None = None) -> dict[str, Any]:
+                     noise_std: float | None = None, loss_points: str | None = None
+                     ) -> dict[str, Any]:
     """The flat settings of one dataset under one budget (the paper budget takes the dataset's
-    reference settings); ``noise_std`` (the suite option), when given, replaces the noise std of
-    the data and of the likelihood."""
+    reference settings); ``noise_std`` and ``loss_points`` (the suite options), when given,
+    replace the noise std of the data and of the likelihood, and what the loss covers."""
     if dataset not in DATASET_SETTINGS:
         raise UnknownNameError("latent-ode dataset", dataset, DATASETS)
     spec = DATASET_SETTINGS[dataset]
@@ -114,6 +115,8 @@ def resolve_settings(dataset: str, budget_settings: Mapping[str, Any],
     settings.update(budget)
     if noise_std is not None:
         settings["noise_std"] = noise_std
+    if loss_points is not None:
+        settings["loss_points"] = loss_points
     try:
         std = float(settings["noise_std"])
     except (TypeError, ValueError):
@@ -216,9 +219,9 @@ class LatentOdeData:
 
     def __init__(self, dataset: str, budget_settings: Mapping[str, Any], seed: int,
                  observed_fraction: float = 0.5, encoder: str = "rnn",
-                 noise_std: float | None = None):
+                 noise_std: float | None = None, loss_points: str | None = None):
         self.dataset = dataset
-        self.settings = s = resolve_settings(dataset, budget_settings, noise_std)
+        self.settings = s = resolve_settings(dataset, budget_settings, noise_std, loss_points)
         #: the budget's (or the dataset's paper) tolerances replace the backend's (in the row)
         self.tolerances = Tolerances.from_settings(s)
         try:

@@ -12,7 +12,11 @@
   6 pi / 999.
 - :func:`periodic`: the toy "periodic" series of Rubanova et al. 2019: ``sin(2 pi f t + phi)`` with
   f ~ U[0.4, 0.8] and phi ~ U[0, 2 pi) per series, amplitude 1, at 100 times drawn U(0, 5) once and
-  shared by all series (sorted, so irregularly spaced), noise std 0.01.
+  shared by all series (sorted, so irregularly spaced), Gaussian noise of std 0.01 (the paper's
+  text: Gaussian noise on the observations). The authors' code (``lib/generate_timeseries.py``)
+  differs: its noise is ``noise_weight * U[0, 1)`` (all positive, mean 0.005 at 0.01) on every
+  point but the first, its phase starts at 0 at t = 0 (a time it includes), and each series is
+  offset by 1 + N(0, 0.1); this suite claims no number of theirs.
 
 Every generator returns a :class:`Series`: ``times`` (T,), ``clean`` (N, T, D) and ``noisy``
 (N, T, D), float32, plus per-series parameters for the record.

@@ -547,3 +547,42 @@ def test_jax_ode_rnn_cell_first_loss_equals_torch(backends, jax_backends, tmp_pa
     assert first[0] == pytest.approx(first[1], rel=1e-3)
     if name == "jax-rknet":
         assert row.nfe_forward == torch_row.nfe_forward
+
+
+def test_noise_std_and_loss_points_options_and_the_noise_floor():
+    """Issue 32: noise_std sets the data's and the likelihood's noise; loss_points=window trains
+    on the window only (the batch and the training solve stop at its last time); the Table 2
+    RMSE is reported against the noiseless and the noisy series, with the noise floor."""
+    settings = {**TINY.settings, "num_series": 20, "num_points": 200}
+    data = LatentOdeData("spirals", settings, 0, noise_std=0.05, loss_points="window")
+    assert data.noise_std == data.obs_std == 0.05 and data.loss_points == "window"
+    assert np.std(data.series.noisy - data.series.clean) == pytest.approx(0.05, rel=0.05)
+    batch = data.train_batch(0)
+    assert batch.values.shape == (4, 100, 2) and batch.mask.shape == (4, 100)
+    assert len(data.train_solve_times()[0]) == 100 and len(data.solve_times()[0]) == 200
+    every = LatentOdeData("spirals", settings, 0, noise_std=0.05, loss_points="all")
+    assert every.train_batch(0).values.shape == (4, 200, 2)
+    np.testing.assert_array_equal(every.train_batch(0).values[:, :100], batch.values)
+    for bad in (0, -0.1, float("nan")):
+        with pytest.raises(BenchError, match="noise_std must be a positive number"):
+            LatentOdeData("spirals", settings, 0, noise_std=bad)
+    with pytest.raises(UnknownNameError, match="window"):
+        LatentOdeData("spirals", settings, 0, loss_points="future")
+
+    def perfect(batch):
+        return data.series.clean[data.num_train:], 1.0
+
+    got = data.evaluate(perfect, final=True).metrics
+    assert got["rmse_obs100"] == 0.0
+    assert got["rmse_noisy_obs100"] == pytest.approx(got["noise_floor"])
+    assert got["noise_floor"] == pytest.approx(0.05, rel=0.15)
+    assert "noise std 0.05; the loss on the window only" in data.eval_notes(True)
+
+
+def test_periodic_noise_is_gaussian_around_the_series():
+    """Rubanova et al.'s text: Gaussian noise on the observations (their code draws
+    noise_weight * U[0, 1), all positive, mean 0.005 at weight 0.01): zero mean, symmetric."""
+    s = latent_ode_series.periodic(np.random.default_rng(0), num_series=200, num_points=100)
+    noise = (s.noisy - s.clean).astype(np.float64).ravel()
+    assert abs(noise.mean()) < 0.0005 and 0.45 < (noise < 0).mean() < 0.55
+    assert np.std(noise) == pytest.approx(0.01, rel=0.05)
