@@ -62,6 +62,9 @@ class TdePackBackend(TorchBackend):
     required_modules = ("torch", "TorchDiffEqPack", "matplotlib")
     install_hint = INSTALL_HINT
     kind: str
+    #: Run by name only (``--backends all`` leaves it out): an optional library's backend,
+    #: slow on the suites' time-dependent dynamics, kept out of the main job and its tables.
+    in_all = False
 
     def _settings(self, rtol: float, atol: float, first_step: float | None,
                   fixed_steps: int | None) -> None:

@@ -75,6 +75,9 @@ class TorchodeBackend(TorchBackend):
     fixed_step_solver = "dopri5 (fixed steps)"
     #: torchode's solve: ``backprop``, ``backsolve`` or ``joint``.
     solve_kind = "backprop"
+    #: Run by name only (``--backends all`` leaves it out): an optional library's backend,
+    #: slow on the suites' time-dependent dynamics, kept out of the main job and its tables.
+    in_all = False
 
     def __init__(self, solver: str = "dopri5", rtol: float = 1e-3, atol: float = 1e-3,
                  first_step: float | None = None, fixed_steps: int | None = None,
