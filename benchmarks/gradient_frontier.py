@@ -162,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         args.out / "frontier.csv", index=False)
     shown = table[["suite", "method", "rtol", "grad_rel_error", "nfe_forward", "nfe_backward",
                    "time_s", "peak_memory_mib", "front_time", "front_memory", "front_nfe"]]
-    (args.out / "frontier.md").write_text(shown.to_markdown(index=False, floatfmt=".3g") + "\n")
+    from bench.reports.report import render
+
+    (args.out / "frontier.md").write_text(render(shown, "markdown"))
     for path in plot(table, args.out):
         print(path)
     return 0
