@@ -113,6 +113,25 @@ def _memory_mb(text: str) -> float:
     return _checked(value, memory_problem(value, repr(text)))
 
 
+def add_compile_cache_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--compile-cache DIR`` and ``--no-compile-cache`` (bench run, memory, gradients)."""
+    parser.add_argument("--compile-cache", dest="compile_cache", type=_path, default=None,
+                        metavar="DIR", help="the frameworks' persistent compilation cache, "
+                        "shared by the cells of a run and by later runs (default: on, in "
+                        "~/.cache/neural-ode-bench/compile-cache or $XDG_CACHE_HOME's)")
+    parser.add_argument("--no-compile-cache", dest="no_compile_cache", action="store_true",
+                        help="compile everything in every cell (cold compilations: "
+                        "compile_time_s as a fresh machine sees it)")
+
+
+def compile_cache_of(args: argparse.Namespace) -> str:
+    """The cells' compile-cache setting from ``--compile-cache``/``--no-compile-cache``."""
+    from bench.engine.compile_cache import cache_setting
+
+    return cache_setting(getattr(args, "compile_cache", None),
+                         bool(getattr(args, "no_compile_cache", False)))
+
+
 def _checked(value: Any, problem: str | None) -> Any:
     """``value``, or argparse's error when the request's check finds a ``problem``."""
     if problem:

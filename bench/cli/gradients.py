@@ -8,7 +8,15 @@ import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from bench.cli.arguments import _memory_mb, _option, _path, _positive_float, _threads
+from bench.cli.arguments import (
+    _memory_mb,
+    _option,
+    _path,
+    _positive_float,
+    _threads,
+    add_compile_cache_arguments,
+    compile_cache_of,
+)
 from bench.core.registry import PluginSelection, Registry
 
 if TYPE_CHECKING:
@@ -52,6 +60,7 @@ def add_parser(sub: Any, func: Callable[[argparse.Namespace, Registry], int]) ->
                    help="with --out: measure only the points that have no 'ok' row there")
     p.add_argument("--set", dest="options", type=_option, action="append", default=[],
                    metavar="KEY=VALUE", help="a suite option (see `bench list`)")
+    add_compile_cache_arguments(p)
     p.set_defaults(func=func)
 
 
@@ -67,7 +76,7 @@ def run_study(args: argparse.Namespace, registry: Registry, selection: PluginSel
         tolerances=args.tolerances, scales=args.scales, seeds=args.seeds, device=args.device,
         budget=args.budget, options=dict(args.options), out=args.out, resume=args.resume,
         timeout_s=args.timeout, max_memory_mb=args.max_memory_mb, threads=args.threads)
-    session = RunSession(registry, request, selection)
+    session = RunSession(registry, request, selection, compile_cache=compile_cache_of(args))
     outcome = session.run_cells(session.start())
     if not outcome.interrupted:
         table = write_outputs(outcome.run_dir.path, outcome.rows, session.echo)

@@ -30,6 +30,8 @@ from bench.cli.arguments import (
     _path,
     _positive_float,
     _threads,
+    add_compile_cache_arguments,
+    compile_cache_of,
 )
 from bench.cli.claims import add_parser as add_claims_parser
 from bench.cli.gradients import add_parser as add_gradients_parser
@@ -118,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder with a suite's data files (e.g. the four MNIST IDX files)")
     p_run.add_argument("--set", dest="options", type=_option, action="append", default=[],
                        metavar="KEY=VALUE", help="a suite option (see `bench list`)")
+    add_compile_cache_arguments(p_run)
     p_run.set_defaults(func=cmd_run)
 
     p_mem = sub.add_parser(
@@ -149,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="KEY=VALUE", help="a memory-scaling suite option (width, batch)")
     p_mem.add_argument("--max-cells", type=_max_cells, default=MAX_CELLS, metavar="N",
                        help=f"refuse more than N measurements (default {MAX_CELLS:,})")
+    add_compile_cache_arguments(p_mem)
     p_mem.set_defaults(func=cmd_memory)
 
     p_report = sub.add_parser("report", help="print a run's table, or compare two runs")
@@ -231,16 +235,17 @@ def _finish(outcome: RunOutcome, results_line: str) -> int:
 
 def cmd_run(args: argparse.Namespace, registry: Registry) -> int:
     request = run_request(args, registry)
+    session = RunSession(registry, request, _selection(), compile_cache=compile_cache_of(args))
     if request.scheduler or request.cluster:  # before the run directory is made
         from bench.engine.dask_engine import cluster_timeout, require
 
         require(request.cluster, request.scheduler)
         with cluster_timeout(args.cluster_timeout):
-            outcome = RunSession(registry, request, _selection()).run()
+            outcome = session.run()
     else:
         if args.cluster_timeout is not None:
             raise BenchError("--cluster-timeout is for runs on Dask (--cluster or --scheduler)")
-        outcome = RunSession(registry, request, _selection()).run()
+        outcome = session.run()
     path = outcome.run_dir.path
     return _finish(outcome, f"results: {path}  (bench report {path} --format csv)")
 
@@ -252,7 +257,8 @@ def cmd_gradients(args: argparse.Namespace, registry: Registry) -> int:
 
 
 def cmd_memory(args: argparse.Namespace, registry: Registry) -> int:
-    outcome = RunSession(registry, memory_request(args, registry), _selection()).memory_study()
+    outcome = RunSession(registry, memory_request(args, registry), _selection(),
+                         compile_cache=compile_cache_of(args)).memory_study()
     return _finish(outcome, f"results: {outcome.run_dir.path}")
 
 

@@ -80,6 +80,9 @@ class RunSession:
     #: The plugin selection each cell process loads its registry from.
     selection: PluginSelection
     echo: Callable[[str], None] = _stderr
+    #: The cells' persistent compilation cache: a folder, ``off``, or '' (the cells inherit
+    #: the environment); :mod:`bench.engine.compile_cache`.
+    compile_cache: str = ""
 
     def start(self) -> RunDirectory:
         """Create (or, with ``resume``, reopen) and lock the run directory; record the config
@@ -107,6 +110,7 @@ class RunSession:
             "device": request.device, "timeout_s": request.timeout_s,
             "max_memory_mb": request.max_memory_mb, "threads": request.threads,
             "jobs": request.jobs, "scheduler": request.scheduler, "cluster": request.cluster,
+            "compile_cache": self.compile_cache or None,
             "plugins_loaded": [p.name for p in self.registry.plugins if not p.error],
             "started_at": now_iso(), "command_line": sys.argv,
             **extra, "options": dict(request.options),
@@ -155,7 +159,8 @@ class RunSession:
         request = self.request
         return Runner(self.registry, self.selection, run_dir, timeout_s=request.timeout_s,
                       max_memory_bytes=request.max_memory_bytes,
-                      threads=request.threads or None, echo=self.echo)
+                      threads=request.threads or None, echo=self.echo,
+                      compile_cache=self.compile_cache)
 
     def run_cells(self, run_dir: RunDirectory) -> RunOutcome:
         """Run the request's cells into ``run_dir`` (unlocked afterwards)."""

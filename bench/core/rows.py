@@ -108,10 +108,29 @@ class ResultRow:
     train_step_time_max_s: float | None = None
     #: Extra time of the first step over the steady-state median (JIT compilation, allocations).
     compile_time_s: float | None = None
+    #: Where the first step's compilations came from: ``hit`` (all loaded from the persistent
+    #: compilation cache: ``compile_time_s`` is then a load, not a compilation), ``miss``
+    #: (compiled), ``partial``, ``none`` (nothing compiled through the cache), ``off`` (the
+    #: cache was off); empty for a framework without one (torch).
+    compile_cache: str = ""
     #: Time of the final evaluation.
     eval_time_s: float | None = None
     #: Whole cell, including set-up (data, model building) and evaluation.
     total_time_s: float | None = None
+    #: Where the cell's time went (the cell folder's ``phases.json`` has every phase): the
+    #: process's start and the plugins' imports, building the task (data, model), the
+    #: evaluations' JIT preparation, the gradient probes (references included), the memory steps.
+    startup_time_s: float | None = None
+    setup_time_s: float | None = None
+    eval_prepare_time_s: float | None = None
+    gradient_probe_time_s: float | None = None
+    memory_steps_time_s: float | None = None
+    #: The loop-time split of one training step's forward solves, profiled in one extra untimed
+    #: step after the memory steps: their time, the dynamics' evaluations' share of it and the
+    #: rest (the solver's own loop: step-size control, stage arithmetic, bookkeeping).
+    solve_time_s: float | None = None
+    dynamics_time_s: float | None = None
+    solver_loop_time_s: float | None = None
     #: Steady-state peak (the largest of the memory steps, run after the final evaluation) and
     #: the first step's own peak, both above the memory in use before the phase;
     #: ``peak_memory_method`` says how they were measured.

@@ -37,6 +37,7 @@ from bench.core.interfaces import (
 )
 from bench.core.measure import mean_or_none, median_or_none, percentile
 from bench.core.rows import ResultRow, Status, metric_problem, now_iso
+from bench.engine.phases import PhaseClock, cache_counts, cache_state, profile_loop
 from bench.planning.cells import CellSpec
 from bench.store.files import atomic_write_text
 
@@ -137,11 +138,15 @@ def timed_step(task: Any, backend: AbstractBackend, device: str, step: int
 def run_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite, work_dir: Path,
              log: Callable[[str], None] = print,
              progress: Callable[[int, int, float], None] | None = None,
-             gradients: GradientSetup | None = None) -> ResultRow:
+             gradients: GradientSetup | None = None,
+             phases: PhaseClock | None = None) -> ResultRow:
     """Run one cell and return its row. Exceptions become ``failed`` rows. The pair's support
     is the caller's to check, once (:func:`check_support`; the runner does, in the parent).
-    ``gradients``: measure the gradient-accuracy columns after everything else (None: not)."""
+    ``gradients``: measure the gradient-accuracy columns after everything else (None: not).
+    ``phases``: where the cell's time goes (:mod:`bench.engine.phases`; the process's start
+    and imports already in it), written to ``phases.json`` and the row's phase columns."""
     started = time.perf_counter()
+    clock = phases if phases is not None else PhaseClock()
     try:
         device = backend.resolve_device(spec.device)
     except BenchError as exc:
@@ -152,32 +157,41 @@ def run_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite, wor
         ctx = CellContext(backend=backend, budget=suite.budgets[spec.budget], seed=spec.seed,
                           device=device, work_dir=work_dir,
                           options={**suite.options, **dict(spec.options)}, log=log)
-        task = suite.build_task(ctx)
+        with clock.phase("setup"):
+            task = suite.build_task(ctx)
         if getattr(task, "solver", None):  # e.g. a fixed-step method instead of the default
             fields["solver"] = task.solver
         fields.update(solver_settings(backend, task))  # effective rtol/atol and their source
         fields.update(configuration_columns(backend))
         fields["params"] = task.num_params()
-        status, error = _train_and_evaluate(
-            task, backend, device, work_dir, fields, progress,
-            lambda: measure_final_gradients(task, backend, gradients, device, fields))
+
+        def final_gradients() -> None:
+            with clock.phase("gradient_probes"):
+                measure_final_gradients(task, backend, gradients, device, fields)
+
+        status, error = _train_and_evaluate(task, backend, device, work_dir, fields, progress,
+                                            final_gradients, clock)
         if status == Status.OK:  # after every other figure: nothing here can change one
-            measure_initial_gradients(lambda: suite.build_task(ctx), backend, gradients,
-                                      gradient_key(spec, backend, suite), device, fields)
+            with clock.phase("gradient_probes"):
+                measure_initial_gradients(lambda: suite.build_task(ctx), backend, gradients,
+                                          gradient_key(spec, backend, suite), device, fields)
     except _BadMetric as exc:
         status, error = Status.FAILED, str(exc)
     except Exception as exc:  # the row keeps what was measured before the failure
         atomic_write_text(work_dir / "error.log", traceback.format_exc())
         status, error = Status.FAILED, f"{type(exc).__name__}: {exc}"
     fields["total_time_s"] = time.perf_counter() - started
+    fields.update(clock.columns())
+    clock.write(work_dir, fields["total_time_s"])
     return base_row(spec, backend, suite, status, error, **fields)
 
 
 def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_dir: Path,
                         fields: dict[str, Any],
                         progress: Callable[[int, int, float], None] | None,
-                        after_evaluation: Callable[[], None] | None = None
-                        ) -> tuple[Status, str]:
+                        after_evaluation: Callable[[], None] | None = None,
+                        clock: PhaseClock | None = None) -> tuple[Status, str]:
+    clock = clock if clock is not None else PhaseClock()
     n_steps = int(task.num_train_steps)
     if n_steps < 2:
         raise BenchError("a task needs at least 2 training steps (the first is the warm-up)")
@@ -188,6 +202,7 @@ def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_d
     evals: list[dict[str, Any]] = []
     train_clock = 0.0
     status, error = Status.OK, ""
+    cache_start = cache_before = cache_counts(backend)
 
     def evaluate(step: int, final: bool) -> tuple[Evaluation, float]:
         backend.synchronize(device)
@@ -198,6 +213,8 @@ def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_d
         result = task.evaluate(final=final)
         backend.synchronize(device)
         seconds = time.perf_counter() - t1
+        clock.add("eval_prepare", t1 - t0)
+        clock.add("evaluation", seconds)
         problem = metric_problem(result.metrics)
         if problem:  # a metric is a finite number, or the cell has failed
             raise _BadMetric(problem)
@@ -209,9 +226,14 @@ def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_d
         for step in range(n_steps):
             if step == 0:
                 tracker.reset()
+                cache_before = cache_counts(backend)
             elif step == 1:
                 fields["peak_memory_first_step_bytes"] = tracker.peak_bytes()
             s, seconds = timed_step(task, backend, device, step)
+            if step == 0:  # whether the warm-up's compilations came from the cache
+                cache_after = cache_counts(backend)
+                fields["compile_cache"] = cache_state(backend, cache_before, cache_after)
+                clock.cache["first_step"] = _cache_delta(cache_before, cache_after)
             train_clock += seconds
             stats.append(s)
             times.append(seconds)
@@ -228,6 +250,9 @@ def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_d
         status, error = Status.DIVERGED, str(exc)
     finally:
         _fill_training_fields(fields, stats, times)
+        compile_s = max(0.0, fields.get("compile_time_s") or 0.0)
+        clock.add("compile", compile_s)
+        clock.add("train_steps", sum(times) - compile_s)
         trace = {"steps": [{"step": i, "time_s": t, **dataclasses.asdict(s)}
                            for i, (s, t) in enumerate(zip(stats, times, strict=False))],
                  "evaluations": evals}
@@ -239,11 +264,28 @@ def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_d
         fields["notes"] = result.notes
         trace["evaluations"] = evals
         atomic_write_text(work_dir / "trace.json", json.dumps(trace, default=float))
-        task.finish(work_dir, trace)
+        with clock.phase("finish"):
+            task.finish(work_dir, trace)
         if after_evaluation is not None:  # untimed, at the evaluated weights (gradient probe)
             after_evaluation()
-        _measure_memory(task, backend, device, tracker, n_steps, fields)
+        with clock.phase("memory_steps"):
+            _measure_memory(task, backend, device, tracker, n_steps, fields)
+        with clock.phase("loop_profile"):  # one more untimed step: the loop-time split
+            step = n_steps + int(getattr(task, "memory_steps", 0) or 0) + 1
+            split, reason = profile_loop(backend, device, lambda: task.train_step(step))
+        fields.update(split)
+        if reason:
+            fields["notes"] = f"{fields.get('notes') or ''}; {reason}".lstrip("; ")
+    clock.cache["cell"] = _cache_delta(cache_start, cache_counts(backend))
     return status, error
+
+
+def _cache_delta(before: tuple[int, int] | None, after: tuple[int, int] | None
+                 ) -> dict[str, int] | None:
+    """Compilations through the persistent cache between two counts, and how many hit."""
+    if before is None or after is None:
+        return None
+    return {"requests": after[0] - before[0], "hits": after[1] - before[1]}
 
 
 def _measure_memory(task: Any, backend: AbstractBackend, device: str, tracker: Any,

@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -19,6 +20,7 @@ from bench.core.registry import PluginSelection, Registry
 from bench.core.rows import Status, now_iso
 from bench.engine.cell import base_row, run_cell
 from bench.engine.gradient_cell import gradient_setup, run_gradient_cell
+from bench.engine.phases import PhaseClock
 from bench.planning.backend_grid import configured_backend
 from bench.planning.cells import CellSpec
 from bench.store.files import atomic_write_text, open_append
@@ -54,9 +56,13 @@ def die_with_parent() -> None:
 
 def cell_process_main(conn: Connection, spec: CellSpec, selection: PluginSelection,
                       work_dir: str, max_memory_bytes: int | None,
-                      cpus: tuple[int, ...] = ()) -> None:
+                      cpus: tuple[int, ...] = (), started_at: float | None = None) -> None:
     """Entry point of a cell's process; ``cpus``: the cores it is pinned to (``--jobs N``),
-    set before any framework starts a thread."""
+    set before any framework starts a thread; ``started_at``: the parent's ``time.time()``
+    when it started the process (the cell's ``process_start`` phase)."""
+    phases = PhaseClock()
+    if started_at is not None:
+        phases.add("process_start", time.time() - started_at)
     die_with_parent()
     with contextlib.suppress(OSError):  # its own process group: the cell's children end with it
         os.setsid()
@@ -79,15 +85,17 @@ def cell_process_main(conn: Connection, spec: CellSpec, selection: PluginSelecti
         conn.send(("progress", (step, n, loss)))
 
     try:
-        registry = Registry.load(selection)
-        backend = configured_backend(registry, spec.choice)
-        suite = registry.suite(spec.suite)
-        gradients = gradient_setup(registry, backend, path.parent.parent / "gradient_reference")
+        with phases.phase("imports"):
+            registry = Registry.load(selection)
+            backend = configured_backend(registry, spec.choice)
+            suite = registry.suite(spec.suite)
+            gradients = gradient_setup(registry, backend,
+                                       path.parent.parent / "gradient_reference")
         if spec.mode == "gradients":
             row = run_gradient_cell(spec, backend, suite, path, gradients, log=log)
         else:
             row = run_cell(spec, backend, suite, path, log=log, progress=progress,
-                           gradients=gradients)
+                           gradients=gradients, phases=phases)
     except BaseException as exc:  # noqa: BLE001 - always answer the parent
         with contextlib.suppress(OSError):
             atomic_write_text(path / "error.log", traceback.format_exc())

@@ -30,6 +30,7 @@ from bench.core.registry import PluginSelection
 from bench.core.rows import ResultRow, Status
 from bench.engine.cell import base_row
 from bench.engine.cell_process import cell_process_main
+from bench.engine.compile_cache import COMPILE_CACHE_ENV
 from bench.engine.monitor import CellMonitor, timing_warning, trace_step_times
 from bench.planning.cells import CellSpec
 from bench.planning.concurrency import HostCells
@@ -58,6 +59,10 @@ class CellLimits:
     threads: int | None = None
     #: Names the run for :class:`bench.planning.concurrency.HostCells` (its run directory).
     run_key: str = ""
+    #: The frameworks' persistent compilation cache: a folder, ``off``, or '' (the cells
+    #: inherit the environment); set as ``BENCH_COMPILE_CACHE`` in every cell's environment
+    #: (:mod:`bench.engine.compile_cache`).
+    compile_cache: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,11 +87,13 @@ def watch_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite,
     override = thread_environment(limits.threads)
     if slot.gpu is not None:
         override["CUDA_VISIBLE_DEVICES"] = slot.gpu
+    if limits.compile_cache:
+        override[COMPILE_CACHE_ENV] = limits.compile_cache
     with _START_LOCK, _environment(CELL_ENVIRONMENT, override=override), _may_have_children():
         proc = ctx.Process(
             target=cell_process_main,
             args=(child_conn, spec, selection, str(work_dir), limits.max_memory_bytes,
-                  slot.cpus),
+                  slot.cpus, time.time()),
             name=name,
             daemon=True,
         )

@@ -55,6 +55,9 @@ class Runner:
     #: CPU threads of each cell (OMP/MKL for torch, XLA's Eigen pool for JAX); None: defaults.
     threads: int | None = None
     echo: Callable[[str], None] = _stderr
+    #: The cells' persistent compilation cache: a folder, ``off``, or '' (the cells inherit
+    #: the environment; see :mod:`bench.engine.compile_cache`).
+    compile_cache: str = ""
     #: Rows that could not be appended to rows.jsonl (printed as JSON on stderr instead).
     unsaved_rows: list[ResultRow] = dataclasses.field(default_factory=list)
     #: Each backend choice configured once in the parent (see :meth:`backend`).
@@ -87,7 +90,7 @@ class Runner:
     @property
     def limits(self) -> CellLimits:
         return CellLimits(self.timeout_s, self.max_memory_bytes, self.threads,
-                          str(self.run_dir.path.resolve()))
+                          str(self.run_dir.path.resolve()), self.compile_cache)
 
     # -- the run ----------------------------------------------------------------------------------
     def run(self, cells: Sequence[CellSpec], resume: bool = False,

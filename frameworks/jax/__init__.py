@@ -57,6 +57,7 @@ from bench.frameworks.jax._backend import (
     missing_modules,
     record_solve,
 )
+from bench.frameworks.jax._cache import configure_from_environment
 from bench.frameworks.jax._checkpoint import checkpoint_backward_iterations
 from bench.frameworks.jax._gradients import GradientProber
 from bench.frameworks.jax._solvers import (
@@ -75,6 +76,10 @@ from bench.frameworks.jax._step import (
     sgd_momentum_update,
 )
 from bench.frameworks.jax._weights import load_weights
+
+# a cell's compile cache (BENCH_COMPILE_CACHE; unset: nothing), before jax and equinox are
+# imported (no module above imports them)
+configure_from_environment()
 
 __all__ = [
     "COUNTING_HINT", "INSTALL_HINT", "PROBE_FIELDS", "REQUIRED_MODULES", "CompileOnce",

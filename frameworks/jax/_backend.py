@@ -8,6 +8,8 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
+from bench.frameworks.jax import _cache, _profile
+
 from bench.core.availability import missing_modules as find_missing
 from bench.core.errors import BenchError
 from bench.core.interfaces import AbstractBackend, MemoryTracker, StepStats, Tolerances
@@ -130,6 +132,38 @@ class _PendingStepStats(StepStats):
     pending: Any = dataclasses.field(default=None, repr=False, compare=False)
 
 
+@dataclasses.dataclass(frozen=True)
+class _FailedStepStats(StepStats):
+    """A step whose solve failed: no count can be trusted; ``problem`` says what happened."""
+
+    problem: str = ""
+
+
+#: An int32 count that a failed solve's NaN turned into (equinox's ``EQX_ON_ERROR=nan``).
+_NAN_INT = 2**31 - 1
+
+
+def failed_solve(solves: list[Mapping[str, Any]], probe: Any) -> str:
+    """Why a step's fetched counts cannot be a solve's ('' when they can): with
+    ``EQX_ON_ERROR=nan`` (the compile cache's setting, :mod:`bench.frameworks.jax._cache`) a
+    solve that fails returns NaN everywhere, its int32 counts the largest int32 and its probe
+    NaN, instead of raising diffrax's error."""
+    import numpy as np
+
+    bad = any(np.any(np.asarray(value) >= _NAN_INT) for record in solves
+              for value in record.values() if np.issubdtype(np.asarray(value).dtype, np.integer))
+    if not bad and probe is not None and _cache.errors_are_nan():
+        bad = not bool(np.all(np.isfinite(np.asarray(probe, dtype=np.float64))))
+    if not bad:
+        return ""
+    why = ("a solve failed and returned NaN, with garbage counts: the cells run with "
+           "EQX_ON_ERROR=nan while the compile cache is on (equinox's runtime errors are host "
+           "callbacks, which JAX does not cache), which turns a solver's error into NaN. The "
+           "usual cause is diffrax reaching max_steps (a stiff or diverging solve, too tight "
+           "tolerances); rerun the cell with --no-compile-cache for the solver's own message")
+    return why if _cache.errors_are_nan() else "a solve returned garbage counts (NaN)"
+
+
 # -------------------------------------------------------------------------------------------------
 # The base backend
 # -------------------------------------------------------------------------------------------------
@@ -235,6 +269,19 @@ class JaxBackend(AbstractBackend):
 
         for module in self.required_modules:
             importlib.import_module(module)
+        if _cache.enabled():
+            _cache.start_counting()
+
+    def compile_cache_counts(self) -> tuple[int, int] | None:
+        """``(compile requests through JAX's persistent cache, hits)`` in this process so far;
+        None when the cache is off (the core reads them around the warm-up step: the row's
+        ``compile_cache``)."""
+        return _cache.counts()
+
+    def profile_solves(self, device: str) -> Any:
+        """A context manager around one untimed training step that yields the loop-time
+        split of its forward solves (:mod:`bench.frameworks.jax._profile`)."""
+        return _profile.profile_solves(device)
 
     @abc.abstractmethod
     def solve(self, f: Callable[[Any, Any, Any], Any], params: Any, y0: Any, t0: float,
@@ -322,6 +369,9 @@ class JaxBackend(AbstractBackend):
         grad_fn = jax.value_and_grad(with_recorder, argnums=(0, 1), has_aux=True)
 
         def value_and_grad(params: Any, *args: Any) -> tuple[Any, Any, dict[str, Any]]:
+            profile = _profile.active()
+            if profile is not None and profile.capturing:  # eager: the loop-time profile
+                profile.run_loss(self, loss_fn, params, args)
             probe = jnp.zeros(len(PROBE_FIELDS), jnp.float32)
             (loss, (aux, records)), (grads, probe_grad) = grad_fn(params, probe, *args)
             value = (loss, aux) if has_aux else loss
@@ -354,6 +404,9 @@ class JaxBackend(AbstractBackend):
         if not solves:
             return StepStats(loss=stats.loss, extra=more,
                              saved_for_backward_bytes=stats.saved_for_backward_bytes)
+        failed = failed_solve(solves, counts["probe"])
+        if failed:
+            return _FailedStepStats(loss=stats.loss, extra=more, problem=failed)
         total = {key: float(sum(np.sum(r[key]) for r in solves))
                  for key in ("nfe_forward", "num_accepted_steps", "num_rejected_steps")}
         nfe_backward, backward_extra = self.backward_counts(solves, counts["probe"])
@@ -363,6 +416,12 @@ class JaxBackend(AbstractBackend):
             steps_accepted=total["num_accepted_steps"],
             steps_rejected=total["num_rejected_steps"],
             saved_for_backward_bytes=stats.saved_for_backward_bytes, extra=more)
+
+    def step_stats_problem(self, stats: StepStats, step: int) -> str | None:
+        """A solve that failed in the step (:func:`failed_solve`), else the core's check."""
+        if isinstance(stats, _FailedStepStats):
+            return f"training step {step}: {stats.problem}"
+        return super().step_stats_problem(stats, step)
 
     def backward_counts(self, solves: list[Mapping[str, Any]], probe: Any
                         ) -> tuple[float | None, dict[str, float]]:

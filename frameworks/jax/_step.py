@@ -49,6 +49,11 @@ class CompiledStep:
                 self.xla_temp_bytes = int(analysis.temp_size_in_bytes)
             except Exception:  # not every platform reports it
                 self.xla_temp_bytes = None
+        from bench.frameworks.jax import _profile
+
+        profile = _profile.active()
+        if profile is not None:  # the loop-time profile: this step's solves, once, eagerly
+            profile.capture(self.fn, args)
         out = self._jitted(*args)
         self.calls += 1
         cache_size = getattr(self._jitted, "_cache_size", None)

@@ -114,6 +114,13 @@ class TorchBackend(AbstractBackend):
             )
         raise BenchError(f"unknown device {requested!r} (valid: cpu, cuda, auto)")
 
+    def profile_solves(self, device: str) -> Any:
+        """A context manager around one untimed training step that yields the loop-time
+        split of its forward solves (:mod:`bench.frameworks.torch._profile`)."""
+        from bench.frameworks.torch._profile import profile_solves
+
+        return profile_solves(device)
+
     def device_name(self, device: str) -> str:
         import torch
 
