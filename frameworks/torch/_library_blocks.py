@@ -37,6 +37,10 @@ class FlatDynamics(CountedDynamics):
     however many calls of the suite's dynamics it takes (one per distinct time, see the module
     docstring)."""
 
+    # plain attributes (set in __dict__: nn.Module would type them as tensors or submodules)
+    sample_shape: tuple[int, ...]
+    time_dependent: bool | None
+
     def __init__(self, dynamics: nn.Module, counter: Counter):
         super().__init__(dynamics, counter)
         self.__dict__["sample_shape"] = ()
@@ -199,7 +203,7 @@ def grid_controller_class() -> Any:
         dt0: torch.Tensor
         t_end: torch.Tensor
 
-    class GridController(to.FixedStepController):  # type: ignore[misc]
+    class GridController(to.FixedStepController):
         def init(self, term: Any, problem: Any, method_order: int, dt0: Any, *,
                  stats: dict[str, Any], args: Any) -> Any:
             dt, state, f0 = super().init(term, problem, method_order, dt0, stats=stats,
@@ -299,7 +303,7 @@ def fixed_grid_aca(func: nn.Module, y0: torch.Tensor, options: dict[str, Any],
     ACA's own (one saved state per step, each step recomputed with its graph)."""
     from TorchDiffEqPack.odesolver_mem import adjoint as aca
 
-    class FixedGrid(aca.Checkpointing_Adjoint):  # type: ignore[misc, name-defined]
+    class FixedGrid(aca.Checkpointing_Adjoint):
         @staticmethod
         def forward(ctx: Any, *args: Any) -> Any:
             z0, f, t0, t1, _, opts = args[:-5], args[-5], args[-4], args[-3], args[-2], args[-1]
