@@ -8,6 +8,7 @@ imported, as if they were not installed, whichever extras this environment has.
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -42,26 +43,37 @@ sys.exit(pytest.main(["--collect-only", "-q", "-rs", "-p", "no:cacheprovider", "
 """
 
 
+def _collect(blocked: tuple[str, ...]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", COLLECT.format(blocked=blocked)], cwd=ROOT,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+@functools.cache
+def _collects_with_nothing_blocked() -> bool:
+    """Whether the tests collect here at all (else a failure is not about a missing extra)."""
+    proc = _collect(())
+    proc.communicate(timeout=300)
+    return proc.returncode == 0
+
+
 @pytest.fixture(scope="module")
-def collections() -> dict[str, subprocess.CompletedProcess[str]]:
-    """Each extra's collection, all started at once (each imports most of the test suite)."""
-    started = {extra: subprocess.Popen(
-        [sys.executable, "-c", COLLECT.format(blocked=blocked)], cwd=ROOT, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for extra, blocked in EXTRAS.items()}
-    done = {}
-    for extra, proc in started.items():
-        out, _ = proc.communicate(timeout=300)
-        done[extra] = subprocess.CompletedProcess(proc.args, proc.returncode, out)
-    return done
+def collections() -> dict[str, tuple[int, str]]:
+    """Each extra's collection (exit status, output), all started at once (each imports most of
+    the test suite)."""
+    started = {extra: _collect(blocked) for extra, blocked in EXTRAS.items()}
+    outputs = {extra: proc.communicate(timeout=300)[0] for extra, proc in started.items()}
+    return {extra: (started[extra].returncode, output) for extra, output in outputs.items()}
 
 
 @pytest.mark.parametrize("extra", sorted(EXTRAS))
 def test_every_test_module_is_collected_without_the_extra(collections, extra):
     """No collection error where the extra is missing; the modules that need it are skipped."""
-    out = collections[extra]
+    status, output = collections[extra]
+    if status != 0 and not _collects_with_nothing_blocked():  # pytest's own run reports it
+        pytest.skip("the tests do not collect here even with nothing blocked")
     blocked = ", ".join(EXTRAS[extra])
-    assert out.returncode == 0, (
+    assert status == 0, (
         f"collecting the tests without {extra} ({blocked} not importable) failed: a test module "
-        f"imports it at module level without pytest.importorskip (exit {out.returncode}):\n"
-        f"{out.stdout[-4000:]}")
-    assert "skipped" in out.stdout, f"no test module skipped without {extra}:\n{out.stdout}"
+        f"imports it at module level without pytest.importorskip (exit {status}):\n"
+        f"{output[-4000:]}")
+    assert "skipped" in output, f"no test module skipped without {extra}:\n{output}"
