@@ -461,3 +461,15 @@ def test_per_folder_gives_versions_and_compile_and_step_times(tmp_path, capsys):
     page = capsys.readouterr().out
     assert page.startswith("<!DOCTYPE html>") and page.count("<table") == 3
     assert "<script" not in page and "http" not in page.split("<body>")[1]
+
+
+@pytest.mark.slow
+def test_a_real_claim_measured_with_run(tmp_path, capsys):
+    """`bench claims --run` runs the memory study a claim needs (torch-adjoint at L = 8..64, four
+    real cells) and judges it: the adjoint's saved bytes stay flat."""
+    out = tmp_path / "claims"
+    assert main(["claims", "--run", "--claims", "memory-adjoint-torch", "--backends",
+                 "torch-adjoint", "--out", str(out), "--timeout", "600"]) == 0
+    assert "| memory-adjoint-torch | holds |" in capsys.readouterr().out
+    rows = load_source(out).runs[0][1]
+    assert sorted(r.options["steps"] for r in rows) == [8, 16, 32, 64]
