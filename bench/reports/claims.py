@@ -204,13 +204,13 @@ def timing_records(sources: Sequence[Source]) -> list[dict[str, Any]]:
                 if row.status == "ok" and row.compile_time_s is not None and \
                         row.train_step_time_s and (row.train_steps or 0) >= 4:
                     by_backend.setdefault(row.backend, []).append(row)
-        for backend, rows in sorted(by_backend.items()):
-            compile_s = statistics.median(r.compile_time_s or 0.0 for r in rows)
-            step_s = statistics.median(r.train_step_time_s or 0.0 for r in rows)
+        for backend, cells in sorted(by_backend.items()):
+            compile_s = statistics.median(r.compile_time_s or 0.0 for r in cells)
+            step_s = statistics.median(r.train_step_time_s or 0.0 for r in cells)
             records.append({"folder": source.label, "backend": backend,
-                            "cells": len(rows), "compile_time_s": f"{compile_s:.3g}",
+                            "cells": len(cells), "compile_time_s": f"{compile_s:.3g}",
                             "train_step_time_s": f"{step_s:.3g}",
-                            "flagged": sum(r.timing_flag for r in rows)})
+                            "flagged": sum(r.timing_flag for r in cells)})
     return records
 
 
