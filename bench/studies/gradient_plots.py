@@ -64,7 +64,7 @@ def plot_study(rows: Sequence[ResultRow], out_dir: Path) -> list[Path]:
                 if not shown:
                     continue
                 xs = [getattr(r, x_name) for r in shown]
-                ys = [r.grad_rel_error for r in shown]
+                ys = [r.grad_rel_error for r in shown if r.grad_rel_error is not None]  # all
                 ax.plot(xs, ys, label=label, **style)
                 labels[a] += [(x, y, tolerance_label(r), style["color"])
                               for r, x, y in zip(shown, xs, ys, strict=True)]
