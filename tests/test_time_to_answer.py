@@ -339,3 +339,32 @@ def test_a_solve_that_failed_into_nan_fails_the_step_saying_why(monkeypatch):
     assert failed_solve(good, np.full(4, np.nan, np.float32))  # a reverse solve's garbage
     monkeypatch.delenv("EQX_ON_ERROR")
     assert failed_solve(good, np.full(4, np.nan, np.float32)) == ""  # raised otherwise
+
+
+# -- the split in reports ------------------------------------------------------------------------
+
+
+def test_the_html_page_draws_the_split_as_stacked_bars(tmp_path):
+    from bench.core.rows import ResultRow
+    from bench.reports.html_report import html_page
+    from bench.reports.loop_split import loop_split_markdown, loop_split_section
+
+    def row(cell, **fields):
+        return ResultRow(cell_id=cell, suite="cnf", backend=cell, framework="torch",
+                         gradient_method="backprop", solver="dopri5", device="cpu", seed=0,
+                         budget="smoke", status="ok", **fields)
+
+    rows = [row("a", solve_time_s=0.02, dynamics_time_s=0.015, solver_loop_time_s=0.005),
+            row("b<script>", solve_time_s=0.01, dynamics_time_s=0.002, solver_loop_time_s=0.008),
+            row("c")]  # no split: no bar
+    section = loop_split_section(rows)
+    assert section.count('class="ls-bar"') == 2 and "b&lt;script&gt;" in section
+    assert 'class="ls-dyn" style="width:75.00%"' in section  # a: 15 of the longest 20 ms
+    assert 'class="ls-loop" style="width:40.00%"' in section  # b: 8 of 20 ms
+    assert "| a | 20 | 15 | 5 | 25% |" in loop_split_markdown(rows)
+    assert loop_split_section(rows[2:]) == "" == loop_split_markdown(rows[2:])
+    run = RunDirectory.create(tmp_path / "run")
+    for r in rows:
+        run.append_row(r)
+    page = html_page(run.path)
+    assert "Where the solve's time goes" in page and ".ls-bar{" in page

@@ -182,7 +182,9 @@ def run_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite, wor
         status, error = Status.FAILED, f"{type(exc).__name__}: {exc}"
     fields["total_time_s"] = time.perf_counter() - started
     fields.update(clock.columns())
-    clock.write(work_dir, fields["total_time_s"])
+    clock.write(work_dir, fields["total_time_s"],
+                {"cell_id": spec.cell_id, "backend": spec.backend_label,
+                 "framework": backend.framework})
     return base_row(spec, backend, suite, status, error, **fields)
 
 

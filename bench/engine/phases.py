@@ -76,13 +76,15 @@ class PhaseClock:
                 out[column] = sum(ran)
         return out
 
-    def write(self, work_dir: Path, total_s: float) -> None:
-        """``phases.json``: every phase that ran, the rest of the cell's time (``other``), the
-        total, and the compile cache's counts. Never fails the cell."""
+    def write(self, work_dir: Path, total_s: float, about: dict[str, str] | None = None
+              ) -> None:
+        """``phases.json``: ``about`` (the cell's id, backend, framework), every phase that ran,
+        the rest of the cell's time (``other``), the total, and the compile cache's counts.
+        Never fails the cell."""
         phases = {n: self.seconds[n] for n in PHASES if n in self.seconds}
         phases.update({n: s for n, s in self.seconds.items() if n not in phases})
         inside = sum(s for n, s in phases.items() if n not in ("process_start", "imports"))
-        data = {"phases_s": phases, "other_s": max(0.0, total_s - inside),
+        data = {**(about or {}), "phases_s": phases, "other_s": max(0.0, total_s - inside),
                 "cell_total_s": total_s, "compile_cache": self.cache}
         with contextlib.suppress(OSError, TypeError, ValueError):
             atomic_write_text(work_dir / "phases.json", json.dumps(data, indent=1))

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.core.errors import BenchError
+from bench.reports.loop_split import STYLE as LOOP_SPLIT_STYLE
+from bench.reports.loop_split import loop_split_section
 from bench.reports.report import FLAGS, TIME_COLUMNS, format_value, table_frame
 from bench.store.files import atomic_write_text, is_regular_file, read_bytes
 from bench.store.results import RunDirectory, rows_to_frame, safe_name, warn
@@ -318,6 +320,7 @@ def html_page(path: str | Path) -> str:
                   "training iteration). Click a header to sort. Times marked \u2020 were "
                   "flagged as not comparable (<code>timing_warning</code> says why).</p>",
                   _filters(table), _table(table)]
+    parts.append(loop_split_section(rows))  # '' when no row has the loop-time split
     parts += ["<h2>Failed cells</h2>", _failed(run_dir, rows), _unsupported(rows),
               "<h2>Plots</h2>", _plots(run_dir)]
     notes = run_dir.path / "NOTES.md"
@@ -328,7 +331,7 @@ def html_page(path: str | Path) -> str:
               "<h2>Environment (environment.json)</h2>",
               f"<pre id=\"environment\">{_e(json.dumps(env, indent=2)) if env else '-'}</pre>"]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>\n"
+            f"<title>{_e(title)}</title><style>{_STYLE}{LOOP_SPLIT_STYLE}</style></head><body>\n"
             + "\n".join(parts) + f"\n<script>{_SCRIPT}</script>\n</body></html>\n")
 
 

@@ -26,7 +26,7 @@ FORMATS = ("markdown", "csv", "latex", "html")
 TABLE_COLUMNS = (
     "suite", "backend", "gradient_method", "solver", "rtol", "atol", "device", "budget", "seed",
     "grad_scale", "status", "nfe_forward", "nfe_backward", "train_step_time_s", "compile_time_s",
-    "eval_time_s",
+    "compile_cache", "eval_time_s", "solve_time_s", "dynamics_time_s", "solver_loop_time_s",
     "peak_memory_mib", "peak_memory_method", "saved_for_backward_mib", "grad_rel_error",
     "grad_cosine", "grad_rel_error_final", "grad_cosine_final", "params", "host_load_1m",
     "concurrent_cells", "timing_warning", "error",
@@ -95,7 +95,8 @@ def table_frame(frame: pd.DataFrame) -> pd.DataFrame:
 FLAGS = "timing_flags"
 #: Columns holding times that a flagged row marks.
 TIME_COLUMNS = ("train_step_time_s", "train_step_time_mean_s", "train_step_time_p90_s",
-                "train_step_time_max_s", "compile_time_s", "eval_time_s", "total_time_s")
+                "train_step_time_max_s", "compile_time_s", "eval_time_s", "total_time_s",
+                "solve_time_s", "dynamics_time_s", "solver_loop_time_s")
 FLAG_NOTE = ("timing flagged as not comparable (a loaded host or a slow tail of steps; the "
              "timing_warning column says why): do not compare these times")
 

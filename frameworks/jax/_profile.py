@@ -11,8 +11,9 @@ one extra untimed training step (the core runs it after the memory steps): the
 - ``solve_time_s``: the forward solve alone, jitted (no gradient), the fastest of
   :data:`REPEATS` synchronised runs after a warm-up that compiles it;
 - ``dynamics_time_s``: its NFE times one evaluation of the dynamics at the solve's state, timed
-  as a jitted chain of NFE evaluations (each input depending on the previous output, so none is
-  hoisted or fused away) minus the same chain without the dynamics (the loop's own cost);
+  as a jitted chain of up to :data:`CHAIN` evaluations (each input depending on the previous
+  output, so none is hoisted or fused away) minus the same chain without the dynamics (the
+  chain's own loop and call);
 - the rest, ``solve_time_s - dynamics_time_s``, is the solver's loop.
 
 Then the loss stops (nothing is differentiated) and the step runs compiled as usual.
@@ -27,7 +28,11 @@ from typing import Any
 
 #: Timed runs of each profiled program (after one warm-up); the fastest is kept (the least
 #: disturbed by other work on the machine).
-REPEATS = 10
+REPEATS = 20
+#: The most evaluations of the dynamics in one timed chain: a short program is less often
+#: interrupted by other work than a long one (a chain of 80 evaluations of a small MLP took
+#: 3.5x a chain of 20 per evaluation on a loaded 2-core machine, 20 took the solve's time).
+CHAIN = 8
 
 _ACTIVE: list[SolveProfile] = []
 
@@ -149,18 +154,19 @@ def profile_one(solve: Callable[..., Any], f: Callable[..., Any], params: Any, y
     leaves = jax.tree_util.tree_leaves(y0)
     dtype = leaves[0].dtype if leaves else jnp.float32
     t = jnp.asarray(0.5 * (t0 + t1), dtype)
+    chain_length = max(1, min(nfe, CHAIN))
 
     def chain(params: Any, y0: Any, with_f: bool) -> Any:
         def body(i: Any, y: Any) -> Any:
             dy = f(t, y, params) if with_f else y
             return jax.tree_util.tree_map(lambda a, b: a + jnp.asarray(1e-7, a.dtype) * b, y, dy)
 
-        return jax.lax.fori_loop(0, max(nfe, 1), body, y0)
+        return jax.lax.fori_loop(0, chain_length, body, y0)
 
     with_f = jax.jit(lambda p, y: chain(p, y, True))
     without_f = jax.jit(lambda p, y: chain(p, y, False))
     solve_s, chain_s, loop_s = _fastest_times([lambda: jitted(params, y0, ts),
                                                lambda: with_f(params, y0),
                                                lambda: without_f(params, y0)])
-    dynamics_s = max(chain_s - loop_s, 0.0) if nfe else 0.0
+    dynamics_s = max(chain_s - loop_s, 0.0) * nfe / chain_length if nfe else 0.0
     return y, stats, {"solve_time_s": solve_s, "dynamics_time_s": dynamics_s, "nfe": float(nfe)}
