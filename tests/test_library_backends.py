@@ -362,3 +362,31 @@ def test_per_sample_control_calls_time_dependent_dynamics_at_one_time_a_call(bac
     for i in range(3):
         alone = backend.ode_block(lambda td: f, tolerances=Tolerances(1e-8, 1e-8))(y0[i:i + 1])
         torch.testing.assert_close(out[i:i + 1], alone.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_per_sample_backsolve_names_the_joint_adjoint_where_vmap_cannot_run_the_dynamics(
+        backends):
+    """BacksolveAdjoint differentiates each sample under torch.func.vmap, which cannot run a
+    GroupNorm (the MNIST ODE-Net's dynamics): the error says so and names adjoint=joint, which
+    runs it."""
+    _need("torchode")
+
+    class Norm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = nn.GroupNorm(2, 4).double()
+            self.conv = nn.Conv2d(4, 4, 3, padding=1).double()
+
+        def forward(self, t, h):
+            return self.conv(torch.relu(self.norm(h)))
+
+    y0 = torch.randn(3, 4, 5, 5, dtype=F64, generator=torch.Generator().manual_seed(0))
+    f = Norm()
+    block = backends["torchode-backsolve"].ode_block(lambda td: f,
+                                                     tolerances=Tolerances(1e-3, 1e-3))
+    with pytest.raises(BenchError, match=r"vmap.*adjoint=joint"):
+        block(y0).sum().backward()
+    joint = backends["torchode-backsolve"].configure({"adjoint": "joint"}).ode_block(
+        lambda td: f, tolerances=Tolerances(1e-3, 1e-3))
+    joint(y0).sum().backward()
+    assert joint.pop_stats().nfe_backward > 0 and f.conv.weight.grad is not None

@@ -81,6 +81,10 @@ def test_every_documented_command_parses_and_expands_with_the_builtin_plugins(tm
         for body, name in re.findall(r"```toml\n(# (\S+)\n.*?)```", text, flags=re.S):
             (tmp_path / name).write_text(body)
     assert (tmp_path / "grid.toml").exists(), "the manual shows a run file"
+    # and the run files the repository ships (benchmarks/*.toml), at their paths
+    (tmp_path / "benchmarks").mkdir()
+    for shipped in (ROOT / "benchmarks").glob("*.toml"):
+        (tmp_path / "benchmarks" / shipped.name).write_text(shipped.read_text())
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
 

@@ -29,6 +29,8 @@ import torch
 from bench.frameworks.torch._blocks import CountedDynamics, Counter, OdeBlock
 from torch import nn
 
+from bench.core.errors import BenchError
+
 
 class FlatDynamics(CountedDynamics):
     """The suite's dynamics as torchode calls it: ``f(t, y)`` with ``y`` flat, ``(n, features)``
@@ -86,10 +88,27 @@ class FlatDynamics(CountedDynamics):
             counter.calls += 1
         else:
             counter.backward_calls += 1
-        out = self._call(t, h)
+        try:
+            out = self._call(t, h)
+        except RuntimeError as exc:
+            if not _under_vmap(h):
+                raise
+            raise BenchError(
+                "torchode's BacksolveAdjoint evaluates the dynamics of each sample under "
+                f"torch.func.vmap, which cannot run this dynamics ({exc}); use "
+                "torchode-backsolve[adjoint=joint] (JointBacksolveAdjoint: the batch as one "
+                "sample, no vmap)") from exc
         if out.requires_grad:
             out.register_hook(counter.vjp_hook)
         return out
+
+
+def _under_vmap(tensor: torch.Tensor) -> bool:
+    """Whether this runs inside a ``torch.func`` transform (BacksolveAdjoint's vmap and vjp)."""
+    try:
+        return torch._C._functorch.maybe_current_level() is not None
+    except AttributeError:  # a torch without functorch's C API: say nothing more
+        return False
 
 
 #: torchode's step methods of the shared solver vocabulary.
