@@ -11,7 +11,8 @@ into ``--out``:
   the Pareto front of that cost (no other point of the suite is both cheaper and more accurate);
 - ``<suite>_frontier.png``: error against step time and against peak memory (``bench run``
   rows), or against time and backward NFE (``bench gradients`` rows), log-log, one marker per
-  method, each point labelled with its forward + backward NFE, the front drawn as a step line.
+  method (its points joined in the order of their tolerance), each point labelled with its
+  tolerance and forward + backward NFE, the front drawn as a step line and circled.
 
 A method is the backend configuration without its tolerances (``torch-adjoint[adjoint_norm=
 seminorm]``). Usage::
@@ -115,12 +116,14 @@ def plot(table: pd.DataFrame, out: Path) -> list[Path]:
         cmap = plt.get_cmap("tab20")
         for ax, (cost, front, xlabel) in zip(axes, costs, strict=True):
             for i, method in enumerate(methods):
-                rows = group[group["method"] == method].sort_values(cost)
+                # a method's line joins its points in the order of their tolerance
+                rows = group[group["method"] == method].sort_values("rtol", ascending=False)
                 rows = rows[rows[cost].notna() & (rows[cost] > 0)]
                 ax.plot(rows[cost], rows["grad_rel_error"], marker=markers[i % len(markers)],
                         color=cmap(i % 20), lw=0.8, ms=5, alpha=0.85, label=method)
                 for _, r in rows.iterrows():
-                    ax.annotate(f"{r['nfe_forward']:.0f}+{r['nfe_backward']:.0f}",
+                    tol = "" if pd.isna(r["rtol"]) else f"{r['rtol']:g}: "
+                    ax.annotate(f"{tol}{r['nfe_forward']:.0f}+{r['nfe_backward']:.0f}",
                                 (r[cost], r["grad_rel_error"]), fontsize=5, alpha=0.7,
                                 xytext=(2, 2), textcoords="offset points")
             on = group[group[front]].sort_values(cost)
@@ -136,7 +139,7 @@ def plot(table: pd.DataFrame, out: Path) -> list[Path]:
         axes[1].legend(fontsize=6, loc="best", ncol=2)
         flagged = (group["timing_flag"] != "").sum()
         note = f"; {flagged} of {len(group)} times flagged (loaded host)" if flagged else ""
-        fig.suptitle(f"{suite}: the gradient frontier (labels: forward+backward NFE; tolerances "
+        fig.suptitle(f"{suite}: the gradient frontier (labels: rtol: forward+backward NFE; rtol "
                      f"{', '.join(f'{v:g}' for v in sorted(group['rtol'].dropna().unique()))})"
                      f"{note}", fontsize=9)
         fig.tight_layout()
