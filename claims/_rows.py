@@ -73,6 +73,22 @@ def missing(needs: Sequence[Need], what: str) -> Judgement:
     return Judgement.not_measured(f"no {what}" + (f" ({hint})" if hint else ""))
 
 
+def failed_cells(rows: Iterable[ResultRow], suite: str | None,
+                 backends: Sequence[str] | None) -> Judgement | None:
+    """Inconclusive when the cells that would measure a claim ran and failed (crashed, timed
+    out, diverged): measured but no verdict, the first error in the reason. None when none
+    did."""
+    bad = [r for r in rows if r.status in ("failed", "timeout", "diverged")
+           and (suite is None or r.suite == suite)
+           and (backends is None or base_name(r) in backends)]
+    if not bad:
+        return None
+    first = (bad[0].error or "").strip().splitlines()
+    return Judgement(Verdict.INCONCLUSIVE, cells=len(bad),
+                     reason=f"{len(bad)} cell(s) that measure it {bad[0].status}, e.g. "
+                     f"{bad[0].cell_id}: {first[-1] if first else '(no error text)'}"[:400])
+
+
 def too_few(figure: float | None, reason: str, unit: str = "", cells: int = 0) -> Judgement:
     """Inconclusive for too few seeds or pairs; the figure so far is still shown."""
     return Judgement(Verdict.INCONCLUSIVE, figure, unit=unit, reason=reason, cells=cells)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bench.claims._rows import fmt, missing, number, ok_rows
+from bench.claims._rows import failed_cells, fmt, missing, number, ok_rows
 
 from bench.core.claims import (
     Claim,
@@ -56,7 +56,8 @@ def judge_scaling(rows: Sequence[ResultRow], backends: tuple[str, ...], order: s
                        where=lambda r: number(r, "steps") is not None
                        and r.options.get("solve", "fixed") == "fixed")
     if not measured:
-        return missing(needs, f"ok {MEMORY_SUITE} rows of {' or '.join(backends)}")
+        return failed_cells(rows, MEMORY_SUITE, backends) or missing(
+            needs, f"ok {MEMORY_SUITE} rows of {' or '.join(backends)}")
     frame = rows_to_frame(measured)
     frame["steps"] = [number(r, "steps") for r in measured]
     table = scaling_table(frame)

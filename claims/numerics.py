@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from bench.claims._rows import (
     base_name,
+    failed_cells,
     fmt,
     group,
     missing,
@@ -209,7 +210,8 @@ def gradient_accuracy(name: str, backend: str, statement: str, source: str) -> C
                            where=lambda r: r.rtol is not None and r.rtol <= 1e-4
                            and _error(r) is not None)
         if not measured:
-            return missing((need,), f"ok {backend} row with grad_rel_error at rtol <= 1e-4")
+            return failed_cells(rows, None, (backend,)) or missing(
+                (need,), f"ok {backend} row with grad_rel_error at rtol <= 1e-4")
         worst = max(measured, key=lambda r: _error(r) or 0.0)
         error = _error(worst) or 0.0
         return Judgement(Verdict.HOLDS if error <= 1e-2 else Verdict.FAILS, error,

@@ -132,11 +132,13 @@ def test_memory_claim_is_inconclusive_on_a_noisy_slope_or_too_few_depths():
 
 
 def test_memory_claim_is_not_measured_without_its_backends_rows():
-    failed = [dataclass_status(r, "failed") for r in memory_rows()]
-    for rows in ([], memory_rows("torch-direct"), failed):
+    for rows in ([], memory_rows("torch-direct")):
         judgement = judge_scaling(rows, ("torch-adjoint",), "O(1)", NEEDS)
         assert judgement.verdict is Verdict.NOT_MEASURED
         assert "bench memory --backends torch-adjoint" in judgement.reason
+    failed = [dataclass_status(r, "failed") for r in memory_rows()]  # ran: no verdict
+    assert judge_scaling(failed, ("torch-adjoint",), "O(1)", NEEDS).verdict is \
+        Verdict.INCONCLUSIVE
 
 
 def dataclass_status(r: ResultRow, status: str) -> ResultRow:
@@ -473,3 +475,14 @@ def test_a_real_claim_measured_with_run(tmp_path, capsys):
     assert "| memory-adjoint-torch | holds |" in capsys.readouterr().out
     rows = load_source(out).runs[0][1]
     assert sorted(r.options["steps"] for r in rows) == [8, 16, 32, 64]
+
+
+def test_cells_that_ran_and_failed_make_a_claim_inconclusive_not_unmeasured(registry):
+    import dataclasses
+
+    crashed = [dataclasses.replace(r, status="failed", error="Traceback\nTypeError: boom")
+               for r in memory_rows("diffrax-backsolve")]
+    judgement = registry.claim("memory-adjoint-jax").judge(crashed)
+    assert judgement.verdict is Verdict.INCONCLUSIVE
+    assert "4 cell(s) that measure it failed" in judgement.reason and "TypeError: boom" in \
+        judgement.reason
