@@ -1,9 +1,9 @@
-"""The fast tests pass with any one extra installed (``[torch,test]``, ``[jax,test]``): a test
-module that needs torch, JAX or Dask at import time skips itself (``pytest.importorskip``) where
-the extra is missing, instead of failing its collection.
+"""The fast tests pass with one extra installed (``[torch,test]``, ``[jax,test]``): a test module
+that needs another extra at import time skips itself (``pytest.importorskip``) where that extra is
+missing, instead of failing its collection.
 
-Checked by collecting every test module in a fresh process in which the extra's modules cannot be
-imported, as if they were not installed, whichever extras this environment has.
+Checked by collecting every test module in a fresh process in which the modules of every other
+extra cannot be imported, as if they were not installed, whichever extras this environment has.
 """
 
 from __future__ import annotations
@@ -17,12 +17,21 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: The top-level modules each extra installs (pyproject.toml's optional dependencies).
+#: The top-level modules each extra installs (pyproject.toml's optional dependencies; torchode's
+#: and mali's install torch as well).
 EXTRAS = {
     "torch": ("torch", "torchdiffeq"),
     "jax": ("jax", "jaxlib", "diffrax", "equinox"),
     "dask": ("dask", "distributed", "dask_jobqueue"),
+    "torchode": ("torchode",),
+    "mali": ("TorchDiffEqPack",),
 }
+#: The extras that are not extras of packages to run (``all`` is every one of them).
+NOT_EXTRAS = {"all", "test", "lint", "docs"}
+#: The environments with one extra: what is missing there.
+ALONE = {extra: tuple(module for other, modules in EXTRAS.items() if other != extra
+                      for module in modules) for extra in ("torch", "jax")}
+
 
 #: Collects the tests with ``BLOCKED`` unimportable (None in ``sys.modules``: ``import`` raises
 #: ImportError, ``importlib.util.find_spec`` ValueError, before any finder is asked); exits with
@@ -58,22 +67,28 @@ def _collects_with_nothing_blocked() -> bool:
 
 @pytest.fixture(scope="module")
 def collections() -> dict[str, tuple[int, str]]:
-    """Each extra's collection (exit status, output), all started at once (each imports most of
-    the test suite)."""
-    started = {extra: _collect(blocked) for extra, blocked in EXTRAS.items()}
+    """The collection with each extra alone (exit status, output), all started at once (each
+    imports most of the test suite)."""
+    started = {extra: _collect(blocked) for extra, blocked in ALONE.items()}
     outputs = {extra: proc.communicate(timeout=300)[0] for extra, proc in started.items()}
     return {extra: (started[extra].returncode, output) for extra, output in outputs.items()}
 
 
-@pytest.mark.parametrize("extra", sorted(EXTRAS))
-def test_every_test_module_is_collected_without_the_extra(collections, extra):
-    """No collection error where the extra is missing; the modules that need it are skipped."""
+def test_every_extra_is_listed_here():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert set(config["project"]["optional-dependencies"]) - NOT_EXTRAS == set(EXTRAS)
+
+
+@pytest.mark.parametrize("extra", sorted(ALONE))
+def test_every_test_module_is_collected_with_one_extra_alone(collections, extra):
+    """No collection error where only ``extra`` is installed; the modules that need another are
+    skipped."""
     status, output = collections[extra]
     if status != 0 and not _collects_with_nothing_blocked():  # pytest's own run reports it
         pytest.skip("the tests do not collect here even with nothing blocked")
-    blocked = ", ".join(EXTRAS[extra])
     assert status == 0, (
-        f"collecting the tests without {extra} ({blocked} not importable) failed: a test module "
-        f"imports it at module level without pytest.importorskip (exit {status}):\n"
-        f"{output[-4000:]}")
-    assert "skipped" in output, f"no test module skipped without {extra}:\n{output}"
+        f"collecting the tests with the {extra} extra alone ({', '.join(ALONE[extra])} not "
+        f"importable) failed: a test module imports one of them at module level without "
+        f"pytest.importorskip (exit {status}):\n{output[-4000:]}")
+    assert "skipped" in output, f"no test module skipped with the {extra} extra alone:\n{output}"
