@@ -152,6 +152,22 @@ def run_jobs(out: Path, data: list[str], cache: Path) -> dict[str, Any]:
             out / f"jobs{jobs}.log")
         figures[f"phases_jobs{jobs}"] = phases(run)
     figures["jobs2_over_jobs1"] = figures["jobs2_s"] / figures["jobs1_s"]
+    # why --jobs 2 gives what it gives: the cells' own time summed (S), against the wall (W)
+    s1 = figures["phases_jobs1"].get("all", {}).get("cell_total", 0.0)
+    s2 = figures["phases_jobs2"].get("all", {}).get("cell_total", 0.0)
+    if s1 and s2:
+        # each cell slower beside another (memory bandwidth, caches, helper threads)
+        figures["jobs_cell_slowdown"] = s2 / s1
+        # the wall over a perfect packing of the cells into two slots (the last cell alone,
+        # the parent's own work between cells)
+        figures["jobs_packing"] = figures["jobs2_s"] / (s2 / 2)
+        # the serial run's wall outside its cells (the parent: start, plans, report, plots)
+        figures["jobs1_outside_cells"] = figures["jobs1_s"] - s1
+        print(f"  --jobs 2 / --jobs 1 = {figures['jobs2_over_jobs1']:.2f}: each cell ran "
+              f"{figures['jobs_cell_slowdown']:.2f}x as long beside a neighbour; the wall was "
+              f"{figures['jobs_packing']:.2f}x a perfect packing of the cells into two slots "
+              f"(1.00: no slot ever idle); the serial run spent "
+              f"{figures['jobs1_outside_cells']:.0f} s outside its cells")
     return figures
 
 

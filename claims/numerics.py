@@ -240,10 +240,18 @@ def judge_compile_apart(rows: Sequence[ResultRow]) -> Judgement:
     if not jax:
         return missing((COMPILE_NEED,), f"ok row of a JAX backend with compile and step times "
                        f"over at least {MIN_STEPS} training steps")
-    clean = [r for r in jax if not r.timing_flag]
-    if not clean:
+    # a warm-up step whose programs came from the compile cache loaded them: no compilation
+    compiled = [r for r in jax if r.compile_cache not in ("hit", "partial")]
+    if not compiled:
         return Judgement(Verdict.INCONCLUSIVE, unit="ratio", cells=len(jax),
-                         reason=f"timing flagged in all {len(jax)} JAX cells (a loaded host)")
+                         reason=f"the first step of all {len(jax)} JAX cells loaded its programs "
+                         "from the compile cache (compile_cache hit or partial): no compile time "
+                         "to judge; run them with --no-compile-cache")
+    clean = [r for r in compiled if not r.timing_flag]
+    if not clean:
+        return Judgement(Verdict.INCONCLUSIVE, unit="ratio", cells=len(compiled),
+                         reason=f"timing flagged in all {len(compiled)} JAX cells (a loaded "
+                         "host)")
     ratios = sorted((r.compile_time_s or 0.0) / (r.train_step_time_s or 1.0) for r in clean)
     median = statistics.median(ratios)
     verdict = interval_verdict(ratios[0], ratios[-1], COMPILE_RATIO, "above")

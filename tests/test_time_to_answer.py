@@ -368,3 +368,42 @@ def test_the_html_page_draws_the_split_as_stacked_bars(tmp_path):
         run.append_row(r)
     page = html_page(run.path)
     assert "Where the solve's time goes" in page and ".ls-bar{" in page
+
+
+# -- a cache load is never judged as a compilation ------------------------------------------------
+
+
+def test_claims_never_judge_a_cache_load_as_a_compilation():
+    from test_claims import row
+
+    registry = Registry.load(PluginSelection(builtins=True, entry_points=False))
+    claim = registry.claim("jax-compile-apart")
+
+    def cells(cache: str, compile_s: float) -> list:
+        return [row("diffrax-checkpoint", "cnf", framework="jax", method="recursive-checkpoint",
+                    budget="quick", seed=s, compile_time_s=compile_s, train_step_time_s=0.05,
+                    train_steps=400, compile_cache=cache) for s in range(2)]
+
+    assert claim.judge(cells("miss", 10.0)).verdict.value == "holds"
+    loaded = claim.judge(cells("hit", 0.2))  # a load: 4 steps' worth, but no compilation
+    assert loaded.verdict.value == "inconclusive" and "--no-compile-cache" in loaded.reason
+    # the compilations are judged, the loads left out
+    assert claim.judge(cells("hit", 0.2) + cells("off", 10.0)).verdict.value == "holds"
+
+
+def test_claims_timing_table_keeps_cache_loads_apart(tmp_path):
+    from test_claims import row
+
+    from bench.reports.claims import timing_records
+
+    class Source:
+        label = "run"
+        runs = [("run", [row("diffrax-checkpoint", "cnf", framework="jax", seed=s,
+                             budget="quick", compile_time_s=t, train_step_time_s=0.05,
+                             train_steps=10, compile_cache=cache)
+                         for s, (cache, t) in enumerate([("miss", 9.0), ("hit", 0.3),
+                                                         ("miss", 11.0)])])]
+
+    records = timing_records([Source()])
+    assert [(r["compile_cache"], r["cells"], r["compile_time_s"]) for r in records] == [
+        ("hit", 1, "0.3"), ("miss", 2, "10")]

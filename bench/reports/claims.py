@@ -191,24 +191,26 @@ def version_records(sources: Sequence[Source]) -> list[dict[str, Any]]:
 
 
 def timing_records(sources: Sequence[Source]) -> list[dict[str, Any]]:
-    """Per folder and backend: the medians of compile_time_s and train_step_time_s over its
-    training cells (at least 4 steps), with how many of them were flagged (a loaded host):
-    compile and step time per library version."""
+    """Per folder, backend and compile cache state: the medians of compile_time_s and
+    train_step_time_s over its training cells (at least 4 steps), with how many of them were
+    flagged (a loaded host): compile and step time per library version. A cache load
+    (``compile_cache`` hit) is never pooled with a compilation."""
     import statistics
 
     records = []
     for source in sources:
-        by_backend: dict[str, list[ResultRow]] = {}
+        by_backend: dict[tuple[str, str], list[ResultRow]] = {}
         for _, rows in source.runs:
             for row in rows:
                 if row.status == "ok" and row.compile_time_s is not None and \
                         row.train_step_time_s and (row.train_steps or 0) >= 4:
-                    by_backend.setdefault(row.backend, []).append(row)
-        for backend, cells in sorted(by_backend.items()):
+                    by_backend.setdefault((row.backend, row.compile_cache), []).append(row)
+        for (backend, cache), cells in sorted(by_backend.items()):
             compile_s = statistics.median(r.compile_time_s or 0.0 for r in cells)
             step_s = statistics.median(r.train_step_time_s or 0.0 for r in cells)
             records.append({"folder": source.label, "backend": backend,
-                            "cells": len(cells), "compile_time_s": f"{compile_s:.3g}",
+                            "compile_cache": cache or "-", "cells": len(cells),
+                            "compile_time_s": f"{compile_s:.3g}",
                             "train_step_time_s": f"{step_s:.3g}",
                             "flagged": sum(r.timing_flag for r in cells)})
     return records
