@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench.core.interfaces import AbstractBackend, StepStats
@@ -152,6 +153,41 @@ def test_a_jax_solve_that_records_nothing_is_reported():
     assert "bench.frameworks.jax.record_solve(stats)" in problem
 
 
+def test_jax_solves_without_step_counts_leave_the_step_columns_empty():
+    """A library that cannot say how many steps it took leaves num_accepted_steps and
+    num_rejected_steps out: the step's step counts are None (empty columns, as a torch block's
+    None) and its NFE stand; a solve without nfe_forward fails the step with the counting hint,
+    not with a KeyError."""
+    pytest.importorskip("jax")
+    import jax.numpy as jnp
+    from bench.frameworks.jax import JaxBackend
+
+    class NoSteps(JaxBackend):
+        name = "no-steps"
+
+        def solve(self, f, params, y0, t0, t1, *, ts=None, fixed_steps=None, tolerances=None):
+            raise AssertionError("not called")
+
+    backend = NoSteps()
+
+    def complete(*solves):
+        return backend.complete_step_stats(backend.step_stats(
+            jnp.float32(1.0), {"solves": list(solves), "probe": jnp.zeros(4)}))
+
+    counted = {"nfe_forward": jnp.int32(12), "nfe_backward": jnp.int32(12)}
+    steps = {"num_accepted_steps": jnp.int32(3), "num_rejected_steps": jnp.int32(1)}
+    stats = complete(counted, {**counted, **steps})  # one of the two solves cannot say
+    assert (stats.nfe_forward, stats.nfe_backward) == (24.0, 24.0)
+    assert (stats.steps_accepted, stats.steps_rejected) == (None, None)
+    assert backend.step_stats_problem(stats, 1) is None
+    stats = complete({**counted, **steps}, {**counted, **steps})
+    assert (stats.steps_accepted, stats.steps_rejected) == (6.0, 2.0)
+    stats = complete({"nfe_backward": jnp.int32(4), **steps})
+    assert stats.nfe_forward is None and stats.steps_accepted == 3.0
+    problem = backend.step_stats_problem(stats, 2)
+    assert "training step 2 (nfe_forward=None)" in problem and "'nfe_forward'" in problem
+
+
 def test_backends_that_need_not_count_are_not_checked():
     """resnet's blocks are no ODE solve (continuous_time False); a backend of a framework
     without counting blocks (counts_evaluations False: the fake numpy one) is not checked."""
@@ -226,3 +262,63 @@ def test_the_guide_shows_every_example_file_and_how_to_run_it():
                   "effective_tolerances", "fixed_steps", "required_modules", "entry-points.bench",
                   "backward_counts", "failed to load", "more than one plugin"):
         assert topic in text, topic
+
+
+def _guide_block(after: str) -> str:
+    """The first Python code block of docs/plugins.md after the text ``after``."""
+    text = GUIDE.read_text()
+    start = text.index(after)
+    match = re.compile(r"```python\n(.*?)\n```", re.S).search(text, start)
+    assert match is not None, after
+    return match.group(1)
+
+
+def test_the_guides_backward_probe_sketch_counts_its_reverse_solves():
+    """The guide's sketch of backward counts through the probe: a custom_vjp whose reverse
+    solve returns its counts as the probe's cotangent, summed over the step's solves."""
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    namespace: dict = {}
+    exec(compile(_guide_block("A sketch: fixed-step Euler"), "docs/plugins.md", "exec"),
+         namespace)
+    backend = namespace["EulerAdjointBackend"]()
+
+    def f(t, y, p):
+        assert jnp.ndim(t) == 0
+        return jax.tree_util.tree_map(lambda leaf: -p["a"] * leaf, y)
+
+    y0 = (jnp.ones(3), jnp.full((2,), 2.0))  # any pytree
+
+    def loss(p, y0):  # two solves in one step: their reverse solves' counts add up
+        y, _ = backend.solve(f, p, y0, 0.0, 1.0)
+        y, _ = backend.solve(f, p, y, 0.0, 0.5)
+        return sum(jnp.sum(leaf) for leaf in y)
+
+    params = {"a": jnp.float32(1.0)}
+    value, grads, counts = jax.jit(backend.value_and_grad(loss))(params, y0)
+    assert [float(x) for x in counts["probe"]] == [2.0, 16.0, 16.0, 0.0]
+    stats = backend.complete_step_stats(backend.step_stats(value, counts))
+    assert (stats.nfe_forward, stats.nfe_backward, stats.steps_accepted) == (16.0, 16.0, 16.0)
+    assert stats.extra == {"reverse_solves": 2.0}
+    # outside value_and_grad (an evaluation) there is no recorder: the same solve, no probe
+    _, stats = jax.jit(lambda p: backend.solve(f, p, y0, 0.0, 1.0))(params)
+    assert int(stats["nfe_forward"]) == 8
+    # the adjoint's gradient converges to the exact one: d/da of sum(y0) exp(-1.5 a) at a = 1
+    backend.steps = 256
+    _, grads, _ = jax.jit(backend.value_and_grad(loss))(params, y0)
+    np.testing.assert_allclose(float(grads["a"]), -1.5 * 7.0 * np.exp(-1.5), rtol=0.01)
+
+
+def test_the_guides_run_cell_snippet_runs(monkeypatch, one_torch_thread):
+    """docs/plugins.md's 'testing without installing it' snippet, as printed (from the
+    repository's root): its imports, CellSpec(backend_params=...) and its assertions on the
+    row."""
+    pytest.importorskip("torch")
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr("sys.path", list(__import__("sys").path))  # the snippet inserts one
+    code = _guide_block("**Testing without installing it.**")
+    namespace: dict = {}
+    exec(compile(code, "docs/plugins.md", "exec"), namespace)
+    row = namespace["row"]
+    assert row.backend == "example-heun[steps=5]" and row.backend_config == {"steps": 5}

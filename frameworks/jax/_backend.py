@@ -172,7 +172,8 @@ def failed_solve(solves: list[Mapping[str, Any]], probe: Any) -> str:
 #: What a JAX backend must do so that its NFE reach the row (shown when a step counted none).
 COUNTING_HINT = (
     "A JAX backend's solve must return stats with 'nfe_forward' (an int32 array: evaluations of "
-    "f in this solve), 'num_accepted_steps' and 'num_rejected_steps', and pass them to "
+    "f in this solve, computed in the traced program, never by a host callback) and, where the "
+    "solver can say, 'num_accepted_steps' and 'num_rejected_steps', and pass them to "
     "bench.frameworks.jax.record_solve(stats) before returning: a training step's counts are the "
     "solves recorded while the suite's backend.value_and_grad traced its loss.")
 
@@ -310,10 +311,11 @@ class JaxBackend(AbstractBackend):
         **Counting**: ``stats`` is a dict of int32 arrays computed from the solver (static
         Python ints made arrays, or loop counters; never host callbacks):
 
-        - ``nfe_forward``: evaluations of f in this forward solve (every stage of every step,
-          rejected steps and first-step probes included);
+        - ``nfe_forward`` (required): evaluations of f in this forward solve (every stage of
+          every step, rejected steps and first-step probes included);
         - ``num_accepted_steps``, ``num_rejected_steps`` (and ``num_steps``, their sum): solver
-          steps, never evaluations; a fixed-step solver's are all accepted;
+          steps, never evaluations; a fixed-step solver's are all accepted; left out where the
+          solver cannot say (the row's step columns are then empty);
         - ``nfe_backward`` when the backward pass's count is known here (backpropagation
           through stored stages: one vector-Jacobian product per forward evaluation);
           otherwise implement :meth:`backward_counts`, which gets every recorded stats dict and
@@ -396,7 +398,6 @@ class JaxBackend(AbstractBackend):
         if not isinstance(stats, _PendingStepStats):
             return stats
         import jax
-        import numpy as np
 
         counts = jax.device_get(stats.pending)
         solves = counts["solves"]
@@ -407,7 +408,7 @@ class JaxBackend(AbstractBackend):
         failed = failed_solve(solves, counts["probe"])
         if failed:
             return _FailedStepStats(loss=stats.loss, extra=more, problem=failed)
-        total = {key: float(sum(np.sum(r[key]) for r in solves))
+        total = {key: _summed(solves, key)
                  for key in ("nfe_forward", "num_accepted_steps", "num_rejected_steps")}
         nfe_backward, backward_extra = self.backward_counts(solves, counts["probe"])
         more.update(backward_extra)
@@ -440,6 +441,18 @@ class JaxBackend(AbstractBackend):
                 "through stored stages: one VJP per forward evaluation) or override "
                 "backward_counts(solves, probe) to count the backward pass")
         return float(sum(np.sum(record["nfe_backward"]) for record in solves)), {}
+
+
+def _summed(solves: list[Mapping[str, Any]], key: str) -> float | None:
+    """``key`` summed over a step's recorded solves; None where a solve lacks it: a library that
+    cannot say how many steps it took leaves the step counts out (the row's columns are empty, as
+    a torch block's None), and a step without ``nfe_forward`` fails the cell with the counting
+    hint (:meth:`AbstractBackend.step_stats_problem`) instead of a ``KeyError``."""
+    import numpy as np
+
+    if any(key not in record for record in solves):
+        return None
+    return float(sum(np.sum(record[key]) for record in solves))
 
 
 @runtime_checkable
