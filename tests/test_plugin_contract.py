@@ -322,3 +322,25 @@ def test_the_guides_run_cell_snippet_runs(monkeypatch, one_torch_thread):
     exec(compile(code, "docs/plugins.md", "exec"), namespace)
     row = namespace["row"]
     assert row.backend == "example-heun[steps=5]" and row.backend_config == {"steps": 5}
+
+
+def test_the_loop_time_profile_passes_ts_concrete_as_the_suites_do():
+    """The contract: ts is concrete (the suites pass NumPy arrays). The loop-time profile
+    re-runs each solve jitted at its inputs and must keep ts so: jax-rknet, and any fixed-step
+    backend that counts its steps on the host, read it there."""
+    pytest.importorskip("jax")
+    import jax.numpy as jnp
+    from bench.frameworks.jax._profile import profile_one
+    from bench.plugins.jax_rknet import JaxRkNetBackend
+
+    backend = JaxRkNetBackend(steps=4)
+
+    def f(t, y, a):
+        return -a * y
+
+    ts = np.linspace(0.0, 1.0, 3, dtype=np.float32)
+    y, stats, numbers = profile_one(backend.solve, f, jnp.float32(1.0), jnp.ones(2), 0.0, 1.0,
+                                    {"ts": ts})
+    assert y.shape == (3, 2) and numbers["nfe"] == int(np.sum(stats["nfe_forward"])) == 4 * 4
+    assert numbers["solve_time_s"] > 0
+    np.testing.assert_allclose(y[-1], np.exp(-1.0), rtol=1e-3)

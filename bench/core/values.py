@@ -49,8 +49,12 @@ class StepStats:
     """What one training iteration measured (filled by the task, from the backend's counters).
 
     ``nfe_forward`` counts evaluations of the dynamics in the forward pass; ``nfe_backward``
-    counts evaluations of the dynamics (or of its vector-Jacobian product) in the backward pass.
-    Steps are solver steps, never confused with function evaluations.
+    the backward pass's: each vector-Jacobian product of the dynamics counts 1 (an adjoint's
+    evaluation of f and its VJP at one point too), and the JAX backends that backpropagate
+    through a solver loop add the evaluations of f that recompute forward values (docs/plugins.md,
+    "What nfe_backward counts"). Steps are solver steps, never confused with function
+    evaluations; None: not known. ``extra`` holds further counts, recorded in the row as their
+    largest value over the training steps.
     """
 
     loss: float

@@ -143,13 +143,13 @@ def profile_one(solve: Callable[..., Any], f: Callable[..., Any], params: Any, y
     import jax.numpy as jnp
     import numpy as np
 
-    ts = kwargs.pop("ts", None)
-
-    def forward(params: Any, y0: Any, ts: Any) -> Any:
-        return solve(f, params, y0, t0, t1, ts=ts, **kwargs)
+    def forward(params: Any, y0: Any) -> Any:
+        # ts stays as the suite passed it, concrete (closed over, not a traced argument): a
+        # fixed-step solve reads it on the host to count its steps (jax-rknet)
+        return solve(f, params, y0, t0, t1, **kwargs)
 
     jitted = jax.jit(forward)
-    y, stats = jitted(params, y0, ts)
+    y, stats = jitted(params, y0)
     nfe = int(np.sum(np.asarray(jax.device_get(stats["nfe_forward"]))))
     leaves = jax.tree_util.tree_leaves(y0)
     dtype = leaves[0].dtype if leaves else jnp.float32
@@ -165,7 +165,7 @@ def profile_one(solve: Callable[..., Any], f: Callable[..., Any], params: Any, y
 
     with_f = jax.jit(lambda p, y: chain(p, y, True))
     without_f = jax.jit(lambda p, y: chain(p, y, False))
-    solve_s, chain_s, loop_s = _fastest_times([lambda: jitted(params, y0, ts),
+    solve_s, chain_s, loop_s = _fastest_times([lambda: jitted(params, y0),
                                                lambda: with_f(params, y0),
                                                lambda: without_f(params, y0)])
     dynamics_s = max(chain_s - loop_s, 0.0) * nfe / chain_length if nfe else 0.0
