@@ -328,7 +328,7 @@ def test_jax_cache_settings_off_and_a_refused_folder(tmp_path):
 
 def test_a_solve_that_failed_into_nan_fails_the_step_saying_why(monkeypatch):
     np = pytest.importorskip("numpy")
-    from bench.frameworks.jax._backend import failed_solve
+    from bench.frameworks.jax._cache import failed_solve
 
     good = [{"num_steps": np.int32(12), "nfe_forward": np.int32(74)}]
     assert failed_solve(good, np.zeros(4, np.float32)) == ""

@@ -50,15 +50,14 @@ from bench.frameworks.jax._backend import (
     PROBE_FIELDS,
     REQUIRED_MODULES,
     JaxBackend,
-    JaxGpuPeakTracker,
     SolveBackend,
     current_recorder,
-    jax_device,
     missing_modules,
     record_solve,
 )
 from bench.frameworks.jax._cache import configure_from_environment
 from bench.frameworks.jax._checkpoint import checkpoint_backward_iterations
+from bench.frameworks.jax._devices import JaxGpuPeakTracker, jax_device
 from bench.frameworks.jax._gradients import GradientProber
 from bench.frameworks.jax._solvers import (
     reverse_seminorm,

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from bench.frameworks.jax import _cache, _profile
+from bench.frameworks.jax._devices import JaxGpuPeakTracker, gpu_devices, jax_device
 
 from bench.core.availability import missing_modules as find_missing
 from bench.core.errors import BenchError
@@ -21,66 +22,6 @@ INSTALL_HINT = "pip install 'neural-ode-bench[jax]'"
 def missing_modules() -> list[str]:
     """The modules of the ``jax`` extra that cannot be found (without importing them)."""
     return find_missing(REQUIRED_MODULES)
-
-
-def jax_device(device: str) -> Any:
-    """The jax device for a resolved device string (``cpu`` or ``cuda``)."""
-    import jax
-
-    if device == "cpu":
-        return jax.devices("cpu")[0]
-    if device.startswith("cuda"):
-        gpus = _gpu_devices()
-        index = int(device.split(":", 1)[1]) if ":" in device else 0
-        if index >= len(gpus):
-            raise BenchError(f"jax sees {len(gpus)} GPU(s); there is no {device!r}")
-        return gpus[index]
-    raise BenchError(f"unknown device {device!r} (valid: cpu, cuda, auto)")
-
-
-def _gpu_devices() -> list[Any]:
-    import jax
-
-    try:
-        return list(jax.devices("gpu"))
-    except RuntimeError:  # no GPU backend (CPU-only jaxlib, or no visible device)
-        return []
-
-
-# -------------------------------------------------------------------------------------------------
-# Memory
-# -------------------------------------------------------------------------------------------------
-
-
-class JaxGpuPeakTracker(MemoryTracker):
-    """GPU memory from XLA's allocator statistics (``device.memory_stats()``).
-
-    XLA's ``peak_bytes_in_use`` cannot be reset, so the peak of a phase is the peak since the
-    process started, minus the bytes in use when the phase began: a later phase never reports less
-    than an earlier, larger one. The method name says so.
-    """
-
-    method = "xla_gpu_peak_bytes_in_use_since_process_start"
-
-    def __init__(self, device: Any):
-        self.device = device
-        self._baseline: int | None = None
-
-    def _stats(self) -> Mapping[str, int] | None:
-        try:
-            return self.device.memory_stats()
-        except Exception:  # some platforms do not report statistics
-            return None
-
-    def reset(self) -> None:
-        stats = self._stats()
-        self._baseline = None if not stats else int(stats.get("bytes_in_use", 0))
-
-    def peak_bytes(self) -> int | None:
-        stats = self._stats()
-        if not stats or self._baseline is None or "peak_bytes_in_use" not in stats:
-            return None
-        return max(0, int(stats["peak_bytes_in_use"]) - self._baseline)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -130,38 +71,6 @@ class _PendingStepStats(StepStats):
     and compute from ``pending`` (the step's counts pytree, device arrays)."""
 
     pending: Any = dataclasses.field(default=None, repr=False, compare=False)
-
-
-@dataclasses.dataclass(frozen=True)
-class _FailedStepStats(StepStats):
-    """A step whose solve failed: no count can be trusted; ``problem`` says what happened."""
-
-    problem: str = ""
-
-
-#: An int32 count that a failed solve's NaN turned into (equinox's ``EQX_ON_ERROR=nan``).
-_NAN_INT = 2**31 - 1
-
-
-def failed_solve(solves: list[Mapping[str, Any]], probe: Any) -> str:
-    """Why a step's fetched counts cannot be a solve's ('' when they can): with
-    ``EQX_ON_ERROR=nan`` (the compile cache's setting, :mod:`bench.frameworks.jax._cache`) a
-    solve that fails returns NaN everywhere, its int32 counts the largest int32 and its probe
-    NaN, instead of raising diffrax's error."""
-    import numpy as np
-
-    bad = any(np.any(np.asarray(value) >= _NAN_INT) for record in solves
-              for value in record.values() if np.issubdtype(np.asarray(value).dtype, np.integer))
-    if not bad and probe is not None and _cache.errors_are_nan():
-        bad = not bool(np.all(np.isfinite(np.asarray(probe, dtype=np.float64))))
-    if not bad:
-        return ""
-    why = ("a solve failed and returned NaN, with garbage counts: the cells run with "
-           "EQX_ON_ERROR=nan while the compile cache is on (equinox's runtime errors are host "
-           "callbacks, which JAX does not cache), which turns a solver's error into NaN. The "
-           "usual cause is diffrax reaching max_steps (a stiff or diverging solve, too tight "
-           "tolerances); rerun the cell with --no-compile-cache for the solver's own message")
-    return why if _cache.errors_are_nan() else "a solve returned garbage counts (NaN)"
 
 
 # -------------------------------------------------------------------------------------------------
@@ -219,9 +128,9 @@ class JaxBackend(AbstractBackend):
         if requested == "cpu":
             return "cpu"
         if requested == "auto":
-            return "cuda" if _gpu_devices() else "cpu"
+            return "cuda" if gpu_devices() else "cpu"
         if requested.startswith("cuda"):
-            if not _gpu_devices():
+            if not gpu_devices():
                 raise BenchError(
                     f"backend {self.name!r}: jax sees no GPU (install a CUDA build of jaxlib, "
                     "e.g. pip install 'jax[cuda12]', or use --device cpu)")
@@ -405,9 +314,9 @@ class JaxBackend(AbstractBackend):
         if not solves:
             return StepStats(loss=stats.loss, extra=more,
                              saved_for_backward_bytes=stats.saved_for_backward_bytes)
-        failed = failed_solve(solves, counts["probe"])
+        failed = _cache.failed_solve(solves, counts["probe"])
         if failed:
-            return _FailedStepStats(loss=stats.loss, extra=more, problem=failed)
+            return _cache.FailedStepStats(loss=stats.loss, extra=more, problem=failed)
         total = {key: _summed(solves, key)
                  for key in ("nfe_forward", "num_accepted_steps", "num_rejected_steps")}
         nfe_backward, backward_extra = self.backward_counts(solves, counts["probe"])
@@ -419,8 +328,9 @@ class JaxBackend(AbstractBackend):
             saved_for_backward_bytes=stats.saved_for_backward_bytes, extra=more)
 
     def step_stats_problem(self, stats: StepStats, step: int) -> str | None:
-        """A solve that failed in the step (:func:`failed_solve`), else the core's check."""
-        if isinstance(stats, _FailedStepStats):
+        """A solve that failed in the step (:func:`bench.frameworks.jax._cache.failed_solve`),
+        else the core's check."""
+        if isinstance(stats, _cache.FailedStepStats):
             return f"training step {step}: {stats.problem}"
         return super().step_stats_problem(stats, step)
 

@@ -25,11 +25,15 @@ With the cache on:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import stat
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from bench.core.interfaces import StepStats
 
 #: The engine's variable: a folder (the cache on) or ``off``.
 ENV = "BENCH_COMPILE_CACHE"
@@ -148,3 +152,38 @@ def counts() -> tuple[int, int] | None:
         return None
     start_counting()
     return _COUNTS[0], _COUNTS[1]
+
+
+# -- a solve that failed into NaN -----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class FailedStepStats(StepStats):
+    """A step whose solve failed: no count can be trusted; ``problem`` says what happened."""
+
+    problem: str = ""
+
+
+#: An int32 count that a failed solve's NaN turned into (equinox's ``EQX_ON_ERROR=nan``).
+_NAN_INT = 2**31 - 1
+
+
+def failed_solve(solves: list[Mapping[str, Any]], probe: Any) -> str:
+    """Why a step's fetched counts cannot be a solve's ('' when they can): with
+    ``EQX_ON_ERROR=nan`` (the compile cache's setting) a
+    solve that fails returns NaN everywhere, its int32 counts the largest int32 and its probe
+    NaN, instead of raising diffrax's error."""
+    import numpy as np
+
+    bad = any(np.any(np.asarray(value) >= _NAN_INT) for record in solves
+              for value in record.values() if np.issubdtype(np.asarray(value).dtype, np.integer))
+    if not bad and probe is not None and errors_are_nan():
+        bad = not bool(np.all(np.isfinite(np.asarray(probe, dtype=np.float64))))
+    if not bad:
+        return ""
+    why = ("a solve failed and returned NaN, with garbage counts: the cells run with "
+           "EQX_ON_ERROR=nan while the compile cache is on (equinox's runtime errors are host "
+           "callbacks, which JAX does not cache), which turns a solver's error into NaN. The "
+           "usual cause is diffrax reaching max_steps (a stiff or diverging solve, too tight "
+           "tolerances); rerun the cell with --no-compile-cache for the solver's own message")
+    return why if errors_are_nan() else "a solve returned garbage counts (NaN)"
