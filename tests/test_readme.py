@@ -32,7 +32,8 @@ def test_ci_runs_the_readme_test_command():
 def test_ci_builds_the_manual_after_the_fast_tests():
     lines = (ROOT / ".ci" / "run").read_text().splitlines()
     build = [i for i, line in enumerate(lines) if "mkdocs build --strict" in line]
-    fast = [i for i, line in enumerate(lines) if line.endswith(".venv/bin/python -m pytest")]
+    fast = [i for i, line in enumerate(lines)
+            if line.endswith(".venv/bin/python -m pytest -n auto")]
     assert build and fast and fast[0] < build[0]
 
 
