@@ -15,3 +15,19 @@ def test_timeout_default_is_in_help(command, capsys):
     text = " ".join(capsys.readouterr().out.split())
     at = text.index("--timeout SECONDS ")  # the option's entry, not the usage line's
     assert "(default: none," in text[at:at + 200]
+
+
+def test_mnist_paper_budget_quotes_the_measured_cpu_figure():
+    """bench list's MNIST paper budget gives the CPU time that was measured (and where), not an
+    unmeasured one: the same step time and epoch time as results/mnist-quick-cpu/NOTES.md."""
+    import re
+    from pathlib import Path
+
+    from bench.suites.mnist_data import BUDGETS
+
+    text = BUDGETS["paper"].description
+    step, epoch = re.search(r"step took ([0-9.]+ s)\b.*?(\d+ min) an epoch", text).groups()
+    assert "results/mnist-quick-cpu" in text and "loaded" in text
+    notes = " ".join((Path(__file__).resolve().parent.parent / "results" / "mnist-quick-cpu"
+                      / "NOTES.md").read_text().split())
+    assert f"took {step}" in notes and f"{epoch.replace('min', 'minutes')} an epoch" in notes
