@@ -187,7 +187,8 @@ class TorchodeBlock(OdeBlock):
         t_end = t[-1].expand(n).contiguous()
         t_eval = None if t.numel() == 2 else t.unsqueeze(0).expand(n, -1).contiguous()
         problem = to.InitialValueProblem(y0=y, t_start=t_start, t_end=t_end, t_eval=t_eval)
-        dt0 = self._dt0(n, float(t[-1] - t[0]), t)
+        # JointBacksolveAdjoint solves the batch as one sample: its dt0 is that sample's
+        dt0 = self._dt0(1 if self.gradient == "joint" else n, float(t[-1] - t[0]), t)
         solution = self._solver.solve(problem, dt0=dt0)
         self._count_steps(solution.stats)
         ys = solution.ys  # (n, times, features); times = 1 (t_end) without t_eval
