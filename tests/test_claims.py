@@ -487,3 +487,16 @@ def test_cells_that_ran_and_failed_make_a_claim_inconclusive_not_unmeasured(regi
     assert judgement.verdict is Verdict.INCONCLUSIVE
     assert "4 cell(s) that measure it failed" in judgement.reason and "TypeError: boom" in \
         judgement.reason
+
+
+def test_an_exact_memory_measurement_decides_and_the_resident_peak_is_reported():
+    import dataclasses
+
+    wobbly = [dataclasses.replace(r, peak_memory_bytes=peak) for r, peak in
+              zip(memory_rows(slope=0.0), (98304, 212992, 6459392, 172032), strict=True)]
+    judgement = judge_scaling(wobbly, ("torch-adjoint",), "O(1)", NEEDS)
+    assert judgement.verdict is Verdict.HOLDS
+    assert "reported, not deciding: torch-adjoint peak_memory_bytes" in judgement.reason
+    resident_only = [dataclasses.replace(r, saved_for_backward_bytes=None) for r in wobbly]
+    assert judge_scaling(resident_only, ("torch-adjoint",), "O(1)", NEEDS).verdict is \
+        Verdict.INCONCLUSIVE
