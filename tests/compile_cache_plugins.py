@@ -41,6 +41,9 @@ class CachedEulerBackend(NumpyEulerBackend):
     def compile_cache_counts(self):
         return None if self._cache() is None else (self.requests, self.hits)
 
+    def nan_hint(self):
+        return "" if self._cache() is None else "; (a failed fake solve returns NaN)"
+
     @contextlib.contextmanager
     def profile_solves(self, device):
         result = {}
@@ -51,3 +54,4 @@ class CachedEulerBackend(NumpyEulerBackend):
 @bench.hookimpl
 def bench_register_backends(register):
     register(CachedEulerBackend())
+    register(CachedEulerBackend("numpy-cached-nan", behaviour="nan"))

@@ -174,6 +174,22 @@ def test_cli_flags_reach_the_run_and_its_config(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_a_nan_loss_says_where_it_may_come_from(tmp_path, monkeypatch):
+    """With the cache on, a JAX solve that fails returns NaN: the row says so."""
+    registry = Registry.load(CACHED)
+    spec = CellSpec("linear", "numpy-cached-nan", "smoke", 0, "cpu")
+    backend, suite = registry.backend("numpy-cached-nan"), registry.suite("linear")
+    monkeypatch.setenv(COMPILE_CACHE_ENV, str(tmp_path / "cache"))
+    (tmp_path / "on").mkdir()
+    (tmp_path / "off").mkdir()
+    row = run_cell(spec, backend, suite, tmp_path / "on")
+    assert row.status == "diverged"
+    assert row.error == "non-finite loss nan at step 2; (a failed fake solve returns NaN)"
+    monkeypatch.setenv(COMPILE_CACHE_ENV, "off")
+    row = run_cell(spec, backend, suite, tmp_path / "off")
+    assert row.error == "non-finite loss nan at step 2"
+
+
 # -- the loop-time split ------------------------------------------------------------------------
 
 
@@ -407,3 +423,36 @@ def test_claims_timing_table_keeps_cache_loads_apart(tmp_path):
     records = timing_records([Source()])
     assert [(r["compile_cache"], r["cells"], r["compile_time_s"]) for r in records] == [
         ("hit", 1, "0.3"), ("miss", 2, "10")]
+
+
+MAX_STEPS_CELL = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    sys.path.insert(0, {tests!r})
+    import bench.frameworks.jax
+    from test_jax_backends import JaxToySuite
+    from bench.engine.cell import run_cell
+    from bench.planning.cells import CellSpec
+    from bench.plugins.jax_diffrax import DiffraxBackend
+    b = DiffraxBackend("diffrax-checkpoint", "checkpoint", max_steps=1)  # the toy needs more
+    row = run_cell(CellSpec("jax-toy", b.name, "smoke", 0, "cpu"), b, JaxToySuite(),
+                   Path({work!r}), log=lambda _: None)
+    print(json.dumps({{"status": str(row.status), "error": row.error}}))
+""")
+
+
+@pytest.mark.slow  # compiles a diffrax step
+def test_a_solve_that_reaches_max_steps_fails_its_cell_saying_why(tmp_path):
+    """With the cache on (EQX_ON_ERROR=nan) diffrax's max_steps error becomes NaN: the row
+    still says what happened and how to see the solver's own message."""
+    pytest.importorskip("diffrax")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "EQX_"))}
+    env[COMPILE_CACHE_ENV] = str(tmp_path / "cache")
+    code = MAX_STEPS_CELL.format(tests=str(ROOT / "tests"), work=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    assert row["status"] == "failed"
+    assert "training step 0: a solve failed" in row["error"]
+    assert "max_steps" in row["error"] and "--no-compile-cache" in row["error"]

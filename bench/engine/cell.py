@@ -37,7 +37,15 @@ from bench.core.interfaces import (
 )
 from bench.core.measure import mean_or_none, median_or_none, percentile
 from bench.core.rows import ResultRow, Status, metric_problem, now_iso
-from bench.engine.phases import PhaseClock, cache_counts, cache_state, profile_loop
+from bench.engine.phases import (
+    PhaseClock,
+    cache_counts,
+    cache_delta,
+    cache_state,
+    nan_hint,
+    note_nan_gradients,
+    profile_loop,
+)
 from bench.planning.cells import CellSpec
 from bench.store.files import atomic_write_text
 
@@ -175,6 +183,7 @@ def run_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite, wor
             with clock.phase("gradient_probes"):
                 measure_initial_gradients(lambda: suite.build_task(ctx), backend, gradients,
                                           gradient_key(spec, backend, suite), device, fields)
+        note_nan_gradients(backend, fields)
     except _BadMetric as exc:
         status, error = Status.FAILED, str(exc)
     except Exception as exc:  # the row keeps what was measured before the failure
@@ -219,7 +228,7 @@ def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_d
         clock.add("evaluation", seconds)
         problem = metric_problem(result.metrics)
         if problem:  # a metric is a finite number, or the cell has failed
-            raise _BadMetric(problem)
+            raise _BadMetric(problem + nan_hint(backend))
         evals.append({"step": step, "train_time_s": train_clock, "eval_time_s": seconds,
                       "eval_prepare_time_s": t1 - t0, "final": final, **dict(result.metrics)})
         return result, seconds
@@ -235,7 +244,7 @@ def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_d
             if step == 0:  # whether the warm-up's compilations came from the cache
                 cache_after = cache_counts(backend)
                 fields["compile_cache"] = cache_state(backend, cache_before, cache_after)
-                clock.cache["first_step"] = _cache_delta(cache_before, cache_after)
+                clock.cache["first_step"] = cache_delta(cache_before, cache_after)
             train_clock += seconds
             stats.append(s)
             times.append(seconds)
@@ -245,7 +254,7 @@ def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_d
             if progress is not None:
                 progress(step + 1, n_steps, s.loss)
             if not math.isfinite(s.loss):
-                raise _Diverged(f"non-finite loss {s.loss} at step {step}")
+                raise _Diverged(f"non-finite loss {s.loss} at step {step}{nan_hint(backend)}")
             if task.eval_every and (step + 1) % task.eval_every == 0 and step + 1 < n_steps:
                 evaluate(step + 1, final=False)
     except _Diverged as exc:
@@ -278,16 +287,8 @@ def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_d
         fields.update(split)
         if reason:
             fields["notes"] = f"{fields.get('notes') or ''}; {reason}".lstrip("; ")
-    clock.cache["cell"] = _cache_delta(cache_start, cache_counts(backend))
+    clock.cache["cell"] = cache_delta(cache_start, cache_counts(backend))
     return status, error
-
-
-def _cache_delta(before: tuple[int, int] | None, after: tuple[int, int] | None
-                 ) -> dict[str, int] | None:
-    """Compilations through the persistent cache between two counts, and how many hit."""
-    if before is None or after is None:
-        return None
-    return {"requests": after[0] - before[0], "hits": after[1] - before[1]}
 
 
 def _measure_memory(task: Any, backend: AbstractBackend, device: str, tracker: Any,
@@ -345,6 +346,9 @@ def _in_fresh_thread(fn: Callable[[], None]) -> None:
     fixed, the memory steps' large tensors are then mapped and unmapped as they live and die, so
     the resident peak is what the step really held (memory study, torch-direct at L = 512:
     1060 MiB resident for 1025 MiB saved for backward; 2920 MiB in the main thread)."""
+    if os.environ.get("H7_EXPERIMENT_MAIN"):  # TEMPORARY experiment
+        fn()
+        return
     error: list[BaseException] = []
 
     def run() -> None:

@@ -9,12 +9,14 @@ probes, the memory steps and the loop-time profile. They go to the cell folder a
 ``setup_time_s``, ``eval_prepare_time_s``, ``gradient_probe_time_s``,
 ``memory_steps_time_s``).
 
-Two optional backend hooks (framework layers implement them; the core names no framework):
+Optional backend hooks (framework layers implement them; the core names no framework):
 
 - ``compile_cache_counts()``: ``(requests, hits)`` of the persistent compilation cache in this
   process so far, or None when the framework has no such cache or it is off. The warm-up
   step's compilations are read around it: the row's ``compile_cache`` says ``hit``, ``miss``
   or ``partial`` (so that ``compile_time_s`` of a cache load is never taken for a compilation).
+- ``nan_hint()``: what to add to the message of a NaN loss, metric or gradient error (JAX: a
+  failed solve returns NaN while the compile cache is on).
 - ``profile_solves(device)``: a context manager around one extra, untimed training step that
   yields a dict, filled when the block ends, with the forward solves' time (``solve_time_s``),
   the dynamics' evaluations' share of it (``dynamics_time_s``), their count (``nfe``) and the
@@ -109,6 +111,15 @@ def cache_counts(backend: Any) -> tuple[int, int] | None:
     return int(requests), int(hits)
 
 
+def cache_delta(before: tuple[int, int] | None, after: tuple[int, int] | None
+                ) -> dict[str, int] | None:
+    """Compilations through the persistent cache between two :func:`cache_counts`, and how
+    many of them hit (None: no counts)."""
+    if before is None or after is None:
+        return None
+    return {"requests": after[0] - before[0], "hits": after[1] - before[1]}
+
+
 def cache_state(backend: Any, before: tuple[int, int] | None,
                 after: tuple[int, int] | None) -> str:
     """The row's ``compile_cache`` for the compilations between two :func:`cache_counts`:
@@ -158,3 +169,21 @@ def profile_loop(backend: Any, device: str, step: Callable[[], Any]) -> tuple[di
         return columns, ""
     reason = profile.get("reason") or "the profiled step ran no solve"
     return {}, f"loop-time split not measured: {reason}"
+
+
+# -- where a NaN may come from --------------------------------------------------------------------
+
+
+def nan_hint(backend: Any) -> str:
+    """The backend's note on where a NaN may come from (its optional ``nan_hint()``; '' without
+    one): JAX's failed solves return NaN while the compile cache is on."""
+    hint = getattr(backend, "nan_hint", None)
+    return str(hint()) if callable(hint) else ""
+
+
+def note_nan_gradients(backend: Any, fields: dict[str, Any]) -> None:
+    """Say in ``notes`` where a NaN gradient error may come from (see :func:`nan_hint`)."""
+    hint = nan_hint(backend)
+    if hint and any(isinstance(fields.get(k), float) and math.isnan(fields[k])
+                    for k in ("grad_rel_error", "grad_rel_error_final")):
+        fields["notes"] = f"{fields.get('notes') or ''}; a gradient error is NaN{hint}".lstrip("; ")

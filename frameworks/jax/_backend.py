@@ -188,6 +188,11 @@ class JaxBackend(AbstractBackend):
         ``compile_cache``)."""
         return _cache.counts()
 
+    def nan_hint(self) -> str:
+        """Added by the core to a NaN metric's or loss's message: a failed solve returns NaN
+        while the compile cache is on (:func:`bench.frameworks.jax._cache.nan_hint`)."""
+        return _cache.nan_hint()
+
     def profile_solves(self, device: str) -> Any:
         """A context manager around one untimed training step that yields the loop-time
         split of its forward solves (:mod:`bench.frameworks.jax._profile`)."""

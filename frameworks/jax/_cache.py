@@ -187,3 +187,13 @@ def failed_solve(solves: list[Mapping[str, Any]], probe: Any) -> str:
            "usual cause is diffrax reaching max_steps (a stiff or diverging solve, too tight "
            "tolerances); rerun the cell with --no-compile-cache for the solver's own message")
     return why if errors_are_nan() else "a solve returned garbage counts (NaN)"
+
+
+def nan_hint() -> str:
+    """What to add to a NaN metric's or loss's message where a failed solve returns NaN
+    (``EQX_ON_ERROR=nan``); '' otherwise."""
+    if not errors_are_nan():
+        return ""
+    return ("; with the compile cache on, a JAX solve that fails (diffrax reaching max_steps, "
+            "for one) returns NaN instead of raising (EQX_ON_ERROR=nan): rerun the cell with "
+            "--no-compile-cache for the solver's own message")
