@@ -346,9 +346,6 @@ def _in_fresh_thread(fn: Callable[[], None]) -> None:
     fixed, the memory steps' large tensors are then mapped and unmapped as they live and die, so
     the resident peak is what the step really held (memory study, torch-direct at L = 512:
     1060 MiB resident for 1025 MiB saved for backward; 2920 MiB in the main thread)."""
-    if os.environ.get("H7_EXPERIMENT_MAIN"):  # TEMPORARY experiment
-        fn()
-        return
     error: list[BaseException] = []
 
     def run() -> None:
