@@ -15,7 +15,6 @@ from bench.suites import latent_ode_series
 from bench.core.errors import BenchError, UnknownNameError
 from bench.core.interfaces import Budget, Evaluation, Tolerances
 from bench.core.seeding import stream
-from bench.store.files import atomic_write
 
 DATASETS = tuple(latent_ode_series.GENERATORS)
 TABLE2_OBSERVED = (30, 50, 100)  # Chen et al. 2018, Table 2: observed points out of 100
@@ -402,6 +401,8 @@ class LatentOdeData:
         title = f"latent-ode {self.dataset}, {backend_name}"
         if mse is not None and math.isfinite(mse):
             title += f": test MSE {mse:.4g}"
+        from bench.suites.latent_ode_plot import plot_series
+
         plot_series(Path(work_dir) / f"latent_ode_{self.dataset}.png", self, batch, clean,
                     prediction, title)
 
@@ -409,41 +410,3 @@ class LatentOdeData:
 def gaussian_log_constant(obs_std: float) -> float:
     """The constant of log N(x; m, s^2) per point: -log(s) - log(2 pi) / 2."""
     return -math.log(obs_std) - 0.5 * math.log(2.0 * math.pi)
-
-
-def plot_series(path: Any, data: LatentOdeData, batch: Batch, clean: np.ndarray,
-                prediction: np.ndarray, title: str = "") -> None:
-    """One PNG: a few test series with their observed points, the truth and the model's
-    reconstruction (window) and extrapolation (future)."""
-    from matplotlib.figure import Figure
-
-    n = len(prediction)
-    fig = Figure(figsize=(4.0 * n, 3.6))
-    axes = np.atleast_1d(fig.subplots(1, n))
-    t, w = data.times, data.window
-    for i, ax in enumerate(axes):
-        seen = batch.mask[i] > 0.5
-        if data.series.dim == 2:
-            ax.plot(clean[i, :, 0], clean[i, :, 1], color="0.7", lw=1, label="truth")
-            ax.plot(prediction[i, :w, 0], prediction[i, :w, 1], color="C0", label="reconstruction")
-            ax.plot(prediction[i, w - 1:, 0], prediction[i, w - 1:, 1], color="C3", ls="--",
-                    label="extrapolation")
-            ax.scatter(batch.values[i, seen, 0], batch.values[i, seen, 1], s=8, color="k",
-                       label="observed", zorder=3)
-            ax.set_aspect("equal", adjustable="datalim")
-        else:
-            ax.plot(t, clean[i, :, 0], color="0.7", lw=1, label="truth")
-            ax.plot(t[:w], prediction[i, :w, 0], color="C0", label="reconstruction")
-            ax.plot(t[w - 1:], prediction[i, w - 1:, 0], color="C3", ls="--",
-                    label="extrapolation")
-            ax.scatter(t[seen], batch.values[i, seen, 0], s=8, color="k", label="observed",
-                       zorder=3)
-            ax.axvline(float(t[w - 1]), color="0.85", lw=0.8)
-            ax.set_xlabel("t")
-        ax.set_title(f"test series {i}", fontsize=9)
-    axes[0].legend(fontsize=7, loc="best")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    # whole, renamed into place: never written through a link in the cell's folder
-    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=100))
