@@ -329,7 +329,7 @@ def test_jax_cache_settings_off_and_a_refused_folder(tmp_path):
     on = _settings(str(tmp_path / "cache"))
     assert on["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "cache" / "jax")
     assert on["JAX_ENABLE_COMPILATION_CACHE"] == "true" and on["EQX_ON_ERROR"] == "nan"
-    assert float(on["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]) < 1  # JAX's default: 1 s
+    assert float(on["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]) == 0  # JAX's default: 1 s
     assert on["counts"] == [0, 0]
     off = _settings("off")
     assert off["JAX_ENABLE_COMPILATION_CACHE"] == "false" and off["counts"] is None
@@ -456,3 +456,27 @@ def test_a_solve_that_reaches_max_steps_fails_its_cell_saying_why(tmp_path):
     assert row["status"] == "failed"
     assert "training step 0: a solve failed" in row["error"]
     assert "max_steps" in row["error"] and "--no-compile-cache" in row["error"]
+
+
+def test_the_checkpoint_replays_answers_are_kept_beside_the_cache(tmp_path, monkeypatch):
+    """diffrax-checkpoint's backward count replays the checkpoint schedule in programs that
+    hold a host callback (never cached by JAX): its answers are kept beside the cache."""
+    from bench.frameworks.jax import _cache, _checkpoint
+
+    replayed = []
+
+    def replay(max_steps, checkpoints):
+        return lambda n: replayed.append(n) or 2 * n
+
+    monkeypatch.setattr(_checkpoint, "_checkpoint_replay", replay)
+    monkeypatch.setattr(_cache, "folder", lambda: tmp_path / "jax")
+    assert _checkpoint.checkpoint_backward_iterations(7, 4096) == 14
+    assert _checkpoint.checkpoint_backward_iterations(7, 4096) == 14 and replayed == [7]
+    memo = json.loads((tmp_path / _checkpoint.MEMO_NAME).read_text())
+    assert list(memo.values()) == [14] and "max_steps=4096/checkpoints=None/n=7" in list(memo)[0]
+    (tmp_path / _checkpoint.MEMO_NAME).unlink()
+    (tmp_path / "elsewhere.json").write_text(json.dumps({k: 99 for k in memo}))
+    (tmp_path / _checkpoint.MEMO_NAME).symlink_to(tmp_path / "elsewhere.json")
+    assert _checkpoint.checkpoint_backward_iterations(7, 4096) == 14  # a link is not read
+    monkeypatch.setattr(_cache, "folder", lambda: None)  # the cache off: replayed each time
+    assert _checkpoint.checkpoint_backward_iterations(7, 4096) == 14 and replayed == [7, 7, 7]

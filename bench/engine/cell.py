@@ -131,15 +131,18 @@ class _BadMetric(Exception):
     """An evaluation returned a metric that is not a finite number (the message says which)."""
 
 
-def timed_step(task: Any, backend: AbstractBackend, device: str, step: int
-               ) -> tuple[StepStats, float]:
+def timed_step(task: Any, backend: AbstractBackend, device: str, step: int,
+               clock_stopped: Callable[[], None] | None = None) -> tuple[StepStats, float]:
     """One training step as the harness measures it: synchronised before both clock readings;
-    the backend completes the step's counts after the clock stopped."""
+    the backend completes the step's counts after the clock stopped (``clock_stopped`` is
+    called in between: what the clock saw, e.g. its compilations, without the counting's)."""
     backend.synchronize(device)
     t0 = time.perf_counter()
     stats = task.train_step(step)
     backend.synchronize(device)
     seconds = time.perf_counter() - t0
+    if clock_stopped is not None:
+        clock_stopped()
     return backend.complete_step_stats(stats), seconds
 
 
@@ -233,6 +236,11 @@ def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_d
                       "eval_prepare_time_s": t1 - t0, "final": final, **dict(result.metrics)})
         return result, seconds
 
+    def first_step_done() -> None:  # whether the warm-up's compilations came from the cache
+        after = cache_counts(backend)
+        fields["compile_cache"] = cache_state(backend, cache_before, after)
+        clock.cache["first_step"] = cache_delta(cache_before, after)
+
     try:
         for step in range(n_steps):
             if step == 0:
@@ -240,11 +248,8 @@ def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_d
                 cache_before = cache_counts(backend)
             elif step == 1:
                 fields["peak_memory_first_step_bytes"] = tracker.peak_bytes()
-            s, seconds = timed_step(task, backend, device, step)
-            if step == 0:  # whether the warm-up's compilations came from the cache
-                cache_after = cache_counts(backend)
-                fields["compile_cache"] = cache_state(backend, cache_before, cache_after)
-                clock.cache["first_step"] = cache_delta(cache_before, cache_after)
+            s, seconds = timed_step(task, backend, device, step,
+                                    first_step_done if step == 0 else None)
             train_clock += seconds
             stats.append(s)
             times.append(seconds)

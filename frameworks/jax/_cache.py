@@ -13,8 +13,8 @@ With the cache on:
 - the executables go to ``DIR/jax`` (made with mode 0700; refused, with the cache off and a
   warning, when it is a link, not a folder, another user's, or writable by others: JAX loads
   executables from it);
-- every compilation that took at least :data:`MIN_COMPILE_TIME_S` is written (JAX's default,
-  1 s, would leave out the evaluation and gradient-reference programs a grid shares);
+- every compilation is written (:data:`MIN_COMPILE_TIME_S`; JAX's default, 1 s, would leave
+  out the evaluation and gradient-reference programs a grid shares);
 - ``EQX_ON_ERROR=nan`` (unless set): JAX writes no executable that contains a host callback,
   and equinox's runtime errors (diffrax's ``max_steps`` reached, for one) are host callbacks,
   so a diffrax training step was never cached. A failed solve then returns NaN (its counts
@@ -37,8 +37,10 @@ from bench.core.interfaces import StepStats
 
 #: The engine's variable: a folder (the cache on) or ``off``.
 ENV = "BENCH_COMPILE_CACHE"
-#: The compilations written to the cache: those that took at least this long (seconds).
-MIN_COMPILE_TIME_S = 0.05
+#: The compilations written to the cache: those that took at least this long (seconds). All
+#: of them: a first step also compiles a few tiny programs (argument conversions, 10-40 ms
+#: each), and one left out would make every later cell's step a ``partial`` hit.
+MIN_COMPILE_TIME_S = 0.0
 #: Subfolder of the cache folder that holds JAX's executables.
 SUBFOLDER = "jax"
 
@@ -121,6 +123,11 @@ def configure_from_environment() -> None:
 def enabled() -> bool:
     """The persistent cache is on in this process (set from ``BENCH_COMPILE_CACHE``)."""
     return bool(_STATE["enabled"])
+
+
+def folder() -> Path | None:
+    """The folder of JAX's executables when the cache is on in this process (None: off)."""
+    return _STATE["folder"] if enabled() else None
 
 
 def errors_are_nan() -> bool:
