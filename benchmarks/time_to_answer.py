@@ -197,6 +197,7 @@ def main() -> None:
                         help="bench run --threads for the smoke and quick runs (default: "
                         "bench's own, every core; on a loaded machine 1 spares the cells "
                         "OpenMP's waits for a descheduled thread)")
+    parser.add_argument("--note", default="", help="with --save: how the machine was (its load)")
     parser.add_argument("--save", action="store_true",
                         help=f"write the figures as the new baseline ({BASELINE.name})")
     args = parser.parse_args()
@@ -222,13 +223,18 @@ def main() -> None:
         if name.startswith("phases_"):
             print_phases(name.removeprefix("phases_"), table)
     baseline = json.loads(BASELINE.read_text()) if BASELINE.is_file() else {}
+    if baseline:
+        print(f"\nprevious figures: {baseline.get('measured_at')} on {baseline.get('host')} "
+              f"({baseline.get('cores')} cores, load {baseline.get('load_1m')}): "
+              f"{baseline.get('note') or ''}")
     compare(figures, baseline)
     if args.save:
         saved = {**baseline.get("figures", {}),
                  **{k: v for k, v in figures.items() if isinstance(v, float)}}
         BASELINE.write_text(json.dumps({
             "host": os.uname().nodename, "cores": os.cpu_count(), "load_1m": load(),
-            "measured_at": time.strftime("%Y-%m-%d %H:%M"), "figures": saved}, indent=1) + "\n")
+            "measured_at": time.strftime("%Y-%m-%d %H:%M"), "note": args.note,
+            "figures": saved}, indent=1) + "\n")
         print(f"\nsaved as the new baseline: {BASELINE}")
 
 
