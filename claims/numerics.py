@@ -75,7 +75,8 @@ def judge_fixed_nfe(rows: Sequence[ResultRow]) -> Judgement:
         if expected is not None:
             checked.append((r, expected))
     if not checked:
-        return missing((FIXED_NEED,), "fixed-step memory-scaling row of a known solver")
+        return failed_cells(rows, "memory-scaling", None) or missing(
+            (FIXED_NEED,), "fixed-step memory-scaling row of a known solver")
     excess = [((r.nfe_forward or 0.0) - e) / (number(r, "steps") or 1) for r, e in checked]
     worst = max(range(len(excess)), key=lambda i: abs(excess[i]))
     row, expected = checked[worst]
