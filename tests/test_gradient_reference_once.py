@@ -34,7 +34,7 @@ def _ask(cache: str, marks: str, out: str) -> None:
 def test_two_cells_at_once_compute_one_reference(tmp_path):
     cache, marks = tmp_path / "gradient_reference", tmp_path / "marks"
     marks.mkdir()
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")  # fork warns once JAX has started threads
     procs = [context.Process(target=_ask, args=(str(cache), str(marks), str(tmp_path / f"{i}.npy")))
              for i in range(2)]
     for p in procs:

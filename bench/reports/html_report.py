@@ -242,6 +242,16 @@ def _plots(run_dir: RunDirectory) -> str:
     return "\n".join(parts)
 
 
+def _claims(run_dir: RunDirectory) -> str:
+    """The verdicts of the registered claims that this folder's cells measure
+    (:func:`bench.reports.claims.claims_section`; ``bench claims`` judges several folders)."""
+    from bench.core.registry import PluginSelection, Registry
+    from bench.reports.claims import claims_section
+
+    registry = Registry.load(PluginSelection.from_environment())
+    return claims_section(list(registry.claims.values()), run_dir.path)
+
+
 #: A torch cell's device name ends with its thread count (``AMD EPYC, 1 threads``).
 _THREADS = re.compile(r",\s*(\d+) threads?$")
 
@@ -322,6 +332,7 @@ def html_page(path: str | Path) -> str:
                   _filters(table), _table(table)]
     parts.append(loop_split_section(rows))  # '' when no row has the loop-time split
     parts += ["<h2>Failed cells</h2>", _failed(run_dir, rows), _unsupported(rows),
+              "<h2>Claims</h2>", _claims(run_dir),
               "<h2>Plots</h2>", _plots(run_dir)]
     notes = run_dir.path / "NOTES.md"
     if is_regular_file(notes):
