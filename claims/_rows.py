@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
@@ -83,10 +84,20 @@ def failed_cells(rows: Iterable[ResultRow], suite: str | None,
            and (backends is None or base_name(r) in backends)]
     if not bad:
         return None
-    first = (bad[0].error or "").strip().splitlines()
     return Judgement(Verdict.INCONCLUSIVE, cells=len(bad),
                      reason=f"{len(bad)} cell(s) that measure it {bad[0].status}, e.g. "
-                     f"{bad[0].cell_id}: {first[-1] if first else '(no error text)'}"[:400])
+                     f"{bad[0].cell_id}: {error_line(bad[0].error)}"[:400])
+
+
+_EXCEPTION = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)\b")
+
+
+def error_line(error: str | None) -> str:
+    """The line of a cell's error that names it: the last ``SomeError: ...`` line (JAX's errors
+    end with a 'See https://...' line, tracebacks with the exception), else the last line."""
+    lines = [line.strip() for line in (error or "").strip().splitlines() if line.strip()]
+    named = [line for line in lines if _EXCEPTION.match(line)]
+    return (named or lines or ["(no error text)"])[-1]
 
 
 def too_few(figure: float | None, reason: str, unit: str = "", cells: int = 0) -> Judgement:

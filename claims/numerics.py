@@ -235,6 +235,10 @@ COMPILE_RATIO = 10.0
 MIN_STEPS = 4
 
 
+def _compile_ratio(row: ResultRow) -> float:
+    return (row.compile_time_s or 0.0) / (row.train_step_time_s or 1.0)
+
+
 def judge_compile_apart(rows: Sequence[ResultRow]) -> Judgement:
     jax = ok_rows(rows, where=lambda r: r.framework == "jax" and r.compile_time_s is not None
                   and bool(r.train_step_time_s) and (r.train_steps or 0) >= MIN_STEPS)
@@ -249,11 +253,19 @@ def judge_compile_apart(rows: Sequence[ResultRow]) -> Judgement:
                          "from the compile cache (compile_cache hit or partial): no compile time "
                          "to judge; run them with --no-compile-cache")
     clean = [r for r in compiled if not r.timing_flag]
-    if not clean:
-        return Judgement(Verdict.INCONCLUSIVE, unit="ratio", cells=len(compiled),
+    if not clean:  # the figure so far is shown, not judged: load moves both times unevenly
+        flagged = sorted(_compile_ratio(r) for r in compiled)
+        busy = [r.host_busy_cores_other for r in compiled if r.host_busy_cores_other is not None]
+        load = (f"; other processes kept {fmt(min(busy))} to {fmt(max(busy))} cores busy"
+                if busy else "")
+        return Judgement(Verdict.INCONCLUSIVE, statistics.median(flagged), unit="ratio",
+                         cells=len(compiled),
                          reason=f"timing flagged in all {len(compiled)} JAX cells (a loaded "
-                         "host)")
-    ratios = sorted((r.compile_time_s or 0.0) / (r.train_step_time_s or 1.0) for r in clean)
+                         f"host{load}): their compile time / step time, median "
+                         f"{fmt(statistics.median(flagged))}, range {fmt(flagged[0])} to "
+                         f"{fmt(flagged[-1])}, is not judged; the claim needs unflagged cells "
+                         f"all above {COMPILE_RATIO:g}")
+    ratios = sorted(_compile_ratio(r) for r in clean)
     median = statistics.median(ratios)
     verdict = interval_verdict(ratios[0], ratios[-1], COMPILE_RATIO, "above")
     return Judgement(verdict, median, ratios[0], ratios[-1], "ratio",

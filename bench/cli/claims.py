@@ -58,6 +58,10 @@ def add_parser(sub: Any) -> None:
                    "verdict over all of them")
     p.add_argument("--format", default="markdown", choices=FORMATS,
                    help="markdown (default), csv, or html (a table to put in a page)")
+    p.add_argument("--publish", type=_path, default=None, metavar="DIR",
+                   help="with --per-folder: publish the folders into DIR (a new results "
+                   "folder): one published run per folder (flagged timings allowed and listed) "
+                   "and the tables as claims.md and CSV (bench index --regenerate keeps them)")
     p.add_argument("--list", action="store_true",
                    help="list the registered claims with their sources and the cells they need")
     p.add_argument("--run", action="store_true",
@@ -232,6 +236,20 @@ def cmd_claims(args: argparse.Namespace, registry: Registry) -> int:
                          "bench claims results/*), or --run to measure them first")
     if args.per_folder and args.base:
         raise BenchError("--per-folder and --base are two different tables: choose one")
+    if args.publish is not None:
+        if not args.per_folder or args.format != "markdown":
+            raise BenchError("--publish writes the --per-folder tables (markdown and CSV): "
+                             "give --per-folder, without --format")
+        from bench.reports.claims_publish import publish_claims
+
+        folders = [p for p in paths if not p.is_file()]
+        from bench.store.results_index import update_index_if_generated
+
+        for path in publish_claims(claims, folders, args.publish):
+            print(f"wrote {path}", file=sys.stderr)
+        index = update_index_if_generated(args.publish.parent)
+        if index is not None:
+            print(f"index: {index}", file=sys.stderr)
     found = sources(paths)
     new = judge_sources(claims, found)
     if args.base:

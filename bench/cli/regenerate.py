@@ -70,6 +70,28 @@ def published_folders(results: Path) -> list[Path]:
                   if is_real_dir(p) and is_regular_file(p / "results.csv"))
 
 
+def regenerate_claims_folders(results: Path, check: bool = False) -> list[Path]:
+    """The stale pages of every claims folder of ``results`` (``bench claims --publish``): its
+    run folders' and its claims tables, judged by the registered claims it names."""
+    from bench.core.registry import PluginSelection, Registry
+    from bench.reports.claims_publish import (
+        claims_sources,
+        is_claims_folder,
+        regenerate_claims_folder,
+    )
+
+    folders = sorted(p for p in results.iterdir() if is_claims_folder(p))
+    if not folders:
+        return []
+    registry = Registry.load(PluginSelection.from_environment())
+    stale: list[Path] = []
+    for folder in folders:
+        names = claims_sources(folder)[0]
+        claims = [registry.claim(name) for name in names]
+        stale += regenerate_claims_folder(folder, claims, MAKERS, check=check)
+    return stale
+
+
 def regenerate(results: str | Path, check: bool = False, plots: bool = False) -> list[Path]:
     """Every stale page of ``results`` (its folders' and its index), rewritten unless
     ``check``; ``plots``: redraw the row-determined plots first (not with ``check``)."""
@@ -83,6 +105,7 @@ def regenerate(results: str | Path, check: bool = False, plots: bool = False) ->
         if plots:
             redraw_plots(folder)
         stale += regenerate_folder(folder, MAKERS, check=check)
+    stale += regenerate_claims_folders(results, check)
     index = results / INDEX_NAME
     if is_regular_file(index):
         current = read_bytes(index).decode("utf-8", errors="replace")

@@ -89,6 +89,9 @@ def judge(claim: AbstractClaim, rows: Sequence[ResultRow]) -> Judgement:
     if not isinstance(judgement, Judgement):
         return Judgement(Verdict.INCONCLUSIVE, reason=f"the claim's judge returned "
                          f"{type(judgement).__name__}, not a Judgement")
+    if judgement.verdict is Verdict.INCONCLUSIVE and not judgement.reason.strip():
+        # an inconclusive verdict always says why; a judge that did not is named as such
+        return dataclasses.replace(judgement, reason="the claim's judge gave no reason")
     return judgement
 
 
@@ -173,11 +176,21 @@ def comparison_records(base: Sequence[ClaimVerdict], new: Sequence[ClaimVerdict]
     return records
 
 
+def matrix_cell(j: Judgement) -> str:
+    """A folder's cell of the claim x folder table: ``verdict: figure``; an inconclusive one
+    with its reason (why it decides nothing: too few seeds, timing flagged, cells failed)."""
+    if j.verdict is Verdict.NOT_MEASURED:
+        return str(j.verdict)
+    text = str(j.verdict) if j.figure is None else f"{j.verdict}: {figure_text(j)}"
+    if j.verdict is Verdict.INCONCLUSIVE:
+        text += f" ({j.reason})"
+    return text
+
+
 def matrix_records(verdicts: Sequence[ClaimVerdict]) -> list[dict[str, Any]]:
-    """One row per claim, one column per folder: ``verdict: figure``."""
-    return [{"claim": v.claim.name, **{label: f"{j.verdict}: {figure_text(j)}"
-                                       if j.verdict is not Verdict.NOT_MEASURED else str(j.verdict)
-                                       for label, j in v.folders}} for v in verdicts]
+    """One row per claim, one column per folder: :func:`matrix_cell`."""
+    return [{"claim": v.claim.name, **{label: matrix_cell(j) for label, j in v.folders}}
+            for v in verdicts]
 
 
 #: The libraries whose versions a claim across versions is about.

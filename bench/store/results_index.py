@@ -9,6 +9,7 @@ holds links is left out with a warning, and a folder that is itself a link is no
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -45,17 +46,33 @@ def _text(value: object, default: str = "-") -> str:
 
 
 def folder_line(folder: Path) -> str | None:
-    """The index line of one published folder (None when it is not one)."""
+    """The index line of one published folder (None when it is not one); a claims folder
+    (``bench claims --publish``: ``claims.json`` and one published run per library version)
+    has one line for all its runs, linking its ``claims.md``."""
+    claims = folder / "claims.json"
     try:
-        run_dir = RunDirectory.open(folder)
-        rows = run_dir.rows()
+        if is_regular_file(claims):
+            names = json.loads(read_text(claims)).get("folders") or []
+            run_dirs = [RunDirectory.open(folder / str(n)) for n in names]
+            links = [f"[claims]({link_target(folder.name, 'claims.md')})"
+                     if is_regular_file(folder / "claims.md") else ""]
+        else:
+            run_dirs = [RunDirectory.open(folder)]
+            links = [f"[table]({link_target(folder.name, 'results.md')})"
+                     if is_regular_file(folder / "results.md") else "",
+                     f"[page]({link_target(folder.name, 'index.html')})"
+                     if is_regular_file(folder / "index.html") else ""]
+        rows = [row for run_dir in run_dirs for row in run_dir.rows()]
     except UnsafeFolderError as exc:
         warn(f"left out of the index: {exc}")
         return None
-    except BenchError:
+    except (BenchError, ValueError, AttributeError, OSError):
         return None
-    config = run_dir.read_json("config.json") or {}
-    env = run_dir.read_json("environment.json") or {}
+    if not run_dirs:
+        return None
+    configs = [run_dir.read_json("config.json") or {} for run_dir in run_dirs]
+    envs = [run_dir.read_json("environment.json") or {} for run_dir in run_dirs]
+    config, env = configs[0], envs[0]
     suites = ", ".join(dict.fromkeys(r.suite for r in rows)) or _text(config.get("suites"))
     devices = sorted({r.device + (f" ({r.device_name})" if r.device_name else "")
                       for r in rows}) or [_text(config.get("device"))]
@@ -63,23 +80,28 @@ def folder_line(folder: Path) -> str | None:
     if cpu and all(d.startswith("cpu") for d in devices):
         devices = [f"cpu ({cpu})"]
     budgets = sorted({r.budget for r in rows}) or [_text(config.get("budget"))]
-    date = str(config.get("started_at") or env.get("captured_at") or "-")[:10]
-    git_info = env.get("git")
-    git: dict[str, Any] = git_info if isinstance(git_info, dict) else {}
-    commit = _text(git.get("commit"))[:10]
-    # a code span cannot hold escapes: only a plain commit id goes in one
-    commit = (f"`{commit}`" if re.fullmatch(r"[0-9A-Za-z.+-]+", commit) else _cell(commit)) + (
-        " (dirty)" if git.get("dirty") else "")
+    dates = sorted(str(c.get("started_at") or e.get("captured_at") or "-")[:10]
+                   for c, e in zip(configs, envs, strict=True))
+    date = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
+    commits = []
+    for e in envs:
+        git_info = e.get("git")
+        git: dict[str, Any] = git_info if isinstance(git_info, dict) else {}
+        commit = _text(git.get("commit"))[:10]
+        # a code span cannot hold escapes: only a plain commit id goes in one
+        commit = (f"`{commit}`" if re.fullmatch(r"[0-9A-Za-z.+-]+", commit) else
+                  _cell(commit)) + (" (dirty)" if git.get("dirty") else "")
+        if commit not in commits:
+            commits.append(commit)
     counts = ", ".join(f"{sum(r.status == s for r in rows)} {s}"
                        for s in dict.fromkeys(r.status for r in rows)) or "no rows"
+    if len(run_dirs) > 1 or is_regular_file(claims):
+        counts = f"{len(run_dirs)} runs: {counts}"
     name = folder.name
-    links = [f"[table]({link_target(name, 'results.md')})"
-             if is_regular_file(folder / "results.md") else "",
-             f"[page]({link_target(name, 'index.html')})"
-             if is_regular_file(folder / "index.html") else ""]
     return (f"| [{_cell(name)}]({link_target(name)}/) | {_cell(suites)} | "
             f"{_cell(', '.join(devices))} | {_cell(', '.join(budgets))} | {_cell(date)} | "
-            f"{commit} | {_cell(counts)} | {' '.join(link for link in links if link) or '-'} |")
+            f"{', '.join(commits)} | {_cell(counts)} | "
+            f"{' '.join(link for link in links if link) or '-'} |")
 
 
 def index_text(results: Path, intro: str) -> str:

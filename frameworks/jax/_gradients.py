@@ -22,6 +22,20 @@ def _scale(tree: Any, scale: float) -> Any:
     return jax.tree_util.tree_map(lambda a: a * scale if a.ndim >= 1 else a, tree)
 
 
+def x64_context() -> Any:
+    """A context under which JAX computes in float64: ``jax.enable_x64(True)``, or before JAX
+    had it at the top level (0.4.x, the claims across versions' diffrax 0.5 and 0.6
+    environments) ``jax.experimental.enable_x64()``."""
+    import jax
+
+    enable = getattr(jax, "enable_x64", None)
+    if enable is not None:
+        return enable(True)
+    from jax.experimental import enable_x64  # type: ignore[attr-defined]
+
+    return enable_x64()
+
+
 def _to64(tree: Any) -> Any:
     import jax
     import jax.numpy as jnp
@@ -51,7 +65,7 @@ class GradientProber:
         import jax
 
         key = weights_hash(np.asarray(a) for a in self.flatten(params))
-        context = jax.enable_x64(True) if reference else contextlib.nullcontext()
+        context = x64_context() if reference else contextlib.nullcontext()
         with context:
             if reference:
                 params, args = _to64(params), _to64(tuple(args))
