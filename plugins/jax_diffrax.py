@@ -100,14 +100,16 @@ def _diffrax_parts() -> Any:
         """
 
         def loop(self, *, args: Any, terms: Any, solver: Any, stepsize_controller: Any,
-                 event: Any, saveat: Any, t0: Any, t1: Any, dt0: Any, max_steps: Any,
+                 saveat: Any, t0: Any, t1: Any, dt0: Any, max_steps: Any,
                  throw: Any, init_state: Any, passed_solver_state: Any,
-                 passed_controller_state: Any, progress_meter: Any) -> Any:
+                 passed_controller_state: Any, progress_meter: Any, **event: Any) -> Any:
+            # event: diffrax 0.6's ``event``, or 0.5's ``discrete_terminating_event``, passed on
+            # under its own name
             del throw, passed_solver_state, passed_controller_state
             lax_loop = functools.partial(eqxi.while_loop, kind="lax")
             final_state, aux_stats = self._loop(
                 args=args, terms=terms, solver=solver, stepsize_controller=stepsize_controller,
-                event=event, saveat=saveat, t0=t0, t1=t1, dt0=dt0, max_steps=max_steps,
+                **event, saveat=saveat, t0=t0, t1=t1, dt0=dt0, max_steps=max_steps,
                 init_state=init_state, inner_while_loop=lax_loop, outer_while_loop=lax_loop,
                 progress_meter=progress_meter)
             n = final_state.num_steps

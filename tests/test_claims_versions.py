@@ -141,3 +141,37 @@ def test_publish_a_claim_by_version_table_and_regenerate_it(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert main(["claims", *folders, "--publish", str(tmp_path / "x")]) == 2
     assert "give --per-folder" in capsys.readouterr().err
+
+
+def test_an_xla_memory_analysis_of_all_zeros_is_no_measurement():
+    """jaxlib 0.4.28 (the diffrax 0.5.1 environment) reports every size of a CPU program as 0:
+    xla_temp_bytes is then left out, not recorded as 0 bytes (which a slope fit would read)."""
+    from bench.frameworks.jax._step import CompiledStep
+
+    def analysed(temp: int, arguments: int) -> CompiledStep:
+        stats = types.SimpleNamespace(temp_size_in_bytes=temp, argument_size_in_bytes=arguments,
+                                      output_size_in_bytes=0)
+        compiled = types.SimpleNamespace(memory_analysis=lambda: stats)
+        step = CompiledStep(lambda x: x)
+        step.lower = lambda *args: types.SimpleNamespace(compile=lambda: compiled)  # type: ignore
+        step._jitted = lambda x: x
+        step(1.0)
+        return step
+
+    assert analysed(0, 0).extra() == {}
+    assert analysed(4096, 64).extra() == {"xla_temp_bytes": 4096.0}
+    assert analysed(0, 64).extra() == {"xla_temp_bytes": 0.0}  # a real zero stays
+
+
+def test_the_reverse_counting_adjoint_passes_on_either_event_keyword():
+    """diffrax 0.5 hands an adjoint's loop ``discrete_terminating_event``, 0.6 and later
+    ``event``: the counting adjoint takes and passes on either (its 0.5.1 cells had failed with a
+    TypeError)."""
+    import inspect
+
+    from bench.plugins.jax_diffrax import _diffrax_parts
+
+    loop = inspect.signature(_diffrax_parts().ReverseCountingAdjoint.loop)
+    named = [p.name for p in loop.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    assert "event" not in named and "discrete_terminating_event" not in named
+    assert any(p.kind is inspect.Parameter.VAR_KEYWORD for p in loop.parameters.values())
