@@ -228,6 +228,7 @@ def test_an_interrupted_grid_resumes_to_exactly_its_cells(cli_env, tmp_path):
     assert {r["backend_params"]["tol"] for r in got} == {0.1, 0.01, 0.001}
 
 
+@pytest.mark.slow  # time to answer (issue 34): among the slowest fast tests (--durations)
 def test_a_tolerance_grid_gets_a_work_precision_plot(cli_env, tmp_path, monkeypatch):
     from bench.store.results import RunDirectory
     from bench.studies.work_precision import work_precision_points

@@ -65,6 +65,7 @@ def test_the_example_declares_a_bench_entry_point():
     assert meta["project"]["entry-points"]["bench"] == {"example_bosh3": "bench_example_backend"}
 
 
+@pytest.mark.slow  # time to answer (issue 34): among the slowest fast tests (--durations)
 def test_the_installed_example_backend_runs_a_cnf_smoke_cell(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("torchdiffeq")

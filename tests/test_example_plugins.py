@@ -181,6 +181,7 @@ def test_heun_runs_a_cnf_smoke_cell_with_exact_nfe(examples_on_path, tmp_path,
     assert row.memory_step_nfe_forward == 10
 
 
+@pytest.mark.slow  # time to answer (issue 34): among the slowest fast tests (--durations)
 def test_jax_rk4_runs_a_cnf_smoke_cell_with_exact_nfe(examples_on_path, tmp_path):
     """4 evaluations per RK4 step, counted inside the jitted step and recorded per solve."""
     pytest.importorskip("jax")

@@ -80,6 +80,7 @@ def test_every_extra_is_listed_here():
     assert set(config["project"]["optional-dependencies"]) - NOT_EXTRAS == set(EXTRAS)
 
 
+@pytest.mark.slow  # time to answer (issue 34): among the slowest fast tests (--durations)
 @pytest.mark.parametrize("extra", sorted(ALONE))
 def test_every_test_module_is_collected_with_one_extra_alone(collections, extra):
     """No collection error where only ``extra`` is installed; the modules that need another are
