@@ -35,9 +35,10 @@ BUDGETS: dict[str, Budget] = {
     "smoke": Budget(
         "smoke",
         "CI check, seconds: 4 Adam steps of batch 64 at dopri5 rtol=atol=1e-3, periodic evaluation "
-        "after step 2 on 64 test samples, final NLL on 256; 30x30 density grid",
+        "after step 2 on 64 test samples, final NLL on 256; no density plot (its sampling and "
+        "grid programs are not measurement)",
         {**_PAPER, "steps": 4, "batch_size": 64, "test_size": 256, "eval_every": 2,
-         "eval_subset": 64, "rtol": 1e-3, "atol": 1e-3, "plot_samples": 500, "plot_grid": 30},
+         "eval_subset": 64, "rtol": 1e-3, "atol": 1e-3, "plot_samples": 0, "plot_grid": 0},
     ),
     "quick": Budget(
         "quick",
@@ -196,6 +197,13 @@ class CnfData:
         trace = ("exact trace" if self.trace_estimator == "exact"
                  else "trained with Hutchinson's estimator, evaluated with the exact trace")
         return f"{self.dataset}: NLL on {which} (fresh, never trained on); {trace}"
+
+    @property
+    def plots(self) -> bool:
+        """Whether the cell draws its density plot (``finish``): not where the budget sets
+        ``plot_samples`` or ``plot_grid`` to 0 (smoke: sampling and the density grid compile
+        programs of their own in a JAX cell, for no figure of the row)."""
+        return int(self.settings["plot_samples"]) > 0 and int(self.settings["plot_grid"]) > 0
 
     def plot_inputs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(data samples, base samples, grid xs, grid ys) for :meth:`AbstractTask.finish`."""

@@ -48,11 +48,13 @@ class ConcatSquashLinear(eqx.Module):
     hyper_bias_weight: jax.Array  # (out, 1)
 
     def __init__(self, d_in: int, d_out: int):
-        self.weight = jnp.zeros((d_out, d_in), jnp.float32)
-        self.bias = jnp.zeros((d_out,), jnp.float32)
-        self.gate_weight = jnp.zeros((d_out, 1), jnp.float32)
-        self.gate_bias = jnp.zeros((d_out,), jnp.float32)
-        self.hyper_bias_weight = jnp.zeros((d_out, 1), jnp.float32)
+        # placeholders put from the host, replaced by the initial weights (an eager jnp.zeros
+        # compiles a program per shape)
+        self.weight = jax.device_put(np.zeros((d_out, d_in), np.float32))
+        self.bias = jax.device_put(np.zeros((d_out,), np.float32))
+        self.gate_weight = jax.device_put(np.zeros((d_out, 1), np.float32))
+        self.gate_bias = jax.device_put(np.zeros((d_out,), np.float32))
+        self.hyper_bias_weight = jax.device_put(np.zeros((d_out, 1), np.float32))
 
     def __call__(self, t: Any, x: jax.Array) -> jax.Array:
         gate = jax.nn.sigmoid(self.gate_weight[:, 0] * t + self.gate_bias)
@@ -67,7 +69,7 @@ class CnfDynamics(eqx.Module):
     def __init__(self, hidden: tuple[int, ...] = HIDDEN, time_length: float = 0.5,
                  train_end_time: bool = True):
         self.layers = tuple(ConcatSquashLinear(a, b) for a, b in layer_dims(hidden))
-        self.sqrt_end_time = jnp.asarray(math.sqrt(time_length), jnp.float32)
+        self.sqrt_end_time = jax.device_put(np.asarray(math.sqrt(time_length), np.float32))
         self.train_end_time = bool(train_end_time)
 
     def end_time(self) -> jax.Array:
@@ -214,8 +216,9 @@ class CnfJaxTask(AbstractTask):
             return probe_loss
 
         order = [n for n in initial_weights(ctx.seed) if train_end_time or n != "sqrt_end_time"]
-        self.prober = GradientProber(
-            loss_for, lambda tree: [neutral_parameters(tree)[n] for n in order])
+        self.prober = GradientProber(  # shared with the fresh task of the initial-weight probe
+            loss_for, lambda tree: [neutral_parameters(tree)[n] for n in order],
+            program_key=("cnf", tolerances))
 
         def train(model: CnfDynamics, opt_state: Any, x: jax.Array, probes: Any
                   ) -> tuple[Any, ...]:
@@ -279,6 +282,8 @@ class CnfJaxTask(AbstractTask):
         return num_params(self.model)
 
     def finish(self, work_dir: Path, trace: Any) -> None:
+        if not self.data.plots:  # the budget draws none (smoke)
+            return
         data, base, xs, ys = self.data.plot_inputs()
         samples, _, _ = jax.device_get(self._sample(self.model, self._put(base)))
         log_px, _ = self.log_prob(np.stack([xs.ravel(), ys.ravel()], 1))

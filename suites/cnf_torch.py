@@ -270,6 +270,8 @@ class CnfTorchTask(TorchTask):
             flow.dynamics.probes = None
 
     def finish(self, work_dir: Path, trace: Any) -> None:
+        if not self.data.plots:  # the budget draws none (smoke)
+            return
         data, base, xs, ys = self.data.plot_inputs()
         samples = self.sample(base)
         log_px, _ = self.log_prob(np.stack([xs.ravel(), ys.ravel()], 1))

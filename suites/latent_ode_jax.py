@@ -38,8 +38,10 @@ class Linear(eqx.Module):
     bias: jax.Array
 
     def __init__(self, d_in: int, d_out: int):
-        self.weight = jnp.zeros((d_out, d_in), jnp.float32)
-        self.bias = jnp.zeros((d_out,), jnp.float32)
+        # placeholders put from the host, replaced by the initial weights (an eager
+        # jnp.zeros compiles a program per shape)
+        self.weight = jax.device_put(np.zeros((d_out, d_in), np.float32))
+        self.bias = jax.device_put(np.zeros((d_out,), np.float32))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return x @ self.weight.T + self.bias
@@ -140,7 +142,7 @@ class LatentOdeJaxTask(AbstractTask):
         grid, offset = data.solve_times()
         grid = np.asarray(grid, np.float32)  # concrete: fixed-step backends need static times
         train_grid = np.asarray(data.train_solve_times()[0], np.float32)
-        times = jnp.asarray(data.times, jnp.float32)
+        times = jax.device_put(np.asarray(data.times, np.float32))  # no eager program
         window, obs_std, lr = data.window, data.obs_std, float(s["lr"])
         log_constant = gaussian_log_constant(obs_std)
         gaps = data.encoder_gaps() if data.encoder == "ode-rnn" else None

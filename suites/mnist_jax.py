@@ -45,7 +45,7 @@ def to_torch_layout(kernel: jax.Array) -> jax.Array:
 
 def from_torch_layout(weight: Any) -> jax.Array:
     """OIHW (torch's) -> HWIO (this model's kernels)."""
-    return jnp.transpose(jnp.asarray(weight, jnp.float32), (2, 3, 1, 0))
+    return jax.device_put(np.transpose(np.asarray(weight, np.float32), (2, 3, 1, 0)))
 
 
 class Conv2d(eqx.Module):
@@ -61,8 +61,10 @@ class Conv2d(eqx.Module):
     padding: int = eqx.field(static=True)
 
     def __init__(self, c_in: int, c_out: int, size: int, stride: int = 1, padding: int = 0):
-        self.kernel = jnp.zeros((size, size, c_in, c_out), jnp.float32)
-        self.bias = jnp.zeros((c_out,), jnp.float32)
+        # placeholders put from the host, replaced by the initial weights (an eager
+        # jnp.zeros compiles a program per shape)
+        self.kernel = jax.device_put(np.zeros((size, size, c_in, c_out), np.float32))
+        self.bias = jax.device_put(np.zeros((c_out,), np.float32))
         self.stride, self.padding = stride, padding
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -120,8 +122,8 @@ class GroupNorm(eqx.Module):
 
     def __init__(self, channels: int):
         self.groups = norm_groups(channels)
-        self.weight = jnp.ones((channels,), jnp.float32)
-        self.bias = jnp.zeros((channels,), jnp.float32)
+        self.weight = jax.device_put(np.ones((channels,), np.float32))  # placeholders
+        self.bias = jax.device_put(np.zeros((channels,), np.float32))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         n, h, w, c = x.shape
@@ -144,8 +146,8 @@ class Linear(eqx.Module):
     bias: jax.Array
 
     def __init__(self, c_in: int, c_out: int):
-        self.weight = jnp.zeros((c_out, c_in), jnp.float32)
-        self.bias = jnp.zeros((c_out,), jnp.float32)
+        self.weight = jax.device_put(np.zeros((c_out, c_in), np.float32))  # placeholders
+        self.bias = jax.device_put(np.zeros((c_out,), np.float32))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return x @ self.weight.T + self.bias
@@ -256,7 +258,8 @@ def neutral_parameters(model: MnistNet) -> dict[str, jax.Array]:
 def load_neutral_weights(model: MnistNet, weights: dict[str, np.ndarray]) -> MnistNet:
     """A copy of ``model`` holding ``weights`` (torch names and layout; shapes checked)."""
     where, convert = {}, {}
-    for name in neutral_parameters(model):
+    # the names only: neutral_parameters would transpose every kernel (a program each)
+    for name in (f"{layer}.{field}" for layer in _LOCATIONS for field in ("weight", "bias")):
         get, field = _split(name)
         where[name] = get
         if field == "kernel":

@@ -323,6 +323,7 @@ def test_smoke_budget_torch_direct(backends, tmp_path):
     row, work = _run(_backend(backends, "torch-direct"), tmp_path, budget=BUDGETS["smoke"])
     _ok(row, work)
     assert math.isfinite(row.metrics["nll_nats"]) and row.nfe_forward > 0
+    assert not (work / "cnf_8gaussians.png").exists()  # smoke draws no plot
 
 
 @pytest.mark.slow

@@ -25,9 +25,11 @@ from bench.core.interfaces import Budget
 from bench.engine.cell import run_cell
 from bench.planning.cells import CellSpec
 
-#: Smaller than smoke: 20 series of 20 points (window 10), 3 steps of batch 4.
+#: Smaller than smoke: 20 series of 20 points (window 10), 3 steps of batch 4; plots drawn (smoke
+#: draws none).
 TINY = Budget("tiny", "test", {**BUDGETS["smoke"].settings, "num_series": 20, "num_points": 20,
-                               "steps": 3, "batch_size": 4, "eval_every": 2, "eval_subset": 2})
+                               "steps": 3, "batch_size": 4, "eval_every": 2, "eval_subset": 2,
+                               "plot_series": 3})
 
 
 @pytest.fixture(scope="module")
@@ -357,6 +359,7 @@ def test_smoke_budget_torch_rknet(backends, tmp_path):
     _ok(row, work)
     assert math.isfinite(row.metrics["mse"]) and row.nfe_forward > 0
     assert {"rmse_obs30", "rmse_obs50", "rmse_obs100"} <= set(row.metrics)
+    assert not (work / "latent_ode_periodic.png").exists()  # smoke draws no plot
 
 
 @pytest.mark.slow

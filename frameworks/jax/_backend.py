@@ -305,10 +305,12 @@ class JaxBackend(AbstractBackend):
         7-13 ms CNF step on a 2-core EPYC)."""
         return _PendingStepStats(loss=float(loss), extra=dict(extra or {}), pending=counts)
 
-    def complete_step_stats(self, stats: StepStats) -> StepStats:
+    def complete_step_stats(self, stats: StepStats, *, backward: bool = True) -> StepStats:
         """The counts of :meth:`step_stats`: fetched, summed over the step's solves, and the
         backward counts from :meth:`backward_counts` (diffrax-checkpoint replays its checkpoint
-        schedule there). Statistics that are not pending come back as they are."""
+        schedule there; ``backward=False`` leaves them out: ``nfe_backward`` None, for a count
+        nothing reads, the float64 gradient reference's). Statistics that are not pending come
+        back as they are."""
         if not isinstance(stats, _PendingStepStats):
             return stats
         import jax
@@ -324,8 +326,10 @@ class JaxBackend(AbstractBackend):
             return _cache.FailedStepStats(loss=stats.loss, extra=more, problem=failed)
         total = {key: _summed(solves, key)
                  for key in ("nfe_forward", "num_accepted_steps", "num_rejected_steps")}
-        nfe_backward, backward_extra = self.backward_counts(solves, counts["probe"])
-        more.update(backward_extra)
+        nfe_backward: float | None = None
+        if backward:
+            nfe_backward, backward_extra = self.backward_counts(solves, counts["probe"])
+            more.update(backward_extra)
         return StepStats(
             loss=stats.loss, nfe_forward=total["nfe_forward"], nfe_backward=nfe_backward,
             steps_accepted=total["num_accepted_steps"],
@@ -384,4 +388,5 @@ class SolveBackend(Protocol):
     def step_stats(self, loss: Any, counts: Mapping[str, Any],
                    extra: Mapping[str, float] | None = None) -> StepStats: ...
 
-    def complete_step_stats(self, stats: StepStats) -> StepStats: ...
+    def complete_step_stats(self, stats: StepStats, *, backward: bool = True
+                            ) -> StepStats: ...

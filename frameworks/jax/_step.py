@@ -94,12 +94,19 @@ class CompileOnce:
 # -------------------------------------------------------------------------------------------------
 
 
+def _zeros_like(params: Any) -> Any:
+    """Zeros like every leaf: made on the host and put on JAX's default device (an eager
+    ``jnp.zeros_like`` compiles a program per shape; the task puts them on its own device)."""
+    import jax
+    import numpy as np
+
+    return jax.device_put(jax.tree_util.tree_map(lambda a: np.zeros(np.shape(a), a.dtype),
+                                                 params))
+
+
 def sgd_momentum_init(params: Any) -> Any:
     """Momentum buffers of :func:`sgd_momentum_update` (zeros like the float leaves)."""
-    import jax
-    import jax.numpy as jnp
-
-    return jax.tree_util.tree_map(jnp.zeros_like, params)
+    return _zeros_like(params)
 
 
 def sgd_momentum_update(params: Any, grads: Any, buffers: Any, lr: Any, momentum: float
@@ -116,10 +123,9 @@ def sgd_momentum_update(params: Any, grads: Any, buffers: Any, lr: Any, momentum
 def adam_init(params: Any) -> Any:
     """(step, first moments, second moments) for :func:`adam_update`."""
     import jax
-    import jax.numpy as jnp
+    import numpy as np
 
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    return jnp.int32(0), zeros, zeros
+    return jax.device_put(np.int32(0)), _zeros_like(params), _zeros_like(params)
 
 
 def adam_update(params: Any, grads: Any, state: Any, lr: Any, b1: float = 0.9,

@@ -25,7 +25,7 @@ def load_weights(model: Model, where: Mapping[str, Callable[[Model], Any]],
     :raises BenchError: when the names or a shape disagree.
     """
     import equinox as eqx
-    import jax.numpy as jnp
+    import jax
     import numpy as np
 
     if set(where) != set(weights):
@@ -34,8 +34,8 @@ def load_weights(model: Model, where: Mapping[str, Callable[[Model], Any]],
                          f"{sorted(set(where) - set(weights))}")
     convert = convert or {}
     for key, value in weights.items():
-        array = (convert[key](value) if key in convert
-                 else jnp.asarray(np.asarray(value), jnp.float32))
+        array = (convert[key](value) if key in convert  # put, not converted: no program
+                 else jax.device_put(np.asarray(value, np.float32)))
         current = where[key](model)
         if tuple(current.shape) != tuple(array.shape):
             raise BenchError(f"{key}: model shape {tuple(current.shape)}, initial weights "
