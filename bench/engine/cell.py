@@ -316,11 +316,14 @@ def _measure_memory(task: Any, backend: AbstractBackend, device: str, tracker: A
         tracker.begin_memory_phase()
         # One unmeasured step first: a fresh thread's first step also pays for the thread's own
         # start-up (its malloc arena, the OpenMP team torch creates for each new calling
-        # thread: torch-adjoint's memory study 7.7 MiB against 6.0 for the steps after it);
-        # then the freed memory is returned again, so the measured steps see their own peaks.
+        # thread: torch-adjoint's memory study 7.7 MiB against 6.0 for the steps after it).
+        # Nothing is trimmed after it: the measured steps start from the allocator's steady
+        # state, as every step after the first does. A second trim here returned the pages of
+        # free heap chunks that the next step refilled, and only the first measured step paid
+        # for them (L = 512: torch-adjoint 6.58 and 5.96 MiB, diffrax-backsolve 6.72 and 6.14;
+        # independent code 5.96 and 6.29, benchmarks/memory_independent.py).
         memory_step(first_step)
         backend.synchronize(device)
-        tracker.begin_memory_phase()
         for k in range(1, count + 1):
             backend.synchronize(device)
             tracker.reset()
