@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -89,3 +92,31 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 12
 
     return subprocess.run([sys.executable, "-m", "bench.cli.main", *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def interruptible_popen(args: list[str], **kwargs) -> subprocess.Popen:
+    """``subprocess.Popen`` for a test that interrupts the child (SIGINT, SIGTERM): the child
+    starts with those signals deliverable. A signal ignored or blocked in this test process
+    (an earlier test's library in the same xdist worker can leave it so) stays ignored or
+    blocked across exec, and the child would never see the test's Ctrl-C (a flaky timeout,
+    seen once in a full run)."""
+    with _signals_deliverable():
+        return subprocess.Popen(args, **kwargs)
+
+
+@contextlib.contextmanager
+def _signals_deliverable():
+    wanted = {signal.SIGINT, signal.SIGTERM}
+    old_mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, wanted)
+    old = {sig: signal.getsignal(sig) for sig in wanted}
+    for sig, handler in old.items():
+        if handler is signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_DFL if sig != signal.SIGINT
+                          else signal.default_int_handler)
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            if handler is signal.SIG_IGN:
+                signal.signal(sig, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)

@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import run_cli
+from conftest import interruptible_popen, run_cli
 
 from bench.cli import main as cli
 from bench.core.errors import BenchError
@@ -207,7 +207,7 @@ def test_an_interrupted_grid_resumes_to_exactly_its_cells(cli_env, tmp_path):
             "numpy-euler[tol=[0.1,0.01,0.001]],numpy-euler-fine[tol=[0.1,0.01,0.001]]",
             "--backend-set", "pause_s=0.3", "--budget", "smoke", "--seeds", "0,1",
             "--out", str(out)]
-    proc = subprocess.Popen([sys.executable, "-m", "bench.cli.main", *args], env=cli_env,
+    proc = interruptible_popen([sys.executable, "-m", "bench.cli.main", *args], env=cli_env,
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     rows = out / "rows.jsonl"

@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import run_cli
+from conftest import interruptible_popen, run_cli
 
 
 def test_list_shows_backends_suites_budgets_and_load_errors(cli_env, tmp_path):
@@ -107,7 +107,7 @@ def test_bad_input_exits_nonzero_with_the_valid_choices(cli_env, tmp_path, args,
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_stops_cleanly_and_keeps_finished_rows(cli_env, tmp_path, sig):
     out = tmp_path / "run3"
-    proc = subprocess.Popen(
+    proc = interruptible_popen(
         [sys.executable, "-m", "bench.cli.main", "run", "--suite", "linear", "--plugins",
          "numpy-euler,numpy-hang", "--budget", "smoke", "--out", str(out)],
         env=cli_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -117,7 +117,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_finished_rows(cli_env, tmp_path, sig):
         time.sleep(0.2)
     time.sleep(1.0)  # the hanging cell is running now
     proc.send_signal(sig)
-    stdout, stderr = proc.communicate(timeout=30)
+    stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert "interrupted: 1 finished rows are saved" in stderr
     assert [json.loads(x)["backend"] for x in rows.read_text().splitlines()] == ["numpy-euler"]

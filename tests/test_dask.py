@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FAKE_ONLY, TESTS_DIR, write_entry_point_distribution
+from conftest import FAKE_ONLY, TESTS_DIR, interruptible_popen, write_entry_point_distribution
 
 from bench.commands.session import RunSession
 from bench.engine.dask_engine import SCHEDULER_CONFIG
@@ -154,7 +154,7 @@ def test_ctrl_c_cancels_queued_cells_and_stops_those_running_on_the_workers(clie
                                                                             tmp_path):
     baseline = _cells_on_workers(client)
     out = tmp_path / "run"
-    proc = subprocess.Popen(
+    proc = interruptible_popen(
         [sys.executable, "-m", "bench.cli.main", "run", "--suite", "linear", "--plugins",
          "numpy-euler,numpy-hang", "--seeds", "0-1", "--budget", "smoke", "--out", str(out),
          "--scheduler", client.scheduler.address], env=env, cwd=tmp_path,

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FAKE_ONLY, run_cli
+from conftest import FAKE_ONLY, interruptible_popen, run_cli
 from test_faults import FAULTS, _alive, _children
 
 from bench.commands.session import RunSession
@@ -145,7 +145,7 @@ def test_ctrl_c_with_jobs_stops_every_running_cell_and_keeps_finished_rows(cli_e
     if len(usable_cores()) < 2:
         pytest.skip("needs 2 cores")
     out = tmp_path / "run"
-    proc = subprocess.Popen(
+    proc = interruptible_popen(
         [sys.executable, "-m", "bench.cli.main", "run", "--suite", "linear", "--plugins",
          "numpy-euler,numpy-hang", "--seeds", "0-1", "--budget", "smoke", "--out", str(out),
          "--jobs", "2"], env=cli_env, cwd=tmp_path, stdout=subprocess.PIPE,
