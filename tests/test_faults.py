@@ -325,10 +325,12 @@ def test_a_misspelt_hook_is_reported_and_spoils_nothing_else(monkeypatch):
 def _published_runs() -> list[str]:
     """Every published run folder: a folder of results/, or, in a folder of several runs (the
     claims across library versions: ``claims.json``), each of its runs."""
+    from bench.reports.claims_publish import claims_sources, is_claims_folder
+
     runs = []
     for path in sorted(p for p in RESULTS.iterdir() if p.is_dir()):
-        if (path / "claims.json").exists():
-            runs += [f"{path.name}/{sub.name}" for sub in sorted(path.iterdir()) if sub.is_dir()]
+        if is_claims_folder(path):
+            runs += [f"{path.name}/{sub.name}" for sub in claims_sources(path)[1]]
         else:
             runs.append(path.name)
     return runs

@@ -387,12 +387,14 @@ def test_results_index_keeps_hand_written_text_and_links_each_page(tmp_path):
 
 
 def test_every_published_folder_has_its_page_and_an_index_line():
+    from bench.reports.claims_publish import claims_sources, is_claims_folder
+
     results = ROOT / "results"
     text = (results / "README.md").read_text()
     for folder in sorted(p for p in results.iterdir() if p.is_dir()):
-        if (folder / "claims.json").exists():  # several runs and their claim x run tables
+        if is_claims_folder(folder):  # several runs and their claim x run tables
             assert f"[claims]({folder.name}/claims.md)" in text
-            runs = [sub for sub in folder.iterdir() if sub.is_dir()]
+            runs = claims_sources(folder)[1]
             assert runs and all((sub / "index.html").exists() for sub in runs), folder
             continue
         assert (folder / "index.html").exists(), (
