@@ -11,7 +11,7 @@ import pytest
 from test_faults import _alive
 
 from bench.core.registry import PluginSelection, Registry
-from bench.core.rows import GradientMethod, ResultRow, Status, metric_problem
+from bench.core.rows import GradientMethod, ResultRow, Status, finite_metrics, metric_problem
 from bench.engine.cell_watch import Slot
 from bench.engine.parallel import LocalPool
 from bench.engine.runner import Runner
@@ -88,6 +88,14 @@ def test_metric_problem_names_the_metric_and_the_value():
     assert metric_problem({"a": True}) == "metric a is not a finite number: True"
     assert metric_problem({"a": float("inf")}) == "metric a is not a finite number: inf"
     assert metric_problem([1]) .startswith("metrics are not a mapping")
+
+
+def test_metric_problem_of_an_integer_too_big_for_a_float():
+    """A huge int overflowed float() (OverflowError) and its repr can exceed Python's digit
+    limit (ValueError): the message is still the metric's, with the value shortened."""
+    assert metric_problem({"a": 10 ** 400}).startswith("metric a is not a finite number: 1000")
+    assert metric_problem({"a": 10 ** 5000}).startswith("metric a is not a finite number:")
+    assert finite_metrics({"a": 10 ** 400, "b": 1}) == {"b": 1.0}
 
 
 def test_statuses_and_gradient_methods_are_what_the_tables_print():

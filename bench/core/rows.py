@@ -250,10 +250,22 @@ def metric_problem(metrics: Any) -> str:
         if not isinstance(name, str):
             return f"metric name {name!r:.80} is not a string"
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            return f"metric {name} is not a finite number: {value!r:.200}"
-        if not math.isfinite(float(value)):
-            return f"metric {name} is not a finite number: {value!r}"
+            return f"metric {name} is not a finite number: {_short_repr(value)}"
+        try:
+            finite = math.isfinite(float(value))
+        except (OverflowError, ValueError):  # an int too big for a float
+            finite = False
+        if not finite:
+            return f"metric {name} is not a finite number: {_short_repr(value)}"
     return ""
+
+
+def _short_repr(value: Any) -> str:
+    """``repr(value)`` cut to 200 characters (an int past Python's digit limit: its size)."""
+    try:
+        return f"{value!r:.200}"
+    except ValueError:
+        return f"an integer of about {int(value).bit_length() * 0.30103:.0f} digits"
 
 
 def finite_metrics(metrics: Any) -> dict[str, float]:
@@ -262,8 +274,7 @@ def finite_metrics(metrics: Any) -> dict[str, float]:
     if not isinstance(metrics, Mapping):
         return {}
     return {name: float(value) for name, value in metrics.items()
-            if isinstance(name, str) and not isinstance(value, bool)
-            and isinstance(value, numbers.Real) and math.isfinite(float(value))}
+            if isinstance(name, str) and not metric_problem({name: value})}
 
 
 def json_default(obj: Any) -> Any:
