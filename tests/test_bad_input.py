@@ -149,6 +149,20 @@ def test_an_out_over_the_file_systems_limits_is_an_argument_error(cli_main, tmp_
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_out_too_long_for_the_cells_files_is_an_argument_error(cli_main, tmp_path, capsys,
+                                                                  monkeypatch):
+    """A run folder path under the limit by itself, over it with a cell's files: refused up
+    front (each cell failed with OSError 'File name too long' before)."""
+    monkeypatch.chdir(tmp_path)
+    room = 4060 - len(os.fsencode(str(tmp_path))) - 1
+    out = "/".join(["w" * 200] * (room // 201) + ["w" * (room % 201 - 1 or 1)])
+    assert len(os.fsencode(os.path.abspath(out))) < 4095
+    assert cli_main([*RUN, "--backends", "numpy-euler", "--out", out]) == 2
+    err = _error(capsys)
+    assert "--out" in err and "limit" in err and "inside it" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- 3. batch clusters without their scheduler; no worker in time ---------------------------------
 
 

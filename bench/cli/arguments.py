@@ -23,6 +23,9 @@ _DIGITS = re.compile(r"-?[0-9]{1,18}")
 #: The longest path and path component most file systems take (Linux: PATH_MAX, NAME_MAX).
 PATH_MAX = 4096
 NAME_MAX = 255
+#: The bytes a run folder's own files add to its path: ``/cells/``, a cell folder name (at most
+#: 200, :data:`bench.store.results.MAX_CELL_FOLDER`) and a temporary file's name in it.
+RUN_DIR_ROOM = 300
 
 
 def _option(text: str) -> tuple[str, Any]:
@@ -70,10 +73,11 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
-def path_problem(path: Path | str) -> str | None:
+def path_problem(path: Path | str, room: int = 0) -> str | None:
     """What makes ``path`` unusable as a file or folder name before the file system says so
     with a traceback (None: fine): a NUL character, a name over :data:`NAME_MAX` bytes or a
-    path over :data:`PATH_MAX` bytes (UTF-8, as the file system stores them)."""
+    path over :data:`PATH_MAX` bytes (UTF-8, as the file system stores them), ``room`` bytes
+    for the files written below it included (a run folder: :data:`RUN_DIR_ROOM`)."""
     text = os.fspath(path)
     if "\0" in text:
         return "a path holds no NUL character"
@@ -86,6 +90,10 @@ def path_problem(path: Path | str) -> str | None:
     if len(absolute) > PATH_MAX - 1:
         return (f"the path is {len(absolute):,} bytes long (made absolute), more than the file "
                 f"system's limit of {PATH_MAX - 1:,}")
+    if len(absolute) + room > PATH_MAX - 1:
+        return (f"the path is {len(absolute):,} bytes long (made absolute): with the {room} "
+                f"bytes of the files the harness writes inside it, more than the file system's "
+                f"limit of {PATH_MAX - 1:,}; choose a shorter one")
     for part in Path(text).parts:
         size = len(os.fsencode(part))
         if size > NAME_MAX:
@@ -98,6 +106,14 @@ def path_problem(path: Path | str) -> str | None:
 def _path(text: str) -> Path:
     """A path argument, checked for what the file system would refuse (:func:`path_problem`)."""
     problem = path_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return Path(text)
+
+
+def _run_dir(text: str) -> Path:
+    """A run folder argument (``--out``): :func:`_path` with room for the cells' files."""
+    problem = path_problem(text, RUN_DIR_ROOM)
     if problem:
         raise argparse.ArgumentTypeError(problem)
     return Path(text)

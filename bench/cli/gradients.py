@@ -12,6 +12,7 @@ from bench.cli.arguments import (
     _memory_mb,
     _option,
     _path,
+    _run_dir,
     _positive_float,
     _threads,
     add_compile_cache_arguments,
@@ -47,7 +48,7 @@ def add_parser(sub: Any, func: Callable[[argparse.Namespace, Registry], int]) ->
                    help="the suite budget that sets the probe batch (default: smoke, else the "
                    "suite's first)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    p.add_argument("--out", type=_path, default=None,
+    p.add_argument("--out", type=_run_dir, default=None,
                    help="run directory (default: a new one under ./runs)")
     p.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
                    help="per-point time limit (default: none, a point runs as long as it "

@@ -28,6 +28,7 @@ from bench.cli.arguments import (
     _memory_mb,
     _option,
     _path,
+    _run_dir,
     _positive_float,
     _threads,
     add_compile_cache_arguments,
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"budget name, e.g. smoke, quick, paper (default {DEFAULT_BUDGET})")
     p_run.add_argument("--device", default=None, help="cpu (default), cuda or auto")
     p_run.add_argument("--seeds", default=None, help="seeds: 0,1,2 or 0-4 (default 0)")
-    p_run.add_argument("--out", type=_path, default=None,
+    p_run.add_argument("--out", type=_run_dir, default=None,
                        help="run directory (default: a new one under ./runs)")
     p_run.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
                        help="per-cell time limit; a cell over it is stopped and marked timeout "
@@ -135,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="solver steps L to measure: positive integers, 8,16,32 or a range "
                        "(default 8,16,...,512)")
     p_mem.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    p_mem.add_argument("--out", type=_path, default=None,
+    p_mem.add_argument("--out", type=_run_dir, default=None,
                        help="run directory (default: a new one under ./runs)")
     p_mem.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
                        help="per-measurement time limit (default: none, a measurement runs as "

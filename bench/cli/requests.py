@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from bench.cli.arguments import path_problem
+from bench.cli.arguments import RUN_DIR_ROOM, path_problem
 from bench.core.errors import BenchError
 from bench.core.registry import Registry
 from bench.planning.request import DEFAULT_BUDGET, MAX_CELLS, RunRequest
@@ -38,7 +38,8 @@ def run_request(args: argparse.Namespace, registry: Registry, check: bool = True
     # a setting from the file is named with the file and key in its errors
     origins = {key: origin(args.config, key) for key in from_file if key not in given}
     for key in ("out", "data_dir"):  # the file's paths: checked as --out would be
-        problem = path_problem(from_file[key]) if key in origins else None
+        room = RUN_DIR_ROOM if key == "out" else 0
+        problem = path_problem(from_file[key], room) if key in origins else None
         if problem:
             raise BenchError(f"{origins[key]}: {problem}")
     return RunRequest.for_run(registry, resume=args.resume, check=check, jobs=args.jobs,
