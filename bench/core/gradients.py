@@ -10,10 +10,13 @@ solve at rtol = atol = :data:`REFERENCE_TOLERANCE` (the backend that the cell's 
 Every figure here is measured outside the timed training steps: a cell probes its trained task
 after the memory steps (``..._final``) and a freshly built task (the initial weights, which are a
 function of suite, seed and options) after that, so no probe, reference solve or JIT compilation
-can change a training figure. The initial-weight reference is cached in the run directory
-(``gradient_reference/``), keyed by suite, framework, seed, options, scale and a hash of the
-weights: every backend of a suite and seed shares it. Its NFE and time are in columns of their
-own (``grad_ref_nfe``, ``grad_ref_time_s``), never in the cell's.
+can change a training figure. The initial-weight reference is cached, keyed by suite, framework,
+seed, options, scale and a hash of the weights: every backend of a suite and seed shares it. The
+cache is the run directory's ``gradient_reference/``, or with the compile cache on the compile
+cache's ``gradient-reference/`` (:mod:`bench.engine.reference_cache`), where the keys also hold
+the code's and the libraries' fingerprint and the final-weight references are kept too. Its NFE
+and time are in columns of their own (``grad_ref_nfe``, ``grad_ref_time_s``: for a reference
+read from a cache, those measured when it was computed), never in the cell's.
 """
 
 from __future__ import annotations
@@ -113,6 +116,11 @@ class GradientSetup:
     reference: Any
     cache_dir: Path | None = None
     repeats: int = STUDY_REPEATS
+    #: For a cache that outlives the run (the compile cache's folder): what its references
+    #: depend on besides the run's key (code, library versions, the reference's configuration;
+    #: :func:`bench.engine.reference_cache.fingerprint`), part of every key; None: a run's own
+    #: cache, and the final-weight references are not kept.
+    fingerprint: Mapping[str, Any] | None = None
 
 
 def _timed(call: Callable[[], Any], sync: Callable[[], None]) -> tuple[Any, float]:
@@ -139,8 +147,11 @@ def reference_gradient(task: Any, setup: GradientSetup, sync: Callable[[], None]
     path = None
     key_text = ""
     if key_parts is not None and setup.cache_dir is not None:
-        key_text = json.dumps({**key_parts, "scale": scale}, default=str)
-        path = setup.cache_dir / f"{_cache_key({**key_parts, 'scale': scale})}.npz"
+        parts = {**key_parts, "scale": scale}
+        if setup.fingerprint is not None:
+            parts["fingerprint"] = dict(setup.fingerprint)
+        key_text = json.dumps(parts, default=str)
+        path = setup.cache_dir / f"{_cache_key(parts)}.npz"
     with _computing(path):  # cells at once (--jobs 2): one computes, the others read its file
         return _reference(task, setup, sync, path, key_text, scale)
 
@@ -278,17 +289,22 @@ def compare(probe: GradientProbe, ref: np.ndarray, suffix: str = "") -> dict[str
 
 
 def measure_final_gradients(trained: Any, backend: Any, setup: GradientSetup | None,
-                            device: str, fields: dict[str, Any]) -> None:
+                            device: str, fields: dict[str, Any],
+                            key_parts: Mapping[str, Any] | None = None) -> None:
     """The ``_final`` gradient columns of a trained cell (its ``fields``), at the weights its
     final evaluation measured (called between that evaluation and the memory steps, which
-    train on). A failure leaves the columns empty and says why in ``notes``."""
+    train on). A failure leaves the columns empty and says why in ``notes``. Its reference is
+    kept only in a cache that outlives the run (``setup.fingerprint``), keyed by
+    ``key_parts`` and the trained weights' hash: no other cell of a run has these weights."""
     if setup is None or no_reference_reason(backend):
         return
     try:
         probe = trained.gradient_probe()
         if probe is None:
             return  # the suite measures no gradient probe
-        ref, nfe, seconds = reference_gradient(trained, setup, _sync(backend, device), None)
+        key = (None if key_parts is None or setup.fingerprint is None
+               else {**key_parts, "weights": probe.weights_key})
+        ref, nfe, seconds = reference_gradient(trained, setup, _sync(backend, device), key)
         fields.update(compare(probe, ref, "_final"))
         fields["grad_ref_final_nfe"], fields["grad_ref_final_time_s"] = nfe, seconds
     except Exception as exc:  # noqa: BLE001 - the cell's measured figures stand

@@ -159,12 +159,14 @@ def run_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite, wor
     started = time.perf_counter()
     clock = phases if phases is not None else PhaseClock()
     try:
-        device = backend.resolve_device(spec.device)
+        with clock.phase("setup"):  # the framework's first import (torch: about 1 s)
+            device = backend.resolve_device(spec.device)
     except BenchError as exc:
         return base_row(spec, backend, suite, Status.UNSUPPORTED, str(exc))
     fields: dict[str, Any] = {"device": device}
     try:
-        fields["device_name"] = backend.device_name(device)
+        with clock.phase("setup"):
+            fields["device_name"] = backend.device_name(device)
         ctx = CellContext(backend=backend, budget=suite.budgets[spec.budget], seed=spec.seed,
                           device=device, work_dir=work_dir,
                           options={**suite.options, **dict(spec.options)}, log=log)
@@ -178,7 +180,8 @@ def run_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite, wor
 
         def final_gradients() -> None:
             with clock.phase("gradient_probes"):
-                measure_final_gradients(task, backend, gradients, device, fields)
+                measure_final_gradients(task, backend, gradients, device, fields,
+                                        gradient_key(spec, backend, suite))
 
         status, error = _train_and_evaluate(task, backend, device, work_dir, fields, progress,
                                             final_gradients, clock)

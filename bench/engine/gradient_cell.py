@@ -23,15 +23,19 @@ from bench.core.interfaces import AbstractBackend, AbstractSuite, CellContext, s
 from bench.core.registry import Registry
 from bench.core.rows import ResultRow, Status
 from bench.engine.cell import base_row, configuration_columns, gradient_key
+from bench.engine.reference_cache import fingerprint
 from bench.planning.backend_grid import configured_backend, expand_backends
 from bench.planning.cells import CellSpec
 from bench.store.files import atomic_write_text
 
 
-def gradient_setup(registry: Registry, backend: AbstractBackend, cache_dir: Path | None
+def gradient_setup(registry: Registry, backend: AbstractBackend, cache_dir: Path | None,
+                   outlives_run: bool = False, suite: AbstractSuite | None = None
                    ) -> GradientSetup | None:
     """The reference of ``backend``'s framework, configured (None where it names none or it
-    cannot be loaded: a cell then measures no gradient columns)."""
+    cannot be loaded: a cell then measures no gradient columns). ``outlives_run``: the cache
+    folder is shared by later runs (:func:`bench.engine.reference_cache.reference_folder`), so
+    its keys hold the code's and libraries' fingerprint."""
     text = getattr(backend, "gradient_reference", None)
     if not text:
         return None
@@ -42,7 +46,8 @@ def gradient_setup(registry: Registry, backend: AbstractBackend, cache_dir: Path
         ref = ref.configure(params) if params else ref
     except Exception:  # noqa: BLE001 - e.g. the reference's plugin is not loaded
         return None
-    return GradientSetup(ref, cache_dir)
+    stamp = fingerprint(ref, suite) if outlives_run and cache_dir is not None else None
+    return GradientSetup(ref, cache_dir, fingerprint=stamp)
 
 
 def run_gradient_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite,
