@@ -4,7 +4,9 @@ pid in the row's notes)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 
 import numpy as np
 from fake_plugins import LinearSuite, LinearTask, NumpyEulerBackend
@@ -42,6 +44,23 @@ class OrphanSuite(LinearSuite):
         return OrphanTask(ctx.backend, dict(ctx.budget.settings), ctx.seed, 0.0)
 
 
+class SpawnHangTask(LinearTask):
+    """Starts a long ``sleep`` (its pid appended to ``$BENCH_TEST_PIDFILE``), then hangs."""
+
+    def train_step(self, step: int):  # type: ignore[override]
+        child = subprocess.Popen(["sleep", "300"], start_new_session=False)
+        with open(os.environ["BENCH_TEST_PIDFILE"], "a") as handle:
+            handle.write(f"{child.pid}\n")
+        time.sleep(600)
+
+
+class SpawnHangSuite(LinearSuite):
+    name = "spawn-hang"
+
+    def build_task(self, ctx: CellContext) -> AbstractTask:
+        return SpawnHangTask(ctx.backend, dict(ctx.budget.settings), ctx.seed, 0.0)
+
+
 class OddTask(LinearTask):
     def __init__(self, metric: object, *args: object):
         super().__init__(*args)  # type: ignore[arg-type]
@@ -71,5 +90,6 @@ def bench_register_backends(register):
 @bench.hookimpl
 def bench_register_suites(register):
     register(OrphanSuite())
+    register(SpawnHangSuite())
     for name in ODD_METRICS:
         register(OddSuite(name))

@@ -83,6 +83,51 @@ def test_a_cells_children_end_with_the_cell(registry, tmp_path):
     assert not _alive(child), f"the cell's child {child} outlived it"
 
 
+_KILLED_PARENT = """
+import sys
+from test_engine_faults import ENGINE_FAULTS, Registry, Runner, RunDirectory, expand
+from pathlib import Path
+registry = Registry.load(ENGINE_FAULTS)
+runner = Runner(registry, ENGINE_FAULTS, RunDirectory.create(Path(sys.argv[1])),
+                echo=lambda m: None)
+runner.run(expand(registry, ["spawn-hang"], ["numpy-euler"], "smoke", [0], "cpu"))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_cells_children_end_when_the_run_is_killed(tmp_path):
+    """SIGKILL of the run's process: the cell ends (parent-death signal), and so do the
+    processes the cell started (they were left running, reparented to init)."""
+    import os
+    import signal
+    import subprocess
+    from pathlib import Path
+
+    pidfile = tmp_path / "pids"
+    env = {**os.environ, "BENCH_TEST_PIDFILE": str(pidfile),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent),
+                                          os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.Popen([sys.executable, "-c", _KILLED_PARENT, str(tmp_path / "run")],
+                           env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while not (pidfile.exists() and pidfile.read_text().strip()):
+            assert time.monotonic() < deadline and run.poll() is None, "no child started"
+            time.sleep(0.1)
+        time.sleep(0.3)
+        child = int(pidfile.read_text().split()[0])
+    finally:
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = _alive(child)
+    if alive:
+        os.kill(child, signal.SIGKILL)
+    assert not alive, f"the cell's child {child} outlived the killed run"
+
+
 def test_metric_problem_names_the_metric_and_the_value():
     assert metric_problem({"a": 1, "b": 2.5}) == ""
     assert metric_problem({"a": True}) == "metric a is not a finite number: True"

@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING, Any
 from bench.cli.arguments import (
     _memory_mb,
     _option,
-    _path,
-    _run_dir,
     _positive_float,
+    _run_dir,
     _threads,
     add_compile_cache_arguments,
     compile_cache_of,

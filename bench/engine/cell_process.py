@@ -10,6 +10,7 @@ import faulthandler
 import multiprocessing
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -56,6 +57,35 @@ def die_with_parent() -> None:
     threading.Thread(target=watch, name="bench-parent-watch", daemon=True).start()
 
 
+#: The watchdog of :func:`end_group_with_cell`: while its parent (the cell) lives, it waits;
+#: then it kills its process group (the cell's children, and itself).
+_GROUP_WATCHDOG = """
+import os, signal, time
+cell = os.getppid()
+while os.getppid() == cell:
+    time.sleep(0.5)
+os.killpg(0, signal.SIGKILL)
+"""
+_watchdog: subprocess.Popen[bytes] | None = None
+
+
+def end_group_with_cell() -> None:
+    """Start a small watchdog process in the cell's own process group (the cell must lead it):
+    when the cell process ends without its parent ending the group (the run was killed by
+    SIGKILL, and the cell by its parent-death signal), the watchdog kills the group, so the
+    processes the cell started do not live on, reparented to init. No watchdog (a message in
+    the cell's output) when it cannot be started."""
+    global _watchdog
+    if os.getpgid(0) != os.getpid():
+        return
+    try:
+        _watchdog = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _GROUP_WATCHDOG], stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
+    except OSError as exc:
+        print(f"no watchdog for the cell's processes: {exc}", file=sys.stderr)
+
+
 def cell_process_main(conn: Connection, spec: CellSpec, selection: PluginSelection,
                       work_dir: str, max_memory_bytes: int | None,
                       cpus: tuple[int, ...] = (), started_at: float | None = None) -> None:
@@ -68,6 +98,7 @@ def cell_process_main(conn: Connection, spec: CellSpec, selection: PluginSelecti
     die_with_parent()
     with contextlib.suppress(OSError):  # its own process group: the cell's children end with it
         os.setsid()
+        end_group_with_cell()
     if cpus:
         os.sched_setaffinity(0, cpus)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
