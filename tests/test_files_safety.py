@@ -375,6 +375,12 @@ def test_markdown_cells_are_escaped():
     assert row.count(" | ") == 1 and "\n" not in row.strip()
 
 
+def test_markdown_cells_escape_math_and_entities():
+    """``$x$`` is math on GitHub, ``&lt;b&gt;`` an entity that shows as ``<b>``: both stay the
+    text they are (CommonMark takes a backslash before any ASCII punctuation)."""
+    assert markdown_cell("$x$ &lt;b&gt;") == "\\$x\\$ \\&lt;b\\&gt;"
+
+
 def test_latex_is_escaped():
     assert latex_text("\\ & % $ # _ { } ~ ^") == (
         "\\textbackslash{} \\& \\% \\$ \\# \\_ \\{ \\} \\textasciitilde{} \\textasciicircum{}")

@@ -6,7 +6,8 @@ comes from plugins and from the files of a run folder, and must stay text wherev
   (:func:`csv_cell`), and :func:`csv_value` undoes it on reading, so values round-trip. Numbers
   are left alone (``-0.5`` is a number, not a formula, also as text), and so is a lone ``-``.
 - Markdown table cells: ``\\``, ``|``, backticks, ``*``, ``_`` (where it could open or close
-  emphasis), ``[``, ``]``, ``<``, ``>``, ``~`` escaped with a backslash; line breaks become spaces
+  emphasis), ``[``, ``]``, ``<``, ``>``, ``~``, ``$`` (GitHub's math) and ``&`` (an entity
+  such as ``&lt;``) escaped with a backslash; line breaks become spaces
   (:func:`markdown_cell`).
 - LaTeX: ``\\ & % $ # _ { } ~ ^`` escaped; line breaks become spaces (:func:`latex_text`).
 - Link targets: percent-encoded (:func:`link_target`).
@@ -21,7 +22,7 @@ from urllib.parse import quote
 
 #: The first characters that make a spreadsheet read a cell as a formula (OWASP).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-_MARKDOWN_SPECIAL = set("\\`*[]<>|~")
+_MARKDOWN_SPECIAL = set("\\`*[]<>|~$&")
 _LATEX = {"\\": r"\textbackslash{}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
           **{c: "\\" + c for c in "&%$#_{}"}}
 _BREAKS = re.compile(r"\r\n|\r|\n")
