@@ -77,7 +77,7 @@ def test_compile_apart_on_a_loaded_host_shows_its_figure_and_the_load(registry):
 
 def test_the_float64_reference_context_under_jax_0_4(monkeypatch):
     """JAX 0.4 (diffrax 0.5 and 0.6's) has no top-level jax.enable_x64: the experimental one."""
-    import jax
+    jax = pytest.importorskip("jax")  # the torch extra alone has no JAX: skip, with the reason
     from bench.frameworks.jax._gradients import x64_context
 
     with x64_context():
@@ -169,6 +169,7 @@ def test_the_reverse_counting_adjoint_passes_on_either_event_keyword():
     TypeError)."""
     import inspect
 
+    pytest.importorskip("diffrax")  # the torch extra alone has no diffrax: skip, with the reason
     from bench.plugins.jax_diffrax import _diffrax_parts
 
     loop = inspect.signature(_diffrax_parts().ReverseCountingAdjoint.loop)
