@@ -35,26 +35,32 @@ BROKEN = PluginSelection(builtins=False, entry_points=False,
 
 
 class RaisingBackend(NumpyEulerBackend):
-    """A plugin bug: ``where`` names the method (or property) that raises."""
+    """A plugin bug: ``where`` names the method (or property) that raises (``sys.exit()``
+    where ``exits``)."""
 
-    def __init__(self, name: str, where: str):
-        self.where = where
+    def __init__(self, name: str, where: str, exits: bool = False):
+        self.where, self.exits = where, exits
         super().__init__(name)
+
+    def _raise(self, exc: Exception) -> None:
+        if self.exits:
+            raise SystemExit(7)
+        raise exc
 
     def check_available(self) -> str | None:
         if self.where == "check_available":
-            raise RuntimeError("probe exploded")
+            self._raise(RuntimeError("probe exploded"))
         return None
 
     def supports(self, suite):
         if self.where == "supports":
-            raise ValueError("supports exploded")
+            self._raise(ValueError("supports exploded"))
         return super().supports(suite)
 
     @property
     def description(self) -> str:
         if self.where == "description":
-            raise KeyError("description exploded")
+            self._raise(KeyError("description exploded"))
         return "a backend with a bug"
 
     @description.setter
@@ -66,6 +72,7 @@ class RaisingBackend(NumpyEulerBackend):
 def bench_register_backends(register):
     for where in ("check_available", "supports", "description"):
         register(RaisingBackend(f"broken-{where.replace('_', '-')}", where))
+        register(RaisingBackend(f"exiting-{where.replace('_', '-')}", where, exits=True))
 
 
 @pytest.fixture
@@ -119,6 +126,26 @@ def test_run_gives_a_raising_plugins_cells_failed_rows_and_runs_the_others(cli_m
     for name, text in (("broken-check-available", "probe exploded"),
                        ("broken-supports", "supports exploded")):
         assert rows[name].status == "failed" and text in rows[name].error, rows[name]
+
+
+def test_a_plugin_calling_sys_exit_is_contained_too(cli_main, tmp_path, capsys):
+    """``sys.exit()`` in a plugin's check_available(), supports() or description: listed as
+    broken, its cells failed, the others run (it ended `bench list` and `bench run` with the
+    plugin's status, the running cells' rows lost)."""
+    assert cli_main(["list"]) == 0
+    listed = capsys.readouterr().out
+    assert "exiting-check-available" in listed and "[broken: SystemExit: 7]" in listed
+    assert "numpy-euler" in listed.split("exiting-description")[1]  # the list went on
+    out = tmp_path / "run"
+    code = cli_main([*RUN, "--backends",
+                     "exiting-check-available,exiting-supports,exiting-description,numpy-euler",
+                     "--out", str(out)])
+    err = _error(capsys)
+    assert code == 1, err
+    rows = {r.backend: r for r in RunDirectory.open(out).rows()}
+    assert rows["numpy-euler"].status == rows["exiting-description"].status == "ok"
+    for name in ("exiting-check-available", "exiting-supports"):
+        assert rows[name].status == "failed" and "SystemExit: 7" in rows[name].error, rows[name]
 
 
 # -- 2. names over the file system's limits --------------------------------------------------------

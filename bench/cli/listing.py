@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from bench.core.errors import PLUGIN_FAULTS
 from bench.core.registry import Registry
 from bench.planning.backend_grid import describe_parameters
 
@@ -18,7 +19,7 @@ def lines_or_broken(kind: str, name: str, describe: Callable[[], list[str]],
     its plugin for the Plugins section: one broken plugin never hides the others."""
     try:
         return describe()
-    except Exception as exc:  # noqa: BLE001 - a plugin's bug, shown and contained
+    except PLUGIN_FAULTS as exc:  # a plugin's bug, shown and contained
         problem = f"{kind} {name!r}: {_raised(exc)}"
         broken.setdefault(registry.origin.get(name, "?"), []).append(problem)
         return [f"  {name:<22} [broken: {_raised(exc)}]"]

@@ -10,6 +10,12 @@ class BenchError(Exception):
     """An error caused by the user's input or configuration (shown without a traceback)."""
 
 
+#: What a plugin's code can raise that the harness contains (its cell ``failed``, its plugin
+#: listed as broken): any exception, and ``SystemExit`` (a ``sys.exit()`` in a plugin would
+#: otherwise end the whole run, its running cells' rows lost). Ctrl-C is never contained.
+PLUGIN_FAULTS: tuple[type[BaseException], ...] = (Exception, SystemExit)
+
+
 #: A plugin that failed to load: ``(plugin name, module, error)``. The plugin name is its
 #: built-in module name or its entry-point name; ``module`` the module it was imported from.
 FailedPlugin = tuple[str, str, str]

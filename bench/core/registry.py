@@ -18,7 +18,12 @@ import pluggy
 
 from bench.core import hookspecs
 from bench.core.claims import AbstractClaim, claim_problem
-from bench.core.errors import DuplicateNameError, FailedPlugin, UnknownNameError
+from bench.core.errors import (
+    PLUGIN_FAULTS,
+    DuplicateNameError,
+    FailedPlugin,
+    UnknownNameError,
+)
 from bench.core.interfaces import AbstractBackend, AbstractSuite, Budget
 from bench.core.options import OptionSpec
 from bench.core.rows import GradientMethod
@@ -179,7 +184,7 @@ class Registry:
             try:
                 plugin = loader()
                 pm.register(plugin, name=name)
-            except Exception as exc:  # a broken plugin is listed, never fatal
+            except PLUGIN_FAULTS as exc:  # a broken plugin is listed, never fatal
                 infos.append(PluginInfo(name, source, _describe(exc), module))
                 continue
             problem = _check_hooks(pm, name)
@@ -244,7 +249,7 @@ class Registry:
             caller = pm.subset_hook_caller(hook, remove_plugins=others)
             try:
                 caller(register=register)
-            except Exception as exc:
+            except PLUGIN_FAULTS as exc:
                 problems.append(f"{hook} failed: {_describe(exc)}")
         return dataclasses.replace(info, error="; ".join(problems))
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bench.core.errors import PLUGIN_FAULTS
 from bench.core.interfaces import AbstractBackend
 from bench.core.registry import PluginSelection, Registry
 from bench.core.rows import ResultRow, Status, finite_metrics, metric_problem
@@ -132,7 +133,7 @@ class Runner:
                     row = self.unsupported(spec)
                     if row is None:
                         futures[pool.submit(spec, view)] = spec
-                except Exception as exc:  # noqa: BLE001 - about this cell only
+                except PLUGIN_FAULTS as exc:  # about this cell only
                     row = self.failed_row(spec, f"the parent could not start the cell: "
                                                 f"{type(exc).__name__}: {exc}")
                 if row is not None:
@@ -170,7 +171,7 @@ class Runner:
         suite = self.registry.suite(spec.suite)
         try:
             backend = self.backend(spec)
-        except Exception as exc:  # noqa: BLE001 - checked before the run; a resumed run's
+        except PLUGIN_FAULTS as exc:  # checked before the run; a resumed run's
             # plugin may differ
             return base_row(spec, None, suite, Status.FAILED, f"{type(exc).__name__}: {exc}")
         reason = check_support(backend, suite)
@@ -186,7 +187,7 @@ class Runner:
         try:
             suite = self.registry.suite(spec.suite)
             backend = self.backend(spec)
-        except Exception:  # noqa: BLE001, S110 - the identifying columns are enough
+        except PLUGIN_FAULTS:  # noqa: S110 - the identifying columns are enough
             pass
         return base_row(spec, backend, suite, Status.FAILED, reason)
 

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from bench.core.errors import BenchError, UnknownNameError
+from bench.core.errors import PLUGIN_FAULTS, BenchError, UnknownNameError
 from bench.core.options import format_value
 
 if TYPE_CHECKING:
@@ -277,7 +277,7 @@ def expand_backends(registry: Registry,
                 backend.configure(dict(params_tuple))
             except BenchError as exc:
                 raise BenchError(f"backend {choice.label}: {exc}") from None
-            except Exception as exc:  # noqa: BLE001 - a plugin's bug: named, no traceback
+            except PLUGIN_FAULTS as exc:  # a plugin's bug: named, no traceback
                 raise BenchError(f"backend {choice.label}: its plugin's configure() raised "
                                  f"{type(exc).__name__}: {exc}") from None
             choices[choice] = None
