@@ -430,6 +430,43 @@ def test_an_unreachable_scheduler_is_an_error_before_the_run_folder(cli_main, tm
     assert "port is not a number" in _error(capsys) and not out.exists()
 
 
+@pytest.mark.parametrize("answer", [b"HTTP/1.1 400 Bad Request\r\n\r\n" * 4, b""])
+def test_a_server_that_is_not_a_dask_scheduler_is_an_error_before_the_run_folder(
+        cli_main, tmp_path, capsys, monkeypatch, answer):
+    """Something listens at the address, but answers as HTTP (Dask read its first bytes as a
+    frame length: MemoryError, a traceback after the run folder was made), or not at all."""
+    import threading
+
+    pytest.importorskip("distributed")
+    monkeypatch.setattr(dask_engine, "CONNECT_CHECK_S", 1.0)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    accepted = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+            conn.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    out = tmp_path / "run"
+    try:
+        code = cli_main([*RUN, "--backends", "numpy-euler", "--scheduler",
+                         f"tcp://127.0.0.1:{server.getsockname()[1]}", "--out", str(out)])
+    finally:
+        server.close()
+        for conn in accepted:
+            conn.close()
+    err = _error(capsys)
+    assert code == 2, err
+    assert "does not answer as a Dask scheduler" in err and not out.exists()
+
+
 def test_the_scheduler_check_gives_up_after_its_timeout(monkeypatch):
     calls = []
 

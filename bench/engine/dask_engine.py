@@ -127,6 +127,30 @@ def check_scheduler_address(address: str, timeout_s: float = CONNECT_CHECK_S) ->
         raise BenchError(f"--scheduler {address}: cannot reach a Dask scheduler at {host}:{port} "
                          f"({reason}); is it running, and is the address tcp://HOST:PORT?"
                          ) from None
+    if urllib.parse.urlsplit(address if "://" in address else "tcp://" + address).scheme == "tcp":
+        _check_handshake(f"tcp://{host}:{port}", address, timeout_s)
+
+
+def _check_handshake(url: str, address: str, timeout_s: float) -> None:
+    """Raise :class:`BenchError` unless the server at ``url`` answers Dask's handshake within
+    ``timeout_s`` seconds: something else listening there (a web server) made the client read
+    its first bytes as a frame length (a MemoryError's traceback) or wait for 30 s."""
+    import asyncio
+
+    from distributed.comm import connect as comm_connect
+
+    async def handshake() -> None:
+        comm = await comm_connect(url, timeout=timeout_s)
+        await comm.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(handshake(), timeout_s))
+    except Exception as exc:  # noqa: BLE001 - whatever the server sent, one message
+        reason = (f"no handshake within {timeout_s:g} s" if isinstance(exc, TimeoutError)
+                  else f"{type(exc).__name__}: {str(exc)[:200]}")
+        raise BenchError(f"--scheduler {address}: the server at {url} accepts connections but "
+                         f"does not answer as a Dask scheduler ({reason}); is the address the "
+                         "scheduler's (tcp://HOST:PORT, default port 8786)?") from None
 
 
 @contextlib.contextmanager
@@ -168,7 +192,7 @@ def connect(scheduler: str | None, cluster: str | None, jobs: int) -> tuple[Any,
     if scheduler:
         try:
             client = distributed.Client(scheduler, timeout="30s")
-        except (OSError, TimeoutError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - e.g. MemoryError from a server that is not Dask
             raise BenchError(f"--scheduler {scheduler}: cannot reach the Dask scheduler "
                              f"({type(exc).__name__}: {exc}); is it running, and is the address "
                              "tcp://HOST:PORT?") from None
