@@ -2,7 +2,11 @@
 the MLP ODE f(h) = W2 tanh(W1 h + b1) + b2 on a 256 x 64 state, loss mean(y(1)^2), from the
 suite's initial weights (numpy SeedSequence([seed, purpose, block]) as documented), its
 gradient by each library called directly, against a float64 reference by backpropagation
-through 4000 classical RK4 steps written here."""
+through 4000 classical RK4 steps written here.
+
+Run: python results/gradient-frontier-cpu/independent_check.py [OUT.json] (about 4 CPU minutes;
+7 on the loaded 2-core host). It prints each point's gradient error and forward NFE, and writes
+them as JSON to OUT.json where one is named."""
 import sys, json
 import numpy as np, torch
 W, B, SEED = 64, 256, 0
@@ -58,4 +62,6 @@ for tol in (1e-3, 1e-4, 1e-6):
     nf = f.n; yT.pow(2).mean().backward(); out[f"aca {tol:g}"] = (err(flat(f)), nf)
 for k, (e, n) in out.items():
     print(f"{k:22s} grad_rel_error {e:.3e}  nfe_forward {n}")
-json.dump(out, open("/tmp/h9/indep_check.json", "w"), indent=1)
+if len(sys.argv) > 1:
+    with open(sys.argv[1], "w") as fh:
+        json.dump(out, fh, indent=1)
