@@ -245,13 +245,15 @@ def judge_compile_apart(rows: Sequence[ResultRow]) -> Judgement:
     if not jax:
         return missing((COMPILE_NEED,), f"ok row of a JAX backend with compile and step times "
                        f"over at least {MIN_STEPS} training steps")
-    # a warm-up step whose programs came from the compile cache loaded them: no compilation
-    compiled = [r for r in jax if r.compile_cache not in ("hit", "partial")]
+    # a warm-up step whose programs came from the compile cache (or were kept traced) loaded
+    # them: no compilation
+    compiled = [r for r in jax if r.compile_cache not in ("hit", "partial")
+                and getattr(r, "program_cache", "") not in ("hit", "partial")]
     if not compiled:
         return Judgement(Verdict.INCONCLUSIVE, unit="ratio", cells=len(jax),
                          reason=f"the first step of all {len(jax)} JAX cells loaded its programs "
-                         "from the compile cache (compile_cache hit or partial): no compile time "
-                         "to judge; run them with --no-compile-cache")
+                         "from the compile cache (compile_cache or program_cache hit or "
+                         "partial): no compile time to judge; run them with --no-compile-cache")
     clean = [r for r in compiled if not r.timing_flag]
     if not clean:  # the figure so far is shown, not judged: load moves both times unevenly
         flagged = sorted(_compile_ratio(r) for r in compiled)

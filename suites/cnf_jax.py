@@ -30,7 +30,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench.frameworks.jax import SolveBackend, load_weights
+from bench.frameworks.jax import SolveBackend, TracedOnce, load_weights
 from bench.suites.cnf_data import HIDDEN, CnfData, initial_weights, layer_dims, plot_flow
 
 from bench.core.interfaces import AbstractTask, CellContext, Evaluation, StepStats, Tolerances
@@ -232,9 +232,10 @@ class CnfJaxTask(AbstractTask):
             return model, opt_state, loss, counts
 
         self.step = CompiledStep(train)
-        self._log_prob = jax.jit(lambda m, x: log_prob(m, x, backend, None, tolerances))
+        self._log_prob = TracedOnce(lambda m, x: log_prob(m, x, backend, None, tolerances),
+                                    "cnf-log-prob")
         self._compile_once = CompileOnce()
-        self._sample = jax.jit(lambda m, z: sample(m, z, backend, tolerances))
+        self._sample = TracedOnce(lambda m, z: sample(m, z, backend, tolerances), "cnf-sample")
 
     def _put(self, array: np.ndarray | None) -> Any:
         return None if array is None else jax.device_put(np.asarray(array, np.float32),

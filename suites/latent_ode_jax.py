@@ -18,7 +18,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench.frameworks.jax import SolveBackend, load_weights
+from bench.frameworks.jax import SolveBackend, TracedOnce, load_weights
 from bench.suites.latent_ode_data import (
     Batch,
     LatentOdeData,
@@ -201,7 +201,7 @@ class LatentOdeJaxTask(AbstractTask):
             return prediction, stats["nfe_forward"] + encoder_nfe
 
         self.step = CompiledStep(train)
-        self._predict = jax.jit(predict)
+        self._predict = TracedOnce(predict, "latent-ode-predict")
         self._compile_once = CompileOnce()
 
     def _put(self, array: np.ndarray) -> Any:

@@ -23,7 +23,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench.frameworks.jax import SolveBackend, load_weights
+from bench.frameworks.jax import SolveBackend, TracedOnce, load_weights
 from bench.suites.mnist_data import (
     CHANNELS,
     NUM_CLASSES,
@@ -347,7 +347,7 @@ class MnistJaxTask(AbstractTask):
             wrong = jnp.sum(jnp.argmax(logits, axis=-1) != y)
             return wrong, loss_sum, stats["nfe_forward"]
 
-        self._evaluate_batch = jax.jit(evaluate_batch)
+        self._evaluate_batch = TracedOnce(evaluate_batch, "mnist-evaluate")
         self._compile_once = CompileOnce()
 
     def _put(self, array: np.ndarray | np.generic) -> jax.Array:

@@ -113,6 +113,10 @@ class ResultRow:
     #: (compiled), ``partial``, ``none`` (nothing compiled through the cache), ``off`` (the
     #: cache was off); empty for a framework without one (torch).
     compile_cache: str = ""
+    #: Where the first step's traced programs came from (``program_cache``, the same words):
+    #: ``hit``: loaded, kept by an earlier cell or run of the same cell and code, so neither
+    #: tracing nor compiling is in ``compile_time_s``; ``miss``: traced (and kept); ``off``.
+    program_cache: str = ""
     #: Time of the final evaluation.
     eval_time_s: float | None = None
     #: Whole cell, including set-up (data, model building) and evaluation.

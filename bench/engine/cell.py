@@ -38,14 +38,13 @@ from bench.core.interfaces import (
 from bench.core.measure import mean_or_none, median_or_none, percentile
 from bench.core.rows import ResultRow, Status, metric_problem, now_iso
 from bench.engine.phases import (
+    CacheWatch,
     PhaseClock,
-    cache_counts,
-    cache_delta,
-    cache_state,
     nan_hint,
     note_nan_gradients,
     profile_loop,
 )
+from bench.engine.reference_cache import scope_programs
 from bench.planning.cells import CellSpec
 from bench.store.files import atomic_write_text
 
@@ -171,6 +170,7 @@ def run_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite, wor
                           device=device, work_dir=work_dir,
                           options={**suite.options, **dict(spec.options)}, log=log)
         with clock.phase("setup"):
+            scope_programs(spec, backend, suite)
             task = suite.build_task(ctx)
         if getattr(task, "solver", None):  # e.g. a fixed-step method instead of the default
             fields["solver"] = task.solver
@@ -219,7 +219,7 @@ def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_d
     evals: list[dict[str, Any]] = []
     train_clock = 0.0
     status, error = Status.OK, ""
-    cache_start = cache_before = cache_counts(backend)
+    caches = CacheWatch(backend, clock)
 
     def evaluate(step: int, final: bool) -> tuple[Evaluation, float]:
         backend.synchronize(device)
@@ -239,16 +239,14 @@ def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_d
                       "eval_prepare_time_s": t1 - t0, "final": final, **dict(result.metrics)})
         return result, seconds
 
-    def first_step_done() -> None:  # whether the warm-up's compilations came from the cache
-        after = cache_counts(backend)
-        fields["compile_cache"] = cache_state(backend, cache_before, after)
-        clock.cache["first_step"] = cache_delta(cache_before, after)
+    def first_step_done() -> None:  # whether the warm-up's programs came from the caches
+        caches.first_step_done(fields)
 
     try:
         for step in range(n_steps):
             if step == 0:
                 tracker.reset()
-                cache_before = cache_counts(backend)
+                caches.first_step_starts()
             elif step == 1:
                 fields["peak_memory_first_step_bytes"] = tracker.peak_bytes()
             s, seconds = timed_step(task, backend, device, step,
@@ -295,7 +293,7 @@ def _train_and_evaluate(task: Any, backend: AbstractBackend, device: str, work_d
         fields.update(split)
         if reason:
             fields["notes"] = f"{fields.get('notes') or ''}; {reason}".lstrip("; ")
-    clock.cache["cell"] = cache_delta(cache_start, cache_counts(backend))
+    caches.cell_done()
     return status, error
 
 

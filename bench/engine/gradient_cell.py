@@ -23,7 +23,7 @@ from bench.core.interfaces import AbstractBackend, AbstractSuite, CellContext, s
 from bench.core.registry import Registry
 from bench.core.rows import ResultRow, Status
 from bench.engine.cell import base_row, configuration_columns, gradient_key
-from bench.engine.reference_cache import fingerprint
+from bench.engine.reference_cache import fingerprint, scope_programs
 from bench.planning.backend_grid import configured_backend, expand_backends
 from bench.planning.cells import CellSpec
 from bench.store.files import atomic_write_text
@@ -69,6 +69,7 @@ def run_gradient_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractS
         ctx = CellContext(backend=backend, budget=suite.budgets[spec.budget], seed=spec.seed,
                           device=device, work_dir=work_dir,
                           options={**suite.options, **dict(spec.options)}, log=log)
+        scope_programs(spec, backend, suite)
         task = suite.build_task(ctx)
         if getattr(task, "solver", None):
             fields["solver"] = task.solver

@@ -15,6 +15,12 @@ Optional backend hooks (framework layers implement them; the core names no frame
   process so far, or None when the framework has no such cache or it is off. The warm-up
   step's compilations are read around it: the row's ``compile_cache`` says ``hit``, ``miss``
   or ``partial`` (so that ``compile_time_s`` of a cache load is never taken for a compilation).
+- ``program_cache_counts()``: the same for programs kept traced across runs
+  (``(programs asked for, programs loaded)``, JAX: :mod:`bench.frameworks.jax._programs`): the
+  row's ``program_cache``, read around the warm-up step like ``compile_cache``.
+- ``program_scope(text)``: called before the task is built with the text that names the cell
+  and its code (:func:`bench.engine.reference_cache.program_scope`), which a framework that keeps
+  traced programs starts their keys with.
 - ``nan_hint()``: what to add to the message of a NaN loss, metric or gradient error (JAX: a
   failed solve returns NaN while the compile cache is on).
 - ``profile_solves(device)``: a context manager around one extra, untimed training step that
@@ -39,6 +45,9 @@ from bench.store.files import atomic_write_text
 #: The phases of a cell, in the order they run (``phases.json`` lists them in this order).
 PHASES = ("process_start", "imports", "setup", "compile", "train_steps", "eval_prepare",
           "evaluation", "finish", "gradient_probes", "memory_steps", "loop_profile")
+
+#: The backend hook of the kept traced programs' counts (``compile_cache_counts``'s counterpart).
+PROGRAMS = "program_cache_counts"
 
 #: The row's columns that sum phases (column -> phases).
 PHASE_COLUMNS = {
@@ -95,10 +104,12 @@ class PhaseClock:
 # -- the compile cache ----------------------------------------------------------------------------
 
 
-def cache_counts(backend: Any) -> tuple[int, int] | None:
-    """``(requests, hits)`` of the backend framework's persistent compilation cache so far in
-    this process; None where it has none, it is off, or the hook fails."""
-    hook: Callable[[], Any] | None = getattr(backend, "compile_cache_counts", None)
+def cache_counts(backend: Any, hook_name: str = "compile_cache_counts"
+                 ) -> tuple[int, int] | None:
+    """``(requests, hits)`` of the backend framework's persistent compilation cache (or with
+    ``hook_name="program_cache_counts"``: its kept traced programs) so far in this process;
+    None where it has none, it is off, or the hook fails."""
+    hook: Callable[[], Any] | None = getattr(backend, hook_name, None)
     if hook is None:
         return None
     try:
@@ -121,19 +132,49 @@ def cache_delta(before: tuple[int, int] | None, after: tuple[int, int] | None
 
 
 def cache_state(backend: Any, before: tuple[int, int] | None,
-                after: tuple[int, int] | None) -> str:
+                after: tuple[int, int] | None, hook_name: str = "compile_cache_counts") -> str:
     """The row's ``compile_cache`` for the compilations between two :func:`cache_counts`:
     ``hit`` (all loaded from the cache), ``miss`` (none), ``partial``, ``none`` (nothing went
     through the cache), ``off`` (the framework has a cache, switched off) or ``''`` (a
     framework without one)."""
     if before is None or after is None:
-        return "off" if hasattr(backend, "compile_cache_counts") else ""
+        return "off" if hasattr(backend, hook_name) else ""
     requests, hits = after[0] - before[0], after[1] - before[1]
     if requests <= 0:
         return "none"
     if hits >= requests:
         return "hit"
     return "miss" if hits <= 0 else "partial"
+
+
+class CacheWatch:
+    """A cell's compile cache and kept programs (the backend's ``compile_cache_counts`` and
+    ``program_cache_counts`` hooks): counted from the cell's start and around its warm-up
+    step, into the row (``compile_cache``, ``program_cache``) and ``phases.json``."""
+
+    HOOKS = (("compile_cache_counts", "compile_cache", "first_step", "cell"),
+             (PROGRAMS, "program_cache", "first_step_programs", "cell_programs"))
+
+    def __init__(self, backend: Any, clock: PhaseClock):
+        self.backend, self.clock = backend, clock
+        self.start = self.before = self._counts()
+
+    def _counts(self) -> dict[str, tuple[int, int] | None]:
+        return {hook: cache_counts(self.backend, hook) for hook, *_ in self.HOOKS}
+
+    def first_step_starts(self) -> None:
+        self.before = self._counts()
+
+    def first_step_done(self, fields: dict[str, Any]) -> None:
+        after = self._counts()
+        for hook, column, key, _ in self.HOOKS:
+            fields[column] = cache_state(self.backend, self.before[hook], after[hook], hook)
+            self.clock.cache[key] = cache_delta(self.before[hook], after[hook])
+
+    def cell_done(self) -> None:
+        after = self._counts()
+        for hook, _, _, key in self.HOOKS:
+            self.clock.cache[key] = cache_delta(self.start[hook], after[hook])
 
 
 # -- the loop-time split --------------------------------------------------------------------------

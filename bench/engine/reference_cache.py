@@ -1,5 +1,5 @@
 """Where a cell keeps its float64 reference gradients (:mod:`bench.core.gradients`), and what
-a reference kept across runs is keyed by.
+a reference, or a traced program (:func:`program_scope`), kept across runs is keyed by.
 
 Without the compile cache (``--no-compile-cache``) the references live in the run folder
 (``gradient_reference/``), as every run's did before: shared by the cells of the run, computed
@@ -18,9 +18,11 @@ code or upgrade of a library makes a new key, and the old file is never read.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.metadata
+import json
 import os
 import platform
 import sys
@@ -105,3 +107,28 @@ def fingerprint(reference: Any, suite: Any) -> dict[str, Any]:
         "reference": [getattr(reference, "name", type(reference).__name__),
                       configuration() if callable(configuration) else None],
     }
+
+
+def program_scope(spec: Any, backend: Any, suite: Any) -> str:
+    """The text that names a cell and the code it runs, for a framework that keeps its traced
+    programs across runs (``program_scope`` hook; JAX: :mod:`bench.frameworks.jax._programs`):
+    the cell's id (suite, backend with its parameters, budget, seed, device, options), the
+    backend's effective configuration and :func:`fingerprint` of the backend and the suite."""
+    configuration = getattr(backend, "configuration", None)
+    return json.dumps({"cell": spec.cell_id, "mode": getattr(spec, "mode", None),
+                       "configuration": configuration() if callable(configuration) else None,
+                       "fingerprint": fingerprint(backend, suite)}, sort_keys=True, default=str)
+
+
+def scope_programs(spec: Any, backend: Any, suite: Any) -> None:
+    """Hand the cell's :func:`program_scope` to a backend that keeps traced programs (nothing
+    for one without the hook); a failure leaves programs unkept, never fails the cell."""
+    hook = getattr(backend, "program_scope", None)
+    if hook is None:
+        return
+    try:
+        scope: str | None = program_scope(spec, backend, suite)
+    except Exception:  # noqa: BLE001 - an optimisation, never an error
+        scope = None
+    with contextlib.suppress(Exception):
+        hook(scope)

@@ -217,7 +217,10 @@ def timing_records(sources: Sequence[Source]) -> list[dict[str, Any]]:
             for row in rows:
                 if row.status == "ok" and row.compile_time_s is not None and \
                         row.train_step_time_s and (row.train_steps or 0) >= 4:
-                    by_backend.setdefault((row.backend, row.compile_cache), []).append(row)
+                    cache = row.compile_cache
+                    if row.program_cache in ("hit", "partial"):  # not traced either
+                        cache = f"{cache or '-'}, programs {row.program_cache}"
+                    by_backend.setdefault((row.backend, cache), []).append(row)
         for (backend, cache), cells in sorted(by_backend.items()):
             compile_s = statistics.median(r.compile_time_s or 0.0 for r in cells)
             step_s = statistics.median(r.train_step_time_s or 0.0 for r in cells)

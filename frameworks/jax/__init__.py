@@ -15,6 +15,7 @@ The API a JAX suite uses (the counterpart of :mod:`bench.frameworks.torch`)::
     (loss, aux), grads, counts = vg(params, *args)         # inside jax.jit
     step = CompiledStep(fn)                                # fn(*args) -> (state, loss, counts)
     state, loss, counts = step(*args)                      # compiled at the first call
+    evaluate = TracedOnce(fn, "name")                      # jax.jit, kept across runs
     stats = backend.step_stats(loss, counts, step.extra())  # reads the loss only
     stats = backend.complete_step_stats(stats)             # the counts (the core: after the clock)
 
@@ -59,6 +60,7 @@ from bench.frameworks.jax._cache import configure_from_environment
 from bench.frameworks.jax._checkpoint import checkpoint_backward_iterations
 from bench.frameworks.jax._devices import JaxGpuPeakTracker, jax_device
 from bench.frameworks.jax._gradients import GradientProber
+from bench.frameworks.jax._programs import TracedOnce
 from bench.frameworks.jax._solvers import (
     reverse_seminorm,
     rk4_solvers,
@@ -86,5 +88,5 @@ __all__ = [
     "adam_init", "adam_update", "checkpoint_backward_iterations", "current_recorder",
     "jax_device", "load_weights", "missing_modules", "record_solve", "rk4_solvers", "rk4_step",
     "sgd_momentum_init", "sgd_momentum_update", "torchdiffeq_first_step", "torchdiffeq_norm",
-    "reverse_seminorm",
+    "reverse_seminorm", "TracedOnce",
 ]

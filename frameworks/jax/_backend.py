@@ -8,7 +8,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
-from bench.frameworks.jax import _cache, _profile
+from bench.frameworks.jax import _cache, _profile, _programs
 from bench.frameworks.jax._devices import JaxGpuPeakTracker, gpu_devices, jax_device
 
 from bench.core.availability import missing_modules as find_missing
@@ -24,9 +24,7 @@ def missing_modules() -> list[str]:
     return find_missing(REQUIRED_MODULES)
 
 
-# -------------------------------------------------------------------------------------------------
-# Recording the solves of one loss function (trace time)
-# -------------------------------------------------------------------------------------------------
+# -- recording the solves of one loss function (trace time) --------------------------------------
 
 #: Probe layout: the backsolve backend adds the reverse solves' statistics to the cotangent of a
 #: zero vector passed to every solve as part of ``args`` (the dynamics never read it, so its true
@@ -183,10 +181,19 @@ class JaxBackend(AbstractBackend):
             _cache.start_counting()
 
     def compile_cache_counts(self) -> tuple[int, int] | None:
-        """``(compile requests through JAX's persistent cache, hits)`` in this process so far;
-        None when the cache is off (the core reads them around the warm-up step: the row's
-        ``compile_cache``)."""
+        """``(compile requests through JAX's persistent cache, hits)`` so far (the row's
+        ``compile_cache``, read around the warm-up step); None when the cache is off."""
         return _cache.counts()
+
+    def program_scope(self, scope: str | None) -> None:
+        """Called by the core before a cell builds its task: the text naming the cell and its
+        code, which starts every key of its kept programs (:mod:`._programs`)."""
+        _programs.set_scope(scope)
+
+    def program_cache_counts(self) -> tuple[int, int] | None:
+        """``(programs asked for, programs loaded)`` of the kept programs so far (the row's
+        ``program_cache``); None when none are kept."""
+        return _programs.counts()
 
     def nan_hint(self) -> str:
         """Added by the core to a NaN metric's or loss's message: a failed solve returns NaN

@@ -80,15 +80,16 @@ class GradientProber:
         self._compiled: dict[tuple[int, bool], tuple[Any, Any]] = {}
 
     def _function(self, backend: Any, reference: bool) -> Any:
-        import jax
-
         table: dict[Any, tuple[Any, Any]] = (
             self._compiled if self.program_key is None else _SHARED)
         key = ((id(backend), reference) if self.program_key is None
                else (self.program_key, id(backend), reference))
         held = table.get(key)
         if held is None or held[0] is not backend:  # an id reused by another backend
-            held = (backend, jax.jit(backend.value_and_grad(self.loss_for(backend))))
+            from bench.frameworks.jax._programs import TracedOnce
+
+            name = "gradient-reference" if reference else "gradient-probe"
+            held = (backend, TracedOnce(backend.value_and_grad(self.loss_for(backend)), name))
             table[key] = held
         return held[1]
 

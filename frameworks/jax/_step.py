@@ -36,10 +36,11 @@ class CompiledStep:
         self._jitted: Any = None
 
     def lower(self, *args: Any) -> Any:
-        import jax
-
         if self._jitted is None:
-            self._jitted = jax.jit(self.fn, donate_argnums=self.donate_argnums)
+            from bench.frameworks.jax import _programs
+
+            # a kept program where the engine keeps them (_programs), else jax.jit
+            self._jitted = _programs.jitted("train-step", self.fn, args, self.donate_argnums)
         return self._jitted.lower(*args)
 
     def __call__(self, *args: Any) -> Any:
