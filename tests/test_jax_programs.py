@@ -139,3 +139,20 @@ def test_a_second_run_loads_the_cells_programs_with_the_same_figures(tmp_path):
     assert (first["nfe_forward"], first["nfe_backward"]) == (second["nfe_forward"],
                                                              second["nfe_backward"])
     assert list((cache / "jax-programs").glob("*.bin"))
+
+
+def test_an_output_that_is_one_array_or_like_an_argument_is_kept(kept):
+    def scale(model, x):
+        return jax.tree_util.tree_map(lambda a: 2 * a, model)  # the argument's structure
+
+    def one(model, x):
+        return x * 3  # one array
+
+    model, _, x = _args()
+    for _ in range(2):  # the second time as a later cell: loaded
+        doubled = _programs.TracedOnce(scale, "scale")(model, x)
+        tripled = _programs.TracedOnce(one, "one")(model, x)
+        assert isinstance(doubled, Model)
+        np.testing.assert_array_equal(np.asarray(doubled.w), 2 * np.asarray(model.w))
+        np.testing.assert_array_equal(np.asarray(tripled), 3 * np.asarray(x))
+    assert _programs._COUNTS == [4, 2]

@@ -76,7 +76,8 @@ class SolveProfile:
 
         def profiled(f: Callable[..., Any], params: Any, y0: Any, t0: float, t1: float,
                      **kwargs: Any) -> tuple[Any, Any]:
-            y, stats, numbers = profile_one(original, f, params, y0, t0, t1, kwargs)
+            y, stats, numbers = profile_one(original, f, params, y0, t0, t1, kwargs,
+                                            index=len(self.solves))
             self.solves.append(numbers)
             return y, stats
 
@@ -135,20 +136,23 @@ def _fastest_times(calls: list[Callable[[], Any]]) -> list[float]:
 
 
 def profile_one(solve: Callable[..., Any], f: Callable[..., Any], params: Any, y0: Any,
-                t0: float, t1: float, kwargs: dict[str, Any]
+                t0: float, t1: float, kwargs: dict[str, Any], index: int = 0
                 ) -> tuple[Any, Any, dict[str, float]]:
-    """Time one solve and its dynamics at these (concrete) inputs; returns the solve's
-    output, its stats and ``{"solve_time_s", "dynamics_time_s", "nfe"}``."""
+    """Time one solve (the ``index``-th of the step) and its dynamics at these (concrete)
+    inputs; returns the solve's output, its stats and ``{"solve_time_s", "dynamics_time_s",
+    "nfe"}``. Its programs are kept across runs like the cell's others
+    (:mod:`bench.frameworks.jax._programs`)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
+    from bench.frameworks.jax._programs import jitted as kept
 
     def forward(params: Any, y0: Any) -> Any:
         # ts stays as the suite passed it, concrete (closed over, not a traced argument): a
         # fixed-step solve reads it on the host to count its steps (jax-rknet)
         return solve(f, params, y0, t0, t1, **kwargs)
 
-    jitted = jax.jit(forward)
+    jitted = kept(f"profile-solve-{index}", forward, (params, y0))
     y, stats = jitted(params, y0)
     nfe = int(np.sum(np.asarray(jax.device_get(stats["nfe_forward"]))))
     leaves = jax.tree_util.tree_leaves(y0)
@@ -163,8 +167,9 @@ def profile_one(solve: Callable[..., Any], f: Callable[..., Any], params: Any, y
 
         return jax.lax.fori_loop(0, chain_length, body, y0)
 
-    with_f = jax.jit(lambda p, y: chain(p, y, True))
-    without_f = jax.jit(lambda p, y: chain(p, y, False))
+    with_f = kept(f"profile-chain-{index}-with-f", lambda p, y: chain(p, y, True), (params, y0))
+    without_f = kept(f"profile-chain-{index}-without-f", lambda p, y: chain(p, y, False),
+                     (params, y0))
     solve_s, chain_s, loop_s = _fastest_times([lambda: jitted(params, y0),
                                                lambda: with_f(params, y0),
                                                lambda: without_f(params, y0)])

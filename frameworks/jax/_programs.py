@@ -44,7 +44,7 @@ from typing import Any
 #: The programs' subfolder of the compile cache's folder.
 SUBFOLDER = "jax-programs"
 #: The first bytes of a program file (its format's version).
-MAGIC = b"bench-jax-program-1\n"
+MAGIC = b"bench-jax-program-2\n"
 
 _STATE: dict[str, Any] = {"scope": None}
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
@@ -113,39 +113,42 @@ def _key(name: str, fn: Callable[..., Any], leaves: Sequence[Any], treedef: Any,
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def _describe_one(treedef: Any, arg_treedefs: list[Any]) -> list[Any] | None:
+    same = [i for i, t in enumerate(arg_treedefs) if t == treedef]
+    if same:
+        return ["arg", same[0]]
+    try:
+        proto = getattr(treedef, "serialize_using_proto")()  # noqa: B009 - not in the stubs
+    except Exception:  # noqa: BLE001 - a custom node: not described, not kept
+        return None
+    return ["jax", base64.b64encode(proto).decode()]
+
+
 def _describe(out_treedef: Any, arg_treedefs: list[Any]) -> list[Any] | None:
-    """The output structure as JSON: each top-level element either "the structure of argument
-    i" or a structure of JAX's own containers (serialised by JAX); None when neither fits."""
+    """The output structure as JSON: the structure of an argument, one of JAX's own containers
+    (serialised by JAX), or a tuple of such; None when none fits (the program is not kept)."""
     import jax
 
     node = out_treedef.node_data()
     if node is None or node[0] is not tuple:
-        return None
-    recipe: list[Any] = []
-    for child in jax.tree_util.treedef_children(out_treedef):
-        same = [i for i, t in enumerate(arg_treedefs) if t == child]
-        if same:
-            recipe.append(["arg", same[0]])
-            continue
-        try:
-            proto = getattr(child, "serialize_using_proto")()  # noqa: B009 - not in the stubs
-            recipe.append(["jax", base64.b64encode(proto).decode()])
-        except Exception:  # noqa: BLE001 - a custom node: not described, not kept
-            return None
-    return recipe
+        whole = _describe_one(out_treedef, arg_treedefs)
+        return None if whole is None else ["one", whole]
+    items = [_describe_one(c, arg_treedefs) for c in jax.tree_util.treedef_children(out_treedef)]
+    return None if any(i is None for i in items) else ["tuple", items]
 
 
 def _rebuild(recipe: list[Any], arg_treedefs: list[Any]) -> Any:
     import jax
 
-    children = []
-    for kind, value in recipe:
+    def one(kind: str, value: Any) -> Any:
         if kind == "arg":
-            children.append(arg_treedefs[int(value)])
-        else:
-            children.append(jax.tree_util.PyTreeDef.deserialize_using_proto(
-                jax.tree_util.default_registry, base64.b64decode(value)))
-    return jax.tree_util.treedef_tuple(children)
+            return arg_treedefs[int(value)]
+        return jax.tree_util.PyTreeDef.deserialize_using_proto(
+            jax.tree_util.default_registry, base64.b64decode(value))
+
+    if recipe[0] == "one":
+        return one(*recipe[1])
+    return jax.tree_util.treedef_tuple([one(*item) for item in recipe[1]])
 
 
 def _read(path: Path) -> tuple[dict[str, Any], bytes] | None:
