@@ -17,7 +17,7 @@ What it runs (``--only`` picks some; each in a fresh scratch folder under ``--ou
 and, for every run, where the cells' time went: each phase of ``phases.json`` summed over the
 cells, per framework (process start, imports, set-up, compile, timed steps, evaluation and its
 JIT preparation, the suite's finish, gradient probes, memory steps, loop profile), and the
-compile cache's hits.
+compile cache's and the kept programs' hits.
 
 Run it on a quiet machine, from the repository root::
 
@@ -87,9 +87,13 @@ def phases(run: Path) -> dict[str, dict[str, float]]:
                 t[name] += seconds
             t["other"] += data.get("other_s", 0.0)
             t["cell_total"] += data.get("cell_total_s", 0.0)
-            cell = (data.get("compile_cache") or {}).get("cell") or {}
+            caches = data.get("compile_cache") or {}
+            cell = caches.get("cell") or {}
             t["cache_requests"] += cell.get("requests", 0)
             t["cache_hits"] += cell.get("hits", 0)
+            programs = caches.get("cell_programs") or {}  # kept traced programs
+            t["program_requests"] += programs.get("requests", 0)
+            t["program_hits"] += programs.get("hits", 0)
     return {k: dict(v) for k, v in totals.items()}
 
 
@@ -98,13 +102,15 @@ def print_phases(title: str, table: dict[str, dict[str, float]]) -> None:
         return
     names = ["cells", "process_start", "imports", "setup", "compile", "train_steps",
              "eval_prepare", "evaluation", "finish", "gradient_probes", "memory_steps",
-             "loop_profile", "other", "cell_total", "cache_hits", "cache_requests"]
+             "loop_profile", "other", "cell_total", "cache_hits", "cache_requests",
+             "program_hits", "program_requests"]
     print(f"\n{title}: seconds summed over the cells")
     print("| framework | " + " | ".join(names) + " |")
     print("|" + " --- |" * (len(names) + 1))
     for group, t in sorted(table.items(), key=lambda kv: kv[0] == "all"):
         print(f"| {group} | " + " | ".join(
-            f"{t.get(n, 0):.0f}" if n in ("cells", "cache_hits", "cache_requests")
+            f"{t.get(n, 0):.0f}" if n in ("cells", "cache_hits", "cache_requests",
+                                          "program_hits", "program_requests")
             else f"{t.get(n, 0):.1f}" for n in names) + " |")
 
 

@@ -53,7 +53,8 @@ def test_a_cell_writes_its_phases_and_the_row_sums_them(fake_registry, tmp_path)
     assert row.eval_prepare_time_s == phases["eval_prepare"]
     # run in this process: no process start; a framework without a cache: no state
     assert row.startup_time_s is None and row.compile_cache == ""
-    assert data["compile_cache"] == {"cell": None, "first_step": None}
+    assert data["compile_cache"] == {"cell": None, "first_step": None, "cell_programs": None,
+                                     "first_step_programs": None}
 
 
 def test_phase_clock_sums_repeated_phases_and_its_columns():
