@@ -31,3 +31,14 @@ def test_mnist_paper_budget_quotes_the_measured_cpu_figure():
     notes = " ".join((Path(__file__).resolve().parent.parent / "results" / "mnist-quick-cpu"
                       / "NOTES.md").read_text().split())
     assert f"took {step}" in notes and f"{epoch.replace('min', 'minutes')} an epoch" in notes
+
+
+def test_claims_help_says_html_is_a_whole_page(capsys):
+    """`bench claims --format html` prints a self-contained page (<!DOCTYPE html>...), with or
+    without --per-folder: its help said "a table to put in a page" (docs/claims.md, a fragment)."""
+    with pytest.raises(SystemExit):
+        cli.main(["claims", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    at = text.index("--format {markdown,csv,html} ")  # the option's entry, not the usage line's
+    entry = text[at:at + 200]
+    assert "self-contained" in entry and "to put in a page" not in entry

@@ -57,7 +57,7 @@ def add_parser(sub: Any) -> None:
                    help="one column per PATH (e.g. one per library version) instead of one "
                    "verdict over all of them")
     p.add_argument("--format", default="markdown", choices=FORMATS,
-                   help="markdown (default), csv, or html (a table to put in a page)")
+                   help="markdown (default), csv, or html (one self-contained page)")
     p.add_argument("--publish", type=_path, default=None, metavar="DIR",
                    help="with --per-folder: publish the folders into DIR (a new results "
                    "folder): one published run per folder (flagged timings allowed and listed) "
