@@ -59,6 +59,17 @@ def test_a_row_appended_after_a_torn_line_is_kept(fake_registry, tmp_path, capsy
     assert f"{rows_file}:2: skipped a line that is not valid JSON" in capsys.readouterr().err
 
 
+def test_a_line_nested_too_deep_for_the_json_reader_is_skipped(fake_registry, tmp_path, capsys):
+    """A line of 100,000 nested objects: the reader's RecursionError was a traceback for every
+    command that reads the folder (report, compare, --resume)."""
+    runner, _ = _run(fake_registry, FAKE_ONLY, tmp_path / "run", ["numpy-euler"])
+    rows_file = runner.run_dir.path / "rows.jsonl"
+    with open(rows_file, "a") as f:
+        f.write('{"a":' * 100_000 + "1" + "}" * 100_000 + "\n")
+    assert [r.backend for r in read_rows(rows_file)] == ["numpy-euler"]
+    assert f"{rows_file}:2: skipped a line that is not valid JSON" in capsys.readouterr().err
+
+
 # -- 10. lines that are JSON but not rows; an empty rows.jsonl -----------------------------------
 def test_lines_that_are_not_rows_are_skipped_with_a_warning(fake_registry, tmp_path, capsys):
     runner, _ = _run(fake_registry, FAKE_ONLY, tmp_path / "run", ["numpy-euler"])

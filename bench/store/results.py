@@ -302,6 +302,9 @@ def read_rows(path: Path) -> list[ResultRow]:
             warn(f"{path}:{lineno}: skipped a line that is not valid JSON ({exc.msg}; "
                  "torn by a crash mid-write?)")
             continue
+        except RecursionError:
+            warn(f"{path}:{lineno}: skipped a line that is not valid JSON (nested too deep)")
+            continue
         problem = _row_problem(data)
         if problem:
             warn(f"{path}:{lineno}: skipped a line that is not a result row ({problem})")
