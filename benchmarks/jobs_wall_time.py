@@ -1,6 +1,7 @@
 """Cells at once against one at a time: the wall time of ``bench run --jobs 2 --threads 1``
 against ``--jobs 1 --threads 1``, and how much each cell's ``train_step_time_s`` moved (the
-interference of a neighbour cell). The figure is in docs/usage.md (section Running cells in parallel).
+interference of a neighbour cell). The figure is in docs/usage.md (section Running cells in
+parallel).
 
 Run on a quiet machine, from the repository root::
 
