@@ -114,6 +114,7 @@ def _rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # 12 s on 2 cores (issue 34: fast tests within 3 minutes)
 def test_rows_stream_back_in_completion_order_and_nothing_is_lost(client, fake_registry,
                                                                  tmp_path):
     address = client.scheduler.address

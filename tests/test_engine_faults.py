@@ -180,7 +180,9 @@ def _mixed_pool(kind: str, runner: Runner):
     return DaskPool(runner, client, cluster, 2, "cpu")
 
 
-@pytest.mark.parametrize("kind", ["jobs2", "dask"])
+# the Dask variant waits out the same 20 s hang on a cluster's start: slow (issue 34, fast tests
+# within 3 minutes); the --jobs 2 variant checks the one engine's collect loop in the fast tests
+@pytest.mark.parametrize("kind", ["jobs2", pytest.param("dask", marks=pytest.mark.slow)])
 def test_healthy_rows_survive_every_kind_of_faulty_cell(tmp_path, kind):
     """Healthy cells among cells that raise in supports(), crash, hang past the timeout, are
     killed for memory and return odd metrics: every healthy row is recorded, every faulty cell
