@@ -427,6 +427,27 @@ def test_the_run_page_has_a_claims_section(tmp_path):
     assert "No registered claim is measured by this folder" in html_page(empty)
 
 
+def test_run_pages_load_the_plugin_registry_once(tmp_path, monkeypatch):
+    """bench index --regenerate writes a page per published folder: the claims' registry is
+    loaded once for them all (it was loaded for every page)."""
+    from bench.reports import html_report
+
+    loads = []
+    original = Registry.load
+
+    def counting(selection):
+        loads.append(selection)
+        return original(selection)
+
+    html_report._registered_claims.cache_clear()
+    monkeypatch.setattr(Registry, "load", staticmethod(counting))
+    for name in ("a", "b", "c"):
+        page = html_report.html_page(write_run(tmp_path / name, memory_rows(slope=0.0)))
+        assert "memory-adjoint-torch" in page
+    assert len(loads) == 1
+    html_report._registered_claims.cache_clear()
+
+
 def test_the_published_folders_answer_at_least_ten_claims(capsys):
     """The manual's promise: `bench claims results/*` gives verdicts with sources, and no claim
     that a published folder measures comes out 'not measured'."""

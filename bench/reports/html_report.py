@@ -14,6 +14,7 @@ whole and renamed into place, never through a link."""
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 import math
@@ -245,11 +246,20 @@ def _plots(run_dir: RunDirectory) -> str:
 def _claims(run_dir: RunDirectory) -> str:
     """The verdicts of the registered claims that this folder's cells measure
     (:func:`bench.reports.claims.claims_section`; ``bench claims`` judges several folders)."""
-    from bench.core.registry import PluginSelection, Registry
+    from bench.core.registry import PluginSelection
     from bench.reports.claims import claims_section
 
-    registry = Registry.load(PluginSelection.from_environment())
-    return claims_section(list(registry.claims.values()), run_dir.path)
+    return claims_section(list(_registered_claims(PluginSelection.from_environment())),
+                          run_dir.path)
+
+
+@functools.lru_cache(maxsize=4)
+def _registered_claims(selection: Any) -> tuple[Any, ...]:
+    """The claims of a plugin selection, loaded once per process (``bench index --regenerate``
+    writes a page per published folder)."""
+    from bench.core.registry import Registry
+
+    return tuple(Registry.load(selection).claims.values())
 
 
 #: A torch cell's device name ends with its thread count (``AMD EPYC, 1 threads``).
