@@ -18,8 +18,10 @@ Norsett & Wanner II.4; two evaluations of f, the first reused as the first stage
 returns 0.01), and ``diffeqsolve`` hands the controller its terms wrapped in ``WrapTerm``
 (``_integrate.py``), so the probe is never reached (checked: first step 0.01, forward NFE 1 + 6 n,
 in tests/test_jax_backends.py). Even where it probes, its exponent 1/6 (Dopri5's error order)
-differs from torchdiffeq's 1/5. With the same first step, torchdiffeq and diffrax take the same
-accepted and rejected steps.
+differs from torchdiffeq's 1/5. Even with the same first step the two libraries do not take the
+same steps: their error norms differ on a tuple state (torchdiffeq's RMS over all of it, diffrax's
+largest RMS of its parts) and torchdiffeq steps past the last output time and interpolates back
+while diffrax clips its last step (docs/usage.md's step rules).
 
 What the numbers count (each per solve, summed over the solves of a step; checked against explicit
 counters in tests/test_jax_backends.py):
