@@ -156,3 +156,14 @@ def test_an_output_that_is_one_array_or_like_an_argument_is_kept(kept):
         np.testing.assert_array_equal(np.asarray(doubled.w), 2 * np.asarray(model.w))
         np.testing.assert_array_equal(np.asarray(tripled), 3 * np.asarray(x))
     assert _programs._COUNTS == [4, 2]
+
+
+def test_a_kept_program_that_does_not_fit_its_arguments_is_traced_again(kept, monkeypatch,
+                                                                         capsys):
+    monkeypatch.setattr(_programs, "_key", lambda *a: "one-key-for-all")  # a collision
+    first = _programs.TracedOnce(lambda x: (x * 2,), "a")(jnp.ones(3))
+    second = _programs.TracedOnce(lambda x: (x * 2,), "a")(jnp.ones(4))  # reads the (3,) one
+    assert "do not match; tracing it again" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.asarray(first[0]), np.full(3, 2.0))
+    np.testing.assert_array_equal(np.asarray(second[0]), np.full(4, 2.0))
+    assert _programs._COUNTS == [2, 0]

@@ -191,15 +191,24 @@ def _exported_call(name: str, fn: Callable[..., Any], args: tuple[Any, ...],
     arg_treedefs = [jax.tree_util.tree_structure(a) for a in args]
     path = folder / f"{_key(name, fn, leaves, treedef, donate)}.bin"
     _COUNTS[0] += 1
-    found = None
+    avals = [_aval(x) for x in leaves]
+    loaded = None
     try:
         found = _read(path)
+        if found is not None:
+            header, blob = found
+            exported = export.deserialize(bytearray(blob))
+            out_treedef = _rebuild(header["out"], arg_treedefs)
+            # what was kept must take these arguments and give as many outputs as described
+            if [(tuple(a.shape), str(a.dtype)) for a in exported.in_avals] != \
+                    [(tuple(a.shape), str(a.dtype)) for a in avals] or \
+                    out_treedef.num_leaves != len(exported.out_avals):
+                raise ValueError("its arguments or outputs do not match")
+            loaded = exported, out_treedef
     except Exception as exc:  # noqa: BLE001 - an unreadable file is traced and rewritten
         _say(f"{path}: {exc}; tracing it again")
-    if found is not None:
-        header, blob = found
-        exported = export.deserialize(bytearray(blob))
-        out_treedef = _rebuild(header["out"], arg_treedefs)
+    if loaded is not None:
+        exported, out_treedef = loaded
         _COUNTS[1] += 1
     else:
         box: dict[str, Any] = {}
@@ -209,8 +218,7 @@ def _exported_call(name: str, fn: Callable[..., Any], args: tuple[Any, ...],
             out_leaves, box["treedef"] = jax.tree_util.tree_flatten(out)
             return out_leaves
 
-        specs = [jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type)
-                 for a in map(_aval, leaves)]
+        specs = [jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type) for a in avals]
         exported = export.export(jax.jit(flat))(*specs)
         out_treedef = box["treedef"]
         recipe = _describe(out_treedef, arg_treedefs)
