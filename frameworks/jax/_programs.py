@@ -31,11 +31,11 @@ structure) and the exported module's bytes.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import re
-import stat
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -152,14 +152,12 @@ def _rebuild(recipe: list[Any], arg_treedefs: list[Any]) -> Any:
 
 
 def _read(path: Path) -> tuple[dict[str, Any], bytes] | None:
+    from bench.store.files import read_bytes  # a regular file, never through a link
+
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK)
+        data = read_bytes(path)
     except FileNotFoundError:
         return None
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise OSError(f"{path} is not a regular file")
-        data = handle.read()
     if not data.startswith(MAGIC):
         raise ValueError("not a program file of this version")
     header, _, blob = data[len(MAGIC):].partition(b"\n")
@@ -167,16 +165,15 @@ def _read(path: Path) -> tuple[dict[str, Any], bytes] | None:
 
 
 def _write(path: Path, header: dict[str, Any], blob: bytes) -> None:
+    from bench.frameworks.jax._cache import folder_problem
+
     from bench.store.files import atomic_write_bytes
 
-    folder = path.parent
-    try:
-        os.mkdir(folder, 0o700)
-    except FileExistsError:
-        pass
-    info = os.lstat(folder)
-    if not stat.S_ISDIR(info.st_mode) or info.st_mode & 0o022:
-        raise OSError(f"{folder} is a link, not a folder, or writable by others")
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path.parent, 0o700)
+    problem = folder_problem(path.parent)  # the compile cache's own check of its folders
+    if problem:
+        raise OSError(problem)
     atomic_write_bytes(path, MAGIC + json.dumps(header).encode() + b"\n" + blob)
 
 
