@@ -26,7 +26,7 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +78,16 @@ def _source_digest(folders: tuple[Path, ...]) -> str:
     return digest.hexdigest()[:24]
 
 
+@functools.lru_cache(maxsize=1)
+def _owners() -> Mapping[str, list[str]]:
+    """Module -> distributions, read once per process (a cell fingerprints its reference and
+    its own programs: the scan of every installed distribution took 0.05-0.1 s)."""
+    return importlib.metadata.packages_distributions()
+
+
 def _versions(modules: Iterable[str]) -> dict[str, str]:
     """The installed version of each module's distribution ('?' when none is found)."""
-    owners = importlib.metadata.packages_distributions()
+    owners = _owners()
     out: dict[str, str] = {}
     names = {m.split(".")[0] for m in modules} | {"numpy"}
     if "jax" in names:  # the compiler is jaxlib's
@@ -112,11 +119,10 @@ def fingerprint(reference: Any, suite: Any) -> dict[str, Any]:
 def program_scope(spec: Any, backend: Any, suite: Any) -> str:
     """The text that names a cell and the code it runs, for a framework that keeps its traced
     programs across runs (``program_scope`` hook; JAX: :mod:`bench.frameworks.jax._programs`):
-    the cell's id (suite, backend with its parameters, budget, seed, device, options), the
-    backend's effective configuration and :func:`fingerprint` of the backend and the suite."""
-    configuration = getattr(backend, "configuration", None)
+    the cell's id (suite, backend with its parameters, budget, seed, device, options) and
+    :func:`fingerprint` of the backend and the suite (which holds the backend's effective
+    configuration)."""
     return json.dumps({"cell": spec.cell_id, "mode": getattr(spec, "mode", None),
-                       "configuration": configuration() if callable(configuration) else None,
                        "fingerprint": fingerprint(backend, suite)}, sort_keys=True, default=str)
 
 
