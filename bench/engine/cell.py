@@ -164,12 +164,11 @@ def run_cell(spec: CellSpec, backend: AbstractBackend, suite: AbstractSuite, wor
         return base_row(spec, backend, suite, Status.UNSUPPORTED, str(exc))
     fields: dict[str, Any] = {"device": device}
     try:
-        with clock.phase("setup"):
-            fields["device_name"] = backend.device_name(device)
         ctx = CellContext(backend=backend, budget=suite.budgets[spec.budget], seed=spec.seed,
                           device=device, work_dir=work_dir,
                           options={**suite.options, **dict(spec.options)}, log=log)
         with clock.phase("setup"):
+            fields["device_name"] = backend.device_name(device)
             scope_programs(spec, backend, suite)
             task = suite.build_task(ctx)
         if getattr(task, "solver", None):  # e.g. a fixed-step method instead of the default
